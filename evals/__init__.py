@@ -1,0 +1,1 @@
+"""Gold sets and evaluation metrics."""

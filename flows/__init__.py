@@ -1,0 +1,1 @@
+"""Prefect flows: thin shells that wrap `tasks/` functions and sequence them."""

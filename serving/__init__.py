@@ -1,0 +1,1 @@
+"""HTTP API and Celery workers that answer with the champion config."""

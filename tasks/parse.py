@@ -1,0 +1,158 @@
+"""Parse files into one text with element spans, using unstructured, offline.
+
+How unstructured is made to work offline (a deliberate choice):
+- Its element classifier (title vs narrative text) asks spaCy's `en_core_web_sm` for sentence
+  boundaries and part-of-speech tags, and downloads that model on first use, which fails here.
+  We hand it a pipeline that needs no download instead: spaCy's blank English tokenizer, its
+  rule-based sentencizer, and a small closed-class verb tagger (below). Only the Title /
+  NarrativeText heuristics read these tags; the text itself is unaffected. Markup-driven formats
+  (HTML headings, DOCX heading styles, Markdown) still take titles from their markup.
+- PDFs use the text layer (`fast`: pdfminer, no model). `hi_res` needs layout models from a hub,
+  so it is never used. When the text layer is empty (a scan) and tesseract is installed, the
+  pages are OCR'd (`ocr_only`); without tesseract an empty scan is an error naming the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sluice.config import ParserConfig
+from sluice.errors import DocumentError
+
+SEPARATOR = "\n\n"
+
+# Closed-class verbs and auxiliaries; with the -ed/-ing/-es suffix rule this is enough for
+# unstructured's "contains a verb" test, which only separates prose from labels and headings.
+_VERBS = frozenset(
+    """is are was were be been being am has have had having do does did done can could will would
+    shall should may might must get gets got make makes made take takes took go goes went see saw
+    seen know knew known use uses used find found give gave given tell told work works call called
+    try tried need needs feel felt become became leave left put mean means keep kept let begin began
+    seem seems help helps show shows showed hear heard play run runs move live lives believe hold
+    held bring brought happen write wrote provide provides sit stand lose lost pay paid meet include
+    includes continue set learn change lead understand watch follow stop create speak read allow add
+    spend grow open walk win offer remember love consider appear buy wait serve die send expect build
+    stay fall cut reach kill remain suggest raise pass sell require report decide pull says said""".split()
+)
+_VERB_SUFFIX = re.compile(r"[a-z]{3,}(ed|ing)$")
+
+
+@dataclass(frozen=True)
+class Element:
+    kind: str
+    start: int
+    end: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    source_id: str
+    text: str
+    elements: tuple[Element, ...]
+    content_hash: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def content_hash(data: bytes) -> str:
+    """Hash of a file's bytes: equal bytes, equal document version."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _offline_nlp():
+    import spacy
+    from spacy.language import Language
+
+    @Language.component("sluice_verb_tagger")
+    def verb_tagger(doc):
+        for token in doc:
+            low = token.lower_
+            token.tag_ = "VB" if low in _VERBS or _VERB_SUFFIX.match(low) else "NN"
+        return doc
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("sluice_verb_tagger")
+    return nlp
+
+
+def install_offline_nlp() -> None:
+    """Point unstructured's NLP helpers at the download-free pipeline (idempotent)."""
+    import unstructured.nlp.tokenize as tokenize
+
+    tokenize._get_nlp = _offline_nlp
+
+
+def _partition(path: Path, config: ParserConfig, strategy: str | None) -> list:
+    from unstructured.partition.auto import partition
+
+    kwargs: dict[str, Any] = {"filename": str(path)}
+    if path.suffix.lower() == ".pdf":
+        kwargs["strategy"] = strategy or "fast"
+        kwargs["languages"] = config.ocr_languages.split("+")
+    return partition(**kwargs)
+
+
+def _elements_from(path: Path, config: ParserConfig) -> list:
+    strategy = None if config.pdf_strategy == "auto" else config.pdf_strategy
+    elements = [e for e in _partition(path, config, strategy) if (e.text or "").strip()]
+    if elements or path.suffix.lower() != ".pdf" or config.pdf_strategy != "auto":
+        return elements
+    if shutil.which("tesseract") is None:
+        raise ValueError(
+            "the PDF has no text layer (a scan?) and tesseract is not installed: "
+            "install tesseract-ocr and poppler-utils to OCR it"
+        )
+    return [e for e in _partition(path, config, "ocr_only") if (e.text or "").strip()]
+
+
+def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, metadata: dict) -> ParsedDocument:
+    """Join element texts into one document text, recording each element's span."""
+    parts: list[str] = []
+    elements: list[Element] = []
+    offset = 0
+    for kind, text, meta in pieces:
+        text = text.strip()
+        if not text:
+            continue
+        if parts:
+            parts.append(SEPARATOR)
+            offset += len(SEPARATOR)
+        parts.append(text)
+        elements.append(Element(kind=kind, start=offset, end=offset + len(text), metadata=meta))
+        offset += len(text)
+    return ParsedDocument(source_id, "".join(parts), tuple(elements), digest, metadata)
+
+
+def parse_file(path: Path, source_id: str, config: ParserConfig, data: bytes | None = None) -> ParsedDocument:
+    """Parse one file; raise DocumentError naming the file when it yields no text."""
+    install_offline_nlp()
+    data = path.read_bytes() if data is None else data
+    try:
+        raw = _elements_from(path, config)
+    except DocumentError:
+        raise
+    except Exception as exc:  # unstructured raises many types for corrupt input
+        raise DocumentError(source_id, "parse", f"{type(exc).__name__}: {exc}") from exc
+    if not raw:
+        raise DocumentError(source_id, "parse", "no text found in the file (empty, image-only or unsupported content)")
+    pieces = [(e.category, e.text, _element_meta(e)) for e in raw]
+    meta = {"filename": path.name, "filetype": path.suffix.lower().lstrip(".")}
+    return assemble(source_id, pieces, content_hash(data), meta)
+
+
+def _element_meta(element) -> dict[str, Any]:
+    meta = element.metadata
+    out: dict[str, Any] = {}
+    if getattr(meta, "page_number", None) is not None:
+        out["page"] = meta.page_number
+    if getattr(meta, "category_depth", None) is not None:
+        out["depth"] = meta.category_depth
+    return out

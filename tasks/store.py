@@ -1,0 +1,184 @@
+"""Writes to Postgres: index registration, the embedding cache, atomic document upserts.
+
+Every function takes a connection already inside `Database.tenant()` (or `shared()`), so RLS
+decides what it can see and write. Bulk rows go through COPY into a TEMP table, then one
+`INSERT ... ON CONFLICT`: COPY straight into an RLS table is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from sluice.config import PipelineConfig
+from sluice.errors import EmbedderMismatchError
+from tasks.chunk import Chunk
+from tasks.embed import EmbedderIdentity
+from tasks.parse import ParsedDocument
+
+
+def register_index(conn: psycopg.Connection, config: PipelineConfig, identity: EmbedderIdentity) -> None:
+    """Record the config and its embedding space; refuse an embedder that differs from the recorded one."""
+    body = config.model_dump(mode="json", include={"version", "parser", "chunker", "embedder"})
+    conn.execute(
+        "INSERT INTO pipeline_configs (config_id, index_id, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        (config.config_id, config.index_id, Jsonb(config.model_dump(mode="json", exclude={"name"}))),
+    )
+    conn.execute(
+        "INSERT INTO indexes (index_id, body, embedder_model, weights_hash, dim, normalize) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (config.index_id, Jsonb(body), identity.model, identity.weights_hash, identity.dim, identity.normalize),
+    )
+    check_embedder(conn, config.index_id, identity)
+    conn.execute("SELECT ensure_vector_index(%s)", (identity.dim,))
+
+
+def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderIdentity) -> None:
+    """Raise EmbedderMismatchError unless `identity` is the embedder index `index_id` was built with."""
+    row = conn.execute(
+        "SELECT embedder_model, weights_hash, dim, normalize FROM indexes WHERE index_id = %s", (index_id,)
+    ).fetchone()
+    if row is None:
+        raise EmbedderMismatchError(f"index {index_id} does not exist: ingest with this config first")
+    recorded = EmbedderIdentity(*row)
+    if recorded != identity:
+        raise EmbedderMismatchError(
+            f"index {index_id} was built with {recorded.model} (weights {recorded.weights_hash[:12]}, "
+            f"{recorded.dim}-d, normalize={recorded.normalize}); the embedder in use is {identity.model} "
+            f"(weights {identity.weights_hash[:12]}, {identity.dim}-d, normalize={identity.normalize}): "
+            "use the recorded embedder or ingest into a new index"
+        )
+
+
+@dataclass(frozen=True)
+class DocumentState:
+    document_id: int
+    content_hash: str
+    indexed_hash: str | None  # content hash this index holds chunks for, if any
+
+
+def document_state(conn: psycopg.Connection, source_id: str, index_id: str) -> DocumentState | None:
+    """What is stored for a source id: its document version and this index's version of it."""
+    row = conn.execute(
+        "SELECT d.document_id, d.content_hash, i.content_hash FROM documents d "
+        "LEFT JOIN indexed_documents i ON i.document_id = d.document_id AND i.index_id = %s "
+        "WHERE d.source_id = %s",
+        (index_id, source_id),
+    ).fetchone()
+    return DocumentState(*row) if row else None
+
+
+def cached_embeddings(conn: psycopg.Connection, model_key: str, hashes: list[str]) -> dict[str, np.ndarray]:
+    """Look up cached vectors by text hash."""
+    if not hashes:
+        return {}
+    rows = conn.execute(
+        "SELECT text_hash, embedding FROM embedding_cache WHERE model_key = %s AND text_hash = ANY(%s)",
+        (model_key, list(set(hashes))),
+    ).fetchall()
+    return {h: np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32) for h, v in rows}
+
+
+def cache_embeddings(conn: psycopg.Connection, model_key: str, items: dict[str, np.ndarray]) -> None:
+    """Add vectors to the tenant's embedding cache (existing entries are kept)."""
+    if not items:
+        return
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS embedding_stage (text_hash text, embedding vector) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor().copy("COPY embedding_stage (text_hash, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["text", "vector"])
+        for key, vector in items.items():
+            copy.write_row((key, vector))
+    conn.execute(
+        "INSERT INTO embedding_cache (tenant_id, model_key, text_hash, embedding) "
+        "SELECT current_setting('app.tenant_id'), %s, text_hash, embedding FROM embedding_stage "
+        "ON CONFLICT DO NOTHING",
+        (model_key,),
+    )
+    conn.execute("TRUNCATE embedding_stage")
+
+
+def upsert_document(
+    conn: psycopg.Connection,
+    doc: ParsedDocument,
+    metadata: dict[str, Any],
+) -> tuple[int, bool]:
+    """Insert or update a document row; return (document_id, content_changed)."""
+    inserted = conn.execute(
+        "INSERT INTO documents (tenant_id, source_id, content_hash, metadata, text) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s) "
+        "ON CONFLICT (tenant_id, source_id) DO NOTHING RETURNING document_id",
+        (doc.source_id, doc.content_hash, Jsonb(metadata), doc.text),
+    ).fetchone()
+    if inserted:
+        return inserted[0], True
+    document_id, stored_hash = conn.execute(
+        "SELECT document_id, content_hash FROM documents WHERE source_id = %s FOR UPDATE", (doc.source_id,)
+    ).fetchone()
+    if stored_hash == doc.content_hash:
+        return document_id, False
+    # New content: every index's chunks of the old text are stale (their spans point into it).
+    conn.execute("DELETE FROM chunks WHERE document_id = %s", (document_id,))
+    conn.execute("DELETE FROM indexed_documents WHERE document_id = %s", (document_id,))
+    conn.execute(
+        "UPDATE documents SET content_hash = %s, text = %s, metadata = %s, status = 'ingested', "
+        "updated_at = now() WHERE document_id = %s",
+        (doc.content_hash, doc.text, Jsonb(metadata), document_id),
+    )
+    return document_id, True
+
+
+def replace_chunks(
+    conn: psycopg.Connection,
+    document_id: int,
+    index_id: str,
+    content: str,
+    chunks: list[Chunk],
+    vectors: np.ndarray,
+) -> None:
+    """Make `chunks` this index's chunks of the document, in the caller's transaction."""
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS chunk_stage (ordinal int, char_start int, char_end int, text text, "
+        "metadata jsonb, dim int, embedding vector) ON COMMIT DELETE ROWS"
+    )
+    sql = "COPY chunk_stage (ordinal, char_start, char_end, text, metadata, dim, embedding) FROM STDIN (FORMAT BINARY)"
+    with conn.cursor().copy(sql) as copy:
+        copy.set_types(["int4", "int4", "int4", "text", "jsonb", "int4", "vector"])
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            copy.write_row(
+                (chunk.ordinal, chunk.start, chunk.end, chunk.text, Jsonb(chunk.metadata), len(vector), vector)
+            )
+    conn.execute(
+        "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "
+        "dim, embedding) SELECT current_setting('app.tenant_id'), %s, %s, ordinal, char_start, char_end, text, "
+        "metadata, dim, embedding "
+        "FROM chunk_stage ON CONFLICT (tenant_id, document_id, index_id, ordinal) DO UPDATE SET "
+        "char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end, text = EXCLUDED.text, "
+        "metadata = EXCLUDED.metadata, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding",
+        (document_id, index_id),
+    )
+    conn.execute("TRUNCATE chunk_stage")
+    conn.execute(
+        "DELETE FROM chunks WHERE document_id = %s AND index_id = %s AND ordinal >= %s",
+        (document_id, index_id, len(chunks)),
+    )
+    conn.execute(
+        "INSERT INTO indexed_documents (tenant_id, document_id, index_id, content_hash, chunk_count) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s) ON CONFLICT (tenant_id, document_id, index_id) "
+        "DO UPDATE SET content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, indexed_at = now()",
+        (document_id, index_id, content, len(chunks)),
+    )
+
+
+def record_error(conn: psycopg.Connection, source_id: str, stage: str, reason: str, run_id: str | None) -> None:
+    """Record a per-document failure the user can query."""
+    conn.execute(
+        "INSERT INTO ingest_errors (tenant_id, source_id, stage, reason, run_id) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s)",
+        (source_id, stage, reason[:4000], run_id),
+    )

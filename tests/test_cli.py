@@ -1,0 +1,44 @@
+"""The `sluice` command line: exit codes and messages a user can act on."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice.cli import app
+
+
+@pytest.fixture()
+def run(migrated, monkeypatch):
+    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_ingest_unknown_tenant_exits_2(run, tmp_path):
+    (tmp_path / "a.md").write_text("# A\n\nSome words here.")
+    result = run("ingest", str(tmp_path), "--tenant", "no-such-tenant")
+    assert result.exit_code == 2
+    assert "unknown tenant 'no-such-tenant'" in result.output
+
+
+def test_ingest_and_query_round_trip(run, tmp_path):
+    (tmp_path / "bees.md").write_text("# Bees\n\nHoneybees communicate the location of flowers with a waggle dance.\n")
+    assert run("tenant", "create", "cli-tenant").exit_code == 0
+    result = run("ingest", str(tmp_path), "--tenant", "cli-tenant")
+    assert result.exit_code == 0, result.output
+    result = run("query", "How do bees tell each other where flowers are?", "--tenant", "cli-tenant", "--json")
+    assert result.exit_code == 0, result.output
+    assert '"source_id": "bees.md"' in result.output
+
+
+def test_invalid_tenant_id(run):
+    result = run("tenant", "create", "Bad Tenant!")
+    assert result.exit_code == 2 and "invalid" in result.output
+
+
+def test_bad_config_file_names_the_field(run, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("chunker:\n  kind: recursive\n  chunk_size: 5\n")
+    result = run("query", "q", "--tenant", "x", "--config", str(cfg))
+    assert result.exit_code == 2 and "chunker.recursive.chunk_size" in result.output
