@@ -49,9 +49,14 @@ _WHERE = "WHERE c.index_id = %(index_id)s AND {filter}"
 # ORDER BY the indexed expression (embedding::vector(dim)) lets the planner use the HNSW index.
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
 _DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY} {_FROM} {_WHERE} AND c.dim = {{dim}} "
-_DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(k)s"
+_DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(fetch)s"
 # ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant.
-_DENSE_EXACT = _DENSE + "ORDER BY c.embedding <=> %(q)s::vector({dim}), c.chunk_id LIMIT %(k)s"
+# OFFSET 0 keeps the subquery apart, so filters and the documents join run before distances are sorted.
+_EXACT_OUTER = "SELECT s.chunk_id, s.document_id, s.source_id, s.char_start, s.char_end, s.text, s.metadata, 1 - s.dist"
+_DENSE_EXACT = (
+    f"{_EXACT_OUTER} FROM (SELECT {_COLUMNS}, c.embedding <=> %(q)s::vector({{dim}}) AS dist "
+    f"{_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s ORDER BY s.dist, s.chunk_id LIMIT %(k)s"
+)
 
 _TSQUERY = {
     # OR of the stemmed terms: natural-language questions rarely contain every term of the answer.
@@ -64,11 +69,19 @@ _LEXICAL = (
 )
 
 
+# Past this many visited tuples a filtered HNSW scan gives up and the exact scan answers instead:
+# for very selective filters the exact scan over the tenant's filtered rows is the cheaper plan.
+MAX_SCAN_TUPLES = 5000
+# A filtered scan reaches matches far from the query, where HNSW's order is loose: re-rank this many times k.
+OVERFETCH = 4
+
+
 def set_search_params(conn: psycopg.Connection, ef_search: int) -> None:
     """Per-transaction HNSW settings: a wide candidate list, and iterative scans so filters never under-return."""
     conn.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-        (str(ef_search),),
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        (str(ef_search), str(max(MAX_SCAN_TUPLES, ef_search))),
     )
 
 
@@ -101,11 +114,15 @@ def dense_search(
     """Top-k chunks of `index_id` by cosine similarity; k rows whenever at least k rows match."""
     k = k or config.k
     set_search_params(conn, max(config.ef_search, k))
-    params = {"q": query_vector, "index_id": index_id, "k": k}
+    params = {"q": query_vector, "index_id": index_id, "k": k, "fetch": k * (OVERFETCH if filters else 1)}
     dim = sql.Literal(_dim(query_vector))
     rows = _run(conn, _DENSE_ANN, params, filters, dim=dim)
-    if len(rows) < k:
+    if len(rows) < params["fetch"]:
+        # The scan hit max_scan_tuples before `fetch` matches: the filter is selective, and an exact
+        # scan over its few rows is both complete and cheap.
         rows = _run(conn, _DENSE_EXACT, params, filters, dim=dim)
+    # relaxed_order yields candidates slightly out of order: re-sort by similarity, keep k.
+    rows = sorted(rows, key=lambda r: (-r[7], r[0]))[:k]
     return _hits(rows, index_id, "dense")
 
 
