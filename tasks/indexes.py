@@ -59,3 +59,13 @@ def drop_index(conn: psycopg.Connection, index_id: str) -> int:
         raise QueryError(f"index {index_id} is active for collection(s) {names}: activate another index first")
     conn.execute("DELETE FROM indexed_documents WHERE index_id = %s", (index_id,))
     return conn.execute("DELETE FROM chunks WHERE index_id = %s", (index_id,)).rowcount
+
+
+def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str]]]:
+    """(index_id, embedder model, chunk count, collections served) for each index the tenant has chunks in."""
+    return conn.execute(
+        "SELECT c.index_id, i.embedder_model, count(*), "
+        "coalesce((SELECT array_agg(a.collection ORDER BY a.collection) FROM active_indexes a "
+        "WHERE a.index_id = c.index_id), '{}') "
+        "FROM chunks c JOIN indexes i USING (index_id) GROUP BY c.index_id, i.embedder_model ORDER BY c.index_id"
+    ).fetchall()
