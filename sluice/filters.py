@@ -81,7 +81,7 @@ class _Compiler:
             return sql.SQL("(NOT {})").format(self.node(value, depth + 1))
         if key == "collection":
             return self.collection(value)
-        return self.field(_parse_key(key), value)
+        return self.field(key, _parse_key(key), value)
 
     def collection(self, value: Any) -> sql.Composable:
         self.uses_doc = True
@@ -94,14 +94,14 @@ class _Compiler:
             raise QueryError("filter key 'collection' needs collection names as strings")
         return sql.SQL("d.collection = ANY({})").format(self.bind(names))
 
-    def field(self, target: tuple[str, list[str]], value: Any) -> sql.Composable:
+    def field(self, key: str, target: tuple[str, list[str]], value: Any) -> sql.Composable:
         alias, path = target
         self.uses_doc |= alias == "d"
         expr = sql.SQL("({}.metadata #> {})").format(sql.Identifier(alias), self.bind(path))
         cond = value if isinstance(value, dict) else {"eq": value}
         if not cond:
-            raise QueryError(f"filter key {'.'.join(path)!r} has an empty condition")
-        parts = [self.leaf(expr, op, arg, ".".join(path)) for op, arg in cond.items()]
+            raise QueryError(f"filter key {key!r} has an empty condition")
+        parts = [self.leaf(expr, op, arg, key) for op, arg in cond.items()]
         return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
 
     def leaf(self, expr: sql.Composable, op: Any, arg: Any, key: str) -> sql.Composable:
