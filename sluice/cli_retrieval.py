@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sluice.errors import SluiceError
+from sluice.errors import QueryError, SluiceError
 from sluice.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -22,6 +22,19 @@ err_console = Console(stderr=True)
 
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
 CollectionOpt = Annotated[str, typer.Option("--collection", help="Collection within the tenant.")]
+
+
+def parse_filter(text: str | None) -> dict | None:
+    """Parse a --filter JSON object; raise QueryError naming the problem."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueryError(f"--filter is not valid JSON ({exc.msg} at char {exc.pos}): pass a JSON object") from exc
+    if not isinstance(value, dict):
+        raise QueryError('--filter must be a JSON object, e.g. {"doc.lang": "en"}')
+    return value
 
 
 def _fail(exc: Exception) -> None:

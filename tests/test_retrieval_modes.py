@@ -181,3 +181,30 @@ def test_eval_retrieval_on_a_tiny_beir_dataset(run, admin):
     assert gone == 0 and admin.execute("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'beir-%'").fetchone()[0] == 0
     bad = run("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))
     assert bad.exit_code == 2 and "corpus.jsonl" in bad.output
+
+
+def test_cli_ingest_and_query_with_collection_and_filter(run, tmp_path):
+    (tmp_path / "bees.md").write_text("# Bees\n\nHoneybees communicate the location of flowers with a waggle dance.\n")
+    (tmp_path / "ants.md").write_text("# Ants\n\nAnts lay pheromone trails to tell nestmates where food is.\n")
+    assert run("tenant", "create", "cli-coll").exit_code == 0
+    assert run("ingest", str(tmp_path), "--tenant", "cli-coll", "--collection", "insects").exit_code == 0
+    question = "How do insects tell each other where food is?"
+    only_bees = run(
+        "query",
+        question,
+        "-t",
+        "cli-coll",
+        "--collection",
+        "insects",
+        "--filter",
+        '{"doc.source": "bees.md"}',
+        "--json",
+    )
+    assert only_bees.exit_code == 0, only_bees.output
+    cited = {c["source_id"] for c in json.loads(only_bees.output)["citations"]}
+    assert cited == {"bees.md"}
+    elsewhere = run("query", question, "-t", "cli-coll", "--collection", "plants", "--json")
+    assert json.loads(elsewhere.output)["citations"] == []
+    bad = run("query", question, "-t", "cli-coll", "--filter", '{"doc.source": {"regex": "."}}')
+    assert bad.exit_code == 2 and "'regex'" in bad.output
+    assert run("query", question, "-t", "cli-coll", "--filter", "[1]").exit_code == 2
