@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sluice import cli_retrieval
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="The database: start the embedded server, migrate, sto
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(cli_retrieval.app)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -94,8 +96,12 @@ def _load_pipeline(settings: Settings, config: Path | None):
     return load_config(config or settings.config_path)
 
 
+CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Collection within the tenant.")]
+FilterOpt = Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. {"doc.lang": "en"}.')]
+
+
 @app.command()
-def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None) -> None:
+def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None, collection: CollectionOpt = None) -> None:
     """Parse, chunk, embed and store every file of SOURCE (a folder, a file or a glob)."""
     from tasks.embed import get_embedder
     from tasks.ingest import ingest_source
@@ -105,7 +111,9 @@ def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None) -> None:
         pipeline = _load_pipeline(settings, config)
         embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
         with _database(settings) as db:
-            summary = ingest_source(db, tenant, pipeline, embedder, source, settings.max_file_bytes)
+            summary = ingest_source(
+                db, tenant, pipeline, embedder, source, settings.max_file_bytes, collection=collection or "default"
+            )
     except SluiceError as exc:
         _fail(exc)
     _print_summary(summary, pipeline.index_id)
@@ -131,6 +139,8 @@ def query(
     tenant: TenantOpt,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    collection: CollectionOpt = None,
+    filter_json: FilterOpt = None,
 ) -> None:
     """Answer QUESTION from the tenant's documents, with citations."""
     from tasks.answer import answer_question
@@ -141,7 +151,8 @@ def query(
         pipeline = _load_pipeline(settings, config)
         embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
         with _database(settings) as db:
-            result = answer_question(db, tenant, pipeline, embedder, question)
+            filters = cli_retrieval.parse_filter(filter_json)
+            result = answer_question(db, tenant, pipeline, embedder, question, filters=filters, collection=collection)
     except SluiceError as exc:
         _fail(exc)
     if as_json:

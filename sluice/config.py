@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from sluice.errors import ConfigError
 
@@ -49,9 +49,30 @@ class EmbedderConfig(_Frozen):
 
 
 class RetrievalConfig(_Frozen):
-    mode: Literal["dense"] = "dense"
+    """How chunks are found: dense (HNSW cosine), lexical (full-text) or hybrid (reciprocal-rank fusion)."""
+
+    mode: Literal["dense", "lexical", "hybrid"] = "dense"
     k: int = Field(default=5, ge=1, le=200)
     ef_search: int = Field(default=100, ge=10, le=1000)
+    lexical_query: Literal["any", "websearch"] = Field(
+        default="any", description="any = OR of the query's terms; websearch = websearch_to_tsquery syntax (AND)."
+    )
+    candidates: int = Field(default=50, ge=1, le=1000, description="Hybrid: rows taken from each ranker.")
+    rrf_k: int = Field(default=60, ge=1, le=10000, description="Hybrid: RRF constant in w / (rrf_k + rank).")
+    dense_weight: float = Field(default=1.0, ge=0, le=100)
+    lexical_weight: float = Field(default=1.0, ge=0, le=100)
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        # Fields added after version 1 are left out at their defaults, so existing config ids stay valid.
+        data = handler(self)
+        for name in _RETRIEVAL_V1_EXTRAS:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
+
+_RETRIEVAL_V1_EXTRAS = ("lexical_query", "candidates", "rrf_k", "dense_weight", "lexical_weight")
 
 
 class RoutingConfig(_Frozen):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer, extractive_answer
-from tasks.retrieve import Hit, dense_search
+from tasks.indexes import active_index
+from tasks.retrieve import Hit, retrieve
 from tasks.store import check_embedder
 
 MAX_QUESTION_CHARS = 4000
@@ -27,9 +28,19 @@ class QueryResult:
 
 
 def answer_question(
-    db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, question: str
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    question: str,
+    *,
+    filters: dict | None = None,
+    collection: str | None = None,
 ) -> QueryResult:
-    """Retrieve the top-k chunks of the config's index and compose a cited answer."""
+    """Retrieve the top-k chunks (of the collection's active index, else the config's) and compose a cited answer.
+
+    `filters` is a metadata filter (sluice.filters); `collection` restricts the search to one collection.
+    """
     question = question.strip()
     if not question:
         raise QueryError("the question is empty: pass a non-empty question")
@@ -40,11 +51,15 @@ def answer_question(
     qvec = embedder.encode([question])[0]
     timings["embed"] = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
+    if collection is not None:
+        filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
     with db.tenant(tenant) as conn:
-        check_embedder(conn, config.index_id, embedder.identity)
-        hits = dense_search(conn, config.index_id, qvec, config.retrieval)
+        index_id = active_index(conn, collection or "default") or config.index_id
+        check_embedder(conn, index_id, embedder.identity)
+        hits = retrieve(conn, index_id, question, qvec, config.retrieval, filters)
+    hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
     answer = extractive_answer(qvec, hits, embedder, config.generator)
     timings["generate"] = (time.perf_counter() - t2) * 1000
-    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings)
+    return QueryResult(question, answer, hits, config.config_id, index_id, timings)

@@ -28,7 +28,9 @@ from tasks.store import (
     record_error,
     register_index,
     replace_chunks,
+    set_collection,
     upsert_document,
+    validate_collection,
 )
 from tasks.text import text_hash
 
@@ -108,7 +110,13 @@ def embed_texts(db: Database, tenant: str, embedder: Embedder, texts: list[str])
 
 
 def ingest_file(
-    db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, item: SourceFile, max_bytes: int
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    item: SourceFile,
+    max_bytes: int,
+    collection: str = "default",
 ) -> tuple[str, int, int]:
     """Ingest one file; return (outcome, chunks, texts embedded). Raises DocumentError."""
     try:
@@ -124,6 +132,8 @@ def ingest_file(
     with db.tenant(tenant) as conn:
         state = document_state(conn, item.source_id, config.index_id)
     if state and state.content_hash == digest and state.indexed_hash == digest:
+        with db.tenant(tenant) as conn:
+            set_collection(conn, item.source_id, collection)
         return "unchanged", 0, 0
     doc = parse_file(item.path, item.source_id, config.parser, data)
     chunks = make_chunker(config.chunker).split(doc)
@@ -136,7 +146,7 @@ def ingest_file(
         raise DocumentError(item.source_id, "embed", f"{type(exc).__name__}: {exc}") from exc
     with db.tenant(tenant) as conn:
         cache_embeddings(conn, embedder.identity.key, fresh)
-        document_id, changed = upsert_document(conn, doc, {**doc.metadata, "source": item.source_id})
+        document_id, changed = upsert_document(conn, doc, {**doc.metadata, "source": item.source_id}, collection)
         replace_chunks(conn, document_id, config.index_id, digest, chunks, vectors)
     outcome = "updated" if state and state.content_hash != digest else "ingested"
     return outcome, len(chunks), embedder.encoded - before
@@ -150,8 +160,10 @@ def ingest_source(
     source: str | Path,
     max_bytes: int,
     on_file: Callable[[SourceFile, str], None] | None = None,
+    collection: str = "default",
 ) -> IngestSummary:
-    """Ingest every file of a source; failures are recorded per document and the run goes on."""
+    """Ingest every file of a source into a collection; failures are recorded per document and the run goes on."""
+    validate_collection(collection)
     with db.tenant(tenant):
         pass  # fail fast on an unknown tenant, before listing or loading anything
     files = list_source(source)
@@ -160,7 +172,7 @@ def ingest_source(
         register_index(conn, config, embedder.identity)
     for item in files:
         try:
-            outcome, n_chunks, n_embedded = ingest_file(db, tenant, config, embedder, item, max_bytes)
+            outcome, n_chunks, n_embedded = ingest_file(db, tenant, config, embedder, item, max_bytes, collection)
         except DocumentError as err:
             summary.failed += 1
             summary.errors.append(err)

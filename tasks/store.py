@@ -7,6 +7,7 @@ decides what it can see and write. Bulk rows go through COPY into a TEMP table, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from sluice.config import PipelineConfig
-from sluice.errors import EmbedderMismatchError
+from sluice.errors import ConfigError, EmbedderMismatchError
 from tasks.chunk import Chunk
 from tasks.embed import EmbedderIdentity
 from tasks.parse import ParsedDocument
@@ -107,19 +108,21 @@ def upsert_document(
     conn: psycopg.Connection,
     doc: ParsedDocument,
     metadata: dict[str, Any],
+    collection: str = "default",
 ) -> tuple[int, bool]:
-    """Insert or update a document row; return (document_id, content_changed)."""
+    """Insert or update a document row (in `collection`); return (document_id, content_changed)."""
     inserted = conn.execute(
-        "INSERT INTO documents (tenant_id, source_id, content_hash, metadata, text) "
-        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s) "
+        "INSERT INTO documents (tenant_id, source_id, content_hash, metadata, text, collection) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s, %s) "
         "ON CONFLICT (tenant_id, source_id) DO NOTHING RETURNING document_id",
-        (doc.source_id, doc.content_hash, Jsonb(metadata), doc.text),
+        (doc.source_id, doc.content_hash, Jsonb(metadata), doc.text, collection),
     ).fetchone()
     if inserted:
         return inserted[0], True
     document_id, stored_hash = conn.execute(
         "SELECT document_id, content_hash FROM documents WHERE source_id = %s FOR UPDATE", (doc.source_id,)
     ).fetchone()
+    set_collection(conn, doc.source_id, collection)
     if stored_hash == doc.content_hash:
         return document_id, False
     # New content: every index's chunks of the old text are stale (their spans point into it).
@@ -131,6 +134,27 @@ def upsert_document(
         (doc.content_hash, doc.text, Jsonb(metadata), document_id),
     )
     return document_id, True
+
+
+_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def validate_collection(collection: str) -> str:
+    """Return the collection name, or raise ConfigError naming the rule (mirrors the schema's CHECK)."""
+    if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
+        raise ConfigError(
+            f"collection {collection!r} is invalid: use 1-128 ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return collection
+
+
+def set_collection(conn: psycopg.Connection, source_id: str, collection: str) -> None:
+    """Move a document to `collection` (a source id is unique per tenant, so it lives in one collection)."""
+    conn.execute(
+        "UPDATE documents SET collection = %s WHERE source_id = %s AND collection <> %s",
+        (collection, source_id, collection),
+    )
 
 
 def replace_chunks(

@@ -1,0 +1,214 @@
+"""Retrieval benchmark: p50/p99 latency and recall@10 against exact search, at 100k chunks.
+
+Loads (once; reused on later runs) 100k synthetic chunks with clustered 384-d unit vectors and
+realistic metadata into tenant `bench` of database `sluice_bench`, then, warm and interleaved per
+query, times dense, hybrid, lexical and filtered (1%, 0.1%) retrieval and the exact scan
+(baseline). Recall@10 is measured against the exact scan, untimed.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py [--n 100000] [--queries 200] [--langchain-load] [--langchain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from bench.synthetic import SYNTHETIC, VOCAB, load_synthetic, near_queries
+from sluice.config import RetrievalConfig
+from sluice.db import Database, admin_conninfo, create_tenant, migrate
+from sluice.settings import load_settings
+from tasks import retrieve as R
+
+LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")
+TENANT = "bench"  # suffixed with the chunk count, so runs at different sizes do not mix
+K = 10
+CASES = {
+    "dense": ("dense", None),
+    "hybrid": ("hybrid", None),
+    "lexical": ("lexical", None),
+    "filtered_1pct": ("dense", {"doc.pct": 7}),
+    "filtered_0.1pct": ("dense", {"doc.permille": 7}),
+}
+
+
+def ensure_data(db: Database, n: int) -> np.ndarray:
+    """Load n chunks unless the tenant already holds them; return the query-source vectors."""
+    global TENANT
+    TENANT = f"bench-{n}"
+    create_tenant(db, TENANT)
+    with db.tenant(TENANT) as conn:
+        have = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
+    if have == 0:
+        t0 = time.perf_counter()
+        load_synthetic(db, TENANT, n, seed=42, clustered=True)
+        print(f"loaded {n} chunks in {time.perf_counter() - t0:.0f} s")
+    elif have != n:
+        raise SystemExit(f"tenant {TENANT} holds {have} chunks, not {n}: drop database sluice_bench first")
+    # Queries start from stored vectors in chunk order (the langchain side reads the same ones).
+    with db.tenant(TENANT) as conn:
+        rows = conn.execute(
+            "SELECT embedding FROM chunks WHERE index_id = %s ORDER BY chunk_id LIMIT 5000", (SYNTHETIC.index_id,)
+        ).fetchall()
+    return np.vstack([np.asarray(getattr(r[0], "to_numpy", lambda v=r[0]: v)(), dtype=np.float32) for r in rows])
+
+
+def _timed(db: Database, mode: str, spec: dict | None, text: str, q: np.ndarray) -> tuple[float, list]:
+    t0 = time.perf_counter()
+    with db.tenant(TENANT) as conn:
+        hits = R.retrieve(conn, SYNTHETIC.index_id, text, q, RetrievalConfig(mode=mode, k=K), spec)
+    return (time.perf_counter() - t0) * 1000, hits
+
+
+def _exact(db: Database, q: np.ndarray, spec: dict | None) -> tuple[float, list]:
+    t0 = time.perf_counter()
+    with db.tenant(TENANT) as conn:
+        hits = R.exact_search(conn, SYNTHETIC.index_id, q, K, spec)
+    return (time.perf_counter() - t0) * 1000, hits
+
+
+def _lexical_without_rls(admin: psycopg.Connection, text: str, tenant_id: str) -> float:
+    """The lexical query as a superuser (RLS bypassed, tenant as a plain predicate): what GIN on tsv could give."""
+    query = sql.SQL(R._LEXICAL.replace("WHERE ", "WHERE c.tenant_id = %(tenant)s AND ", 1)).format(
+        filter=sql.SQL("TRUE"), tsq=sql.SQL(R._TSQUERY["any"])
+    )
+    t0 = time.perf_counter()
+    admin.execute(query, {"text": text, "index_id": SYNTHETIC.index_id, "k": K, "tenant": tenant_id}).fetchall()
+    return (time.perf_counter() - t0) * 1000
+
+
+class LangChain:
+    """bench/retrieval_langchain.py in /work/bench-venv, answering one timed similarity_search per request."""
+
+    CASES = ("dense", "filtered_1pct", "filtered_0.1pct")
+
+    def __init__(self, admin: str, n: int, n_queries: int):
+        script = Path(__file__).with_name("retrieval_langchain.py")
+        args = [str(LANGCHAIN_PYTHON), str(script), "--serve", admin, str(n), str(n_queries)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def search(self, case: str, index: int) -> tuple[float, set[int]]:
+        self.proc.stdin.write(f"{case} {index}\n")
+        self.proc.stdin.flush()
+        ms, _, ids = self.proc.stdout.readline().split(" ")
+        return float(ms), {int(i) for i in ids.strip().split(",") if i}
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
+    """Rows the stock plan (ef_search 40, no iterative scan) returns for a filtered LIMIT k."""
+    with db.tenant(TENANT) as conn:
+        params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
+        return len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(q.shape[0])))
+
+
+def run(n: int, n_queries: int, langchain: bool) -> dict:
+    settings = load_settings(db_name="sluice_bench")
+    migrate(settings)
+    with Database(settings) as db:
+        base = ensure_data(db, n)
+        rng = np.random.default_rng(7)
+        queries = near_queries(base, n_queries, rng)
+        texts = [" ".join(VOCAB[int(i)] for i in rng.integers(0, len(VOCAB), size=3)) for _ in range(n_queries)]
+        for q, text in zip(queries[:20], texts[:20], strict=True):  # warm caches and the pool
+            for mode, spec in CASES.values():
+                _timed(db, mode, spec, text, q)
+        lc = LangChain(admin_conninfo(settings), n, n_queries) if langchain else None
+        lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
+        names = [*CASES, "exact", "exact_filtered_1pct", "lexical_no_rls_gin", *lc_names]
+        if lc:
+            for i in range(20):
+                for case in LangChain.CASES:
+                    lc.search(case, i)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        admin = psycopg.connect(admin_conninfo(settings), autocommit=True)
+        recall: dict[str, list[float]] = {name: [] for name in [*CASES, *lc_names] if "lexical" not in name}
+        recall.pop("hybrid")
+        counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
+        for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
+            exact = {None: _exact(db, q, None)}
+            for name, (mode, spec) in CASES.items():  # interleaved: every case sees the same load
+                ms, hits = _timed(db, mode, spec, text, q)
+                times[name].append(ms)
+                counts[name].append(len(hits))
+                if name in recall:
+                    key = json.dumps(spec)
+                    if key not in exact:
+                        exact[key] = _exact(db, q, spec)
+                    truth = {h.chunk_id for h in exact[key][1]}
+                    recall[name].append(len(truth & {h.chunk_id for h in hits}) / max(1, len(truth)))
+            times["lexical_no_rls_gin"].append(_lexical_without_rls(admin, text, TENANT))
+            for case in LangChain.CASES if lc else ():
+                ms, ids = lc.search(case, i)
+                key = json.dumps(CASES[case][1])
+                truth = {h.chunk_id for h in exact[key][1]}
+                times[f"langchain_{case}"].append(ms)
+                counts[f"langchain_{case}"].append(len(ids))
+                recall[f"langchain_{case}"].append(len(truth & ids) / max(1, len(truth)))
+            times["exact"].append(exact[None][0])
+            times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
+        admin.close()
+        if lc:
+            lc.close()
+        default = {
+            name: [_default_plan_count(db, q, spec) for q in queries[:50]] for name, (_, spec) in CASES.items() if spec
+        }
+    return _summary(n, n_queries, times, recall, counts, default)
+
+
+def _summary(n, n_queries, times, recall, counts, default) -> dict:
+    out = {"chunks": n, "queries": n_queries, "k": K, "cases": {}}
+    for name, values in times.items():
+        row = {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+        if name in recall:
+            row["recall@10_mean"] = float(np.mean(recall[name]))
+            row["recall@10_min"] = float(np.min(recall[name]))
+        if name in counts:
+            row["min_rows_returned"] = int(np.min(counts[name]))
+        if name in default:
+            row["default_plan_rows_max"] = int(np.max(default[name]))
+        out["cases"][name] = row
+    dense, exact = np.array(times["dense"]), np.array(times["exact"])
+    out["dense_vs_exact_median_ratio"] = float(np.median(dense / exact))
+    for case in LangChain.CASES:
+        if f"langchain_{case}" in times:  # per-query ratio, same query, measured back to back
+            ratio = np.array(times[case]) / np.array(times[f"langchain_{case}"])
+            out[f"{case}_vs_langchain_median_ratio"] = float(np.median(ratio))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--langchain", action="store_true", help=f"also time PGVector ({LANGCHAIN_PYTHON})")
+    parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
+    args = parser.parse_args()
+    if args.langchain_load:
+        admin = admin_conninfo(load_settings(db_name="sluice_bench"))
+        script = Path(__file__).with_name("retrieval_langchain.py")
+        subprocess.run([str(LANGCHAIN_PYTHON), str(script), "--load", admin, str(args.n)], check=True)
+    result = run(args.n, args.queries, args.langchain)
+    print(json.dumps(result, indent=2))
+    print("\n| case | p50 ms | p99 ms | recall@10 mean (min) | min rows | default plan rows (max) |")
+    print("|---|---|---|---|---|---|")
+    for name, row in result["cases"].items():
+        rec = f"{row['recall@10_mean']:.3f} ({row['recall@10_min']:.2f})" if "recall@10_mean" in row else "-"
+        print(
+            f"| {name} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {rec} | {row.get('min_rows_returned', '-')} "
+            f"| {row.get('default_plan_rows_max', '-')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""langchain-postgres PGVector on the same data and queries, driven by bench/retrieval.py.
+
+Runs in its own venv (/work/bench-venv: langchain-postgres 0.0.19), so it imports nothing from Sluice.
+
+    --load ADMIN_CONNINFO N   copy tenant bench-N's chunks from sluice_bench into PGVector (db sluice_langchain)
+                              and build an HNSW index with the same parameters (m=16, ef_construction=64)
+    --serve ADMIN_CONNINFO N  read "CASE I" lines on stdin, time PGVector.similarity_search for query I,
+                              answer "ms rows id,id,..." (ids = Sluice chunk ids)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import psycopg
+from langchain_core.embeddings import Embeddings
+from langchain_postgres import PGVector
+from psycopg.conninfo import make_conninfo
+from sqlalchemy import create_engine, event
+from sqlalchemy.pool import QueuePool
+
+DB = "sluice_langchain"
+COLLECTION = "bench"
+FILTERS = {"dense": None, "filtered_1pct": {"pct": {"$eq": 7}}, "filtered_0.1pct": {"permille": {"$eq": 7}}}
+
+
+def near_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Same as bench.synthetic.near_queries (kept in step by hand: this venv cannot import Sluice)."""
+    picks = vectors[rng.integers(0, len(vectors), size=n)]
+    v = picks + rng.standard_normal(picks.shape).astype(np.float32) * (0.8 / np.sqrt(picks.shape[1]))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class QueryTable(Embeddings):
+    """Embeddings whose queries are 'q<i>' keys into precomputed vectors (documents come pre-embedded)."""
+
+    def __init__(self, queries: np.ndarray):
+        self.queries = queries
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.queries[int(text[1:])].tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise RuntimeError("documents are added with precomputed embeddings")
+
+
+def _store(admin: str, queries: np.ndarray, ef_search: int = 100) -> PGVector:
+    conninfo = make_conninfo(admin, dbname=DB)
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=QueuePool)
+
+    @event.listens_for(engine, "connect")
+    def _ef(dbapi_conn, _record):  # same ef_search as Sluice's default config, for a like-for-like recall
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+        dbapi_conn.commit()
+
+    return PGVector(QueryTable(queries), connection=engine, embedding_length=384, collection_name=COLLECTION)
+
+
+def _source(admin: str, n: int):
+    with psycopg.connect(make_conninfo(admin, dbname="sluice_bench")) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        return conn.execute(
+            "SELECT c.chunk_id, c.text, d.metadata, c.embedding FROM chunks c JOIN documents d USING (document_id) "
+            "WHERE c.tenant_id = %s ORDER BY c.chunk_id",
+            (f"bench-{n}",),
+        ).fetchall()
+
+
+def load(admin: str, n: int) -> None:
+    with psycopg.connect(make_conninfo(admin, dbname="postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{DB}"')
+    rows = _source(admin, n)
+    store = _store(admin, np.zeros((1, 384), dtype=np.float32))
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), 5000):
+        batch = rows[start : start + 5000]
+        store.add_embeddings(
+            [r[1] for r in batch],
+            [list(map(float, r[3])) for r in batch],
+            [r[2] for r in batch],
+            ids=[str(r[0]) for r in batch],
+        )
+    with psycopg.connect(make_conninfo(admin, dbname=DB), autocommit=True) as conn:
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS lc_hnsw ON langchain_pg_embedding USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 16, ef_construction = 64)"
+        )
+        conn.execute("ANALYZE langchain_pg_embedding")
+    print(f"loaded {len(rows)} rows into PGVector in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def serve(admin: str, n: int, n_queries: int) -> None:
+    rows = _source(admin, n)
+    base = np.vstack([np.asarray(r[3], dtype=np.float32) for r in rows[:5000]])
+    queries = near_queries(base, n_queries, np.random.default_rng(7))
+    store = _store(admin, queries)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        case, index = line.split()
+        t0 = time.perf_counter()
+        docs = store.similarity_search(f"q{index}", k=10, filter=FILTERS[case])
+        ms = (time.perf_counter() - t0) * 1000
+        print(f"{ms:.3f} {len(docs)} {','.join(d.id or '' for d in docs)}", flush=True)
+
+
+if __name__ == "__main__":
+    mode, admin_conninfo, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "--load":
+        load(admin_conninfo, size)
+    else:
+        serve(admin_conninfo, size, int(sys.argv[4]))

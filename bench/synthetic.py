@@ -1,0 +1,75 @@
+"""Synthetic chunks for tests and benchmarks: random unit vectors, realistic overlapping metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sluice.config import EmbedderConfig, PipelineConfig
+from sluice.db import Database
+from tasks.embed import EmbedderIdentity
+from tasks.records import Record, store_records
+from tasks.store import register_index
+
+DIM = 384
+SYNTHETIC = PipelineConfig(embedder=EmbedderConfig(model="synthetic-random-unit", dim=DIM))
+IDENTITY = EmbedderIdentity("synthetic-random-unit", "0" * 64, DIM, True)
+AUTHORS = [f"author-{i}" for i in range(20)]
+SECTIONS = ["intro", "methods", "results", "discussion", "appendix"]
+COLLECTIONS = ["default", "legal", "eng"]
+VOCAB = [f"term{i}" for i in range(2000)]
+
+
+def unit_vectors(n: int, rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
+    """n random unit vectors (float32)."""
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def clustered_vectors(n: int, rng: np.random.Generator, cluster_size: int = 50, dim: int = DIM) -> np.ndarray:
+    """n unit vectors in clusters of about `cluster_size`, like text embeddings (neighbours at cosine ~0.6)."""
+    centers = unit_vectors(max(1, n // cluster_size), rng, dim)
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.8 / np.sqrt(dim))
+    v = centers[rng.integers(0, len(centers), size=n)] + noise
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def near_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n query vectors near random stored vectors (a question near some passage)."""
+    picks = vectors[rng.integers(0, len(vectors), size=n)]
+    v = picks + rng.standard_normal(picks.shape).astype(np.float32) * (0.8 / np.sqrt(picks.shape[1]))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_records(n: int, rng: np.random.Generator, prefix: str = "doc") -> list[Record]:
+    """n one-chunk records; doc.pct is 1% selective per value, doc.permille 0.1%."""
+    words = rng.integers(0, len(VOCAB), size=(n, 30))
+    records = []
+    for i in range(n):
+        meta = {
+            "author": AUTHORS[int(rng.integers(len(AUTHORS)))],
+            "year": int(rng.integers(2000, 2025)),
+            "pct": i % 100,
+            "permille": i % 1000,
+            "team": {"name": SECTIONS[i % len(SECTIONS)]},
+        }
+        if i % 10:
+            meta["lang"] = ["en", "de", "fr"][i % 3]
+        chunk_meta = {"page": int(rng.integers(1, 50)), "section": SECTIONS[int(rng.integers(len(SECTIONS)))]}
+        text = " ".join(VOCAB[j] for j in words[i])
+        records.append(Record(f"{prefix}-{i:07d}", text, meta, chunk_meta, COLLECTIONS[i % len(COLLECTIONS)]))
+    return records
+
+
+def load_synthetic(
+    db: Database, tenant: str, n: int, seed: int, clustered: bool = False, batch: int = 5000
+) -> tuple[list[Record], np.ndarray]:
+    """Register the synthetic index and load n records into `tenant`; return the records and their vectors."""
+    rng = np.random.default_rng(seed)
+    records = make_records(n, rng, prefix=tenant)
+    vectors = clustered_vectors(n, rng) if clustered else unit_vectors(n, rng)
+    with db.tenant(tenant) as conn:
+        register_index(conn, SYNTHETIC, IDENTITY)
+    for start in range(0, n, batch):
+        with db.tenant(tenant) as conn:
+            store_records(conn, SYNTHETIC.index_id, records[start : start + batch], vectors[start : start + batch])
+    return records, vectors

@@ -1,0 +1,122 @@
+"""Retrieval commands: `sluice eval-retrieval` and `sluice index ...` (active embedding spaces)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sluice.errors import QueryError, SluiceError
+from sluice.settings import load_settings
+
+app = typer.Typer(no_args_is_help=True)
+index_app = typer.Typer(help="Embedding spaces: activate one per collection, drop old ones.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+console = Console()
+err_console = Console(stderr=True)
+
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
+CollectionOpt = Annotated[str, typer.Option("--collection", help="Collection within the tenant.")]
+
+
+def parse_filter(text: str | None) -> dict | None:
+    """Parse a --filter JSON object; raise QueryError naming the problem."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueryError(f"--filter is not valid JSON ({exc.msg} at char {exc.pos}): pass a JSON object") from exc
+    if not isinstance(value, dict):
+        raise QueryError('--filter must be a JSON object, e.g. {"doc.lang": "en"}')
+    return value
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command("eval-retrieval")
+def eval_retrieval(
+    beir: Annotated[Path, typer.Option("--beir", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the throwaway tenant's data.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score dense, lexical and hybrid retrieval on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10)."""
+    from sluice.config import load_config
+    from sluice.db import Database
+    from tasks.beir import METRICS, eval_beir
+    from tasks.embed import get_embedder
+
+    settings = load_settings()
+    try:
+        pipeline = load_config(config or settings.config_path)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with Database(settings) as db:
+            results = eval_beir(db, pipeline, embedder, beir, keep=keep)
+    except SluiceError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"config_id": pipeline.config_id, "results": results}, indent=2))
+        return
+    table = Table(title=f"retrieval on {beir} (config {pipeline.config_id})")
+    table.add_column("mode")
+    for metric in METRICS:
+        table.add_column(metric, justify="right")
+    for mode, scores in results.items():
+        table.add_row(mode, *(f"{scores[m]:.4f}" for m in METRICS))
+    console.print(table)
+
+
+@index_app.command("activate")
+def index_activate(index_id: str, tenant: TenantOpt, collection: CollectionOpt = "default") -> None:
+    """Make INDEX_ID serve a collection, atomically; the previous index keeps its chunks."""
+    from sluice.db import Database
+    from tasks.indexes import activate_index
+
+    try:
+        with Database(load_settings()) as db, db.tenant(tenant) as conn:
+            previous = activate_index(conn, index_id, collection)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"collection {collection!r} now served by {index_id} (was {previous or 'the config default'})")
+
+
+@index_app.command("drop")
+def index_drop(index_id: str, tenant: TenantOpt) -> None:
+    """Delete the tenant's chunks of INDEX_ID (refused while it is active for a collection)."""
+    from sluice.db import Database
+    from tasks.indexes import drop_index
+
+    try:
+        with Database(load_settings()) as db, db.tenant(tenant) as conn:
+            deleted = drop_index(conn, index_id)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"dropped {deleted} chunks of index {index_id}")
+
+
+@index_app.command("list")
+def index_list(tenant: TenantOpt) -> None:
+    """The tenant's indexes, their chunk counts and the collections they serve."""
+    from sluice.db import Database
+    from tasks.indexes import list_indexes
+
+    try:
+        with Database(load_settings()) as db, db.tenant(tenant) as conn:
+            rows = list_indexes(conn)
+    except SluiceError as exc:
+        _fail(exc)
+    table = Table(title=f"indexes of tenant {tenant}")
+    for col in ("index_id", "embedder", "chunks", "active for"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row[0], row[1], str(row[2]), ", ".join(row[3]) or "-")
+    console.print(table)

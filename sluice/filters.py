@@ -1,0 +1,170 @@
+"""A small metadata filter language, compiled to parameterised SQL over jsonb.
+
+A filter is a JSON-like mapping:
+
+    {"doc.author": "Ada"}                               equality (exact JSON value)
+    {"doc.year": {"gte": 2020, "lt": 2024}}             ranges: gt, gte, lt, lte (numbers or strings)
+    {"chunk.page": {"in": [1, 2, 3]}}                   membership
+    {"doc.lang": {"exists": true}}                      presence of a key (JSON null counts as present)
+    {"doc.meta.team": {"eq": "search"}}                 nested keys: dots walk into objects
+    {"and": [f, ...]}, {"or": [f, ...]}, {"not": f}     combinators; several keys in one mapping = and
+    {"collection": "legal"} / {"collection": {"in": [...]}}   the document's collection
+
+Keys start with `doc.` (document metadata) or `chunk.` (chunk metadata); key segments are ASCII
+letters, digits, `_` or `-`. Values only ever travel as bind parameters: nothing from a filter is
+spliced into SQL text. A missing key never matches (and `not` of a missing key matches), because
+every leaf is wrapped in COALESCE(..., false).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from sluice.errors import QueryError
+
+MAX_DEPTH = 8
+MAX_NODES = 200
+MAX_IN = 1000
+MAX_STRING = 2000
+MAX_SEGMENTS = 8
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SCOPES = {"doc": "d", "chunk": "c"}
+_RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_OPERATORS = {"eq", "in", "exists", *_RANGE}
+_COLLECTION_OPS = {"eq", "in"}
+
+
+@dataclass
+class CompiledFilter:
+    """SQL (a psycopg Composable using named placeholders) plus the values to bind to them."""
+
+    clause: sql.Composable
+    params: dict[str, Any] = field(default_factory=dict)
+    uses_doc: bool = False
+
+
+class _Compiler:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.params: dict[str, Any] = {}
+        self.nodes = 0
+        self.uses_doc = False
+
+    def bind(self, value: Any) -> sql.Placeholder:
+        name = f"{self.prefix}{len(self.params)}"
+        self.params[name] = value
+        return sql.Placeholder(name)
+
+    def node(self, spec: Any, depth: int) -> sql.Composable:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise QueryError(f"filter has more than {MAX_NODES} conditions: simplify it")
+        if depth > MAX_DEPTH:
+            raise QueryError(f"filter is nested deeper than {MAX_DEPTH} levels: flatten it")
+        if not isinstance(spec, dict) or not spec:
+            raise QueryError(f"filter must be a non-empty mapping of key to condition, got {_show(spec)}")
+        parts = [self.entry(key, value, depth) for key, value in spec.items()]
+        return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+
+    def entry(self, key: Any, value: Any, depth: int) -> sql.Composable:
+        if key in ("and", "or"):
+            if not isinstance(value, list) or not value:
+                raise QueryError(f"filter operator {key!r} needs a non-empty list of filters")
+            joined = sql.SQL(f" {key.upper()} ").join(self.node(v, depth + 1) for v in value)
+            return sql.SQL("({})").format(joined)
+        if key == "not":
+            return sql.SQL("(NOT {})").format(self.node(value, depth + 1))
+        if key == "collection":
+            return self.collection(value)
+        return self.field(key, _parse_key(key), value)
+
+    def collection(self, value: Any) -> sql.Composable:
+        self.uses_doc = True
+        cond = value if isinstance(value, dict) else {"eq": value}
+        if len(cond) != 1 or next(iter(cond)) not in _COLLECTION_OPS:
+            raise QueryError("filter key 'collection' takes a name, {'eq': name} or {'in': [names]}")
+        op, arg = next(iter(cond.items()))
+        names = arg if op == "in" else [arg]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise QueryError("filter key 'collection' needs collection names as strings")
+        return sql.SQL("d.collection = ANY({})").format(self.bind(names))
+
+    def field(self, key: str, target: tuple[str, list[str]], value: Any) -> sql.Composable:
+        alias, path = target
+        self.uses_doc |= alias == "d"
+        expr = sql.SQL("({}.metadata #> {})").format(sql.Identifier(alias), self.bind(path))
+        cond = value if isinstance(value, dict) else {"eq": value}
+        if not cond:
+            raise QueryError(f"filter key {key!r} has an empty condition")
+        parts = [self.leaf(expr, op, arg, key) for op, arg in cond.items()]
+        return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+
+    def leaf(self, expr: sql.Composable, op: Any, arg: Any, key: str) -> sql.Composable:
+        if op not in _OPERATORS:
+            raise QueryError(f"filter key {key!r}: unknown operator {_show(op)}; use one of {sorted(_OPERATORS)}")
+        if op == "exists":
+            if not isinstance(arg, bool):
+                raise QueryError(f"filter key {key!r}: 'exists' takes true or false")
+            return sql.SQL("({} IS NOT NULL)" if arg else "({} IS NULL)").format(expr)
+        if op == "in":
+            if not isinstance(arg, list) or not arg or len(arg) > MAX_IN:
+                raise QueryError(f"filter key {key!r}: 'in' takes a list of 1 to {MAX_IN} values")
+            values = [Jsonb(_scalar(v, key, op)) for v in arg]
+            return sql.SQL("COALESCE({} = ANY({}::jsonb[]), false)").format(expr, self.bind(values))
+        if op == "eq":
+            return sql.SQL("COALESCE({} = {}::jsonb, false)").format(expr, self.bind(Jsonb(_scalar(arg, key, op))))
+        if isinstance(arg, bool) or not isinstance(arg, (int, float, str)):
+            raise QueryError(f"filter key {key!r}: {op!r} compares numbers or strings, got {_show(arg)}")
+        value = self.bind(Jsonb(_scalar(arg, key, op)))
+        # jsonb orders across types (string < number < ...): require the same JSON type first.
+        return sql.SQL("COALESCE(jsonb_typeof({e}) = jsonb_typeof({v}::jsonb) AND {e} {o} {v}::jsonb, false)").format(
+            e=expr, v=value, o=sql.SQL(_RANGE[op])
+        )
+
+
+def _parse_key(key: Any) -> tuple[str, list[str]]:
+    if not isinstance(key, str):
+        raise QueryError(f"filter key {_show(key)} is not a string")
+    scope, _, rest = key.partition(".")
+    if scope not in _SCOPES or not rest:
+        raise QueryError(
+            f"filter key {key!r} must start with 'doc.' or 'chunk.' (or be 'and', 'or', 'not', 'collection')"
+        )
+    segments = rest.split(".")
+    if len(segments) > MAX_SEGMENTS or not all(_SEGMENT.fullmatch(s) for s in segments):
+        raise QueryError(
+            f"filter key {key!r} is invalid: use at most {MAX_SEGMENTS} segments of 1-64 ASCII letters, "
+            "digits, '_' or '-'"
+        )
+    return _SCOPES[scope], segments
+
+
+def _scalar(value: Any, key: str, op: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        if isinstance(value, float) and value != value:
+            raise QueryError(f"filter key {key!r}: {op!r} value is NaN")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING or "\x00" in value:
+            raise QueryError(f"filter key {key!r}: {op!r} string is longer than {MAX_STRING} or contains NUL")
+        return value
+    raise QueryError(f"filter key {key!r}: {op!r} takes a string, number, boolean or null, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def compile_filter(spec: dict[str, Any] | None, prefix: str = "f") -> CompiledFilter:
+    """Compile a filter to a SQL condition over chunks `c` and documents `d`; raise QueryError if invalid."""
+    if spec is None or spec == {}:
+        return CompiledFilter(sql.SQL("TRUE"))
+    compiler = _Compiler(prefix)
+    clause = compiler.node(spec, 1)
+    return CompiledFilter(clause, compiler.params, compiler.uses_doc)

@@ -1,0 +1,128 @@
+"""Retrieval quality on a BEIR-format dataset: load into a throwaway tenant, score each mode with ranx."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sluice.config import PipelineConfig
+from sluice.db import Database, create_tenant
+from sluice.errors import SourceError
+from tasks.embed import Embedder
+from tasks.records import Record, store_records
+from tasks.retrieve import retrieve
+from tasks.store import register_index
+
+METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+MODES = ("dense", "lexical", "hybrid")
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    corpus: dict[str, str]  # doc id -> title + " " + text
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SourceError(f"BEIR file {str(path)!r} is missing: a BEIR folder has corpus.jsonl, queries.jsonl, qrels/")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}:{n}: not valid JSON ({exc.msg}): fix or remove the line") from exc
+    return rows
+
+
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    if not path.is_file():
+        raise SourceError(f"BEIR qrels {str(path)!r} is missing: expected qrels/test.tsv")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            try:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise SourceError(f"{path}: rows need query-id, corpus-id and an integer score ({exc})") from exc
+    return qrels
+
+
+def load_beir(root: Path, split: str = "test") -> BeirDataset:
+    """Read a BEIR folder; documents are title + " " + text; only queries with judgements are kept."""
+    root = Path(root)
+    corpus = {str(d["_id"]): f"{d.get('title', '')} {d.get('text', '')}".strip() for d in _jsonl(root / "corpus.jsonl")}
+    qrels = _qrels(root / "qrels" / f"{split}.tsv")
+    queries = {str(q["_id"]): q["text"] for q in _jsonl(root / "queries.jsonl") if str(q["_id"]) in qrels}
+    if not corpus or not queries:
+        raise SourceError(f"BEIR folder {str(root)!r} has no documents or no judged queries")
+    return BeirDataset(corpus, queries, qrels)
+
+
+def load_into_tenant(db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, data: BeirDataset) -> int:
+    """Embed the corpus and store one chunk per document; return the chunks stored."""
+    ids = list(data.corpus)
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, embedder.identity)
+    stored = 0
+    for start in range(0, len(ids), 1000):
+        batch = ids[start : start + 1000]
+        vectors = embedder.encode([data.corpus[i] for i in batch])
+        with db.tenant(tenant) as conn:
+            records = [Record(i, data.corpus[i], {"beir_id": i}) for i in batch]
+            stored += store_records(conn, config.index_id, records, vectors)
+    return stored
+
+
+def run_mode(db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, data: BeirDataset, mode: str):
+    """Top-100 documents per query for one mode, as a ranx run dict."""
+    retrieval = config.retrieval.model_copy(update={"mode": mode, "k": 100})
+    qids = list(data.queries)
+    vectors = embedder.encode([data.queries[q] for q in qids])
+    run: dict[str, dict[str, float]] = {}
+    with db.tenant(tenant) as conn:
+        for qid, vec in zip(qids, vectors, strict=True):
+            hits = retrieve(conn, config.index_id, data.queries[qid], vec, retrieval)
+            run[qid] = {h.source_id: h.score for h in hits}
+    return run
+
+
+def evaluate_runs(data: BeirDataset, runs: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """nDCG@10, Recall@10/100 and MRR@10 per mode, computed by ranx."""
+    from ranx import Qrels, Run, evaluate
+
+    qrels = Qrels.from_dict(data.qrels)
+    results = {}
+    for mode, run in runs.items():
+        scores = evaluate(qrels, Run.from_dict(run, name=mode), list(METRICS), make_comparable=True)
+        results[mode] = {m: float(scores[m]) for m in METRICS}
+    return results
+
+
+def drop_tenant_data(db: Database, tenant: str) -> None:
+    """Delete everything a throwaway tenant holds, then the tenant itself."""
+    with db.tenant(tenant) as conn:
+        for table in ("active_indexes", "chunks", "indexed_documents", "documents", "embedding_cache", "ingest_errors"):
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed table names)
+        conn.execute("DELETE FROM tenants")
+
+
+def eval_beir(
+    db: Database, config: PipelineConfig, embedder: Embedder, root: Path, keep: bool = False
+) -> dict[str, dict[str, float]]:
+    """Load a BEIR dataset into a throwaway tenant and score dense, lexical and hybrid retrieval."""
+    data = load_beir(root)
+    tenant = f"beir-{uuid.uuid4().hex[:12]}"
+    create_tenant(db, tenant, f"BEIR {Path(root).name}")
+    try:
+        load_into_tenant(db, tenant, config, embedder, data)
+        runs = {mode: run_mode(db, tenant, config, embedder, data, mode) for mode in MODES}
+    finally:
+        if not keep:
+            drop_tenant_data(db, tenant)
+    return evaluate_runs(data, runs)

@@ -1,0 +1,71 @@
+"""The active embedding space of a tenant's collection: build a new index beside the old, switch atomically.
+
+The switch is one row update in one transaction (`active_indexes` is under RLS), so a reader
+resolves either the old or the new index, both fully built. The old index's chunks stay until
+`drop_index` is called for it, and an active index cannot be dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from sluice.errors import QueryError
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    index_id: str
+    chunks: int
+    documents: int
+
+
+def active_index(conn: psycopg.Connection, collection: str = "default") -> str | None:
+    """The index serving `collection` for the current tenant, or None when none was activated."""
+    row = conn.execute("SELECT index_id FROM active_indexes WHERE collection = %s", (collection,)).fetchone()
+    return row[0] if row else None
+
+
+def index_stats(conn: psycopg.Connection, index_id: str) -> IndexStats:
+    """How many of the tenant's chunks and documents an index holds."""
+    chunks, docs = conn.execute(
+        "SELECT count(*), count(DISTINCT document_id) FROM chunks WHERE index_id = %s", (index_id,)
+    ).fetchone()
+    return IndexStats(index_id, chunks, docs)
+
+
+def activate_index(conn: psycopg.Connection, index_id: str, collection: str = "default") -> str | None:
+    """Make `index_id` serve `collection` (refusing an empty index); return the index it replaces."""
+    if index_stats(conn, index_id).chunks == 0:
+        raise QueryError(f"index {index_id} holds no chunks for this tenant: ingest into it before activating it")
+    previous = conn.execute(
+        "SELECT index_id FROM active_indexes WHERE collection = %s FOR UPDATE", (collection,)
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO active_indexes (tenant_id, collection, index_id, previous_index) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, NULL) ON CONFLICT (tenant_id, collection) DO UPDATE "
+        "SET previous_index = active_indexes.index_id, index_id = EXCLUDED.index_id, switched_at = now()",
+        (collection, index_id),
+    )
+    return previous[0] if previous else None
+
+
+def drop_index(conn: psycopg.Connection, index_id: str) -> int:
+    """Delete the tenant's chunks of an index no collection serves; return the chunks deleted."""
+    serving = conn.execute("SELECT collection FROM active_indexes WHERE index_id = %s", (index_id,)).fetchall()
+    if serving:
+        names = ", ".join(r[0] for r in serving)
+        raise QueryError(f"index {index_id} is active for collection(s) {names}: activate another index first")
+    conn.execute("DELETE FROM indexed_documents WHERE index_id = %s", (index_id,))
+    return conn.execute("DELETE FROM chunks WHERE index_id = %s", (index_id,)).rowcount
+
+
+def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str]]]:
+    """(index_id, embedder model, chunk count, collections served) for each index the tenant has chunks in."""
+    return conn.execute(
+        "SELECT c.index_id, i.embedder_model, count(*), "
+        "coalesce((SELECT array_agg(a.collection ORDER BY a.collection) FROM active_indexes a "
+        "WHERE a.index_id = c.index_id), '{}') "
+        "FROM chunks c JOIN indexes i USING (index_id) GROUP BY c.index_id, i.embedder_model ORDER BY c.index_id"
+    ).fetchall()

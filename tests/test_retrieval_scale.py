@@ -1,0 +1,228 @@
+"""Filtered dense search never under-returns; property-based tenant isolation against an exact scan.
+
+One dataset per module: a 20k-chunk tenant of random unit vectors (the hard case for HNSW
+filtering) and four small tenants with clustered vectors and overlapping metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from bench.synthetic import (
+    AUTHORS,
+    IDENTITY,
+    SECTIONS,
+    SYNTHETIC,
+    VOCAB,
+    clustered_vectors,
+    load_synthetic,
+    make_records,
+    near_queries,
+    unit_vectors,
+)
+from sluice.config import RetrievalConfig
+from sluice.db import admin_conninfo, create_tenant
+from tasks import retrieve as R
+from tasks.records import store_records
+from tasks.store import register_index
+from tests.filter_reference import matches
+
+BIG, BIG_N = "scale-big", 20_000
+SMALL = ("iso-a", "iso-b", "iso-c", "iso-d")
+SMALL_N = 1_200
+K = 10
+
+
+@pytest.fixture(scope="module")
+def big(db):
+    create_tenant(db, BIG)
+    records, _ = load_synthetic(db, BIG, BIG_N, seed=1)
+    return records
+
+
+@pytest.fixture(scope="module")
+def small(db, migrated):
+    data = {}
+    for n, tenant in enumerate(SMALL):
+        create_tenant(db, tenant)
+        records, vectors = _load_small(db, tenant, seed=100 + n)
+        data[tenant] = (records, vectors)
+    with psycopg.connect(admin_conninfo(migrated)) as admin:  # the admin role sees every tenant's rows
+        rows = admin.execute("SELECT chunk_id, tenant_id FROM chunks").fetchall()
+    owner = dict(rows)
+    return data, owner
+
+
+def _load_small(db, tenant: str, seed: int):
+    rng = np.random.default_rng(seed)
+    records = [
+        replace(r, collection=f"private-{tenant}") if i % 7 == 0 else r
+        for i, r in enumerate(make_records(SMALL_N, rng, prefix=tenant))
+    ]
+    vectors = clustered_vectors(SMALL_N, rng)
+    with db.tenant(tenant) as conn:
+        register_index(conn, SYNTHETIC, IDENTITY)
+        store_records(conn, SYNTHETIC.index_id, records, vectors)
+    return records, vectors
+
+
+@pytest.mark.parametrize(("spec", "share"), [({"doc.pct": 7}, 0.01), ({"doc.permille": 7}, 0.001)])
+def test_filtered_dense_returns_k_where_the_default_plan_does_not(db, big, spec, share):
+    expected = {r.source_id for r in big if matches(spec, r)}
+    assert len(expected) == int(BIG_N * share) >= K
+    queries = unit_vectors(5, np.random.default_rng(7))
+    default_counts = []
+    for q in queries:
+        with db.tenant(BIG) as conn:
+            # The default plan: ef_search 40, no iterative scan, LIMIT k over the HNSW order.
+            params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
+            default_counts.append(len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(384))))
+        with db.tenant(BIG) as conn:
+            hits = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), spec)
+        assert len(hits) == K
+        assert {h.source_id for h in hits} <= expected
+    assert max(default_counts) < K, default_counts  # the default plan under-returns on every query
+
+
+def test_default_plan_uses_hnsw(db, big):
+    with db.tenant(BIG) as conn:
+        params = {"q": unit_vectors(1, np.random.default_rng(1))[0], "index_id": SYNTHETIC.index_id, "k": K}
+        compiled = R.compile_filter({"doc.permille": 7})
+        query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(filter=compiled.clause, dim=sql.Literal(384))
+        plan = "\n".join(r[0] for r in conn.execute(query, {**params, "fetch": K, **compiled.params}))
+    assert "chunks_hnsw_384" in plan, plan
+
+
+# ---------------------------------------------------------------- property-based isolation
+def _leaf() -> st.SearchStrategy[dict]:
+    names = ["default", "legal", "eng", *(f"private-{t}" for t in SMALL)]
+    ranges = st.sampled_from(["eq", "gt", "gte", "lt", "lte"])
+    return st.one_of(
+        st.builds(lambda a: {"doc.author": a}, st.sampled_from(AUTHORS)),
+        st.builds(lambda a: {"doc.author": {"in": a}}, st.lists(st.sampled_from(AUTHORS), min_size=1, max_size=4)),
+        st.builds(lambda o, y: {"doc.year": {o: y}}, ranges, st.integers(1998, 2026)),
+        st.builds(lambda o, p: {"doc.pct": {o: p}}, ranges, st.integers(0, 99)),
+        st.builds(lambda v: {"doc.lang": v}, st.sampled_from(["en", "de", "fr", "xx"])),
+        st.builds(lambda o, v: {"doc.lang": {o: v}}, ranges, st.sampled_from(["de", "en", "fr"])),
+        st.builds(lambda e: {"doc.lang": {"exists": e}}, st.booleans()),
+        st.builds(lambda s: {"doc.team.name": s}, st.sampled_from(SECTIONS)),
+        st.builds(lambda o, p: {"chunk.page": {o: p}}, ranges, st.integers(0, 50)),
+        st.builds(lambda s: {"chunk.section": {"in": s}}, st.lists(st.sampled_from(SECTIONS), min_size=1, max_size=3)),
+        st.builds(lambda c: {"collection": c}, st.sampled_from(names)),
+    )
+
+
+FILTERS = st.one_of(
+    st.none(),
+    st.recursive(
+        _leaf(),
+        lambda kids: st.one_of(
+            st.builds(lambda xs: {"and": xs}, st.lists(kids, min_size=1, max_size=3)),
+            st.builds(lambda xs: {"or": xs}, st.lists(kids, min_size=1, max_size=3)),
+            st.builds(lambda x: {"not": x}, kids),
+        ),
+        max_leaves=4,
+    ),
+)
+CASES = st.tuples(
+    st.sampled_from(SMALL),
+    FILTERS,
+    st.integers(0, 2**31),
+    st.sampled_from(["dense", "dense", "lexical", "hybrid"]),
+    st.sampled_from([1, 5, 10]),
+)
+
+
+def _expected_dense(records, vectors, spec, q, k) -> list[str]:
+    keep = [i for i, r in enumerate(records) if matches(spec, r)]
+    if not keep:
+        return []
+    sims = vectors[keep] @ q
+    order = np.argsort(-sims, kind="stable")[:k]
+    return [records[keep[i]].source_id for i in order]
+
+
+def _query_text(records, rng) -> str:
+    words = records[int(rng.integers(len(records)))].text.split()
+    picks = [words[int(i)] for i in rng.integers(0, len(words), size=2)]
+    return " ".join([*picks, VOCAB[int(rng.integers(len(VOCAB)))]])
+
+
+def test_isolation_property(db, small):
+    data, owner = small
+    recalls: list[float] = []
+    cases = [0]
+
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(CASES)
+    def check(case):
+        tenant, spec, seed, mode, k = case
+        records, vectors = data[tenant]
+        rng = np.random.default_rng(seed)
+        q = near_queries(vectors, 1, rng)[0]
+        text = _query_text(records, rng)
+        with db.tenant(tenant) as conn:
+            hits = R.retrieve(conn, SYNTHETIC.index_id, text, q, RetrievalConfig(mode=mode, k=k), spec)
+        cases[0] += 1
+        assert all(owner.get(h.chunk_id) == tenant for h in hits), (tenant, spec)
+        by_id = {r.source_id: r for r in records}
+        assert all(h.source_id in by_id and matches(spec, by_id[h.source_id]) for h in hits), spec
+        allowed = [r for r in records if matches(spec, r)]
+        terms = set(text.split())
+        lexical_ok = [r for r in allowed if terms & set(r.text.split())]
+        if mode == "lexical":
+            assert len(hits) == min(k, len(lexical_ok))
+            assert all(terms & set(h.text.split()) for h in hits)
+            return
+        assert len(hits) == min(k, len(allowed)), (spec, len(hits), len(allowed))
+        if mode == "dense":
+            exact = _expected_dense(records, vectors, spec, q, k)
+            if exact:
+                recalls.append(len({h.source_id for h in hits} & set(exact)) / len(exact))
+
+    check()
+    assert cases[0] >= 1000
+    assert len(recalls) > 200
+    assert np.mean(recalls) >= 0.95, np.mean(recalls)
+    assert min(recalls) >= 0.5, sorted(recalls)[:10]
+
+
+def test_other_tenants_collection_returns_nothing(db, small):
+    data, _ = small
+    records, vectors = data["iso-a"]
+    with db.tenant("iso-b") as conn:
+        hits = R.retrieve(
+            conn,
+            SYNTHETIC.index_id,
+            records[0].text,
+            vectors[0],
+            RetrievalConfig(mode="hybrid", k=10),
+            {"collection": "private-iso-a"},
+        )
+        assert hits == []
+        # No count leaks either: the tenant sees zero documents of that collection, not "some, hidden".
+        seen = conn.execute("SELECT count(*) FROM documents WHERE collection = 'private-iso-a'").fetchone()[0]
+        assert seen == 0
+    with db.tenant("iso-a") as conn:
+        hits = R.retrieve(
+            conn,
+            SYNTHETIC.index_id,
+            records[0].text,
+            vectors[0],
+            RetrievalConfig(k=10),
+            {"collection": "private-iso-a"},
+        )
+        assert len(hits) == 10
