@@ -1,0 +1,152 @@
+"""The gateway: route one chat request to a replica of a tier, retry elsewhere, fall back, within a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from sluice.config import OpenAIGenerator, TierConfig
+from sluice.errors import ConfigError, GenerationError
+from tasks.llm.balance import BALANCERS
+from tasks.llm.client import Chunk, ReplicaError, chat_once, chat_stream, make_http_client
+from tasks.llm.state import GatewayState, MemoryState
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: dict[str, int] | None
+    model: str
+    tier: str
+    replica: str
+    ttft_s: float
+    total_s: float
+    attempts: list[str] = field(default_factory=list)  # "tier replica: reason" of each failed attempt
+
+
+class Gateway:
+    """Send chat requests to a config's tiers of replicas: balanced, circuit-broken, retried, deadline-bound."""
+
+    def __init__(
+        self,
+        config: OpenAIGenerator,
+        state: GatewayState | None = None,
+        http: httpx.Client | None = None,
+        api_key: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.state = state or MemoryState()
+        self.http = http or make_http_client(api_key)
+        self.clock = clock
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self.http.close()
+
+    def tier_order(self, tier: str) -> list[str]:
+        """The routed tier first, then the configured fallbacks."""
+        if tier not in self.config.tiers:
+            raise ConfigError(f"tier {tier!r} is not declared: use one of {sorted(self.config.tiers)}")
+        return [tier] + [t for t in self.config.fallback if t != tier]
+
+    def chat(self, tier: str, messages: list[dict[str, str]]) -> Generator[str, None, Completion]:
+        """Yield the answer's text pieces; return the completion. Raises GenerationError when all fail."""
+        deadline = self.clock() + self.config.deadline_s
+        failures: list[str] = []
+        for name in self.tier_order(tier):
+            tried: set[str] = set()
+            for _ in range(self.config.attempts_per_tier):
+                if self.clock() >= deadline:
+                    raise GenerationError(_summary("deadline exceeded", self.config.deadline_s, failures))
+                replica = self.pick(name, tried)
+                if replica is None:
+                    failures.append(f"{name}: every replica cooling down or already tried")
+                    break
+                tried.add(replica)
+                try:
+                    completion = yield from self._attempt(name, replica, messages, deadline)
+                except ReplicaError as exc:
+                    failures.append(f"{name} {replica}: {exc}")
+                    continue
+                completion.attempts = failures
+                return completion
+        raise GenerationError(_summary("every tier failed", self.config.deadline_s, failures))
+
+    def pick(self, tier: str, tried: set[str]) -> str | None:
+        """Choose a replica: a half-open one due for its probe first, else the balancer among closed ones."""
+        spec = self.config.tiers[tier]
+        candidates = [r for r in spec.replicas if r not in tried]
+        now = self.clock()
+        circuits = self.state.circuits(candidates, now)
+        for replica, circuit in zip(candidates, circuits, strict=True):
+            if circuit == "half_open" and self.state.try_probe(replica, now, spec.timeout_s):
+                return replica
+        closed = [r for r, c in zip(candidates, circuits, strict=True) if c == "closed"]
+        if not closed:
+            return None
+        return BALANCERS[spec.balancer].choose(tier, closed, self.state)
+
+    def _attempt(
+        self, tier: str, replica: str, messages: list[dict[str, str]], deadline: float
+    ) -> Generator[str, None, Completion]:
+        spec = self.config.tiers[tier]
+        payload = _payload(spec, messages, self.config.temperature)
+        started = self.clock()
+        timeout = min(spec.timeout_s, deadline - started)
+        self.state.acquire(replica)
+        emitted = False
+        try:
+            if self.config.stream:
+                pieces: list[str] = []
+                usage, model, ttft = None, None, None
+                for chunk in chat_stream(self.http, replica, payload, timeout):
+                    _check_time(self.clock(), started + timeout, replica)
+                    usage, model = chunk.usage or usage, chunk.model or model
+                    if chunk.text:
+                        ttft = ttft if ttft is not None else self.clock() - started
+                        pieces.append(chunk.text)
+                        emitted = True
+                        yield chunk.text
+                text = "".join(pieces)
+            else:
+                done: Chunk = chat_once(self.http, replica, payload, timeout)
+                text, usage, model, ttft = done.text, done.usage, done.model, None
+                if text:
+                    yield text
+        except ReplicaError as exc:
+            self._failed(replica, spec)
+            if emitted:  # text already reached the caller: a retry would duplicate it
+                raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
+            raise
+        finally:
+            self.state.release(replica)
+        total = self.clock() - started
+        self.state.observe_latency(replica, total)
+        self.state.record_success(replica)
+        return Completion(text, usage, model or spec.model, tier, replica, total if ttft is None else ttft, total)
+
+    def _failed(self, replica: str, spec: TierConfig) -> None:
+        breaker = self.config.breaker
+        self.state.record_failure(replica, self.clock(), breaker.failure_threshold, breaker.cooldown_s)
+
+
+def _payload(spec: TierConfig, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:
+    return {"model": spec.model, "messages": messages, "max_tokens": spec.max_tokens, "temperature": temperature}
+
+
+def _check_time(now: float, limit: float, replica: str) -> None:
+    if now > limit:
+        raise ReplicaError(f"response from {replica} exceeded its time budget")
+
+
+def _summary(what: str, deadline_s: float, failures: list[str]) -> str:
+    tried = "; ".join(failures) or "no attempt was made"
+    return (
+        f"{what} (deadline {deadline_s:g}s): {tried}. Check the replicas' URLs and health, "
+        "or raise generator.deadline_s / add fallback tiers"
+    )
