@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from sluice.errors import ConfigError
 
@@ -87,7 +87,19 @@ class ClassifierRouting(_Frozen):
     model_sha256: str = Field(min_length=64, max_length=64, description="Versions the model with the config.")
 
 
-RoutingConfig = Annotated[Union[SingleRouting, RulesRouting, ClassifierRouting], Field(discriminator="policy")]
+def _routing_policy(value: Any) -> str | None:
+    # `policy` may be omitted, as before routing had several policies: it then means "single".
+    return value.get("policy", "single") if isinstance(value, dict) else getattr(value, "policy", None)
+
+
+RoutingConfig = Annotated[
+    Union[
+        Annotated[SingleRouting, Tag("single")],
+        Annotated[RulesRouting, Tag("rules")],
+        Annotated[ClassifierRouting, Tag("classifier")],
+    ],
+    Discriminator(_routing_policy),
+]
 
 
 class ExtractiveGenerator(_Frozen):

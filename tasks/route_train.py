@@ -73,9 +73,14 @@ def calibrate_threshold(p_small: np.ndarray, large_share: float) -> float:
 
 
 def train_router(vectors: np.ndarray, labels: np.ndarray, large_share: float, embedder_key: str) -> RouterModel:
-    """Fit a logistic regression and calibrate its threshold on out-of-fold probabilities."""
+    """Fit k fold models, average them, and place the threshold on their out-of-fold scores.
+
+    The averaged model scores new questions the way each fold model scored its unseen fold, so a
+    threshold at the `large_share` quantile of out-of-fold scores carries over to new questions;
+    a model refit on everything would be more confident than the scores the threshold came from.
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels, dtype=int)
     counts = np.bincount(labels, minlength=2)
@@ -84,20 +89,24 @@ def train_router(vectors: np.ndarray, labels: np.ndarray, large_share: float, em
             f"training needs at least 3 questions of each label; got {counts[1]} small-ok and {counts[0]} "
             "large-needed: add evaluation results"
         )
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
-    # Out-of-fold probabilities: in-sample ones are over-confident and would mis-place the threshold.
-    folds = int(min(5, counts.min()))
-    oof = cross_val_predict(model, vectors, labels, cv=folds, method="predict_proba")[:, 1]
-    model.fit(vectors, labels)
+    oof = np.zeros(len(labels))
+    coefs, intercepts = [], []
+    folds = StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True, random_state=0)
+    for train, test in folds.split(vectors, labels):
+        fold = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(vectors[train], labels[train])
+        oof[test] = fold.predict_proba(vectors[test])[:, 1]
+        coefs.append(fold.coef_[0])
+        intercepts.append(fold.intercept_[0])
     meta = {
         "embedder": embedder_key,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "n": int(len(labels)),
         "small_ok": int(counts[1]),
         "large_share": large_share,
+        "folds": len(coefs),
     }
-    threshold = calibrate_threshold(oof, large_share)
-    return RouterModel(model.coef_[0].astype(np.float32), float(model.intercept_[0]), threshold, embedder_key, meta)
+    coef = np.mean(coefs, axis=0).astype(np.float32)
+    return RouterModel(coef, float(np.mean(intercepts)), calibrate_threshold(oof, large_share), embedder_key, meta)
 
 
 def save_router_model(model: RouterModel, folder: Path) -> tuple[Path, str]:
