@@ -85,6 +85,17 @@ def test_load_aware_balancers_avoid_a_slow_replica(servers, balancer):
     assert sum(s.stats.requests for s in (*fast, slow)) == 48
 
 
+def test_latency_ewma_ejects_a_slow_outlier_but_still_samples_it(servers, state):
+    fast = servers(2, latency_s=0.005)
+    slow = servers(1, latency_s=0.06)[0]
+    gateway = Gateway(_config({"small": _tier([*fast, slow], balancer="latency_ewma")}), state)
+    for _ in range(110):
+        _call(gateway)
+    # One request to learn its latency, then one per 100 to let it recover; round robin would send 37.
+    assert 1 <= slow.stats.requests <= 3, slow.stats.requests
+    assert state.latencies([slow.url])[0] > 3 * max(state.latencies([s.url for s in fast]))
+
+
 def test_failing_replica_is_cooled_down_then_recovered_by_a_probe(servers, state):
     good, bad = servers(2)
     bad.behaviour.fail_status = 500
