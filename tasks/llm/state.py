@@ -218,3 +218,14 @@ class RedisState(GatewayState):
     def record_failure(self, replica: str, now: float, threshold: int, cooldown_s: float) -> None:
         keys = [self._k("failures"), self._k("open"), self._k(f"probe:{replica}")]
         self._failure(keys=keys, args=[replica, repr(now), threshold, repr(cooldown_s)])
+
+
+def make_state(url: str | None, prefix: str = "sluice:gateway") -> GatewayState:
+    """Redis-backed state when a URL is given (shared by processes), in-process state otherwise."""
+    if not url:
+        return MemoryState()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        from sluice.errors import ConfigError
+
+        raise ConfigError(f"routing state URL {url!r} is not a Redis URL: use redis://host:port/db or leave it unset")
+    return RedisState.from_url(url, prefix)
