@@ -23,6 +23,7 @@ class Behaviour:
     report_usage: bool = True
     prompt_tokens: int = 100
     model: str | None = None  # echo the requested model when None
+    drop_after: int | None = None  # close the connection after this many streamed tokens
 
 
 @dataclass
@@ -127,6 +128,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             model = b.model or body.get("model", "")
             tokens = _tokens(b.text)
             for i, token in enumerate(tokens):
+                if i == b.drop_after:
+                    self.close_connection = True
+                    return  # no terminating chunk: the client sees a broken stream
                 if i:
                     time.sleep(b.token_delay_s)
                 self._event({"model": model, "choices": [{"index": 0, "delta": {"content": token}}]})

@@ -87,7 +87,7 @@ def test_load_aware_balancers_avoid_a_slow_replica(servers, balancer):
 
 def test_latency_ewma_ejects_a_slow_outlier_but_still_samples_it(servers, state):
     fast = servers(2, latency_s=0.005)
-    slow = servers(1, latency_s=0.06)[0]
+    slow = servers(1, latency_s=0.15)[0]
     gateway = Gateway(_config({"small": _tier([*fast, slow], balancer="latency_ewma")}), state)
     for _ in range(110):
         _call(gateway)
@@ -116,6 +116,23 @@ def test_failing_replica_is_cooled_down_then_recovered_by_a_probe(servers, state
     for _ in range(4):
         _call(gateway)
     assert bad.stats.requests == 5, "a recovered replica takes its round-robin share again"
+
+
+def test_a_failed_probe_reopens_the_circuit(servers):
+    good, bad = servers(2, fail_status=None)
+    bad.behaviour.fail_status = 500
+    state = MemoryState()
+    config = _config(
+        {"small": _tier([good, bad], balancer="round_robin")}, breaker={"failure_threshold": 2, "cooldown_s": 0.2}
+    )
+    gateway = Gateway(config, state)
+    for _ in range(4):
+        _call(gateway)
+    assert bad.stats.requests == 2
+    time.sleep(0.25)
+    _, completion = _call(gateway)  # the probe fails, the request is retried on the good replica
+    assert completion.replica == good.url and bad.stats.requests == 3
+    assert state.circuits([bad.url], time.time()) == ["open"], "one failed probe is enough to reopen"
 
 
 def test_cooldown_is_shared_between_gateways_through_redis(servers):
@@ -178,3 +195,26 @@ def test_non_streaming_mode_and_http_errors_are_retried(servers):
     assert text == steady.behaviour.text
     assert completion.usage["completion_tokens"] == 8
     assert completion.attempts and "HTTP 500" in completion.attempts[0]
+
+
+def test_a_stream_broken_after_text_was_sent_is_not_retried(servers):
+    broken, steady = servers(2)
+    broken.behaviour.drop_after = 3
+    gateway = Gateway(_config({"small": _tier([broken, steady], balancer="round_robin")}))
+    chat = gateway.chat("small", MESSAGES)
+    received = []
+    with pytest.raises(GenerationError, match="mid-stream"):
+        for piece in chat:
+            received.append(piece)
+    assert received == ["Returns", " are", " accepted"]  # the caller keeps what it got, nothing duplicated
+    assert steady.stats.requests == 0
+
+
+def test_a_request_every_replica_would_refuse_fails_fast_without_cooldown(servers):
+    replicas = servers(2, fail_status=400)
+    state = MemoryState()
+    gateway = Gateway(_config({"small": _tier(replicas)}, breaker={"failure_threshold": 1}), state)
+    with pytest.raises(GenerationError, match="refused the request: HTTP 400"):
+        _call(gateway)
+    assert sum(s.stats.requests for s in replicas) == 1
+    assert state.circuits([s.url for s in replicas], time.time()) == ["closed", "closed"]

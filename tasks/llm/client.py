@@ -13,6 +13,10 @@ import httpx
 class ReplicaError(Exception):
     """One attempt on one replica failed (status, timeout, connection, malformed body)."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -39,7 +43,7 @@ def chat_stream(http: httpx.Client, base_url: str, payload: dict[str, Any], time
         with http.stream("POST", _url(base_url), json=body, timeout=_timeout(timeout_s)) as resp:
             if resp.status_code != 200:
                 resp.read()
-                raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
             for line in resp.iter_lines():
                 chunk = _parse_sse_line(line)
                 if chunk is None:
@@ -62,7 +66,7 @@ def chat_once(http: httpx.Client, base_url: str, payload: dict[str, Any], timeou
     except httpx.HTTPError as exc:
         raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
     if resp.status_code != 200:
-        raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
     try:
         body = resp.json()
         text = body["choices"][0]["message"]["content"] or ""

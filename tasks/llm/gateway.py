@@ -12,7 +12,7 @@ import httpx
 from sluice.config import OpenAIGenerator, TierConfig
 from sluice.errors import ConfigError, GenerationError
 from tasks.llm.balance import BALANCERS
-from tasks.llm.client import Chunk, ReplicaError, chat_once, chat_stream, make_http_client
+from tasks.llm.client import ReplicaError, chat_once, chat_stream, make_http_client
 from tasks.llm.state import GatewayState, MemoryState
 
 
@@ -26,6 +26,17 @@ class Completion:
     ttft_s: float
     total_s: float
     attempts: list[str] = field(default_factory=list)  # "tier replica: reason" of each failed attempt
+
+
+# Statuses that say the request is wrong (bad body, auth, too large), not the replica: no retry, no cooldown.
+NOT_RETRYABLE = frozenset({400, 401, 403, 413, 422})
+
+
+@dataclass
+class _Progress:
+    started: float
+    limit: float  # this attempt's time budget ends here
+    ttft: float | None = None
 
 
 class Gateway:
@@ -97,30 +108,15 @@ class Gateway:
         spec = self.config.tiers[tier]
         payload = _payload(spec, messages, self.config.temperature)
         started = self.clock()
-        timeout = min(spec.timeout_s, deadline - started)
+        progress = _Progress(started, started + min(spec.timeout_s, deadline - started))
         self.state.acquire(replica)
-        emitted = False
         try:
-            if self.config.stream:
-                pieces: list[str] = []
-                usage, model, ttft = None, None, None
-                for chunk in chat_stream(self.http, replica, payload, timeout):
-                    _check_time(self.clock(), started + timeout, replica)
-                    usage, model = chunk.usage or usage, chunk.model or model
-                    if chunk.text:
-                        ttft = ttft if ttft is not None else self.clock() - started
-                        pieces.append(chunk.text)
-                        emitted = True
-                        yield chunk.text
-                text = "".join(pieces)
-            else:
-                done: Chunk = chat_once(self.http, replica, payload, timeout)
-                text, usage, model, ttft = done.text, done.usage, done.model, None
-                if text:
-                    yield text
+            text, usage, model = yield from self._receive(replica, payload, progress)
         except ReplicaError as exc:
-            self._failed(replica, spec)
-            if emitted:  # text already reached the caller: a retry would duplicate it
+            if exc.status in NOT_RETRYABLE:  # the request itself is wrong: every replica would refuse it
+                raise GenerationError(f"{tier} {replica} refused the request: {exc}. Not retried") from exc
+            self._failed(replica)
+            if progress.ttft is not None:  # text already reached the caller: a retry would duplicate it
                 raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
             raise
         finally:
@@ -128,20 +124,38 @@ class Gateway:
         total = self.clock() - started
         self.state.observe_latency(replica, total)
         self.state.record_success(replica)
-        return Completion(text, usage, model or spec.model, tier, replica, total if ttft is None else ttft, total)
+        ttft = total if progress.ttft is None else progress.ttft
+        return Completion(text, usage, model or spec.model, tier, replica, ttft, total)
 
-    def _failed(self, replica: str, spec: TierConfig) -> None:
+    def _receive(
+        self, replica: str, payload: dict[str, Any], progress: _Progress
+    ) -> Generator[str, None, tuple[str, dict[str, int] | None, str | None]]:
+        timeout = progress.limit - progress.started
+        if not self.config.stream:
+            done = chat_once(self.http, replica, payload, timeout)
+            if done.text:
+                yield done.text
+            return done.text, done.usage, done.model
+        pieces: list[str] = []
+        usage, model = None, None
+        for chunk in chat_stream(self.http, replica, payload, timeout):
+            if self.clock() > progress.limit:
+                raise ReplicaError(f"response from {replica} exceeded its time budget")
+            usage, model = chunk.usage or usage, chunk.model or model
+            if chunk.text:
+                if progress.ttft is None:
+                    progress.ttft = self.clock() - progress.started
+                pieces.append(chunk.text)
+                yield chunk.text
+        return "".join(pieces), usage, model
+
+    def _failed(self, replica: str) -> None:
         breaker = self.config.breaker
         self.state.record_failure(replica, self.clock(), breaker.failure_threshold, breaker.cooldown_s)
 
 
 def _payload(spec: TierConfig, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:
     return {"model": spec.model, "messages": messages, "max_tokens": spec.max_tokens, "temperature": temperature}
-
-
-def _check_time(now: float, limit: float, replica: str) -> None:
-    if now > limit:
-        raise ReplicaError(f"response from {replica} exceeded its time budget")
 
 
 def _summary(what: str, deadline_s: float, failures: list[str]) -> str:
