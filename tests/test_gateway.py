@@ -218,3 +218,17 @@ def test_a_request_every_replica_would_refuse_fails_fast_without_cooldown(server
         _call(gateway)
     assert sum(s.stats.requests for s in replicas) == 1
     assert state.circuits([s.url for s in replicas], time.time()) == ["closed", "closed"]
+
+
+def test_redis_in_flight_leases_expire_when_a_worker_dies_mid_request():
+    state = RedisState.from_url(REDIS_URL, prefix=f"sluice:test:{uuid.uuid4().hex[:8]}")
+    try:
+        kept = state.acquire("http://r1", lease_s=30)
+        state.acquire("http://r1", lease_s=0.1)  # never released: its process "died"
+        assert state.inflight(["http://r1", "http://r2"]) == [2, 0]
+        time.sleep(0.15)
+        assert state.inflight(["http://r1"]) == [1]
+        state.release("http://r1", kept)
+        assert state.inflight(["http://r1"]) == [0]
+    finally:
+        state.reset()

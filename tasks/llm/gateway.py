@@ -109,7 +109,7 @@ class Gateway:
         payload = _payload(spec, messages, self.config.temperature)
         started = self.clock()
         progress = _Progress(started, started + min(spec.timeout_s, deadline - started))
-        self.state.acquire(replica)
+        ticket = self.state.acquire(replica, progress.limit - started + 1.0)
         try:
             text, usage, model = yield from self._receive(replica, payload, progress)
         except ReplicaError as exc:
@@ -120,7 +120,7 @@ class Gateway:
                 raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
             raise
         finally:
-            self.state.release(replica)
+            self.state.release(replica, ticket)
         total = self.clock() - started
         self.state.observe_latency(replica, total)
         self.state.record_success(replica)

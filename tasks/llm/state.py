@@ -8,6 +8,8 @@ processes on different hosts agree on when a cooldown ends.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -19,12 +21,12 @@ class GatewayState(ABC):
     """Counters and circuit-breaker records per replica (a replica is its base URL)."""
 
     @abstractmethod
-    def acquire(self, replica: str) -> None:
-        """Count one more request in flight on `replica`."""
+    def acquire(self, replica: str, lease_s: float) -> str:
+        """Count one more request in flight on `replica` for at most `lease_s`; return its ticket."""
 
     @abstractmethod
-    def release(self, replica: str) -> None:
-        """Count one request fewer in flight on `replica`."""
+    def release(self, replica: str, ticket: str) -> None:
+        """Count the request of `ticket` as finished."""
 
     @abstractmethod
     def inflight(self, replicas: list[str]) -> list[int]:
@@ -75,11 +77,12 @@ class MemoryState(GatewayState):
         self._open_until: dict[str, float] = {}
         self._probe_until: dict[str, float] = {}
 
-    def acquire(self, replica: str) -> None:
+    def acquire(self, replica: str, lease_s: float) -> str:
         with self._lock:
             self._inflight[replica] = self._inflight.get(replica, 0) + 1
+        return ""
 
-    def release(self, replica: str) -> None:
+    def release(self, replica: str, ticket: str) -> None:
         with self._lock:
             self._inflight[replica] = max(0, self._inflight.get(replica, 0) - 1)
 
@@ -156,8 +159,9 @@ return tostring(new)
 class RedisState(GatewayState):
     """State in Redis hashes under `prefix`, so every worker process shares counts and cooldowns.
 
-    In-flight counts of a process that dies mid-request stay counted; `reset()` clears them (call
-    it when a deployment restarts). Scripts keep failure counting and EWMA updates atomic.
+    In-flight requests are members of a sorted set scored by their lease expiry, so a request of a
+    process that died mid-call stops counting when its lease (the attempt's timeout) runs out.
+    Scripts keep failure counting and EWMA updates atomic.
     """
 
     def __init__(self, client, prefix: str = "sluice:gateway"):
@@ -182,15 +186,23 @@ class RedisState(GatewayState):
         if keys:
             self.r.delete(*keys)
 
-    def acquire(self, replica: str) -> None:
-        self.r.hincrby(self._k("inflight"), replica, 1)
+    def acquire(self, replica: str, lease_s: float) -> str:
+        ticket, now, key = uuid.uuid4().hex, time.time(), self._k(f"inflight:{replica}")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", now)  # leases of requests whose process died
+        pipe.zadd(key, {ticket: now + lease_s})
+        pipe.execute()
+        return ticket
 
-    def release(self, replica: str) -> None:
-        self.r.hincrby(self._k("inflight"), replica, -1)
+    def release(self, replica: str, ticket: str) -> None:
+        self.r.zrem(self._k(f"inflight:{replica}"), ticket)
 
     def inflight(self, replicas: list[str]) -> list[int]:
-        values = self.r.hmget(self._k("inflight"), replicas)
-        return [max(0, int(v)) if v is not None else 0 for v in values]
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        for replica in replicas:
+            pipe.zcount(self._k(f"inflight:{replica}"), now, "+inf")
+        return [int(n) for n in pipe.execute()]
 
     def observe_latency(self, replica: str, seconds: float) -> None:
         self._observe(keys=[self._k("ewma")], args=[replica, repr(seconds), repr(EWMA_ALPHA)])
