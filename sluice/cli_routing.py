@@ -99,3 +99,40 @@ def _config_id(body: dict) -> str:
     from sluice.config import parse_config
 
     return parse_config(body).config_id
+
+
+@router_app.command("explain")
+def explain(
+    question: str,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")] = None,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", "-t", help="Retrieve top-k for document rules.")] = None,
+) -> None:
+    """Show which tier the config's router picks for QUESTION, and why."""
+    from sluice.settings import load_settings
+    from tasks.route import build_router
+
+    settings = load_settings()
+    try:
+        pipeline = _base_config(config or settings.config_path)
+        needs_embedder = tenant is not None or pipeline.routing.policy == "classifier"
+        embedder = _embedder(pipeline, settings) if needs_embedder else None
+        vector = embedder.encode([question])[0] if embedder else None
+        hits = _retrieve(settings, pipeline, tenant, vector) if tenant else []
+        decision = build_router(pipeline.routing, embedder, settings.data_dir).route(question, hits, None, vector)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"[bold]{decision.tier}[/] ({decision.policy}): {decision.reason}; {decision.elapsed_ms:.3f} ms")
+
+
+def _embedder(pipeline, settings):
+    from tasks.embed import get_embedder
+
+    return get_embedder(pipeline.embedder, settings.embed_batch_size)
+
+
+def _retrieve(settings, pipeline, tenant: str, vector):
+    from sluice.db import Database
+    from tasks.retrieve import dense_search
+
+    with Database(settings) as db, db.tenant(tenant) as conn:
+        return dense_search(conn, pipeline.index_id, vector, pipeline.retrieval)

@@ -11,7 +11,7 @@ import numpy as np
 
 from sluice.config import PipelineConfig
 from tasks.embed import Embedder
-from tasks.generate import AnswerStream, Generator, build_generator
+from tasks.generate import Answer, AnswerStream, Generator, build_generator
 from tasks.retrieve import Hit
 from tasks.route import RouteDecision, Router, build_router
 
@@ -51,3 +51,31 @@ def build_answerer(
     """Build the router and generator a pipeline config names (state: a GatewayState, shared per process)."""
     router = build_router(config.routing, embedder, data_dir)
     return Answerer(router, build_generator(config.generator, embedder, state=state, api_key=api_key))
+
+
+def routing_summary(answers: list[Answer], baseline_tier: str | None = None) -> dict[str, Any]:
+    """Share of calls per tier, cost, latency over many answers (an evaluation report's routing columns).
+
+    With `baseline_tier`, also the cost change against sending every question to that tier, priced
+    at that tier's mean cost per answer here (so that tier must appear among the answers).
+    """
+    if not answers:
+        return {"n": 0}
+    tiers = sorted({a.tier for a in answers})
+    cost = sum(a.cost_usd for a in answers)
+    ttft = np.array([a.ttft_ms for a in answers])
+    total = np.array([a.total_ms for a in answers])
+    summary: dict[str, Any] = {
+        "n": len(answers),
+        "share": {t: sum(a.tier == t for a in answers) / len(answers) for t in tiers},
+        "cost_usd": cost,
+        "cost_per_answer_usd": cost / len(answers),
+        "ttft_ms_p50": float(np.percentile(ttft, 50)),
+        "latency_ms_p50": float(np.percentile(total, 50)),
+        "latency_ms_p99": float(np.percentile(total, 99)),
+        "fallbacks": sum(bool(a.attempts) for a in answers),
+    }
+    base = [a.cost_usd for a in answers if a.tier == baseline_tier]
+    if baseline_tier is not None and base and np.mean(base) > 0:
+        summary["cost_change_vs_" + baseline_tier] = cost / (np.mean(base) * len(answers)) - 1
+    return summary

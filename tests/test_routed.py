@@ -7,7 +7,7 @@ import pytest
 from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from tasks.llm.state import MemoryState, RedisState, make_state
-from tasks.routed import build_answerer
+from tasks.routed import build_answerer, routing_summary
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.test_generate import HITS
 
@@ -45,6 +45,11 @@ def test_rules_route_each_question_to_its_tier_and_the_answer_says_so(tiers, emb
     assert small.stats.models == ["small-m"] and large.stats.models == ["large-m"]
     assert b.cost_usd > a.cost_usd > 0
     assert [c.source_id for c in b.citations] == ["warranty-terms.md", "returns-policy.md"]
+    summary = routing_summary([a, b, a, a], baseline_tier="large")
+    assert summary["share"] == {"large": 0.25, "small": 0.75}
+    # Large answers have 8 tokens at 10 $/Mtok, small ones 6 at 1 $/Mtok.
+    assert summary["cost_usd"] == pytest.approx((3 * 6 * 1 + 8 * 10) / 1e6)
+    assert summary["cost_change_vs_large"] == pytest.approx((3 * 6 + 80) / (4 * 80) - 1)
 
 
 def test_default_config_answers_extractively(embedder):

@@ -168,3 +168,13 @@ def test_rules_config_parses_from_yaml_shape():
         {"routing": {"policy": "rules", "max_small_words": 10}, "generator": {"kind": "openai", "tiers": tiers}}
     )
     assert isinstance(config.routing, RulesRouting) and config.routing.max_small_words == 10
+
+
+def test_cli_explains_a_routing_decision(tmp_path):
+    from sluice.cli import app
+
+    tiers = {t: {"model": t, "replicas": ["http://127.0.0.1:9/v1"]} for t in ("small", "large")}
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"routing": {"policy": "rules"}, "generator": {"kind": "openai", "tiers": tiers}}))
+    res = CliRunner().invoke(app, ["router", "explain", "Compare the two warranties", "-c", str(path)])
+    assert res.exit_code == 0 and "large (rules)" in res.output and "'compare'" in res.output
