@@ -122,6 +122,8 @@ class TierConfig(_Frozen):
     balancer: Literal["round_robin", "least_outstanding", "latency_ewma"] = "least_outstanding"
     timeout_s: float = Field(default=30.0, gt=0, description="Per attempt: connect + whole response.")
     max_tokens: int = Field(default=512, ge=1)
+    # Azure OpenAI takes its key in an `api-key` header; everyone else in `Authorization: Bearer`.
+    key_header: Literal["authorization", "api-key"] = "authorization"
 
 
 class BreakerConfig(_Frozen):

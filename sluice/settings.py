@@ -56,7 +56,11 @@ class Settings(BaseSettings):
         description="redis:// URL for LLM-gateway state shared by worker processes (in-flight counts, "
         "cooldowns); unset = per-process state.",
     )
-    llm_api_key: SecretStr | None = Field(default=None, description="Bearer key sent to OpenAI-compatible tiers.")
+    llm_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='API key per generator tier, e.g. {"large": "sk-…"}; a tier without one sends no key '
+        "(so a self-hosted replica never sees a hosted provider's key).",
+    )
 
     @field_validator("pool_max_size")
     @classmethod

@@ -46,11 +46,11 @@ def build_answerer(
     embedder: Embedder,
     data_dir: Path | None = None,
     state: Any = None,
-    api_key: str | None = None,
+    api_keys: Mapping[str, str] | None = None,
 ) -> Answerer:
     """Build the router and generator a pipeline config names (state: a GatewayState, shared per process)."""
     router = build_router(config.routing, embedder, data_dir)
-    return Answerer(router, build_generator(config.generator, embedder, state=state, api_key=api_key))
+    return Answerer(router, build_generator(config.generator, embedder, state=state, api_keys=api_keys))
 
 
 def routing_summary(answers: list[Answer], baseline_tier: str | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     models: list[str] = field(default_factory=list)
+    requests_seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (path, headers)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -100,8 +101,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             b, fail = fake._enter()
             try:
                 fake.stats.models.append(body.get("model", ""))
+                fake.stats.requests_seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 time.sleep(b.latency_s)
-                if not self.path.endswith("/chat/completions"):
+                if not self.path.split("?")[0].endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
                 elif fail:
                     self._json(b.fail_status or 500, {"error": {"message": "injected failure"}})

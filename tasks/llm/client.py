@@ -13,9 +13,10 @@ import httpx
 class ReplicaError(Exception):
     """One attempt on one replica failed (status, timeout, connection, malformed body)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, timeout: bool = False):
         super().__init__(message)
         self.status = status
+        self.timeout = timeout
 
 
 @dataclass(frozen=True)
@@ -25,22 +26,30 @@ class Chunk:
     model: str | None = None
 
 
-def make_http_client(api_key: str | None = None) -> httpx.Client:
+def make_http_client() -> httpx.Client:
     """One pooled client per gateway; environment proxies ignored (replicas are named explicitly)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    return httpx.Client(headers=headers, trust_env=False, limits=limits)
+    return httpx.Client(trust_env=False, limits=limits)
+
+
+def auth_headers(api_key: str | None, header: str) -> dict[str, str]:
+    """The key in the header the provider expects (none without a key)."""
+    if not api_key:
+        return {}
+    return {"api-key": api_key} if header == "api-key" else {"Authorization": f"Bearer {api_key}"}
 
 
 def _timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, 3.0))
 
 
-def chat_stream(http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float) -> Iterator[Chunk]:
+def chat_stream(
+    http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float, headers: dict[str, str]
+) -> Iterator[Chunk]:
     """POST a streaming chat completion; yield text deltas and, last, the usage when the server sends it."""
     body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     try:
-        with http.stream("POST", _url(base_url), json=body, timeout=_timeout(timeout_s)) as resp:
+        with http.stream("POST", _url(base_url), json=body, headers=headers, timeout=_timeout(timeout_s)) as resp:
             if resp.status_code != 200:
                 resp.read()
                 raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
@@ -52,17 +61,21 @@ def chat_stream(http: httpx.Client, base_url: str, payload: dict[str, Any], time
                     return
                 yield chunk
     except httpx.TimeoutException as exc:
-        raise ReplicaError(f"timeout ({type(exc).__name__})") from exc
+        raise ReplicaError(f"timeout ({type(exc).__name__})", timeout=True) from exc
     except httpx.HTTPError as exc:
         raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def chat_once(http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float) -> Chunk:
+def chat_once(
+    http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float, headers: dict[str, str]
+) -> Chunk:
     """POST a non-streaming chat completion and return its text, usage and model."""
     try:
-        resp = http.post(_url(base_url), json={**payload, "stream": False}, timeout=_timeout(timeout_s))
+        resp = http.post(
+            _url(base_url), json={**payload, "stream": False}, headers=headers, timeout=_timeout(timeout_s)
+        )
     except httpx.TimeoutException as exc:
-        raise ReplicaError(f"timeout ({type(exc).__name__})") from exc
+        raise ReplicaError(f"timeout ({type(exc).__name__})", timeout=True) from exc
     except httpx.HTTPError as exc:
         raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
     if resp.status_code != 200:
@@ -78,8 +91,10 @@ def chat_once(http: httpx.Client, base_url: str, payload: dict[str, Any], timeou
 _DONE = Chunk()
 
 
-def _url(base_url: str) -> str:
-    return base_url.rstrip("/") + "/chat/completions"
+def _url(base_url: str) -> httpx.URL:
+    # Keep a query string (Azure's ?api-version=…) after the appended path.
+    url = httpx.URL(base_url)
+    return url.copy_with(path=url.path.rstrip("/") + "/chat/completions")
 
 
 def _parse_sse_line(line: str) -> Chunk | None:

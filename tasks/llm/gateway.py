@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import httpx
 from sluice.config import OpenAIGenerator, TierConfig
 from sluice.errors import ConfigError, GenerationError
 from tasks.llm.balance import BALANCERS
-from tasks.llm.client import ReplicaError, chat_once, chat_stream, make_http_client
+from tasks.llm.client import ReplicaError, auth_headers, chat_once, chat_stream, make_http_client
 from tasks.llm.state import GatewayState, MemoryState
 
 
@@ -36,6 +36,7 @@ NOT_RETRYABLE = frozenset({400, 401, 403, 413, 422})
 class _Progress:
     started: float
     limit: float  # this attempt's time budget ends here
+    headers: dict[str, str]
     ttft: float | None = None
 
 
@@ -47,12 +48,14 @@ class Gateway:
         config: OpenAIGenerator,
         state: GatewayState | None = None,
         http: httpx.Client | None = None,
-        api_key: str | None = None,
+        api_keys: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.config = config
         self.state = state or MemoryState()
-        self.http = http or make_http_client(api_key)
+        self.http = http or make_http_client()
+        keys = api_keys or {}
+        self.headers = {name: auth_headers(keys.get(name), spec.key_header) for name, spec in config.tiers.items()}
         self.clock = clock
 
     def close(self) -> None:
@@ -108,14 +111,15 @@ class Gateway:
         spec = self.config.tiers[tier]
         payload = _payload(spec, messages, self.config.temperature)
         started = self.clock()
-        progress = _Progress(started, started + min(spec.timeout_s, deadline - started))
+        progress = _Progress(started, started + min(spec.timeout_s, deadline - started), self.headers[tier])
         ticket = self.state.acquire(replica, progress.limit - started + 1.0)
         try:
             text, usage, model = yield from self._receive(replica, payload, progress)
         except ReplicaError as exc:
             if exc.status in NOT_RETRYABLE:  # the request itself is wrong: every replica would refuse it
                 raise GenerationError(f"{tier} {replica} refused the request: {exc}. Not retried") from exc
-            self._failed(replica)
+            if not (exc.timeout and progress.limit < started + spec.timeout_s):
+                self._failed(replica)  # a timeout the request deadline imposed is not the replica's fault
             if progress.ttft is not None:  # text already reached the caller: a retry would duplicate it
                 raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
             raise
@@ -132,13 +136,13 @@ class Gateway:
     ) -> Generator[str, None, tuple[str, dict[str, int] | None, str | None]]:
         timeout = progress.limit - progress.started
         if not self.config.stream:
-            done = chat_once(self.http, replica, payload, timeout)
+            done = chat_once(self.http, replica, payload, timeout, progress.headers)
             if done.text:
                 yield done.text
             return done.text, done.usage, done.model
         pieces: list[str] = []
         usage, model = None, None
-        for chunk in chat_stream(self.http, replica, payload, timeout):
+        for chunk in chat_stream(self.http, replica, payload, timeout, progress.headers):
             if self.clock() > progress.limit:
                 raise ReplicaError(f"response from {replica} exceeded its time budget")
             usage, model = chunk.usage or usage, chunk.model or model

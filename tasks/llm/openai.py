@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Generator as Gen
+from collections.abc import Mapping
 
 from sluice.config import OpenAIGenerator
 from tasks.embed import Embedder
@@ -112,11 +113,11 @@ def _build(
     config: OpenAIGenerator,
     embedder: Embedder,
     state: GatewayState | None = None,
-    api_key: str | None = None,
+    api_keys: Mapping[str, str] | None = None,
     gateway: Gateway | None = None,
     **_: object,
 ) -> OpenAIChat:
-    return OpenAIChat(config, embedder, gateway or Gateway(config, state, api_key=api_key))
+    return OpenAIChat(config, embedder, gateway or Gateway(config, state, api_keys=api_keys))
 
 
 register_generator("openai", _build)
