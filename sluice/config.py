@@ -124,6 +124,9 @@ class TierConfig(_Frozen):
     max_tokens: int = Field(default=512, ge=1)
     # Azure OpenAI takes its key in an `api-key` header; everyone else in `Authorization: Bearer`.
     key_header: Literal["authorization", "api-key"] = "authorization"
+    # Ask for token usage in the stream (stream_options.include_usage); some older servers reject the
+    # field with HTTP 400: set false there and usage is counted locally.
+    stream_usage: bool = True
 
 
 class BreakerConfig(_Frozen):

@@ -70,6 +70,12 @@ def test_usage_is_counted_with_the_embedder_tokenizer_when_absent(fake, embedder
     assert answer.cost_usd > 0
 
 
+def test_stream_usage_can_be_switched_off_for_servers_that_reject_it(fake, embedder):
+    config = OpenAIGenerator(tiers={"small": {"model": "m", "replicas": [fake.url], "stream_usage": False}})
+    answer = build_generator(config, embedder).generate("Returns?", HITS).collect()
+    assert answer.usage.estimated and answer.usage.completion_tokens > 0
+
+
 def test_prompt_numbers_contexts_and_asks_for_citations():
     messages = build_messages("Why?", HITS, max_chars=100)
     user = messages[1]["content"]

@@ -46,8 +46,11 @@ def _timeout(seconds: float) -> httpx.Timeout:
 def chat_stream(
     http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float, headers: dict[str, str]
 ) -> Iterator[Chunk]:
-    """POST a streaming chat completion; yield text deltas and, last, the usage when the server sends it."""
-    body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    """POST a streaming chat completion; yield text deltas and, last, the usage when the server sends it.
+
+    Put `stream_options: {include_usage: true}` in `payload` to ask for the usage.
+    """
+    body = {**payload, "stream": True}
     try:
         with http.stream("POST", _url(base_url), json=body, headers=headers, timeout=_timeout(timeout_s)) as resp:
             if resp.status_code != 200:
@@ -72,7 +75,10 @@ def chat_once(
     """POST a non-streaming chat completion and return its text, usage and model."""
     try:
         resp = http.post(
-            _url(base_url), json={**payload, "stream": False}, headers=headers, timeout=_timeout(timeout_s)
+            _url(base_url),
+            json={**_without(payload, "stream_options"), "stream": False},
+            headers=headers,
+            timeout=_timeout(timeout_s),
         )
     except httpx.TimeoutException as exc:
         raise ReplicaError(f"timeout ({type(exc).__name__})", timeout=True) from exc
@@ -89,6 +95,10 @@ def chat_once(
 
 
 _DONE = Chunk()
+
+
+def _without(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != key}
 
 
 def _url(base_url: str) -> httpx.URL:

@@ -159,7 +159,10 @@ class Gateway:
 
 
 def _payload(spec: TierConfig, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:
-    return {"model": spec.model, "messages": messages, "max_tokens": spec.max_tokens, "temperature": temperature}
+    payload = {"model": spec.model, "messages": messages, "max_tokens": spec.max_tokens, "temperature": temperature}
+    if spec.stream_usage:
+        payload["stream_options"] = {"include_usage": True}  # dropped by chat_once: not a streaming call
+    return payload
 
 
 def _summary(what: str, deadline_s: float, failures: list[str]) -> str:
