@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sluice import cli_retrieval
+from sluice.cli_routing import router_app
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -21,6 +22,7 @@ tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(cli_retrieval.app)
+app.add_typer(router_app, name="router")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_serializer, model_validator
 
 from sluice.errors import ConfigError
 
@@ -75,9 +75,52 @@ class RetrievalConfig(_Frozen):
 _RETRIEVAL_V1_EXTRAS = ("lexical_query", "candidates", "rrf_k", "dense_weight", "lexical_weight")
 
 
-class RoutingConfig(_Frozen):
+class SingleRouting(_Frozen):
+    """Every question goes to one tier."""
+
     policy: Literal["single"] = "single"
     tier: str = "default"
+
+
+class RulesRouting(_Frozen):
+    """Send a question to the large tier when any rule fires; otherwise to the small tier."""
+
+    policy: Literal["rules"] = "rules"
+    small: str = "small"
+    large: str = "large"
+    max_small_words: int = Field(default=18, ge=1, description="Longer questions go to the large tier.")
+    large_question_types: tuple[Literal["lookup", "compare", "explain", "why", "list"], ...] = (
+        "compare",
+        "explain",
+        "why",
+    )
+    max_small_documents: int = Field(default=2, ge=1, description="More distinct documents in top-k → large.")
+    filters_to_small: bool = Field(default=True, description="A filtered query is narrow: keep it small.")
+
+
+class ClassifierRouting(_Frozen):
+    """A logistic regression on the query embedding predicts whether the small tier suffices."""
+
+    policy: Literal["classifier"] = "classifier"
+    small: str = "small"
+    large: str = "large"
+    model_path: str = Field(description="File written by `sluice router train` (relative to data_dir or absolute).")
+    model_sha256: str = Field(min_length=64, max_length=64, description="Versions the model with the config.")
+
+
+def _routing_policy(value: Any) -> str | None:
+    # `policy` may be omitted, as before routing had several policies: it then means "single".
+    return value.get("policy", "single") if isinstance(value, dict) else getattr(value, "policy", None)
+
+
+RoutingConfig = Annotated[
+    Union[
+        Annotated[SingleRouting, Tag("single")],
+        Annotated[RulesRouting, Tag("rules")],
+        Annotated[ClassifierRouting, Tag("classifier")],
+    ],
+    Discriminator(_routing_policy),
+]
 
 
 class ExtractiveGenerator(_Frozen):
@@ -85,7 +128,56 @@ class ExtractiveGenerator(_Frozen):
     max_sentences: int = Field(default=3, ge=1, le=20)
 
 
-GeneratorConfig = Annotated[Union[ExtractiveGenerator], Field(discriminator="kind")]
+class ModelPrice(_Frozen):
+    """US dollars per million tokens."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class TierConfig(_Frozen):
+    """One model deployed on one or more OpenAI-compatible replicas (base URLs ending in /v1)."""
+
+    model: str
+    replicas: tuple[str, ...] = Field(min_length=1)
+    balancer: Literal["round_robin", "least_outstanding", "latency_ewma"] = "least_outstanding"
+    timeout_s: float = Field(default=30.0, gt=0, description="Per attempt: connect + whole response.")
+    max_tokens: int = Field(default=512, ge=1)
+    # Azure OpenAI takes its key in an `api-key` header; everyone else in `Authorization: Bearer`.
+    key_header: Literal["authorization", "api-key"] = "authorization"
+    # Ask for token usage in the stream (stream_options.include_usage); some older servers reject the
+    # field with HTTP 400: set false there and usage is counted locally.
+    stream_usage: bool = True
+
+
+class BreakerConfig(_Frozen):
+    failure_threshold: int = Field(default=3, ge=1, description="Consecutive failures that open the circuit.")
+    cooldown_s: float = Field(default=10.0, gt=0, description="Open time before one half-open probe.")
+
+
+class OpenAIGenerator(_Frozen):
+    """Any OpenAI-compatible chat-completions endpoint, in tiers of replicas."""
+
+    kind: Literal["openai"] = "openai"
+    tiers: dict[str, TierConfig] = Field(min_length=1)
+    fallback: tuple[str, ...] = Field(default=(), description="Tier order tried after the routed tier fails.")
+    stream: bool = True
+    deadline_s: float = Field(default=60.0, gt=0, description="Whole request, all retries and fallbacks.")
+    attempts_per_tier: int = Field(default=2, ge=1)
+    breaker: BreakerConfig = BreakerConfig()
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Model name → price.")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_context_chars: int = Field(default=12000, ge=100)
+
+    @model_validator(mode="after")
+    def _known_fallbacks(self) -> OpenAIGenerator:
+        unknown = [t for t in self.fallback if t not in self.tiers]
+        if unknown:
+            raise ValueError(f"fallback names unknown tiers {unknown}; declared tiers: {sorted(self.tiers)}")
+        return self
+
+
+GeneratorConfig = Annotated[Union[ExtractiveGenerator, OpenAIGenerator], Field(discriminator="kind")]
 
 
 class PipelineConfig(_Frozen):
@@ -97,8 +189,22 @@ class PipelineConfig(_Frozen):
     chunker: ChunkerConfig = RecursiveChunker()
     embedder: EmbedderConfig = EmbedderConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = SingleRouting()
     generator: GeneratorConfig = ExtractiveGenerator()
+
+    @model_validator(mode="after")
+    def _routed_tiers_exist(self) -> PipelineConfig:
+        if isinstance(self.generator, ExtractiveGenerator):
+            if not isinstance(self.routing, SingleRouting):
+                raise ValueError(f"routing policy {self.routing.policy!r} needs generator kind 'openai' with tiers")
+            return self
+        wanted = (
+            {self.routing.tier} if isinstance(self.routing, SingleRouting) else {self.routing.small, self.routing.large}
+        )
+        missing = sorted(wanted - set(self.generator.tiers))
+        if missing:
+            raise ValueError(f"routing names tiers {missing} that generator.tiers does not declare")
+        return self
 
     @property
     def config_id(self) -> str:

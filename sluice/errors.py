@@ -43,3 +43,11 @@ class EmbedderMismatchError(SluiceError):
 
 class QueryError(SluiceError):
     """A query or filter is invalid."""
+
+
+class GenerationError(SluiceError):
+    """No tier or replica produced an answer within the deadline."""
+
+
+class RouterError(SluiceError):
+    """A router cannot be built or trained (missing model file, hash mismatch, bad training data)."""

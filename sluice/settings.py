@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     max_file_bytes: int = 50 * 1024 * 1024
     embed_batch_size: int = 64
     offline: bool = True
+    routing_state_url: str | None = Field(
+        default=None,
+        description="redis:// URL for LLM-gateway state shared by worker processes (in-flight counts, "
+        "cooldowns); unset = per-process state.",
+    )
+    llm_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='API key per generator tier, e.g. {"large": "sk-…"}; a tier without one sends no key '
+        "(so a self-hosted replica never sees a hosted provider's key).",
+    )
 
     @field_validator("pool_max_size")
     @classmethod

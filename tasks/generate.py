@@ -1,17 +1,29 @@
-"""Answer generators. The built-in one is extractive: no LLM, every sentence cited."""
+"""Answer generators behind one contract: `generate(question, contexts, tier) -> AnswerStream`.
+
+Iterating the stream yields text as it is produced; once exhausted, `stream.answer` carries the
+whole result (text, citations, token usage, model, tier, TTFT, tokens/s, cost). The built-in
+`extractive` generator needs no LLM; `openai` (tasks/llm/openai.py) calls chat-completions replicas.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from collections.abc import Generator as Gen
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from sluice.config import ExtractiveGenerator
+from sluice.errors import ConfigError
 from tasks.embed import Embedder
 from tasks.retrieve import Hit
 from tasks.text import sentence_spans
 
 MIN_ANSWER_WORDS = 5
+NO_ANSWER = "No relevant passage was found in the indexed documents."
 
 
 @dataclass(frozen=True)
@@ -24,15 +36,81 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # True when the endpoint reported no usage and we counted with the embedder's tokenizer
+    # (a different vocabulary than the LLM's: an estimate, within ~20% for English).
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     citations: tuple[Citation, ...]
+    usage: Usage = Usage()
+    model: str = "extractive"
+    tier: str = "default"
+    replica: str = ""
+    ttft_ms: float = 0.0
+    total_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    cost_usd: float = 0.0
+    attempts: tuple[str, ...] = field(default=(), compare=False)  # failed attempts before this answer
+
+
+class AnswerStream:
+    """Iterate for the text pieces; `answer` is set once the stream is exhausted."""
+
+    def __init__(self, source: Gen[str, None, Answer]):
+        self._source = source
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.answer = yield from self._source
+
+    def collect(self) -> Answer:
+        """Drain the stream and return the final answer."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class Generator(ABC):
+    """One answer-generation strategy."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def generate(self, question: str, contexts: list[Hit], tier: str | None = None) -> AnswerStream:
+        """Stream an answer to `question` grounded in `contexts`, on `tier` (None: the default)."""
+
+
+def rate(tokens: int, total_ms: float, ttft_ms: float) -> float:
+    """Decode speed in tokens/s, measured after the first token."""
+    decode_s = (total_ms - ttft_ms) / 1000
+    return tokens / decode_s if decode_s > 0 and tokens else 0.0
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Count tokens with the embedder's own tokenizer (never tiktoken: it downloads its encodings)."""
+    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
 def extractive_answer(
     question_vector: np.ndarray, hits: list[Hit], embedder: Embedder, config: ExtractiveGenerator
 ) -> Answer:
     """Compose an answer from the retrieved sentences most similar to the question, each cited."""
+    parts, citations = _extract(question_vector, hits, embedder, config)
+    if not parts:
+        return Answer(NO_ANSWER, ())
+    return Answer(" ".join(parts), citations)
+
+
+def _extract(
+    question_vector: np.ndarray, hits: list[Hit], embedder: Embedder, config: ExtractiveGenerator
+) -> tuple[list[str], tuple[Citation, ...]]:
     candidates: list[tuple[Hit, int, int, str]] = []
     for hit in hits:
         for start, end in sentence_spans(hit.text):
@@ -41,7 +119,7 @@ def extractive_answer(
             if len(sentence.split()) >= MIN_ANSWER_WORDS:
                 candidates.append((hit, hit.start + start, hit.start + end, sentence))
     if not candidates:
-        return Answer("No relevant passage was found in the indexed documents.", ())
+        return [], ()
     vectors = embedder.encode([c[3] for c in candidates])
     scores = vectors @ question_vector
     best = np.argsort(-scores, kind="stable")[: config.max_sentences]
@@ -51,4 +129,55 @@ def extractive_answer(
         hit, start, end, sentence = candidates[rank]
         citations.append(Citation(hit.source_id, hit.document_id, start, end, float(scores[rank])))
         parts.append(f"{sentence} [{len(citations)}]")
-    return Answer(" ".join(parts), tuple(citations))
+    return parts, tuple(citations)
+
+
+class ExtractiveAnswerer(Generator):
+    """No LLM: streams the retrieved sentences most similar to the question, each cited."""
+
+    kind = "extractive"
+
+    def __init__(self, config: ExtractiveGenerator, embedder: Embedder):
+        self.config = config
+        self.embedder = embedder
+
+    def generate(self, question: str, contexts: list[Hit], tier: str | None = None) -> AnswerStream:
+        return AnswerStream(self._run(question, contexts, tier or "default"))
+
+    def _run(self, question: str, contexts: list[Hit], tier: str) -> Gen[str, None, Answer]:
+        t0 = time.perf_counter()
+        qvec = self.embedder.encode([question])[0]
+        parts, citations = _extract(qvec, contexts, self.embedder, self.config)
+        parts = parts or [NO_ANSWER]
+        ttft_ms = (time.perf_counter() - t0) * 1000
+        for i, part in enumerate(parts):
+            yield part if i == 0 else " " + part
+        text = " ".join(parts)
+        total_ms = (time.perf_counter() - t0) * 1000
+        tokens = count_tokens(self.embedder.tokenizer, text)
+        usage = Usage(0, tokens, estimated=True)
+        return Answer(
+            text, citations, usage, "extractive", tier, "", ttft_ms, total_ms, rate(tokens, total_ms, ttft_ms)
+        )
+
+
+GENERATORS: dict[str, Callable[..., Generator]] = {}
+
+
+def register_generator(kind: str, factory: Callable[..., Generator]) -> None:
+    """Make a generator kind buildable from config."""
+    GENERATORS[kind] = factory
+
+
+def build_generator(config: Any, embedder: Embedder, **deps: Any) -> Generator:
+    """Build the generator a config names; `deps` go to kinds that need them (gateway state, API key)."""
+    if config.kind == "openai" and "openai" not in GENERATORS:
+        import tasks.llm.openai  # noqa: F401  (registers itself; keeps httpx out of extractive-only imports)
+    try:
+        factory = GENERATORS[config.kind]
+    except KeyError:
+        raise ConfigError(f"generator kind {config.kind!r} is unknown: use one of {sorted(GENERATORS)}") from None
+    return factory(config, embedder, **deps)
+
+
+register_generator("extractive", lambda config, embedder, **_: ExtractiveAnswerer(config, embedder))

@@ -1,0 +1,1 @@
+"""LLM gateway: OpenAI-compatible client, replica state, balancers, circuit breaking, fallback."""

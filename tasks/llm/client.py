@@ -1,0 +1,122 @@
+"""A minimal OpenAI chat-completions client over httpx: streaming (SSE) and not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class ReplicaError(Exception):
+    """One attempt on one replica failed (status, timeout, connection, malformed body)."""
+
+    def __init__(self, message: str, status: int | None = None, timeout: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.timeout = timeout
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str = ""
+    usage: dict[str, int] | None = None
+    model: str | None = None
+
+
+def make_http_client() -> httpx.Client:
+    """One pooled client per gateway; environment proxies ignored (replicas are named explicitly)."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    return httpx.Client(trust_env=False, limits=limits)
+
+
+def auth_headers(api_key: str | None, header: str) -> dict[str, str]:
+    """The key in the header the provider expects (none without a key)."""
+    if not api_key:
+        return {}
+    return {"api-key": api_key} if header == "api-key" else {"Authorization": f"Bearer {api_key}"}
+
+
+def _timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds, connect=min(seconds, 3.0))
+
+
+def chat_stream(
+    http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float, headers: dict[str, str]
+) -> Iterator[Chunk]:
+    """POST a streaming chat completion; yield text deltas and, last, the usage when the server sends it.
+
+    Put `stream_options: {include_usage: true}` in `payload` to ask for the usage.
+    """
+    body = {**payload, "stream": True}
+    try:
+        with http.stream("POST", _url(base_url), json=body, headers=headers, timeout=_timeout(timeout_s)) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
+            for line in resp.iter_lines():
+                chunk = _parse_sse_line(line)
+                if chunk is None:
+                    continue
+                if chunk is _DONE:
+                    return
+                yield chunk
+    except httpx.TimeoutException as exc:
+        raise ReplicaError(f"timeout ({type(exc).__name__})", timeout=True) from exc
+    except httpx.HTTPError as exc:
+        raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def chat_once(
+    http: httpx.Client, base_url: str, payload: dict[str, Any], timeout_s: float, headers: dict[str, str]
+) -> Chunk:
+    """POST a non-streaming chat completion and return its text, usage and model."""
+    try:
+        resp = http.post(
+            _url(base_url),
+            json={**_without(payload, "stream_options"), "stream": False},
+            headers=headers,
+            timeout=_timeout(timeout_s),
+        )
+    except httpx.TimeoutException as exc:
+        raise ReplicaError(f"timeout ({type(exc).__name__})", timeout=True) from exc
+    except httpx.HTTPError as exc:
+        raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
+    if resp.status_code != 200:
+        raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
+    try:
+        body = resp.json()
+        text = body["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ReplicaError(f"malformed completion: {resp.text[:200]}") from exc
+    return Chunk(text, body.get("usage"), body.get("model"))
+
+
+_DONE = Chunk()
+
+
+def _without(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != key}
+
+
+def _url(base_url: str) -> httpx.URL:
+    # Keep a query string (Azure's ?api-version=…) after the appended path.
+    url = httpx.URL(base_url)
+    return url.copy_with(path=url.path.rstrip("/") + "/chat/completions")
+
+
+def _parse_sse_line(line: str) -> Chunk | None:
+    if not line.startswith("data:"):
+        return None  # comments, event names, keep-alives, blank separators
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        event = json.loads(data)
+    except ValueError as exc:
+        raise ReplicaError(f"malformed SSE event: {data[:200]}") from exc
+    choices = event.get("choices") or []
+    delta = (choices[0].get("delta") or {}).get("content") if choices else None
+    return Chunk(delta or "", event.get("usage"), event.get("model"))

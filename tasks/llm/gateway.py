@@ -1,0 +1,173 @@
+"""The gateway: route one chat request to a replica of a tier, retry elsewhere, fall back, within a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from sluice.config import OpenAIGenerator, TierConfig
+from sluice.errors import ConfigError, GenerationError
+from tasks.llm.balance import BALANCERS
+from tasks.llm.client import ReplicaError, auth_headers, chat_once, chat_stream, make_http_client
+from tasks.llm.state import GatewayState, MemoryState
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: dict[str, int] | None
+    model: str
+    tier: str
+    replica: str
+    ttft_s: float
+    total_s: float
+    attempts: list[str] = field(default_factory=list)  # "tier replica: reason" of each failed attempt
+
+
+# Statuses that say the request is wrong (bad body, auth, too large), not the replica: no retry, no cooldown.
+NOT_RETRYABLE = frozenset({400, 401, 403, 413, 422})
+
+
+@dataclass
+class _Progress:
+    started: float
+    limit: float  # this attempt's time budget ends here
+    headers: dict[str, str]
+    ttft: float | None = None
+
+
+class Gateway:
+    """Send chat requests to a config's tiers of replicas: balanced, circuit-broken, retried, deadline-bound."""
+
+    def __init__(
+        self,
+        config: OpenAIGenerator,
+        state: GatewayState | None = None,
+        http: httpx.Client | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.state = state or MemoryState()
+        self.http = http or make_http_client()
+        keys = api_keys or {}
+        self.headers = {name: auth_headers(keys.get(name), spec.key_header) for name, spec in config.tiers.items()}
+        self.clock = clock
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self.http.close()
+
+    def tier_order(self, tier: str) -> list[str]:
+        """The routed tier first, then the configured fallbacks."""
+        if tier not in self.config.tiers:
+            raise ConfigError(f"tier {tier!r} is not declared: use one of {sorted(self.config.tiers)}")
+        return [tier] + [t for t in self.config.fallback if t != tier]
+
+    def chat(self, tier: str, messages: list[dict[str, str]]) -> Generator[str, None, Completion]:
+        """Yield the answer's text pieces; return the completion. Raises GenerationError when all fail."""
+        deadline = self.clock() + self.config.deadline_s
+        failures: list[str] = []
+        for name in self.tier_order(tier):
+            tried: set[str] = set()
+            for _ in range(self.config.attempts_per_tier):
+                if self.clock() >= deadline:
+                    raise GenerationError(_summary("deadline exceeded", self.config.deadline_s, failures))
+                replica = self.pick(name, tried)
+                if replica is None:
+                    failures.append(f"{name}: every replica cooling down or already tried")
+                    break
+                tried.add(replica)
+                try:
+                    completion = yield from self._attempt(name, replica, messages, deadline)
+                except ReplicaError as exc:
+                    failures.append(f"{name} {replica}: {exc}")
+                    continue
+                completion.attempts = failures
+                return completion
+        raise GenerationError(_summary("every tier failed", self.config.deadline_s, failures))
+
+    def pick(self, tier: str, tried: set[str]) -> str | None:
+        """Choose a replica: a half-open one due for its probe first, else the balancer among closed ones."""
+        spec = self.config.tiers[tier]
+        candidates = [r for r in spec.replicas if r not in tried]
+        now = self.clock()
+        circuits = self.state.circuits(candidates, now)
+        for replica, circuit in zip(candidates, circuits, strict=True):
+            if circuit == "half_open" and self.state.try_probe(replica, now, spec.timeout_s):
+                return replica
+        closed = [r for r, c in zip(candidates, circuits, strict=True) if c == "closed"]
+        if not closed:
+            return None
+        return BALANCERS[spec.balancer].choose(tier, closed, self.state)
+
+    def _attempt(
+        self, tier: str, replica: str, messages: list[dict[str, str]], deadline: float
+    ) -> Generator[str, None, Completion]:
+        spec = self.config.tiers[tier]
+        payload = _payload(spec, messages, self.config.temperature)
+        started = self.clock()
+        progress = _Progress(started, started + min(spec.timeout_s, deadline - started), self.headers[tier])
+        ticket = self.state.acquire(replica, progress.limit - started + 1.0)
+        try:
+            text, usage, model = yield from self._receive(replica, payload, progress)
+        except ReplicaError as exc:
+            if exc.status in NOT_RETRYABLE:  # the request itself is wrong: every replica would refuse it
+                raise GenerationError(f"{tier} {replica} refused the request: {exc}. Not retried") from exc
+            if not (exc.timeout and progress.limit < started + spec.timeout_s):
+                self._failed(replica)  # a timeout the request deadline imposed is not the replica's fault
+            if progress.ttft is not None:  # text already reached the caller: a retry would duplicate it
+                raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
+            raise
+        finally:
+            self.state.release(replica, ticket)
+        total = self.clock() - started
+        self.state.observe_latency(replica, total)
+        self.state.record_success(replica)
+        ttft = total if progress.ttft is None else progress.ttft
+        return Completion(text, usage, model or spec.model, tier, replica, ttft, total)
+
+    def _receive(
+        self, replica: str, payload: dict[str, Any], progress: _Progress
+    ) -> Generator[str, None, tuple[str, dict[str, int] | None, str | None]]:
+        timeout = progress.limit - progress.started
+        if not self.config.stream:
+            done = chat_once(self.http, replica, payload, timeout, progress.headers)
+            if done.text:
+                yield done.text
+            return done.text, done.usage, done.model
+        pieces: list[str] = []
+        usage, model = None, None
+        for chunk in chat_stream(self.http, replica, payload, timeout, progress.headers):
+            if self.clock() > progress.limit:
+                raise ReplicaError(f"response from {replica} exceeded its time budget")
+            usage, model = chunk.usage or usage, chunk.model or model
+            if chunk.text:
+                if progress.ttft is None:
+                    progress.ttft = self.clock() - progress.started
+                pieces.append(chunk.text)
+                yield chunk.text
+        return "".join(pieces), usage, model
+
+    def _failed(self, replica: str) -> None:
+        breaker = self.config.breaker
+        self.state.record_failure(replica, self.clock(), breaker.failure_threshold, breaker.cooldown_s)
+
+
+def _payload(spec: TierConfig, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:
+    payload = {"model": spec.model, "messages": messages, "max_tokens": spec.max_tokens, "temperature": temperature}
+    if spec.stream_usage:
+        payload["stream_options"] = {"include_usage": True}  # dropped by chat_once: not a streaming call
+    return payload
+
+
+def _summary(what: str, deadline_s: float, failures: list[str]) -> str:
+    tried = "; ".join(failures) or "no attempt was made"
+    return (
+        f"{what} (deadline {deadline_s:g}s): {tried}. Check the replicas' URLs and health, "
+        "or raise generator.deadline_s / add fallback tiers"
+    )
