@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sluice.cli_eval import register_eval_commands
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="The database: start the embedded server, migrate, sto
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
+register_eval_commands(app)
 
 console = Console()
 err_console = Console(stderr=True)
