@@ -71,19 +71,35 @@ def _progress() -> Progress:
 def _print_report(report, spec, settings) -> None:
     from evals.record import comparison_table
 
-    table_data = comparison_table(report.results, spec)
-    table = Table(title=f"evaluation {spec.name}: objective {spec.objective.direction} {spec.objective.metric}")
-    for col in table_data:
-        table.add_column(col.replace("_", " "), overflow="fold")
+    data = comparison_table(report.results, spec)
+    metric = spec.objective.metric
+    cols = [c for c in data if c not in ("config_id", "name", f"{metric}_ci")]
+    table = Table(title=f"evaluation {spec.name}: {spec.objective.direction} {metric}")
+    for col in ("#", "config", f"{metric} (CI)", *cols[1:]):
+        table.add_column(_SHORT.get(col, col), overflow="fold")
     for i in range(len(report.results)):
-        table.add_row(*(_fmt(table_data[c][i]) for c in table_data))
+        objective = f"{_fmt(data[metric][i])} {data[f'{metric}_ci'][i]}"
+        table.add_row(str(i + 1), data["config_id"][i][:8], objective, *(_fmt(data[c][i]) for c in cols[1:]))
     console.print(table)
+    for i, result in enumerate(report.results, 1):
+        console.print(f"  {i}: {result.config.name}  (config {result.config.config_id}, run {result.run_id})")
     skipped = report.results[0].skipped if report.results else []
     if skipped:
         console.print(f"skipped (no judge endpoint, SLUICE_JUDGE_BASE_URL unset): {', '.join(skipped)}")
     console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}")
     verdict = "[green]promoted[/]" if report.promoted else "[yellow]not promoted[/]"
     console.print(f"{verdict}: {report.decision.reason}")
+
+
+_SHORT = {
+    "hit_at_5": "hit@5",
+    "ndcg_at_10": "nDCG@10",
+    "evidence_recall_at_5": "ev.rec@5",
+    "semantic_similarity": "sem.sim",
+    "rouge_l": "ROUGE-L",
+    "latency_total_p95_ms": "p95 ms",
+    "cost_per_answer": "cost/ans",
+}
 
 
 def _show(settings) -> None:
