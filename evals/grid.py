@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evals.metrics import Pricing
+from evals.metrics import PER_QUESTION_METRICS, Pricing
 from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from sluice.settings import PROJECT_ROOT
@@ -48,6 +48,14 @@ class Objective(_Strict):
     direction: Literal["maximise", "minimise"] = "maximise"
     max_cost_per_answer: float | None = Field(default=None, ge=0)
     max_p95_latency_ms: float | None = Field(default=None, gt=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        # The paired test needs a score per question; budgets cover cost and latency.
+        if value not in PER_QUESTION_METRICS:
+            raise ValueError(f"unknown objective metric {value!r}; use one of {', '.join(PER_QUESTION_METRICS)}")
+        return value
 
     def sign(self) -> float:
         return 1.0 if self.direction == "maximise" else -1.0

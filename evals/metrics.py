@@ -24,6 +24,8 @@ from evals.gold import GoldItem, Span
 CUTOFFS = (1, 3, 5, 10)
 OFFLINE_RAGAS = ("non_llm_context_precision", "non_llm_context_recall", "semantic_similarity", "rouge_l", "chrf")
 JUDGED_RAGAS = ("faithfulness", "answer_relevancy", "llm_context_precision")
+SPAN_METRICS = ("mrr", *(f"{m}_at_{k}" for m in ("hit", "ndcg", "evidence_recall") for k in CUTOFFS))
+PER_QUESTION_METRICS = (*SPAN_METRICS, *OFFLINE_RAGAS, *JUDGED_RAGAS)
 
 
 @dataclass(frozen=True)

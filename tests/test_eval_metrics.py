@@ -115,3 +115,10 @@ def test_covid_qa_answer_spans_align_with_document_text():
 
 def test_pareto_front():
     assert pareto_front([(1.0, 0.5), (2.0, 0.9), (1.5, 0.4), (3.0, 0.8)]) == [0, 1]
+
+
+def test_objective_must_be_a_per_question_metric(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\ncorpus: {path: x}\nchunkers: [{}]\nobjective: {metric: cost_per_answer}\n")
+    with pytest.raises(ConfigError, match="objective.metric.*ndcg_at_10"):
+        load_grid(path)
