@@ -51,8 +51,8 @@ def run_evaluation(
     on_question: OnQuestion | None = None,
 ) -> Report:
     """Index, answer, score, track and (optionally) promote, for every config of the grid."""
+    configs = plan(db, grid)  # validates every config before anything is loaded or ingested
     items, docs = load_items(grid, gold_path)
-    configs = plan(db, grid)
     for config in configs:
         if on_config:
             on_config(config, "index")

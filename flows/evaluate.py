@@ -30,8 +30,8 @@ def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool 
     settings = load_settings()
     grid = load_grid(grid_path)
     with Database(settings) as db:
-        items, docs = runner.load_items(grid, gold_path)
         configs = runner.plan(db, grid)
+        items, docs = runner.load_items(grid, gold_path)
         for config in configs:
             ensure_index(settings, db, grid, config, docs)
         items = runner.resolve_items(db, grid, items)

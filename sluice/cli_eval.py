@@ -178,7 +178,43 @@ def champion_rollback(reason: Annotated[str, typer.Option(help="Why, for the his
     console.print(f"champion restored: config {event.config_id} (model version {event.model_version})")
 
 
+def eval_demo(
+    question: Annotated[str, typer.Option(help="Question answered with the champion.")] = (
+        "How many days do I have to return an unridden bike for a full refund?"
+    ),
+) -> None:
+    """Evaluate two chunking strategies on the sample gold set, promote the winner, answer with the champion."""
+    from evals.grid import load_grid
+    from sluice.settings import PROJECT_ROOT
+
+    grid = PROJECT_ROOT / "evals" / "grids" / "sample.yaml"
+    eval_command(grid, None, True)
+    _answer_with_champion(question, load_grid(grid).tenant)
+
+
+def _answer_with_champion(question: str, tenant: str) -> None:
+    from sluice import champion
+    from sluice.db import Database
+    from tasks.answer import answer_question
+    from tasks.embed import get_embedder
+
+    settings = load_settings()
+    try:
+        with Database(settings) as db:
+            config = champion.current_champion(db)
+            if config is None:
+                raise SluiceError("no champion was promoted: see the decision above")
+            embedder = get_embedder(config.embedder, settings.embed_batch_size)
+            result = answer_question(db, tenant, config, embedder, question)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(
+        f"[bold]champion {config.config_id}[/] answers:\n[bold]Q:[/] {question}\n[bold]A:[/] {result.answer.text}"
+    )
+
+
 def register_eval_commands(app: typer.Typer) -> None:
-    """Add `eval` and `champion` to the main CLI."""
+    """Add `eval`, `eval-demo` and `champion` to the main CLI."""
     app.command("eval")(eval_command)
+    app.command("eval-demo")(eval_demo)
     app.add_typer(champion_app, name="champion")
