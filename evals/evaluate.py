@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from evals.grid import Decision, Grid
 from evals.promotion import promote_run
-from evals.record import log_evaluation
+from evals.record import close_evaluation, fail_evaluation, log_result, open_evaluation
 from evals.runner import (
     ConfigResult,
     OnQuestion,
@@ -58,12 +58,18 @@ def run_evaluation(
             on_config(config, "index")
         ensure_index(settings, db, grid, config, docs)
     items = resolve_items(db, grid, items)
-    results = []
-    for config in configs:
-        if on_config:
-            on_config(config, "answer")
-        results.append(evaluate_config(settings, db, grid, config, items, on_question))
-    decision = decide_champion(db, grid, results)
-    parent = log_evaluation(settings, grid, results, decision, gold_path or grid.gold or grid.corpus.path)
+    parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
+    try:
+        results = []
+        for config in configs:
+            if on_config:
+                on_config(config, "answer")
+            results.append(evaluate_config(settings, db, grid, config, items, on_question))
+            log_result(settings, parent, grid, results[-1])
+        decision = decide_champion(db, grid, results)
+        close_evaluation(settings, parent, grid, results, decision)
+    except BaseException:
+        fail_evaluation(settings, parent)
+        raise
     promoted = apply_decision(settings, db, grid, results, decision) if promote else None
     return Report(parent, results, decision, promoted)

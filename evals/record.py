@@ -94,31 +94,43 @@ def log_plots(mlc, run_id: str, grid: Grid, results: list[ConfigResult]) -> None
     tracking.log_figure(mlc, run_id, plots.chunk_length_histograms(lengths), "plots/chunk_lengths.png")
 
 
-def log_evaluation(
-    settings: Settings, grid: Grid, results: list[ConfigResult], decision: Decision, gold_label: str
-) -> str:
-    """Log the whole evaluation; set each result's run id; return the parent run id."""
+def open_evaluation(settings: Settings, grid: Grid, gold_label: str) -> str:
+    """Create the parent run of an evaluation; config runs nest under it as they finish."""
     mlc = tracking.client(settings)
     exp_id = tracking.experiment_id(mlc, settings)
     tags = {"grid": grid.name, "tenant": grid.tenant, "gold": gold_label, "objective": grid.objective.metric}
     parent = tracking.start_run(mlc, exp_id, f"eval {grid.name}", tags)
-    tracking.log_params(
-        mlc,
-        parent,
-        tracking.flatten({"objective": grid.objective.model_dump(), "promotion": grid.promotion.model_dump()}),
-    )
-    for result in results:
-        result.run_id = log_config_run(mlc, exp_id, parent, grid, result)
+    params = {"objective": grid.objective.model_dump(), "promotion": grid.promotion.model_dump()}
+    tracking.log_params(mlc, parent, tracking.flatten(params))
+    return parent
+
+
+def log_result(settings: Settings, parent: str, grid: Grid, result: ConfigResult) -> str:
+    """Log one config's nested run (as soon as it is scored, so a long grid keeps what it measured)."""
+    mlc = tracking.client(settings)
+    exp_id = mlc.get_run(parent).info.experiment_id
+    result.run_id = log_config_run(mlc, exp_id, parent, grid, result)
+    return result.run_id
+
+
+def close_evaluation(
+    settings: Settings, parent: str, grid: Grid, results: list[ConfigResult], decision: Decision
+) -> None:
+    """Add the comparison table, plots and decision to the parent run and finish it."""
+    mlc = tracking.client(settings)
     mlc.log_table(parent, comparison_table(results, grid), "comparison.json")
     log_plots(mlc, parent, grid, results)
-    decision_tags = {"decision.promote": str(decision.promote), "decision.reason": decision.reason[:5000]}
+    tags = {"decision.promote": str(decision.promote), "decision.reason": decision.reason[:5000]}
     if decision.winner:
-        decision_tags["decision.winner_config_id"] = decision.winner.config_id
-    for key, value in decision_tags.items():
+        tags["decision.winner_config_id"] = decision.winner.config_id
+    for key, value in tags.items():
         mlc.set_tag(parent, key, value)
     if decision.p_value is not None:
-        tracking.log_metrics(
-            mlc, parent, {"decision_p_value": decision.p_value, "decision_mean_diff": decision.mean_diff}
-        )
+        stats = {"decision_p_value": decision.p_value, "decision_mean_diff": decision.mean_diff}
+        tracking.log_metrics(mlc, parent, stats)
     tracking.end_run(mlc, parent)
-    return parent
+
+
+def fail_evaluation(settings: Settings, parent: str) -> None:
+    """Mark the parent run failed (its finished config runs stay)."""
+    tracking.end_run(tracking.client(settings), parent, "FAILED")

@@ -8,10 +8,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from evals import runner
+from evals import record, runner
 from evals.evaluate import apply_decision
 from evals.grid import load_grid
-from evals.record import log_evaluation
 from sluice.db import Database
 from sluice.settings import load_settings
 
@@ -19,7 +18,9 @@ from sluice.settings import load_settings
 step = task(cache_policy=NO_CACHE, persist_result=False)
 ensure_index = step(runner.ensure_index)
 evaluate_config = step(runner.evaluate_config)
-log_results = step(log_evaluation)
+open_evaluation = step(record.open_evaluation)
+log_result = step(record.log_result)
+close_evaluation = step(record.close_evaluation)
 promote = step(apply_decision)
 
 
@@ -35,9 +36,14 @@ def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool 
         for config in configs:
             ensure_index(settings, db, grid, config, docs)
         items = runner.resolve_items(db, grid, items)
-        results = [evaluate_config(settings, db, grid, c, items) for c in configs]
+        parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
+        results = []
+        for config in configs:
+            results.append(evaluate_config(settings, db, grid, config, items))
+            # Set here too: Prefect may hand the task a rebuilt copy of its arguments.
+            results[-1].run_id = log_result(settings, parent, grid, results[-1])
         decision = runner.decide_champion(db, grid, results)
-        parent = log_results(settings, grid, results, decision, gold_path or grid.gold or grid.corpus.path)
+        close_evaluation(settings, parent, grid, results, decision)
         promoted = promote(settings, db, grid, results, decision) if promote_winner else None
     logger.info("decision: %s", decision.reason)
     return {
