@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evals.metrics import JUDGED_RAGAS, QuestionRecord
 from tasks.embed import Embedder
@@ -24,7 +24,7 @@ class JudgeConfig:
 
     base_url: str
     model: str = "gpt-4o-mini"
-    api_key: str = "not-needed"
+    api_key: str = field(default="not-needed", repr=False)
     timeout_s: float = 60.0
 
 

@@ -51,7 +51,7 @@ def judge_from(settings: Settings) -> JudgeConfig | None:
     """The RAGAS judge the settings name, or None (judged metrics are then skipped)."""
     if not settings.judge_base_url:
         return None
-    return JudgeConfig(settings.judge_base_url, settings.judge_model, settings.judge_api_key)
+    return JudgeConfig(settings.judge_base_url, settings.judge_model, settings.judge_api_key.get_secret_value())
 
 
 def plan(db: Database, grid: Grid) -> list[PipelineConfig]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     registered_model: str = Field(default="sluice-pipeline", description="MLflow registered model of champions.")
     judge_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL of the RAGAS judge.")
     judge_model: str = "gpt-4o-mini"
-    judge_api_key: str = "not-needed"
+    judge_api_key: SecretStr = SecretStr("not-needed")
 
     @field_validator("pool_max_size")
     @classmethod
