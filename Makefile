@@ -28,6 +28,7 @@ db-stop:
 
 demo: setup
 	$(BIN)/sluice demo
+	$(BIN)/sluice eval-demo
 
 test: setup
 	scripts/ensure-redis.sh

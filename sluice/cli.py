@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sluice import cli_retrieval
+from sluice.cli_eval import register_eval_commands
 from sluice.cli_routing import router_app
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
@@ -23,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
+register_eval_commands(app)
 
 console = Console()
 err_console = Console(stderr=True)

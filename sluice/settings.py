@@ -61,6 +61,16 @@ class Settings(BaseSettings):
         description='API key per generator tier, e.g. {"large": "sk-…"}; a tier without one sends no key '
         "(so a self-hosted replica never sees a hosted provider's key).",
     )
+    # Evaluation: MLflow tracking (sqlite under data_dir unless a URI is given) and an optional RAGAS judge.
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; unset = sqlite in data_dir."
+    )
+    mlflow_artifact_dir: Path | None = Field(default=None, description="Artifact root; unset = data_dir/mlartifacts.")
+    mlflow_experiment: str = "sluice-eval"
+    registered_model: str = Field(default="sluice-pipeline", description="MLflow registered model of champions.")
+    judge_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL of the RAGAS judge.")
+    judge_model: str = "gpt-4o-mini"
+    judge_api_key: SecretStr = SecretStr("not-needed")
 
     @field_validator("pool_max_size")
     @classmethod
@@ -68,6 +78,16 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("pool_max_size must be at least 1")
         return value
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking (and registry) URI."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where MLflow stores artifacts of experiments this project creates."""
+        return self.mlflow_artifact_dir or self.data_dir / "mlartifacts"
 
     @property
     def pgdata(self) -> Path:

@@ -1,0 +1,231 @@
+"""Experiment grids: chunkers x retrieval x routing -> pipeline configs, an objective, promotion statistics.
+
+A grid file (YAML):
+    name: sample
+    tenant: eval-sample
+    corpus: {kind: files, path: data/sample/corpus}       # or {kind: covid_qa, path: ../shared/data/covid_qa}
+    gold: data/sample/gold.jsonl                           # files corpora; `sluice eval --gold` overrides
+    base: {}                                               # pipeline-config stages shared by every config
+    chunkers: [{kind: recursive, chunk_size: 500}, ...]    # any ChunkerConfig member
+    retrieval: [{mode: dense, k: 10}]                      # any RetrievalConfig
+    routing: [{policy: single}]                            # any RoutingConfig
+    objective: {metric: ndcg_at_10, direction: maximise, max_cost_per_answer: 0.01, max_p95_latency_ms: 3000}
+    promotion: {level: 0.05, n_boot: 2000, seed: 0, ci: 0.95}
+    pricing: {input_per_1k: 0.0005, output_per_1k: 0.0015}
+Each config is validated by the ordinary pipeline-config parser, so new chunkers, retrieval modes and
+routing policies work here as soon as the config union knows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from evals.metrics import PER_QUESTION_METRICS, Pricing
+from sluice.config import PipelineConfig, parse_config
+from sluice.errors import ConfigError
+from sluice.settings import PROJECT_ROOT
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusSpec(_Strict):
+    kind: Literal["files", "covid_qa"] = "files"
+    path: str
+    max_docs: int | None = Field(default=None, ge=1)
+    max_questions: int | None = Field(default=None, ge=1)
+
+
+class Objective(_Strict):
+    metric: str = "ndcg_at_10"
+    direction: Literal["maximise", "minimise"] = "maximise"
+    max_cost_per_answer: float | None = Field(default=None, ge=0)
+    max_p95_latency_ms: float | None = Field(default=None, gt=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        # The paired test needs a score per question; budgets cover cost and latency.
+        if value not in PER_QUESTION_METRICS:
+            raise ValueError(f"unknown objective metric {value!r}; use one of {', '.join(PER_QUESTION_METRICS)}")
+        return value
+
+    def sign(self) -> float:
+        return 1.0 if self.direction == "maximise" else -1.0
+
+
+class PromotionPolicy(_Strict):
+    level: float = Field(default=0.05, gt=0, lt=1, description="One-sided significance level of the paired test.")
+    n_boot: int = Field(default=2000, ge=100, le=100_000)
+    seed: int = 0
+    ci: float = Field(default=0.95, gt=0, lt=1)
+
+
+class PricingSpec(_Strict):
+    input_per_1k: float = Field(default=0.0005, ge=0)
+    output_per_1k: float = Field(default=0.0015, ge=0)
+
+    def pricing(self) -> Pricing:
+        return Pricing(self.input_per_1k, self.output_per_1k)
+
+
+class Grid(_Strict):
+    name: str
+    tenant: str = "eval"
+    corpus: CorpusSpec
+    gold: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    chunkers: list[dict[str, Any]] = Field(min_length=1)
+    retrieval: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    routing: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    objective: Objective = Objective()
+    promotion: PromotionPolicy = PromotionPolicy()
+    pricing: PricingSpec = PricingSpec()
+    source: str = Field(default="grid", exclude=True)
+
+    def resolve_path(self, value: str) -> Path:
+        """Paths in a grid are relative to the project root."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def load_grid(path: Path | str) -> Grid:
+    """Read and validate a grid YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {str(path)!r} does not exist: pass a YAML grid (see evals/grids/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"grid file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"grid file {str(path)!r} must be a mapping (name, corpus, chunkers, ...)")
+    try:
+        grid = Grid.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: field {where!r}: {first['msg']}") from exc
+    grid.source = str(path)
+    return grid
+
+
+def _label(stage: dict[str, Any], key: str, default: str) -> str:
+    head = str(stage.get(key, default))
+    params = ",".join(f"{k}={v}" for k, v in stage.items() if k != key)
+    return f"{head}({params})" if params else head
+
+
+def expand(grid: Grid) -> list[PipelineConfig]:
+    """Every chunker x retrieval x routing combination as a validated pipeline config (duplicates dropped)."""
+    configs: dict[str, PipelineConfig] = {}
+    for chunker in grid.chunkers:
+        for retrieval in grid.retrieval:
+            for routing in grid.routing:
+                name = " ".join(
+                    (
+                        _label(chunker, "kind", "?"),
+                        _label(retrieval, "mode", "dense"),
+                        _label(routing, "policy", "single"),
+                    )
+                )
+                body = {**grid.base, "name": name, "chunker": chunker, "retrieval": retrieval, "routing": routing}
+                config = parse_config(body, source=f"{grid.source}: {name}")
+                configs.setdefault(config.config_id, config)
+    return list(configs.values())
+
+
+# ---------------------------------------------------------------- statistics
+def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, ci: float) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean over questions."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    alpha = (1 - ci) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_bootstrap(challenger: np.ndarray, champion: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """Mean paired difference and one-sided p-value of H0 'the challenger is no better'."""
+    diffs = np.asarray(challenger, dtype=float) - np.asarray(champion, dtype=float)
+    diffs = diffs[~np.isnan(diffs)]  # questions a metric could not score (judge failure) drop out of both
+    if diffs.size == 0:
+        raise ConfigError("paired bootstrap over zero questions: no question has a score under both configs")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
+    p_value = (np.count_nonzero(means <= 0) + 1) / (n_boot + 1)
+    return float(diffs.mean()), float(p_value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config_id: str
+    name: str
+    summary: dict[str, float]
+    per_question: np.ndarray  # objective metric per question, in gold order
+
+
+def budget_violation(summary: dict[str, float], objective: Objective) -> str | None:
+    """Why a config breaks the budgets, or None when it fits."""
+    cost, p95 = summary.get("cost_per_answer", 0.0), summary.get("latency_total_p95_ms", 0.0)
+    if objective.max_cost_per_answer is not None and cost > objective.max_cost_per_answer:
+        return f"cost per answer {cost:.5f} > budget {objective.max_cost_per_answer}"
+    if objective.max_p95_latency_ms is not None and p95 > objective.max_p95_latency_ms:
+        return f"p95 latency {p95:.0f} ms > budget {objective.max_p95_latency_ms:.0f} ms"
+    return None
+
+
+def best_feasible(candidates: list[Candidate], objective: Objective) -> Candidate | None:
+    """The feasible candidate with the best objective mean (first declared wins ties)."""
+    feasible = [c for c in candidates if budget_violation(c.summary, objective) is None]
+    if not feasible:
+        return None
+    return max(feasible, key=lambda c: objective.sign() * float(np.nanmean(c.per_question)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    winner: Candidate | None
+    mean_diff: float | None = None
+    p_value: float | None = None
+
+
+def decide(
+    candidates: list[Candidate], champion_id: str | None, objective: Objective, policy: PromotionPolicy
+) -> Decision:
+    """Pick the best feasible config and decide whether it replaces the current champion."""
+    winner = best_feasible(candidates, objective)
+    if winner is None:
+        reasons = "; ".join(f"{c.name}: {budget_violation(c.summary, objective)}" for c in candidates)
+        return Decision(False, f"no config fits the budgets ({reasons})", None)
+    if champion_id is None:
+        return Decision(True, f"no champion yet: {winner.name} is the best feasible config", winner)
+    if winner.config_id == champion_id:
+        return Decision(False, "the current champion is still the best feasible config", winner)
+    champion = next((c for c in candidates if c.config_id == champion_id), None)
+    if champion is None:
+        return Decision(False, f"champion {champion_id} was not evaluated on this gold set: cannot compare", winner)
+    sign = objective.sign()
+    diff, p = paired_bootstrap(sign * winner.per_question, sign * champion.per_question, policy.n_boot, policy.seed)
+    if diff > 0 and p < policy.level:
+        reason = (
+            f"{winner.name} beats the champion on {objective.metric} by {sign * diff:+.4f} (p={p:.4f} < {policy.level})"
+        )
+        return Decision(True, reason, winner, sign * diff, p)
+    reason = (
+        f"{winner.name} does not beat the champion significantly on {objective.metric}: "
+        f"difference {sign * diff:+.4f}, p={p:.4f} >= {policy.level}"
+    )
+    return Decision(False, reason, winner, sign * diff, p)

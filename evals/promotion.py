@@ -1,0 +1,53 @@
+"""Promote a run's config to champion (MLflow alias + Postgres record), or roll back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evals import tracking
+from sluice import champion
+from sluice.db import Database
+from sluice.errors import ConfigError
+from sluice.settings import Settings
+
+
+def promote_run(
+    settings: Settings,
+    db: Database,
+    run_id: str,
+    reason: str,
+    evaluated_on: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> champion.ChampionEvent:
+    """Register the run's config as a model version, point `champion` at it, record it in Postgres."""
+    from mlflow.exceptions import MlflowException
+
+    mlc = tracking.client(settings)
+    try:
+        run = mlc.get_run(run_id)
+        config = tracking.run_config(mlc, run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"run {run_id!r} is not a config run of this MLflow store ({settings.tracking_uri})") from exc
+    tagged = run.data.tags.get("config_id")
+    if tagged != config.config_id:
+        raise ConfigError(f"run {run_id}: config_id tag {tagged!r} does not match its config ({config.config_id})")
+    champion.store_config(db, config)
+    version = tracking.register_config_version(mlc, settings.registered_model, run_id, config.config_id)
+    tracking.set_champion_alias(mlc, settings.registered_model, version)
+    return champion.record_promotion(
+        db,
+        config.config_id,
+        run_id=run_id,
+        model_version=version,
+        evaluated_on=evaluated_on,
+        reason=reason,
+        metrics=metrics,
+    )
+
+
+def rollback(settings: Settings, db: Database, reason: str = "manual rollback") -> champion.ChampionEvent:
+    """Restore the previous champion in Postgres and move the MLflow alias back to its version."""
+    target = champion.record_rollback(db, reason)
+    if target.model_version:
+        tracking.set_champion_alias(tracking.client(settings), settings.registered_model, target.model_version)
+    return target

@@ -1,0 +1,175 @@
+"""Evaluation steps, pure of Prefect: ensure indexes, answer the gold questions, score, track, decide.
+
+`flows/evaluate.py` wraps these as Prefect tasks; `sluice eval` calls them directly with a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve_in_db
+from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
+from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
+from evals.ragas_metrics import JudgeConfig, score_ragas
+from sluice import champion
+from sluice.config import PipelineConfig
+from sluice.db import Database, create_tenant
+from sluice.errors import ConfigError
+from sluice.settings import Settings
+from tasks.embed import get_embedder
+
+log = logging.getLogger(__name__)
+OnQuestion = Callable[[PipelineConfig, int, int], None]
+DISPLAY = ("hit_at_5", "mrr", "ndcg_at_10", "evidence_recall_at_5", "semantic_similarity", "rouge_l")
+
+
+@dataclass
+class ConfigResult:
+    config: PipelineConfig
+    records: list[QuestionRecord]
+    summary: dict[str, float]
+    cis: dict[str, tuple[float, float]]
+    skipped: list[str]
+    chunk_lengths: list[int] = field(default_factory=list)
+    run_id: str | None = None
+
+
+@dataclass
+class Report:
+    parent_run_id: str
+    results: list[ConfigResult]
+    decision: Decision
+    promoted: champion.ChampionEvent | None = None
+
+
+def judge_from(settings: Settings) -> JudgeConfig | None:
+    """The RAGAS judge the settings name, or None (judged metrics are then skipped)."""
+    if not settings.judge_base_url:
+        return None
+    return JudgeConfig(settings.judge_base_url, settings.judge_model, settings.judge_api_key.get_secret_value())
+
+
+def plan(db: Database, grid: Grid) -> list[PipelineConfig]:
+    """The grid's configs, plus the current champion (it must be measured on the same questions to be beaten)."""
+    configs = expand(grid)
+    current = champion.current_champion(db)
+    if current is not None and current.config_id not in {c.config_id for c in configs}:
+        configs.append(current.model_copy(update={"name": f"champion {current.config_id[:8]}"}))
+    return configs
+
+
+def load_items(grid: Grid, gold_path: str | None) -> tuple[list[GoldItem], list[TextDocument] | None]:
+    """The gold questions, and for text corpora (covid_qa) the documents to ingest."""
+    if grid.corpus.kind == "covid_qa":
+        docs, items = load_covid_qa(
+            grid.resolve_path(grid.corpus.path), grid.corpus.max_docs, grid.corpus.max_questions
+        )
+        return items, docs
+    path = gold_path or grid.gold
+    if path is None:
+        raise ConfigError(f"grid {grid.source}: no gold set: add `gold:` to the grid or pass --gold PATH")
+    items = load_gold(grid.resolve_path(path))
+    return (items[: grid.corpus.max_questions] if grid.corpus.max_questions else items), None
+
+
+def ensure_index(
+    settings: Settings, db: Database, grid: Grid, config: PipelineConfig, docs: list[TextDocument] | None
+) -> dict[str, int]:
+    """Build (or top up) the config's index over the grid's corpus; unchanged documents cost nothing."""
+    from tasks.ingest import ingest_source
+    from tasks.ingest_text import ingest_texts
+
+    create_tenant(db, grid.tenant, f"evaluation: {grid.name}")
+    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    if docs is not None:
+        summary = ingest_texts(db, grid.tenant, config, embedder, ((d.source_id, d.text) for d in docs))
+    else:
+        path = grid.resolve_path(grid.corpus.path)
+        summary = ingest_source(db, grid.tenant, config, embedder, path, settings.max_file_bytes)
+    if summary.failed:
+        log.warning("index %s: %d documents failed: %s", config.index_id, summary.failed, summary.errors[:3])
+    return {"ingested": summary.ingested + summary.updated, "unchanged": summary.unchanged, "failed": summary.failed}
+
+
+def resolve_items(db: Database, grid: Grid, items: list[GoldItem]) -> list[GoldItem]:
+    """Gold quotes -> spans of the stored documents (covid_qa items carry spans already)."""
+    return items if grid.corpus.kind == "covid_qa" else resolve_in_db(db, grid.tenant, items)
+
+
+def answer_all(
+    db: Database,
+    grid: Grid,
+    config: PipelineConfig,
+    items: list[GoldItem],
+    embedder,
+    on_question: OnQuestion | None = None,
+) -> list[QuestionRecord]:
+    """Answer every gold question with the config; record hits, answer, timings, tokens and cost."""
+    from tasks.answer import answer_question
+
+    pricing = grid.pricing.pricing()
+    records = []
+    for n, item in enumerate(items, 1):
+        t0 = time.perf_counter()
+        result = answer_question(db, grid.tenant, config, embedder, item.question)
+        timings = {**result.timings_ms, "total": (time.perf_counter() - t0) * 1000}
+        hits = [RetrievedSpan(h.source_id, h.start, h.end, h.text) for h in result.hits]
+        tokens_in = count_tokens(embedder.tokenizer, [item.question, *(h.text for h in hits)])
+        tokens_out = count_tokens(embedder.tokenizer, [result.answer.text])
+        record = QuestionRecord(item, hits, result.answer.text, timings, tokens_in, tokens_out)
+        record.cost = pricing.cost(tokens_in, tokens_out)
+        record.scores.update(span_scores(hits, item))
+        records.append(record)
+        if on_question:
+            on_question(config, n, len(items))
+    return records
+
+
+def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:
+    """Lengths (characters) of the index's chunks, for the histogram."""
+    with db.tenant(tenant) as conn:
+        rows = conn.execute("SELECT char_end - char_start FROM chunks WHERE index_id = %s", (index_id,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def evaluate_config(
+    settings: Settings,
+    db: Database,
+    grid: Grid,
+    config: PipelineConfig,
+    items: list[GoldItem],
+    on_question: OnQuestion | None = None,
+) -> ConfigResult:
+    """Answer and score every question under one config."""
+    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    records = answer_all(db, grid, config, items, embedder, on_question)
+    skipped = score_ragas(records, embedder, judge_from(settings))
+    summary = summarise(records)
+    if grid.objective.metric not in summary:
+        known = ", ".join(sorted(k for k in summary if not k.startswith("latency")))
+        raise ConfigError(f"grid {grid.source}: objective metric {grid.objective.metric!r} is unknown; known: {known}")
+    policy = grid.promotion
+    names = sorted({n for r in records for n in r.scores})
+    cis = {n: bootstrap_ci(_scores(records, n), policy.n_boot, policy.seed, policy.ci) for n in names}
+    lengths = chunk_lengths(db, grid.tenant, config.index_id)
+    return ConfigResult(config, records, summary, cis, skipped, lengths)
+
+
+def _scores(records: list[QuestionRecord], name: str) -> np.ndarray:
+    return np.array([r.scores.get(name, np.nan) for r in records], dtype=float)
+
+
+def candidates(results: list[ConfigResult], metric: str) -> list[Candidate]:
+    """Results in the shape the promotion decision needs."""
+    return [Candidate(r.config.config_id, r.config.name, r.summary, _scores(r.records, metric)) for r in results]
+
+
+def decide_champion(db: Database, grid: Grid, results: list[ConfigResult]) -> Decision:
+    """The best feasible config, and whether it beats the current champion."""
+    cands = candidates(results, grid.objective.metric)
+    return decide(cands, champion.current_champion_id(db), grid.objective, grid.promotion)

@@ -1,0 +1,56 @@
+"""Prefect flow `evaluate`: index every config of a grid, answer the gold set, score, track, promote.
+
+Thin: each task is one step of `evals.runner` / `evals.evaluate`; nothing here computes anything.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from evals import record, runner
+from evals.evaluate import apply_decision
+from evals.grid import load_grid
+from sluice.db import Database
+from sluice.settings import load_settings
+
+# Steps take the database and return in-memory results: nothing to cache or persist between them.
+step = task(cache_policy=NO_CACHE, persist_result=False)
+ensure_index = step(runner.ensure_index)
+evaluate_config = step(runner.evaluate_config)
+open_evaluation = step(record.open_evaluation)
+log_result = step(record.log_result)
+close_evaluation = step(record.close_evaluation)
+promote = step(apply_decision)
+
+
+@flow(name="evaluate")
+def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool = True) -> dict:
+    """Compare the grid's configs on the gold set in MLflow and promote a significantly better one."""
+    logger = get_run_logger()
+    settings = load_settings()
+    grid = load_grid(grid_path)
+    with Database(settings) as db:
+        configs = runner.plan(db, grid)
+        items, docs = runner.load_items(grid, gold_path)
+        for config in configs:
+            ensure_index(settings, db, grid, config, docs)
+        items = runner.resolve_items(db, grid, items)
+        parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
+        results = []
+        for config in configs:
+            results.append(evaluate_config(settings, db, grid, config, items))
+            # Set here too: Prefect may hand the task a rebuilt copy of its arguments.
+            results[-1].run_id = log_result(settings, parent, grid, results[-1])
+        decision = runner.decide_champion(db, grid, results)
+        close_evaluation(settings, parent, grid, results, decision)
+        promoted = promote(settings, db, grid, results, decision) if promote_winner else None
+    logger.info("decision: %s", decision.reason)
+    return {
+        "parent_run_id": parent,
+        "runs": {r.config.config_id: r.run_id for r in results},
+        "promoted": promoted.config_id if promoted else None,
+        "reason": decision.reason,
+        "metric": grid.objective.metric,
+        "scores": {r.config.config_id: r.summary.get(grid.objective.metric) for r in results},
+    }

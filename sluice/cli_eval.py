@@ -1,0 +1,220 @@
+"""`sluice eval` and `sluice champion`: compare pipeline configs and manage the serving champion."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluice.errors import SluiceError
+from sluice.settings import load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+champion_app = typer.Typer(
+    help="The champion config serving uses: show, promote a run, roll back.", no_args_is_help=True
+)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
+    return "—" if value is None else str(value)
+
+
+def eval_command(
+    grid: Annotated[Path, typer.Argument(help="Experiment grid YAML (see evals/grids/).")],
+    gold: Annotated[Optional[str], typer.Option("--gold", help="Gold set JSONL; overrides the grid's `gold`.")] = None,
+    promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote a significant winner.")] = True,
+) -> None:
+    """Evaluate every config of GRID on the gold set, track it in MLflow, and promote a better champion."""
+    from evals.evaluate import run_evaluation
+    from evals.grid import load_grid
+    from sluice.db import Database
+
+    settings = load_settings()
+    try:
+        spec = load_grid(grid)
+        with Database(settings) as db, _progress() as progress:
+            task = progress.add_task("starting", total=None)
+
+            def on_config(config, stage: str) -> None:
+                progress.update(task, description=f"{stage}: {config.name}", completed=0, total=None)
+
+            def on_question(config, n: int, total: int) -> None:
+                progress.update(task, completed=n, total=total)
+
+            report = run_evaluation(
+                settings, db, spec, gold, promote=promote, on_config=on_config, on_question=on_question
+            )
+    except SluiceError as exc:
+        _fail(exc)
+    _print_report(report, spec, settings)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+def _print_report(report, spec, settings) -> None:
+    from evals.record import comparison_table
+
+    data = comparison_table(report.results, spec)
+    metric = spec.objective.metric
+    cols = [c for c in data if c not in ("config_id", "name", f"{metric}_ci")]
+    table = Table(title=f"evaluation {spec.name}: {spec.objective.direction} {metric}")
+    for col in ("#", "config", f"{metric} (CI)", *cols[1:]):
+        table.add_column(_SHORT.get(col, col), overflow="fold")
+    for i in range(len(report.results)):
+        objective = f"{_fmt(data[metric][i])} {data[f'{metric}_ci'][i]}"
+        table.add_row(str(i + 1), data["config_id"][i][:8], objective, *(_fmt(data[c][i]) for c in cols[1:]))
+    console.print(table)
+    for i, result in enumerate(report.results, 1):
+        console.print(f"  {i}: {result.config.name}  (config {result.config.config_id}, run {result.run_id})")
+    skipped = report.results[0].skipped if report.results else []
+    if skipped:
+        console.print(f"skipped (no judge endpoint, SLUICE_JUDGE_BASE_URL unset): {', '.join(skipped)}")
+    console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}")
+    verdict = "[green]promoted[/]" if report.promoted else "[yellow]not promoted[/]"
+    console.print(f"{verdict}: {report.decision.reason}")
+
+
+_SHORT = {
+    "hit_at_5": "hit@5",
+    "ndcg_at_10": "nDCG@10",
+    "evidence_recall_at_5": "ev.rec@5",
+    "semantic_similarity": "sem.sim",
+    "rouge_l": "ROUGE-L",
+    "latency_total_p95_ms": "p95 ms",
+    "cost_per_answer": "cost/ans",
+}
+
+
+def _show(settings) -> None:
+    from evals import tracking
+    from sluice import champion
+    from sluice.db import Database
+
+    with Database(settings) as db:
+        events = champion.history(db)
+        live = champion.stack(events)
+    table = Table(title="champion history (newest last)")
+    for col in ("#", "action", "config id", "model version", "run", "evaluated on", "reason", "at"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        when = e.created_at.strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            str(e.event_id),
+            e.action,
+            e.config_id,
+            _fmt(e.model_version),
+            _fmt(e.mlflow_run_id),
+            _fmt(e.evaluated_on),
+            e.reason,
+            when,
+        )
+    console.print(table)
+    alias = tracking.champion_alias_version(tracking.client(settings), settings.registered_model)
+    if live:
+        console.print(
+            f"champion: config {live[-1].config_id} (model version {live[-1].model_version}); "
+            f"MLflow alias 'champion' -> version {alias}"
+        )
+    else:
+        console.print("no champion yet: run `sluice eval GRID.yaml` or `sluice champion promote RUN`")
+
+
+@champion_app.command("show")
+def champion_show() -> None:
+    """Show the current champion and its history."""
+    try:
+        _show(load_settings())
+    except SluiceError as exc:
+        _fail(exc)
+
+
+@champion_app.command("promote")
+def champion_promote(
+    run: Annotated[str, typer.Argument(help="MLflow run id of a config run (a nested run of `sluice eval`).")],
+    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "manual promotion",
+) -> None:
+    """Make the config evaluated by RUN the champion."""
+    from evals.promotion import promote_run
+    from sluice.db import Database
+
+    settings = load_settings()
+    try:
+        with Database(settings) as db:
+            event = promote_run(settings, db, run, reason)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"champion: config {event.config_id} (model version {event.model_version})")
+
+
+@champion_app.command("rollback")
+def champion_rollback(reason: Annotated[str, typer.Option(help="Why, for the history.")] = "manual rollback") -> None:
+    """Restore the previous champion."""
+    from evals.promotion import rollback
+    from sluice.db import Database
+
+    settings = load_settings()
+    try:
+        with Database(settings) as db:
+            event = rollback(settings, db, reason)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"champion restored: config {event.config_id} (model version {event.model_version})")
+
+
+def eval_demo(
+    question: Annotated[str, typer.Option(help="Question answered with the champion.")] = (
+        "How many days do I have to return an unridden bike for a full refund?"
+    ),
+) -> None:
+    """Evaluate two chunking strategies on the sample gold set, promote the winner, answer with the champion."""
+    from evals.grid import load_grid
+    from sluice.settings import PROJECT_ROOT
+
+    grid = PROJECT_ROOT / "evals" / "grids" / "sample.yaml"
+    eval_command(grid, None, True)
+    _answer_with_champion(question, load_grid(grid).tenant)
+
+
+def _answer_with_champion(question: str, tenant: str) -> None:
+    from sluice import champion
+    from sluice.db import Database
+    from tasks.answer import answer_question
+    from tasks.embed import get_embedder
+
+    settings = load_settings()
+    try:
+        with Database(settings) as db:
+            config = champion.current_champion(db)
+            if config is None:
+                raise SluiceError("no champion was promoted: see the decision above")
+            embedder = get_embedder(config.embedder, settings.embed_batch_size)
+            result = answer_question(db, tenant, config, embedder, question)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(
+        f"[bold]champion {config.config_id}[/] answers:\n[bold]Q:[/] {question}\n[bold]A:[/] {result.answer.text}"
+    )
+
+
+def register_eval_commands(app: typer.Typer) -> None:
+    """Add `eval`, `eval-demo` and `champion` to the main CLI."""
+    app.command("eval")(eval_command)
+    app.command("eval-demo")(eval_demo)
+    app.add_typer(champion_app, name="champion")
