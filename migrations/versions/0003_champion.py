@@ -6,7 +6,7 @@ tenant whose gold set decided a promotion is recorded as provenance (`evaluated_
 owner. Rows are append-only for the app role: the current champion is the latest row.
 
 Revision ID: 0003
-Revises: 0002 (chains to 0002 once issue 4's migration is merged)
+Revises: 0002
 """
 
 from __future__ import annotations
