@@ -193,6 +193,9 @@ def demo() -> None:
         _fail(exc)
 
 
+app.add_typer(__import__("sluice.cli_serving", fromlist=["app"]).app)  # serve, worker, key
+
+
 def main() -> None:
     """Entry point of the `sluice` script."""
     try:
