@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 from celery import states
 from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg.types.json import Jsonb
 
 from serving import idempotency as idem
@@ -36,7 +38,15 @@ ERRORS = {
     429: {"model": Problem},
     503: {"model": Problem},
 }
+BEARER = HTTPBearer(auto_error=False, description="A tenant API key from `sluice key create`.")
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1)]
+
+
+class CanonicalJSON(JSONResponse):
+    """Sorted keys, so a replayed response (stored as jsonb) is byte-identical to the first."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class ApiError(Exception):
@@ -64,10 +74,10 @@ def _state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(_state)]
 
 
-def tenant_of(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
     """Resolve the bearer key to its tenant, then spend one token of that tenant's rate limit."""
     try:
-        token_hash = hash_key(bearer_token(authorization))
+        token_hash = hash_key(bearer_token(f"{creds.scheme} {creds.credentials}" if creds else None))
     except AuthError as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
     s = state.settings
@@ -361,7 +371,7 @@ def _json(status: int, body: dict, replayed: bool) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if status == 202 and "job_id" in body:
         headers["Location"] = f"/v1/jobs/{body['job_id']}"
-    return JSONResponse(body, status_code=status, headers=headers)
+    return CanonicalJSON(body, status_code=status, headers=headers)
 
 
 def _routes(app: FastAPI) -> None:
@@ -421,8 +431,6 @@ def _collect_stream(state: ApiState, tenant: str, req: QueryRequest) -> tuple[in
     done: dict = {"detail": "no answer"}
     for event in stream_query(state, tenant, req):
         if event.startswith(("event: done", "event: error")):
-            import json
-
             done = json.loads(event.split("data: ", 1)[1])
     return 200, done
 

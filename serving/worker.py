@@ -62,6 +62,7 @@ class WorkerState:
         if config.embedder not in self._embedders:
             inner = get_embedder(config.embedder, self.settings.embed_batch_size)
             inner.warm_up()
+            inner.encode(["warm up"])  # first encode pays one-off runtime set-up; not a user's query
             self._embedders[config.embedder] = CachingEmbedder(inner)
         return self._embedders[config.embedder]
 
@@ -69,6 +70,7 @@ class WorkerState:
         """Load the active config's embedder and open the pool (called once per worker process)."""
         self.embedder(active_config(self.settings, self.db))
         self.db.pool  # noqa: B018 - open the pool now rather than on the first task
+        log.warning("worker process warm: pid %s, embedder loaded", os.getpid())
 
     def close(self) -> None:
         if self._db is not None:

@@ -78,9 +78,7 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[
-        int | None, typer.Option(help="Processes (default SLUICE_WORKER_CONCURRENCY).")
-    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Processes (default SLUICE_WORKER_CONCURRENCY).")] = None,
     queues: Annotated[str, typer.Option(help="Queues to consume.")] = "query,ingest",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
