@@ -13,6 +13,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL
 
+from serving import pg_transport
 from sluice.settings import Settings
 
 QUERY_TASK, INGEST_TASK = "sluice.query", "sluice.ingest"
@@ -39,7 +40,7 @@ def _embedded_url(settings: Settings, scheme: str) -> str:
 
 def broker_url(settings: Settings) -> str:
     """The broker: SLUICE_BROKER_URL, or the embedded Postgres through kombu's SQLAlchemy transport."""
-    return settings.broker_url or _embedded_url(settings, "sqla+postgresql+psycopg")
+    return settings.broker_url or _embedded_url(settings, f"{pg_transport.ALIAS}+postgresql+psycopg")
 
 
 def result_backend(settings: Settings) -> str:
@@ -70,6 +71,7 @@ def ensure_broker_database(settings: Settings) -> None:
 def create_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings."""
     ensure_broker_database(settings)
+    pg_transport.register()
     app = Celery("sluice", broker=broker_url(settings), backend=result_backend(settings), set_as_current=False)
     app.conf.update(
         task_queues=(Queue(QUERY_QUEUE), Queue(INGEST_QUEUE)),

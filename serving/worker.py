@@ -7,6 +7,7 @@ through `worker_process_init`), never per task. The pipeline config is re-checke
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from serving.embedding_cache import CachingEmbedder
 from serving.stream import answer_pieces
 from sluice.config import PipelineConfig
 from sluice.db import Database
-from sluice.errors import DatabaseError, SluiceError
+from sluice.errors import DatabaseError, QueryError, SluiceError
 from sluice.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     with state.db.tenant(tenant) as conn:
         version = corpus_version(conn)  # read before retrieval: a concurrent ingest bumps past this entry
     extra = {k: payload[k] for k in ("filters", "collection") if payload.get(k) is not None}
+    unsupported = set(extra) - set(inspect.signature(answer_question).parameters)
+    if unsupported:
+        raise QueryError(f"{', '.join(sorted(unsupported))} not supported by this server's retrieval: omit them")
     result = answer_question(state.db, tenant, config, embedder, question, **extra)
     response = result_json(result, config.routing.tier, version)
     if task is not None and payload.get("stream"):
