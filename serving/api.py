@@ -29,6 +29,7 @@ from serving.ratelimit import retry_after, take_token
 from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, Problem, QueryRequest, QueryResponse
 from serving.stream import answer_pieces, sse
 from sluice.db import Database
+from sluice.errors import SluiceError
 from sluice.settings import Settings
 
 ERRORS = {
@@ -455,6 +456,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(SluiceError)
+    async def _server_error(_: Request, exc: SluiceError) -> JSONResponse:
+        # Reaches here only for server-side problems (config, database): not the caller's fault.
+        return JSONResponse({"detail": f"server not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):

@@ -23,7 +23,7 @@ TEST_REDIS = "redis://127.0.0.1:6379/11"
 
 def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), SLUICE_DB_NAME=settings.db_name)
-    for name in ("broker_url", "result_backend", "ingest_root", "broker_db_name", "query_timeout_s"):
+    for name in ("broker_url", "result_backend", "ingest_root", "broker_db_name", "query_timeout_s", "config_path"):
         value = getattr(settings, name)
         env.pop(f"SLUICE_{name.upper()}", None)
         if value is not None:

@@ -22,11 +22,18 @@ BEES_MORE = "# Pollen\n\nHoneybees carry pollen home in baskets on their hind le
 
 
 @pytest.fixture(scope="module")
-def serving_settings(migrated):
+def serving_settings(migrated, tmp_path_factory):
     redis.Redis.from_url(TEST_REDIS).flushdb()
-    return migrated.model_copy(
-        update={"broker_url": TEST_REDIS, "ingest_root": SAMPLE, "rate_limit_per_s": 1000.0, "rate_limit_burst": 1000.0}
-    )
+    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
+    config.write_text("name: serving-test\n")  # the default config (the name is not part of the id)
+    update = {
+        "broker_url": TEST_REDIS,
+        "ingest_root": SAMPLE,
+        "rate_limit_per_s": 1000.0,
+        "rate_limit_burst": 1000.0,
+        "config_path": config,
+    }
+    return migrated.model_copy(update=update)
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +263,18 @@ def test_backpressure_503_then_recovery(serving_settings, worker, tenants):
             assert r.status_code == 202
     finally:
         control.add_consumer("query", reply=True, timeout=5)
+
+
+def test_new_config_is_picked_up_without_restart(api, tenants, serving_settings):
+    question = {"question": "How long is the warranty on a carbon fibre frame?"}
+    path = serving_settings.config_path
+    with api.client(tenants["a"][1]) as client:
+        before = client.post("/v1/query", json=question).json()
+        assert before["config_id"] == PipelineConfig().config_id and len(before["citations"]) == 3
+        try:
+            path.write_text("name: serving-test\ngenerator:\n  kind: extractive\n  max_sentences: 1\n")
+            after = client.post("/v1/query", json=question).json()
+        finally:
+            path.write_text("name: serving-test\n")
+    assert after["config_id"] != before["config_id"]  # a new cache key too: no stale answer
+    assert after["cached"] is False and len(after["citations"]) == 1
