@@ -193,10 +193,12 @@ def idempotent(
 
 # ------------------------------------------------------------------ query
 def _cached(state: ApiState, tenant: str, req: QueryRequest) -> tuple[str, dict | None]:
+    if not state.settings.answer_cache:
+        return "", None
     config = active_config(state.settings, state.db)
     with state.db.tenant(tenant) as conn:
         key = answer_cache_key(req.question, req.filters, req.collection, config.config_id, corpus_version(conn))
-        hit = cache_get(conn, key) if state.settings.answer_cache else None
+        hit = cache_get(conn, key)
     metrics.ANSWER_CACHE.labels("hit" if hit else "miss").inc()
     return key, hit
 
