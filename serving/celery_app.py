@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import psycopg
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL
@@ -74,7 +74,9 @@ def create_celery(settings: Settings) -> Celery:
     pg_transport.register()
     app = Celery("sluice", broker=broker_url(settings), backend=result_backend(settings), set_as_current=False)
     app.conf.update(
-        task_queues=(Queue(QUERY_QUEUE), Queue(INGEST_QUEUE)),
+        # Each queue its own exchange and routing key: with Celery's defaults both would bind
+        # routing key "query" on one exchange, and an ingest message would land in both queues.
+        task_queues=tuple(Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (QUERY_QUEUE, INGEST_QUEUE)),
         task_routes=ROUTES,
         task_default_queue=QUERY_QUEUE,
         task_serializer="json",

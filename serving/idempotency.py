@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
 
 from sluice.db import Database
+
+PURGE_ODDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,10 @@ def request_hash(path: str, body: dict) -> str:
 def claim(db: Database, tenant: str, key: str, req_hash: str, ttl_s: int) -> bool:
     """Claim the key for this request; False when another request holds or held it."""
     with db.tenant(tenant, check=False) as conn:
-        conn.execute("DELETE FROM idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
+        if random.random() < PURGE_ODDS:  # amortised clean-up of this tenant's expired keys
+            conn.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        else:
+            conn.execute("DELETE FROM idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
         cur = conn.execute(
             "INSERT INTO idempotency_keys (tenant_id, key, request_hash, expires_at)"
             " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING",

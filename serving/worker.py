@@ -69,6 +69,11 @@ class WorkerState:
 
     def warm_up(self) -> None:
         """Load the active config's embedder and open the pool (called once per worker process)."""
+        import torch
+
+        # Parallelism comes from worker processes; several intra-op threads per process on shared
+        # cores spin against each other (measured: one question took 200-600 ms instead of ~20 ms).
+        torch.set_num_threads(self.settings.worker_torch_threads)
         self.embedder(active_config(self.settings, self.db))
         self.db.pool  # noqa: B018 - open the pool now rather than on the first task
         log.warning("worker process warm: pid %s, embedder loaded", os.getpid())

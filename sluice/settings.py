@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = 20 * 1024 * 1024
     worker_concurrency: int = Field(default=1, ge=1)
+    worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
 
     @field_validator("pool_max_size")
     @classmethod

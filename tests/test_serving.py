@@ -72,9 +72,10 @@ def tenants(db, api):
     return out
 
 
-def _stats_total(settings) -> int:
+def _stats_total(settings, task: str = "sluice.query") -> int:
+    """How many times the workers ran `task` (from the workers' own counters)."""
     stats = create_celery(settings).control.inspect(timeout=2).stats() or {}
-    return sum(s.get("total", {}).get("sluice.query", 0) for s in stats.values())
+    return sum(s.get("total", {}).get(task, 0) for s in stats.values())
 
 
 def test_health_and_readiness(api):
@@ -190,8 +191,9 @@ def test_idempotent_job_submission_enqueues_once(api, tenants):
     assert first.json()["job_id"] == second.json()["job_id"]
 
 
-def test_ingest_invalidates_the_answer_cache(api, tenants):
+def test_ingest_invalidates_the_answer_cache(api, tenants, serving_settings):
     question = {"question": "What do honeybees carry home?"}
+    ingests_before = _stats_total(serving_settings, "sluice.ingest")
     with api.client(tenants["b"][1]) as client:
         first = client.post("/v1/query", json=question).json()
         assert first["cached"] is False
@@ -201,6 +203,7 @@ def test_ingest_invalidates_the_answer_cache(api, tenants):
         job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()
         assert wait_job(client, job["job_id"])["status"] == "succeeded"
         after = client.post("/v1/query", json=question).json()
+    assert _stats_total(serving_settings, "sluice.ingest") - ingests_before == 1  # routed to one queue, run once
     assert after["cached"] is False
     assert after["corpus_version"] > first["corpus_version"]
     assert "pollen.md" in {c["document"] for c in after["citations"]}
@@ -278,3 +281,14 @@ def test_new_config_is_picked_up_without_restart(api, tenants, serving_settings)
             path.write_text("name: serving-test\n")
     assert after["config_id"] != before["config_id"]  # a new cache key too: no stale answer
     assert after["cached"] is False and len(after["citations"]) == 1
+
+
+def test_idempotency_key_expires(serving_settings, worker, tenants):
+    short = serving_settings.model_copy(update={"idempotency_ttl_s": 1})
+    body = {"kind": "query", "question": "Is there a fee for returning a bike?"}
+    with ApiServer(short) as server, server.client(tenants["a"][1]) as client:
+        first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "short-lived"}).json()
+        assert client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "short-lived"}).json() == first
+        time.sleep(1.5)
+        later = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "short-lived"}).json()
+    assert later["job_id"] != first["job_id"]  # expired: a new unit of work

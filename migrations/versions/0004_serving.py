@@ -64,6 +64,7 @@ CREATE TABLE idempotency_keys (
     expires_at    timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, key)
 );
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (tenant_id, expires_at);
 
 CREATE TABLE jobs (
     job_id      text PRIMARY KEY,
@@ -83,7 +84,8 @@ CREATE TABLE answer_cache (
 );
 
 -- Bumped by a trigger on every change to a tenant's chunks: answer-cache keys include it, so any
--- ingestion (API, CLI or flow) invalidates that tenant's cached answers and nobody else's.
+-- ingestion (API, CLI or flow) invalidates that tenant's cached answers and nobody else's. The
+-- trigger runs as the invoker (the app role), under the same tenant policy as the ingestion.
 CREATE TABLE corpus_versions (
     tenant_id   text PRIMARY KEY CHECK (tenant_id <> ''),
     version     bigint NOT NULL DEFAULT 0
@@ -96,6 +98,8 @@ BEGIN
     IF coalesce(t, '') <> '' THEN
         INSERT INTO corpus_versions (tenant_id, version) VALUES (t, 1)
         ON CONFLICT (tenant_id) DO UPDATE SET version = corpus_versions.version + 1;
+        -- Entries keyed by older versions are unreachable now; drop them rather than let them pile up.
+        DELETE FROM answer_cache WHERE tenant_id = t;
     END IF;
     RETURN NULL;
 END
