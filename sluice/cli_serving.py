@@ -100,3 +100,74 @@ def worker(
             "sluice@%h",
         ]
     )
+
+
+@app.command("demo-api")
+def demo_api(port: Annotated[int, typer.Option(help="API port.")] = 8000) -> None:
+    """Answer the sample questions through the API and a real worker, then keep both up for curl."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from serving.auth import create_key
+    from sluice.db import Database, create_tenant, migrate
+    from sluice.settings import PROJECT_ROOT
+
+    settings = load_settings()
+    try:
+        migrate(settings)
+        with Database(settings) as db:
+            create_tenant(db, "demo", "Demo tenant")
+            key = create_key(db, "demo").secret
+    except SluiceError as exc:
+        _fail(exc)
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
+    cli = [sys.executable, "-m", "sluice.cli"]
+    procs = [
+        subprocess.Popen(cli + ["worker", "--loglevel", "WARNING"], env=env),
+        subprocess.Popen(cli + ["serve", "--port", str(port)], env=env),
+    ]
+    try:
+        _demo_requests(f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl")
+        console.print("\nAPI and worker are running; try (Ctrl-C stops both):")
+        body = json.dumps({"question": "How long is the warranty on a carbon fibre frame?"})
+        print(
+            f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
+            f"-d '{body}' http://{settings.api_host}:{port}/v1/query"
+        )
+        procs[1].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
+def _demo_requests(base: str, key: str, gold) -> None:
+    import json
+    import time
+
+    import httpx
+
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if client.get("/readyz").json()["ready"]:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise typer.Exit(code=1)
+        time.sleep(1)
+    job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"}).json()["job_id"]
+    while (status := client.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+        time.sleep(0.5)
+    console.print(f"ingest job {job}: {status['status']} {status.get('result') or status.get('error')}")
+    for line in gold.read_text().splitlines():
+        question = json.loads(line)["question"]
+        body = client.post("/v1/query", json={"question": question}).json()
+        console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {body.get('answer', body)}\n")
