@@ -234,12 +234,19 @@ def _ms(t0: float) -> float:
 
 
 def stream_query(state: ApiState, tenant: str, req: QueryRequest) -> Iterator[str]:
-    """SSE: `token` events as the worker publishes answer pieces, then `done` with the full response."""
+    """SSE: `token` events as the worker publishes answer pieces, then `done` with the full response.
+
+    The cache lookup and the enqueue (which may refuse with 503) run before the first byte is sent,
+    so a refusal is still an ordinary HTTP error rather than a broken stream.
+    """
     _, hit = _cached(state, tenant, req)
     if hit is not None:
-        yield from replay_sse({**hit, "cached": True, "task_id": None})
-        return
+        return replay_sse({**hit, "cached": True, "task_id": None})
     job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, True), req.model_dump())
+    return _follow(state, job_id)
+
+
+def _follow(state: ApiState, job_id: str) -> Iterator[str]:
     yield sse("accepted", {"job_id": job_id})
     result, sent = state.celery.AsyncResult(job_id), 0
     deadline = time.monotonic() + state.settings.query_timeout_s
@@ -261,7 +268,7 @@ def stream_query(state: ApiState, tenant: str, req: QueryRequest) -> Iterator[st
         elif status in states.PROPAGATE_STATES:
             yield sse("error", {"detail": f"job {job_id} failed in the worker"})
             return
-        time.sleep(0.005)
+        time.sleep(0.004)
     yield sse("error", {"detail": f"job {job_id} still running: poll GET /v1/jobs/{job_id}"})
 
 

@@ -259,6 +259,8 @@ def test_backpressure_503_then_recovery(serving_settings, worker, tenants):
                 time.sleep(0.25)  # let the cached queue depth refresh
             assert refused is not None and int(refused.headers["retry-after"]) >= 1
             assert len(accepted) == 2
+            streamed = client.post("/v1/query", json={"question": "Refund? (stream)", "stream": True})
+            assert streamed.status_code == 503  # refused before the stream starts, not a broken stream
             control.add_consumer("query", reply=True, timeout=5)
             assert all(wait_job(client, job)["status"] == "succeeded" for job in accepted)  # none dropped
             time.sleep(0.3)
