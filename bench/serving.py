@@ -141,7 +141,7 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
         base_url=f"http://127.0.0.1:{PORT}",
         headers={"Authorization": f"Bearer {key}"},
         timeout=120,
-        limits=httpx.Limits(max_connections=64),
+        limits=httpx.Limits(max_connections=64, keepalive_expiry=2),  # under uvicorn's 5 s idle close
     )
     wait_ready(client, args.workers, worker)
     answer_question(db, "bench", config, embedder, question())  # warm the in-process path
