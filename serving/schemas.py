@@ -9,8 +9,26 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Question = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL text and jsonb cannot hold U+0000: refuse it here as a 422, not later as a 500.
+        if _has_nul(data):
+            raise ValueError("strings must not contain the NUL character (U+0000)")
+        return data
 
 
 class QueryRequest(_Body):

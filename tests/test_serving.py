@@ -294,3 +294,10 @@ def test_idempotency_key_expires(serving_settings, worker, tenants):
         time.sleep(1.5)
         later = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "short-lived"}).json()
     assert later["job_id"] != first["job_id"]  # expired: a new unit of work
+
+
+def test_nul_characters_are_refused_with_422(api, tenants):
+    with api.client(tenants["a"][1]) as client:
+        r = client.post("/v1/jobs", json={"kind": "query", "question": "ok", "filters": {"a\u0000": 1}})
+        assert r.status_code == 422 and "NUL" in r.text
+        assert client.post("/v1/query", json={"question": "fee\u0000?"}).status_code == 422
