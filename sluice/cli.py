@@ -14,6 +14,7 @@ from rich.table import Table
 from sluice import cli_retrieval
 from sluice.cli_eval import register_eval_commands
 from sluice.cli_routing import router_app
+from sluice.cli_serving import app as serving_app
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -25,6 +26,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
 register_eval_commands(app)
+app.add_typer(serving_app)  # serve, worker, key
 
 console = Console()
 err_console = Console(stderr=True)

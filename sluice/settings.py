@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = 50 * 1024 * 1024
     embed_batch_size: int = 64
     offline: bool = True
+    serve_champion: bool = Field(
+        default=True, description="Serve the promoted champion config; false = always the configured default."
+    )
     routing_state_url: str | None = Field(
         default=None,
         description="redis:// URL for LLM-gateway state shared by worker processes (in-flight counts, "
@@ -71,6 +74,29 @@ class Settings(BaseSettings):
     judge_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL of the RAGAS judge.")
     judge_model: str = "gpt-4o-mini"
     judge_api_key: SecretStr = SecretStr("not-needed")
+
+    # Serving (API + Celery). Unset broker = the embedded Postgres (database `broker_db_name`).
+    broker_url: str | None = Field(
+        default=None, description="Celery broker, e.g. redis://127.0.0.1:6379/0; unset = the embedded Postgres."
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; unset = the broker's Redis, or Postgres for that broker."
+    )
+    broker_db_name: str = "sluice_broker"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    query_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/query waits for a worker.")
+    queue_limit: int = Field(default=200, ge=1, description="Queued messages per queue before 503 + Retry-After.")
+    rate_limit_per_s: float = Field(default=20.0, gt=0, description="Per-tenant request refill rate.")
+    rate_limit_burst: float = Field(default=40.0, ge=1, description="Per-tenant bucket size.")
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
+    answer_cache: bool = True
+    ingest_root: Path | None = Field(
+        default=None, description="Folder under which POST /v1/jobs may name sources; unset = named sources refused."
+    )
+    max_upload_bytes: int = 20 * 1024 * 1024
+    worker_concurrency: int = Field(default=1, ge=1)
+    worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
 
     @field_validator("pool_max_size")
     @classmethod

@@ -133,3 +133,11 @@ def embedder(pipeline):
 @pytest.fixture(scope="session")
 def sample_corpus() -> Path:
     return SAMPLE / "corpus"
+
+
+@pytest.fixture(scope="module")
+def no_champion_left(migrated):
+    """Remove promotions a test made: the champion is global and would change what later tests serve."""
+    yield
+    with psycopg.connect(admin_conninfo(migrated), autocommit=True) as conn:
+        conn.execute("TRUNCATE champion_history")

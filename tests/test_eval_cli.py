@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 from sluice import champion
 from sluice.cli import app
 
+pytestmark = pytest.mark.usefixtures("no_champion_left")
+
 
 @pytest.fixture()
 def run(migrated, monkeypatch, tmp_path):

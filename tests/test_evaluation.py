@@ -11,6 +11,8 @@ from sluice import champion
 from tests.conftest import SAMPLE, SHARED_DATA
 from tests.judge_server import JudgeServer
 
+pytestmark = pytest.mark.usefixtures("no_champion_left")
+
 # The Markdown part of the sample corpus and the gold questions about it: quick to parse, 8 questions.
 MD_GOLD = [json.loads(line) for line in (SAMPLE / "gold.jsonl").read_text().splitlines() if line.strip()]
 MD_GOLD = [g for g in MD_GOLD if all(e["source_id"].endswith(".md") for e in g["evidence"])]

@@ -1,0 +1,178 @@
+"""Latency and throughput of /v1/query through API + Celery versus the same query in-process.
+
+    PYTHONPATH=$PWD python bench/serving.py [--workers 2] [--rounds 2]
+
+Needs Redis on 127.0.0.1:6379 (scripts/ensure-redis.sh) and `sluice db up`. Starts `sluice worker`
+and `sluice serve` as subprocesses (answer cache off, limits off), ingests the sample corpus into
+tenant `bench`, then for concurrency 1, 8 and 32 alternates in-process and served rounds. Every
+question is unique per request, so neither path hits a cache for the question embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import count
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from serving.auth import create_key  # noqa: E402
+from serving.embedding_cache import CachingEmbedder  # noqa: E402
+from sluice.config import PipelineConfig  # noqa: E402
+from sluice.db import Database, create_tenant, migrate  # noqa: E402
+from sluice.settings import load_settings  # noqa: E402
+from tasks.answer import answer_question  # noqa: E402
+from tasks.embed import get_embedder  # noqa: E402
+from tasks.ingest import ingest_source  # noqa: E402
+
+REDIS = "redis://127.0.0.1:6379/12"
+PORT = 8791
+QUESTIONS = [
+    "How many days do I have to return an unridden bike",
+    "How much is the restocking fee",
+    "How long is the warranty on a carbon fibre frame",
+    "Who pays for return shipping",
+]
+_ids = count()
+
+
+def question() -> str:
+    n = next(_ids)
+    return f"{QUESTIONS[n % len(QUESTIONS)]} (request {n})?"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def run(fn, concurrency: int, n: int) -> tuple[list[float], float]:
+    def one(_):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        lat = list(pool.map(one, range(n)))
+    return lat, n / (time.perf_counter() - t0)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    settings = load_settings()
+    migrate(settings)
+    config = PipelineConfig()
+    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
+    db = Database(settings)
+    create_tenant(db, "bench")
+    ingest_source(db, "bench", config, embedder.inner, ROOT / "data/sample/corpus", settings.max_file_bytes)
+    key = create_key(db, "bench").secret
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        SLUICE_BROKER_URL=REDIS,
+        SLUICE_ANSWER_CACHE="false",
+        SLUICE_RATE_LIMIT_PER_S="100000",
+        SLUICE_RATE_LIMIT_BURST="100000",
+        SLUICE_QUEUE_LIMIT="100000",
+    )
+    logs = Path("/tmp/sluice-bench-serving")
+    logs.mkdir(exist_ok=True)
+    py = [sys.executable, "-m", "sluice.cli"]
+    worker_cmd = py + ["worker", "--concurrency", str(args.workers), "--loglevel", "WARNING"]
+    worker = start(worker_cmd, env, logs / "worker.log")
+    api = start(py + ["serve", "--port", str(PORT)], env, logs / "api.log")
+    try:
+        bench(db, config, embedder, key, worker, api, args)
+    finally:
+        for proc in (api, worker):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        db.close()
+
+
+def wait_ready(client: httpx.Client, workers: int, worker: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            ready = client.get("/readyz").json()
+            if ready["ready"] and ready["checks"]["workers"].startswith("ok"):
+                # each worker process answers at least once before timing starts
+                for _ in range(4 * workers):
+                    client.post("/v1/query", json={"question": question()}).raise_for_status()
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit("API or worker not ready; see /tmp/sluice-bench-serving/*.log")
+
+
+def bench(db, config, embedder, key, worker, api, args) -> None:
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{PORT}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+        limits=httpx.Limits(max_connections=64, keepalive_expiry=2),  # under uvicorn's 5 s idle close
+    )
+    wait_ready(client, args.workers, worker)
+    answer_question(db, "bench", config, embedder, question())  # warm the in-process path
+
+    def local():
+        answer_question(db, "bench", config, embedder, question())
+
+    def served():
+        client.post("/v1/query", json={"question": question()}).raise_for_status()
+
+    print("| concurrency | path | p50 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|")
+    for conc in (1, 8, 32):
+        n = {1: 40, 8: 80, 32: 128}[conc]
+        results = {"in-process": ([], []), "API+Celery": ([], [])}
+        for _ in range(args.rounds):
+            for name, fn in (("in-process", local), ("API+Celery", served)):
+                lat, tput = run(fn, conc, n)
+                results[name][0].extend(lat)
+                results[name][1].append(tput)
+        for name, (lat, tputs) in results.items():
+            print(f"| {conc} | {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {statistics.median(tputs):.1f} |")
+        p50 = {k: pct(v[0], 50) for k, v in results.items()}
+        print(f"|   | serving overhead at p50 | {p50['API+Celery'] - p50['in-process']:+.1f} ms | | |")
+    procs = children(worker.pid)
+    print(
+        f"\nworker main RSS {rss_mb(worker.pid):.0f} MB; worker processes RSS: "
+        + ", ".join(f"{rss_mb(p):.0f} MB" for p in procs)
+    )
+    print(f"API process RSS {rss_mb(api.pid):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

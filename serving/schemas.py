@@ -1,0 +1,102 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Question = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL text and jsonb cannot hold U+0000: refuse it here as a 422, not later as a 500.
+        if _has_nul(data):
+            raise ValueError("strings must not contain the NUL character (U+0000)")
+        return data
+
+
+class QueryRequest(_Body):
+    question: Question
+    filters: dict[str, Any] | None = Field(default=None, description="Metadata filters, passed to retrieval.")
+    collection: str | None = Field(default=None, max_length=200)
+    stream: bool = Field(default=False, description="Answer as Server-Sent Events (token, done).")
+
+
+class Citation(BaseModel):
+    document: str
+    document_id: int
+    span: tuple[int, int]
+    score: float
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    citations: list[Citation]
+    config_id: str
+    index_id: str
+    model_tier: str
+    corpus_version: int
+    cached: bool
+    task_id: str | None
+    timings_ms: dict[str, float]
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    kind: Literal["query", "ingest"]
+    status: str
+
+
+class UploadedFile(_Body):
+    name: str = Field(min_length=1, max_length=255, description="Base name only, e.g. report.pdf.")
+    content_base64: str
+
+
+class QueryJob(QueryRequest):
+    kind: Literal["query"]
+    stream: Literal[False] = False
+
+
+class IngestJob(_Body):
+    kind: Literal["ingest"]
+    source: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="Folder or file relative to SLUICE_INGEST_ROOT."
+    )
+    files: list[UploadedFile] | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> IngestJob:
+        if (self.source is None) == (self.files is None):
+            raise ValueError("give exactly one of `source` (a name under the ingest root) or `files` (uploads)")
+        return self
+
+
+JobRequest = Annotated[Union[QueryJob, IngestJob], Field(discriminator="kind")]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kind: Literal["query", "ingest"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,173 @@
+"""`sluice serve`, `sluice worker`, `sluice key create/revoke`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sluice.errors import SluiceError
+from sluice.settings import load_settings
+
+app = typer.Typer()
+key_app = typer.Typer(help="Per-tenant API keys (stored hashed; the secret is shown once).", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@key_app.command("create")
+def key_create(tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]) -> None:
+    """Create an API key for TENANT and print it once."""
+    from serving.auth import create_key
+    from sluice.db import Database
+
+    try:
+        with Database(load_settings()) as db:
+            new = create_key(db, tenant)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"key id: {new.key_id}  tenant: {new.tenant}")
+    console.print("secret (shown once, store it now):")
+    print(new.secret)
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke the key KEY_ID; requests with it get 401 from now on."""
+    from serving.auth import revoke_key
+    from sluice.db import Database
+
+    try:
+        with Database(load_settings()) as db:
+            tenant = revoke_key(db, key_id)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"revoked key {key_id} of tenant {tenant!r}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default SLUICE_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SLUICE_API_PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the HTTP API (uvicorn). Work is done by `sluice worker` processes."""
+    import uvicorn
+
+    settings = load_settings()
+    if workers > 1:
+        uvicorn.run(
+            "serving.asgi:app",
+            factory=True,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            workers=workers,
+        )
+        return
+    from serving.api import create_app
+
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Processes (default SLUICE_WORKER_CONCURRENCY).")] = None,
+    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "query,ingest",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for the query and ingest queues (loads the embedder once per process)."""
+    from serving.worker import create_worker_app
+
+    settings = load_settings()
+    app_ = create_worker_app(settings)
+    app_.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency or settings.worker_concurrency),
+            "--loglevel",
+            loglevel,
+            "-n",
+            "sluice@%h",
+        ]
+    )
+
+
+@app.command("demo-api")
+def demo_api(port: Annotated[int, typer.Option(help="API port.")] = 8000) -> None:
+    """Answer the sample questions through the API and a real worker, then keep both up for curl."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from serving.auth import create_key
+    from sluice.db import Database, create_tenant, migrate
+    from sluice.settings import PROJECT_ROOT
+
+    settings = load_settings()
+    try:
+        migrate(settings)
+        with Database(settings) as db:
+            create_tenant(db, "demo", "Demo tenant")
+            key = create_key(db, "demo").secret
+    except SluiceError as exc:
+        _fail(exc)
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
+    cli = [sys.executable, "-m", "sluice.cli"]
+    procs = [
+        subprocess.Popen(cli + ["worker", "--loglevel", "WARNING"], env=env),
+        subprocess.Popen(cli + ["serve", "--port", str(port)], env=env),
+    ]
+    try:
+        _demo_requests(f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl")
+        console.print("\nAPI and worker are running; try (Ctrl-C stops both):")
+        body = json.dumps({"question": "How long is the warranty on a carbon fibre frame?"})
+        print(
+            f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
+            f"-d '{body}' http://{settings.api_host}:{port}/v1/query"
+        )
+        procs[1].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
+def _demo_requests(base: str, key: str, gold) -> None:
+    import json
+    import time
+
+    import httpx
+
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if client.get("/readyz").json()["ready"]:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise typer.Exit(code=1)
+        time.sleep(1)
+    job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"}).json()["job_id"]
+    while (status := client.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+        time.sleep(0.5)
+    console.print(f"ingest job {job}: {status['status']} {status.get('result') or status.get('error')}")
+    for line in gold.read_text().splitlines():
+        question = json.loads(line)["question"]
+        body = client.post("/v1/query", json={"question": question}).json()
+        console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {body.get('answer', body)}\n")

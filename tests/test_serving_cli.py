@@ -1,0 +1,56 @@
+"""`sluice key create/revoke`: the secret is printed once, only its hash is stored, revocation is by id."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice.cli import app
+
+
+@pytest.fixture()
+def run(migrated, monkeypatch):
+    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_key_create_stores_only_the_hash_and_revoke(run, admin, db, new_tenant):
+    tenant = new_tenant("key")
+    result = run("key", "create", "--tenant", tenant)
+    assert result.exit_code == 0, result.output
+    secret = re.search(r"^(sk_\w+_\S+)$", result.output, re.M).group(1)
+    key_id = re.search(r"key id: (\w+)", result.output).group(1)
+    rows = admin.execute("SELECT key_hash FROM api_keys WHERE key_id = %s", (key_id,)).fetchall()
+    assert rows == [(hashlib.sha256(secret.encode()).hexdigest(),)]
+    with db.shared() as conn:
+        assert conn.execute("SELECT resolve_api_key(%s)", (rows[0][0],)).fetchone()[0] == tenant
+    assert run("key", "revoke", key_id).exit_code == 0
+    with db.shared() as conn:
+        assert conn.execute("SELECT resolve_api_key(%s)", (rows[0][0],)).fetchone()[0] is None
+
+
+def test_app_role_cannot_read_the_key_table(db):
+    import psycopg
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), db.shared() as conn:
+        conn.execute("SELECT * FROM api_keys")
+
+
+def test_key_for_unknown_tenant_and_unknown_id_exit_2(run):
+    assert run("key", "create", "--tenant", "no-such-tenant").exit_code == 2
+    result = run("key", "revoke", "nope")
+    assert result.exit_code == 2 and "no API key with id 'nope'" in result.output
+
+
+def test_create_key_cannot_target_another_tenant(db, new_tenant):
+    import psycopg
+
+    tenant = new_tenant("k")
+    with pytest.raises(psycopg.errors.RaiseException), db.shared() as conn:
+        conn.execute("SELECT create_api_key('x1', %s)", ("0" * 64,))  # no tenant on the transaction
+    with db.tenant(tenant) as conn:
+        assert conn.execute("SELECT create_api_key('x2', %s)", ("1" * 64,)).fetchone()[0] == tenant
