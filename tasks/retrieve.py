@@ -69,11 +69,13 @@ _LEXICAL = (
 )
 
 
-# Past this many visited tuples a filtered HNSW scan gives up and the exact scan answers instead:
-# for very selective filters the exact scan over the tenant's filtered rows is the cheaper plan.
-MAX_SCAN_TUPLES = 5000
+# Past this many visited tuples a filtered HNSW scan gives up and the exact scan answers instead.
+# With OVERFETCH below, filters matching under ~5% of the table take the exact scan: at 100k chunks a
+# 1% filter gave recall@10 0.56 with 4k candidates and 0.89-0.92 with 10k (and was slower than the
+# exact scan); see docs/benchmarks.md "## Retrieval".
+MAX_SCAN_TUPLES = 2000
 # A filtered scan reaches matches far from the query, where HNSW's order is loose: re-rank this many times k.
-OVERFETCH = 4
+OVERFETCH = 10
 
 
 def set_search_params(conn: psycopg.Connection, ef_search: int) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,9 @@ import uvicorn
 from serving.api import create_app
 from sluice.settings import PROJECT_ROOT, Settings
 
-# A Redis database of its own, so tests never see another process's queues.
-TEST_REDIS = "redis://127.0.0.1:6379/11"
+# A Redis database of its own (1-14, by checkout path), so test runs of two checkouts on one machine
+# never consume or flush each other's queues (db 15 is the gateway tests', db 0 the default).
+TEST_REDIS = f"redis://127.0.0.1:6379/{1 + zlib.crc32(str(PROJECT_ROOT).encode()) % 14}"
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
