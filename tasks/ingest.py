@@ -126,7 +126,7 @@ def ingest_file(
     if state and state.content_hash == digest and state.indexed_hash == digest:
         return "unchanged", 0, 0
     doc = parse_file(item.path, item.source_id, config.parser, data)
-    chunks = make_chunker(config.chunker).split(doc)
+    chunks = make_chunker(config.chunker, embedder).split(doc)
     if not chunks:
         raise DocumentError(item.source_id, "chunk", "the chunker produced no chunks")
     before = embedder.encoded
