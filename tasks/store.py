@@ -182,3 +182,9 @@ def record_error(conn: psycopg.Connection, source_id: str, stage: str, reason: s
         "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s)",
         (source_id, stage, reason[:4000], run_id),
     )
+
+
+def delete_documents_except(conn: psycopg.Connection, keep: list[str]) -> int:
+    """Delete the tenant's documents (and, by cascade, their chunks) whose source id is not in `keep`."""
+    cur = conn.execute("DELETE FROM documents WHERE NOT (source_id = ANY(%s))", (keep,))
+    return cur.rowcount
