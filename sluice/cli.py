@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sluice.cli_ingest import ingest as ingest_command
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="The database: start the embedded server, migrate, sto
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
+app.command(name="ingest")(ingest_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -92,25 +94,6 @@ def _load_pipeline(settings: Settings, config: Path | None):
     from sluice.config import load_config
 
     return load_config(config or settings.config_path)
-
-
-@app.command()
-def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None) -> None:
-    """Parse, chunk, embed and store every file of SOURCE (a folder, a file or a glob)."""
-    from tasks.embed import get_embedder
-    from tasks.ingest import ingest_source
-
-    settings = _settings()
-    try:
-        pipeline = _load_pipeline(settings, config)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        with _database(settings) as db:
-            summary = ingest_source(db, tenant, pipeline, embedder, source, settings.max_file_bytes)
-    except SluiceError as exc:
-        _fail(exc)
-    _print_summary(summary, pipeline.index_id)
-    if summary.failed:
-        raise typer.Exit(code=1)
 
 
 def _print_summary(summary, index_id: str) -> None:
