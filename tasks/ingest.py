@@ -67,6 +67,12 @@ class IngestSummary:
     def total(self) -> int:
         return self.ingested + self.updated + self.unchanged + self.failed
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add another (partial) summary's counts and errors to this one."""
+        for name in (*OUTCOMES, "chunks", "embedded"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
+
     def as_dict(self) -> dict:
         """Counts and error messages, JSON-ready."""
         counts = {k: getattr(self, k) for k in (*OUTCOMES, "chunks", "embedded")}
