@@ -53,7 +53,7 @@ def test_every_registered_kind_is_tested():
 def test_chunks_are_exact_spans(kind, embedder):
     chunker = make_chunker(CONFIGS[kind], embedder=embedder)
 
-    @settings(max_examples=20 if kind == "semantic" else 50, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=10 if kind == "semantic" else 50, deadline=None, suppress_health_check=list(HealthCheck))
     @given(doc=DOCS)
     def check(doc):
         chunks = chunker.split(doc)

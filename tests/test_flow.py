@@ -70,3 +70,30 @@ def test_only_transient_database_errors_are_retried():
     assert retry_transient(None, None, _StateRaising(psycopg.OperationalError("server closed the connection")))
     assert not retry_transient(None, None, _StateRaising(ValueError("bad document")))
     assert not retry_transient(None, None, _StateRaising(psycopg.errors.UniqueViolation("duplicate key")))
+
+
+def test_a_dropped_connection_is_retried(flow_env, db, embedder, pipeline, new_tenant, admin, tmp_path):
+    from prefect import flow
+
+    from flows.ingest import list_task
+    from tasks.ingest import Run
+
+    tenant = new_tenant("retry")
+    (tmp_path / "a.md").write_text("# A\n\nSome words.")
+    run = Run(db, tenant, pipeline, embedder, 1_000_000)
+    with db.tenant(tenant) as conn:
+        pid = conn.info.backend_pid  # the pooled connection the task will get next
+
+    @flow
+    def wrap():
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # the server drops it, as on a failover
+        return list_task(run, str(tmp_path), return_state=True)
+
+    state = wrap()
+    assert state.is_completed(), state.message
+    assert [f.source_id for f in state.result()] == ["a.md"]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        task_run = client.read_task_run(state.state_details.task_run_id)
+    assert task_run.run_count == 2, "the first attempt hit the dropped connection and was retried"
