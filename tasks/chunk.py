@@ -7,6 +7,7 @@ can be scored against the same gold evidence spans.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -174,7 +175,8 @@ class FixedTokenChunker(Chunker):
     config: FixedTokensChunker
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:
-        offsets = token_offsets(self.embedder.tokenizer, doc.text)
+        with getattr(self.embedder, "encode_lock", contextlib.nullcontext()):  # tokenizers are not thread-safe
+            offsets = token_offsets(self.embedder.tokenizer, doc.text)
         size, step = self.config.chunk_tokens, self.config.chunk_tokens - self.config.overlap_tokens
         spans: list[Span] = []
         for first in range(0, len(offsets), step):

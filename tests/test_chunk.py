@@ -161,3 +161,16 @@ def test_repeated_text_maps_to_the_right_spans():
     doc = assemble("d", [("NarrativeText", text, {})], "h", {})
     chunks = make_chunker(RecursiveChunker(chunk_size=80, chunk_overlap=10)).split(doc)
     assert chunks[-1].end == len(doc.text)
+
+
+def test_model_aware_chunkers_are_thread_safe(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    doc = assemble("d", [("NarrativeText", "Herons stand still in shallow water and wait. " * 200, {})], "h", {})
+    chunker = make_chunker(FixedTokensChunker(chunk_tokens=64, overlap_tokens=8), embedder)
+    with ThreadPoolExecutor(4) as pool:
+        splits = [pool.submit(chunker.split, doc) for _ in range(6)]
+        encodes = [pool.submit(embedder.encode, ["a short sentence"] * 8) for _ in range(3)]
+        results = [f.result() for f in splits]
+        assert all(f.result().shape == (8, 384) for f in encodes)
+    assert all(r == results[0] for r in results)
