@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import psycopg
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
@@ -90,8 +90,9 @@ def ingest(
         pending: list[Prepared] = []
         for start in range(0, len(files), width):
             window = files[start : start + width]
-            for item, result in zip(window, [f.result() for f in prepare_task.map(run, window)], strict=True):
-                pending = _route(run, item, result, pending)
+            futures = prepare_task.map(unmapped(run), window)
+            for item, future in zip(window, futures, strict=True):
+                pending = _route(run, item, future.result(), pending)
         _store(run, pending)
         if sync:
             sync_task(run, files)
