@@ -98,16 +98,23 @@ def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) ->
     for piece in pieces:
         if not piece.strip():
             continue
-        floor = max(prev_start + 1, prev_end - len(piece) + 1, prev_end - overlap if overlap is not None else 0)
-        start = text.find(piece, floor)
-        if start < 0:
-            start = text.find(piece, prev_start + 1)
-        if start < 0:
-            raise ValueError(f"chunk text not found in source at or after offset {prev_start + 1}")
+        start = _locate(text, piece, prev_start, prev_end, overlap)
         end = start + len(piece)
         chunks.append(Chunk(ordinal=len(chunks), start=start, end=end, text=piece))
         prev_start, prev_end = start, end
     return chunks
+
+
+def _locate(text: str, piece: str, prev_start: int, prev_end: int, overlap: int | None) -> int:
+    """Start of `piece`: the tightest plausible floor first, then looser ones (the merge may overlap a
+    separator more than `overlap`), then anywhere after the previous start."""
+    loose = max(prev_start + 1, prev_end - len(piece) + 1)
+    floors = [max(loose, prev_end - overlap - 2)] if overlap is not None else []
+    for floor in [*floors, loose, prev_start + 1]:
+        start = text.find(piece, floor)
+        if start >= 0:
+            return start
+    raise ValueError(f"chunk text not found in source at or after offset {prev_start + 1}")
 
 
 def recursive_spans(text: str, start: int, end: int, size: int, overlap: int) -> list[Span]:

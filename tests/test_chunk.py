@@ -68,7 +68,7 @@ def test_chunks_are_exact_spans(kind, embedder):
         for c in chunks:
             covered.update(range(c.start, c.end))
         missing = [i for i, ch in enumerate(doc.text) if not ch.isspace() and i not in covered]
-        assert not missing, f"characters not in any chunk: {[doc.text[i] for i in missing[:10]]}"
+        assert not missing, f"characters not in any chunk: {[doc.text[i] for i in missing[:10]]} in {doc.text!r}"
 
     check()
 

@@ -72,28 +72,34 @@ def test_only_transient_database_errors_are_retried():
     assert not retry_transient(None, None, _StateRaising(psycopg.errors.UniqueViolation("duplicate key")))
 
 
-def test_a_dropped_connection_is_retried(flow_env, db, embedder, pipeline, new_tenant, admin, tmp_path):
+def test_a_dropped_connection_is_retried(flow_env, migrated, embedder, pipeline, new_tenant, admin, tmp_path):
     from prefect import flow
+    from prefect.client.orchestration import get_client
 
     from flows.ingest import list_task
+    from sluice.db import Database
     from tasks.ingest import Run
 
     tenant = new_tenant("retry")
     (tmp_path / "a.md").write_text("# A\n\nSome words.")
+    # A private one-connection pool: the connection dropped below is the one the task gets next,
+    # and the session's shared pool is never handed a dead connection.
+    db = Database(migrated.model_copy(update={"pool_min_size": 1, "pool_max_size": 1}))
     run = Run(db, tenant, pipeline, embedder, 1_000_000)
     with db.tenant(tenant) as conn:
-        pid = conn.info.backend_pid  # the pooled connection the task will get next
+        pid = conn.info.backend_pid
 
     @flow
     def wrap():
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # the server drops it, as on a failover
         return list_task(run, str(tmp_path), return_state=True)
 
-    state = wrap()
+    try:
+        state = wrap()
+    finally:
+        db.close()
     assert state.is_completed(), state.message
     assert [f.source_id for f in state.result()] == ["a.md"]
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         task_run = client.read_task_run(state.state_details.task_run_id)
     assert task_run.run_count == 2, "the first attempt hit the dropped connection and was retried"
