@@ -1,23 +1,38 @@
-"""Prefect flow `ingest`: a thin shell that runs `tasks.ingest` with retries on transient errors."""
+"""Prefect flow `ingest`: a thin shell over `tasks.ingest` that reads like a table of contents.
+
+list → prepare (parse + chunk, `concurrency` documents at a time) → embed a batch of chunks
+across documents in one model call → store each document in its own transaction → sync.
+Only transient database errors are retried, with exponential backoff; a bad document is
+recorded in `ingest_errors` and never retried. The run ends Completed, or Completed named
+"Partial" when some documents failed (Failed when all did), with the summary as its message.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import psycopg
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NONE
+from prefect.states import Completed, Failed, State
+from prefect.tasks import exponential_backoff
 
 from sluice.config import load_config
 from sluice.db import Database
+from sluice.errors import DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
-from tasks.ingest import IngestSummary, ingest_source
+from tasks.ingest import IngestSummary, Prepared, Run, SourceFile, begin, flush, prepare_file, sync_deletions
+from tasks.store import validate_collection
 
-# Only connection-level failures are worth retrying; bad documents are recorded, not retried.
+# Connection-level failures are worth retrying; everything else is a bug or a bad document.
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+RETRIES = 4
 
 
-def _retry_transient(task, task_run, state) -> bool:
+def retry_transient(task, task_run, state) -> bool:
+    """Retry only when the task failed with a transient database error."""
     try:
         state.result()
     except TRANSIENT:
@@ -27,28 +42,99 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-@task(retries=4, retry_delay_seconds=[1, 2, 4, 8], retry_condition_fn=_retry_transient)
-def ingest_task(source: str, tenant: str, config_path: str | None) -> dict:
-    settings = load_settings()
-    pipeline = load_config(Path(config_path) if config_path else settings.config_path)
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-    with Database(settings) as db:
-        summary: IngestSummary = ingest_source(db, tenant, pipeline, embedder, source, settings.max_file_bytes)
-    return {
-        "run_id": summary.run_id,
-        "index_id": pipeline.index_id,
-        "ingested": summary.ingested,
-        "updated": summary.updated,
-        "unchanged": summary.unchanged,
-        "failed": summary.failed,
-        "chunks": summary.chunks,
-        "errors": [str(e) for e in summary.errors],
-    }
+_retrying = {
+    "retries": RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),  # 1, 2, 4, 8 s
+    "retry_condition_fn": retry_transient,
+    "cache_policy": NONE,  # inputs hold a pool and a model: nothing to hash, nothing to cache
+}
+
+
+@task(name="list-source", **_retrying)
+def list_task(run: Run, source: str) -> list[SourceFile]:
+    return begin(run, source)
+
+
+@task(name="prepare-document", task_run_name="prepare {item.source_id}", **_retrying)
+def prepare_task(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
+    try:
+        return prepare_file(run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection)
+    except DocumentError as err:
+        return err
+
+
+@task(name="embed-and-store", **_retrying)
+def store_task(run: Run, batch: list[Prepared]) -> IngestSummary:
+    # A private summary per attempt, merged by the flow: a retried batch is never counted twice.
+    part = dataclasses.replace(run, summary=IngestSummary(run.summary.run_id), on_file=None, on_embed=None)
+    flush(part, batch)
+    return part.summary
+
+
+@task(name="sync-deletions", **_retrying)
+def sync_task(run: Run, files: list[SourceFile]) -> int:
+    return sync_deletions(run, files)
 
 
 @flow(name="ingest")
-def ingest(source: str, tenant: str, config_path: str | None = None) -> dict:
+def ingest(
+    source: str,
+    tenant: str,
+    config_path: str | None = None,
+    sync: bool = False,
+    concurrency: int | None = None,
+    collection: str = "default",
+) -> State:
     """Ingest every file of `source` into `tenant`'s index for the given pipeline config."""
-    result = ingest_task(source, tenant, config_path)
-    get_run_logger().info("ingest summary: %s", {k: v for k, v in result.items() if k != "errors"})
-    return result
+    settings = load_settings()
+    pipeline = load_config(Path(config_path) if config_path else settings.config_path)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    width = concurrency or settings.ingest_concurrency
+    with Database(settings) as db:
+        run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
+        run.collection = validate_collection(collection)
+        files = list_task(run, source)
+        pending: list[Prepared] = []
+        for start in range(0, len(files), width):
+            window = files[start : start + width]
+            futures = prepare_task.map(unmapped(run), window)
+            for item, future in zip(window, futures, strict=True):
+                pending = _route(run, item, future.result(), pending)
+        _store(run, pending)
+        if sync:
+            sync_task(run, files)
+    return final_state(run.summary, pipeline.index_id)
+
+
+def _route(run: Run, item: SourceFile, result, pending: list[Prepared]) -> list[Prepared]:
+    """Count a prepared file's outcome; store the pending batch once it holds enough chunks."""
+    if isinstance(result, DocumentError):
+        run.fail(result, item)
+    elif result is None:
+        run.done(item, "unchanged")
+    else:
+        pending.append(result)
+    if sum(len(p.chunks) for p in pending) >= run.batch_chunks:
+        _store(run, pending)
+        return []
+    return pending
+
+
+def _store(run: Run, batch: list[Prepared]) -> None:
+    if batch:
+        run.summary.merge(store_task(run, batch))
+
+
+def final_state(summary: IngestSummary, index_id: str) -> State:
+    """Completed, Completed named "Partial", or Failed, with the counts as the message."""
+    counts = ", ".join(f"{k} {getattr(summary, k)}" for k in ("ingested", "updated", "unchanged", "deleted", "failed"))
+    message = f"index {index_id}: {counts}"
+    get_run_logger().info("ingest summary: %s", message)
+    for err in summary.errors:
+        get_run_logger().warning("failed: %s", err)
+    data = {"index_id": index_id, **summary.as_dict()}
+    if not summary.failed:
+        return Completed(message=message, data=data)
+    if summary.failed == summary.total:
+        return Failed(message=f"every document failed; {message}", data=data)
+    return Completed(name="Partial", message=f"{summary.failed} document(s) failed; {message}", data=data)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from sluice import cli_retrieval
 from sluice.cli_eval import register_eval_commands
+from sluice.cli_ingest import ingest as ingest_command
 from sluice.cli_routing import router_app
 from sluice.cli_serving import app as serving_app
 from sluice.errors import SluiceError
@@ -27,6 +28,7 @@ app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
+app.command(name="ingest")(ingest_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,27 +106,6 @@ def _load_pipeline(settings: Settings, config: Path | None):
 
 CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Collection within the tenant.")]
 FilterOpt = Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. {"doc.lang": "en"}.')]
-
-
-@app.command()
-def ingest(source: str, tenant: TenantOpt, config: ConfigOpt = None, collection: CollectionOpt = None) -> None:
-    """Parse, chunk, embed and store every file of SOURCE (a folder, a file or a glob)."""
-    from tasks.embed import get_embedder
-    from tasks.ingest import ingest_source
-
-    settings = _settings()
-    try:
-        pipeline = _load_pipeline(settings, config)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        with _database(settings) as db:
-            summary = ingest_source(
-                db, tenant, pipeline, embedder, source, settings.max_file_bytes, collection=collection or "default"
-            )
-    except SluiceError as exc:
-        _fail(exc)
-    _print_summary(summary, pipeline.index_id)
-    if summary.failed:
-        raise typer.Exit(code=1)
 
 
 def _print_summary(summary, index_id: str) -> None:

@@ -33,6 +33,11 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _smaller(model: BaseModel, small: str, large: str) -> None:
+    if getattr(model, small) >= getattr(model, large):
+        raise ValueError(f"{small} ({getattr(model, small)}) must be smaller than {large} ({getattr(model, large)})")
+
+
 class ParserConfig(_Frozen):
     kind: Literal["unstructured"] = "unstructured"
     # "auto" picks per format; PDFs get the text layer first, then OCR when it is empty.
@@ -45,8 +50,67 @@ class RecursiveChunker(_Frozen):
     chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
     chunk_overlap: int = Field(default=150, ge=0, le=5000)
 
+    @model_validator(mode="after")
+    def _check(self):
+        _smaller(self, "chunk_overlap", "chunk_size")
+        return self
 
-ChunkerConfig = Annotated[Union[RecursiveChunker], Field(discriminator="kind")]
+
+class FixedTokensChunker(_Frozen):
+    kind: Literal["fixed_tokens"] = "fixed_tokens"
+    # Tokens of the embedding model's own tokenizer; 256 is all-MiniLM-L6-v2's input limit.
+    chunk_tokens: int = Field(default=256, ge=8, le=8192, description="Tokens per chunk.")
+    overlap_tokens: int = Field(default=32, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _check(self):
+        _smaller(self, "overlap_tokens", "chunk_tokens")
+        return self
+
+
+class StructureChunker(_Frozen):
+    kind: Literal["structure"] = "structure"
+    # Sections start at markdown headers / unstructured Title elements; long sections are split further.
+    max_chars: int = Field(default=2000, ge=100, le=50000, description="Longest section kept whole.")
+    min_chars: int = Field(default=200, ge=0, le=10000, description="Shorter sections merge into the next.")
+
+
+class SentenceChunker(_Frozen):
+    kind: Literal["sentence"] = "sentence"
+    window: int = Field(default=5, ge=1, le=100, description="Sentences per chunk.")
+    overlap: int = Field(default=1, ge=0, le=99, description="Sentences shared with the previous chunk.")
+    max_chars: int = Field(default=2000, ge=100, le=50000)
+
+    @model_validator(mode="after")
+    def _check(self):
+        _smaller(self, "overlap", "window")
+        return self
+
+
+class SemanticChunker(_Frozen):
+    kind: Literal["semantic"] = "semantic"
+    # A boundary goes where the cosine distance between neighbouring sentences exceeds this percentile.
+    breakpoint_percentile: float = Field(default=90.0, gt=0, lt=100)
+    min_sentences: int = Field(default=2, ge=1, le=50)
+    max_chars: int = Field(default=2000, ge=100, le=50000)
+
+
+class ParentChildChunker(_Frozen):
+    kind: Literal["parent_child"] = "parent_child"
+    parent_max_chars: int = Field(default=3000, ge=200, le=100000, description="Parent (context) section size.")
+    child_chars: int = Field(default=400, ge=50, le=10000, description="Child (retrieved) chunk size.")
+    child_overlap: int = Field(default=50, ge=0, le=5000)
+
+    @model_validator(mode="after")
+    def _check(self):
+        _smaller(self, "child_overlap", "child_chars")
+        return self
+
+
+ChunkerConfig = Annotated[
+    Union[RecursiveChunker, FixedTokensChunker, StructureChunker, SentenceChunker, SemanticChunker, ParentChildChunker],
+    Field(discriminator="kind"),
+]
 
 
 class EmbedderConfig(_Frozen):

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     config_path: Path | None = Field(default=None, description="YAML pipeline config; unset = built-in default.")
     max_file_bytes: int = 50 * 1024 * 1024
     embed_batch_size: int = 64
+    ingest_batch_chunks: int = Field(
+        default=256, ge=1, description="Chunks gathered across documents before one embedding call."
+    )
+    ingest_concurrency: int = Field(default=2, ge=1, le=64, description="Documents parsed at once by the flow.")
     offline: bool = True
     serve_champion: bool = Field(
         default=True, description="Serve the promoted champion config; false = always the configured default."

@@ -6,13 +6,39 @@ can be scored against the same gold evidence spans.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from sluice.config import ChunkerConfig, RecursiveChunker
+import numpy as np
+
+from sluice.config import (
+    ChunkerConfig,
+    FixedTokensChunker,
+    ParentChildChunker,
+    RecursiveChunker,
+    SemanticChunker,
+    SentenceChunker,
+    StructureChunker,
+)
 from sluice.errors import ConfigError
 from tasks.parse import ParsedDocument
+from tasks.text import sentence_spans
+
+Span = tuple[int, int]
+_MD_HEADER = re.compile(r"^#{1,6}[ \t]+\S", re.MULTILINE)
+
+
+class EncoderLike(Protocol):
+    """What model-aware chunkers need from the embedder (tasks.embed.Embedder satisfies it)."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -28,9 +54,13 @@ class Chunker(ABC):
     """Split a parsed document into chunks with exact source spans."""
 
     kind: ClassVar[str]
+    needs_embedder: ClassVar[bool] = False
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, embedder: EncoderLike | None = None):
+        if self.needs_embedder and embedder is None:
+            raise ConfigError(f"chunker {self.kind!r} needs the embedder: pass make_chunker(config, embedder=...)")
         self.config = config
+        self.embedder = embedder
 
     @abstractmethod
     def split(self, doc: ParsedDocument) -> list[Chunk]:
@@ -46,32 +76,83 @@ def register(cls: type[Chunker]) -> type[Chunker]:
     return cls
 
 
-def make_chunker(config: ChunkerConfig) -> Chunker:
-    """Build the chunker a config names."""
+def make_chunker(config: ChunkerConfig, embedder: EncoderLike | None = None) -> Chunker:
+    """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode)."""
     try:
-        return REGISTRY[config.kind](config)
+        cls = REGISTRY[config.kind]
     except KeyError:
         raise ConfigError(f"unknown chunker kind {config.kind!r}; known: {sorted(REGISTRY)}") from None
+    return cls(config, embedder)
 
 
-def spans_to_chunks(text: str, pieces: list[str]) -> list[Chunk]:
+def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) -> list[Chunk]:
     """Locate each piece in `text` in order and return chunks with their spans.
 
-    Splitters return substrings of the text (whitespace-stripped at the edges); each is found
-    at or after the previous piece's start, so repeated passages map to the right place.
+    Splitters return substrings of the text (whitespace-stripped at the edges), in order, each
+    reaching past the end of the previous one. Searching from where that holds keeps repeated
+    passages ("river river river") mapped to the right place; plain order is the fallback.
+    With the splitter's `overlap`, a piece also starts no earlier than `overlap` before the previous end.
     """
     chunks: list[Chunk] = []
-    cursor = 0
+    prev_start, prev_end = -1, 0
     for piece in pieces:
         if not piece.strip():
             continue
-        start = text.find(piece, cursor)
-        if start < 0:
-            raise ValueError(f"chunk text not found in source at or after offset {cursor}")
+        start = _locate(text, piece, prev_start, prev_end, overlap)
         end = start + len(piece)
         chunks.append(Chunk(ordinal=len(chunks), start=start, end=end, text=piece))
-        cursor = start + 1
+        prev_start, prev_end = start, end
     return chunks
+
+
+def _locate(text: str, piece: str, prev_start: int, prev_end: int, overlap: int | None) -> int:
+    """Start of `piece`: the tightest plausible floor first, then looser ones (the merge may overlap a
+    separator more than `overlap`), then anywhere after the previous start."""
+    loose = max(prev_start + 1, prev_end - len(piece) + 1)
+    floors = [max(loose, prev_end - overlap - 2)] if overlap is not None else []
+    for floor in [*floors, loose, prev_start + 1]:
+        start = text.find(piece, floor)
+        if start >= 0:
+            return start
+    raise ValueError(f"chunk text not found in source at or after offset {prev_start + 1}")
+
+
+def recursive_spans(text: str, start: int, end: int, size: int, overlap: int) -> list[Span]:
+    """Spans of LangChain's recursive character split of text[start:end], in document offsets."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    piece = text[start:end]
+    if len(piece) <= size:
+        return _trim(text, start, end)
+    splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap, strip_whitespace=True)
+    pieces = splitter.split_text(piece)
+    return [(start + c.start, start + c.end) for c in spans_to_chunks(piece, pieces, overlap)]
+
+
+def _trim(text: str, start: int, end: int) -> list[Span]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return [(start, end)] if end > start else []
+
+
+def capped(text: str, spans: list[Span], max_chars: int) -> list[Span]:
+    """Keep spans up to max_chars; split longer ones recursively (no overlap)."""
+    out: list[Span] = []
+    for start, end in spans:
+        too_long = end - start > max_chars
+        out.extend(recursive_spans(text, start, end, max_chars, 0) if too_long else _trim(text, start, end))
+    return out
+
+
+def to_chunks(text: str, spans: list[Span], metadata: list[dict[str, Any]] | None = None) -> list[Chunk]:
+    """Number spans into chunks whose text is exactly text[start:end]."""
+    metadata = metadata or [{} for _ in spans]
+    return [
+        Chunk(ordinal=i, start=s, end=e, text=text[s:e], metadata=m)
+        for i, ((s, e), m) in enumerate(zip(spans, metadata, strict=True))
+    ]
 
 
 @register
@@ -89,4 +170,163 @@ class RecursiveCharacterChunker(Chunker):
             chunk_overlap=self.config.chunk_overlap,
             strip_whitespace=True,
         )
-        return spans_to_chunks(doc.text, splitter.split_text(doc.text))
+        return spans_to_chunks(doc.text, splitter.split_text(doc.text), self.config.chunk_overlap)
+
+
+@register
+class FixedTokenChunker(Chunker):
+    """Windows of N tokens of the embedding model's own tokenizer, with overlap; spans from offset mapping."""
+
+    kind = "fixed_tokens"
+    needs_embedder = True
+    config: FixedTokensChunker
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        with getattr(self.embedder, "encode_lock", contextlib.nullcontext()):  # tokenizers are not thread-safe
+            offsets = token_offsets(self.embedder.tokenizer, doc.text)
+        size, step = self.config.chunk_tokens, self.config.chunk_tokens - self.config.overlap_tokens
+        spans: list[Span] = []
+        for first in range(0, len(offsets), step):
+            window = offsets[first : first + size]
+            spans.append((window[0][0], window[-1][1]))
+            if first + size >= len(offsets):
+                break
+        return to_chunks(doc.text, spans)
+
+
+def token_offsets(tokenizer: Any, text: str) -> list[Span]:
+    """Character span of every token of `text` (no special tokens); needs a fast tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("chunker 'fixed_tokens' needs a fast (Rust) tokenizer for character offsets")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [(s, e) for s, e in encoded["offset_mapping"] if e > s]
+
+
+def section_starts(doc: ParsedDocument) -> list[int]:
+    """Offsets where a section begins: unstructured Title elements and markdown header lines."""
+    starts = {e.start for e in doc.elements if e.kind == "Title"}
+    starts.update(m.start() for m in _MD_HEADER.finditer(doc.text))
+    return sorted(starts | {0})
+
+
+def sections(doc: ParsedDocument, min_chars: int) -> list[Span]:
+    """Title-to-title sections; one shorter than min_chars merges into the next."""
+    bounds = section_starts(doc) + [len(doc.text)]
+    merged: list[Span] = []
+    start = 0
+    for end in bounds[1:]:
+        if end - start >= min_chars or end == len(doc.text):
+            merged.extend(_trim(doc.text, start, end))
+            start = end
+    return merged
+
+
+@register
+class StructureAwareChunker(Chunker):
+    """Sections from markdown headers and unstructured titles; long sections split recursively."""
+
+    kind = "structure"
+    config: StructureChunker
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        spans = capped(doc.text, sections(doc, self.config.min_chars), self.config.max_chars)
+        starts = section_starts(doc)
+        meta = [{"section_start": starts[bisect.bisect_right(starts, s) - 1]} for s, _ in spans]
+        return to_chunks(doc.text, spans, meta)
+
+
+@register
+class SentenceWindowChunker(Chunker):
+    """Windows of N sentences sharing `overlap` sentences with the previous window."""
+
+    kind = "sentence"
+    config: SentenceChunker
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        return to_chunks(doc.text, sentence_windows(doc.text, self.config))
+
+
+def sentence_windows(text: str, cfg: SentenceChunker) -> list[Span]:
+    """Up to `window` sentences per span (fewer when max_chars is reached), sharing `overlap` sentences."""
+    sents = sentence_spans(text)
+    spans: list[Span] = []
+    first = 0
+    while first < len(sents):
+        last = first
+        while (
+            last + 1 < len(sents)
+            and last + 1 - first < cfg.window
+            and sents[last + 1][1] - sents[first][0] <= cfg.max_chars
+        ):
+            last += 1
+        spans.extend(capped(text, [(sents[first][0], sents[last][1])], cfg.max_chars))
+        if last == len(sents) - 1:
+            break
+        first = max(first + 1, last + 1 - cfg.overlap)
+    return spans
+
+
+@register
+class SemanticBreakChunker(Chunker):
+    """Group sentences; start a new chunk where neighbour embedding distance jumps above a percentile."""
+
+    kind = "semantic"
+    needs_embedder = True
+    config: SemanticChunker
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        sents = sentence_spans(doc.text)
+        if len(sents) < 2:
+            return to_chunks(doc.text, capped(doc.text, sents, self.config.max_chars))
+        vectors = self.embedder.encode([doc.text[s:e] for s, e in sents])
+        breaks = semantic_breaks(vectors, self.config.breakpoint_percentile)
+        spans = group_sentences(sents, breaks, self.config.min_sentences, self.config.max_chars)
+        return to_chunks(doc.text, capped(doc.text, spans, self.config.max_chars))
+
+
+def semantic_breaks(vectors: np.ndarray, percentile: float) -> set[int]:
+    """Indices i where a chunk should end after sentence i: distance(i, i+1) above the percentile."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.maximum(norms, 1e-12)
+    distances = 1.0 - np.sum(unit[:-1] * unit[1:], axis=1)
+    threshold = np.percentile(distances, percentile)
+    return {int(i) for i in np.flatnonzero(distances > threshold)}
+
+
+def group_sentences(sents: list[Span], breaks: set[int], min_sentences: int, max_chars: int) -> list[Span]:
+    """Join consecutive sentences into spans, ending at breaks (once min_sentences) or before max_chars."""
+    spans: list[Span] = []
+    first = 0
+    for i in range(len(sents)):
+        last = i == len(sents) - 1
+        too_long = not last and sents[i + 1][1] - sents[first][0] > max_chars
+        if last or too_long or (i in breaks and i - first + 1 >= min_sentences):
+            spans.append((sents[first][0], sents[i][1]))
+            first = i + 1
+    return spans
+
+
+@register
+class ParentChildSplitter(Chunker):
+    """Small child chunks for retrieval, each naming its parent section's span for context."""
+
+    kind = "parent_child"
+    config: ParentChildChunker
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        cfg = self.config
+        parents = capped(doc.text, sections(doc, cfg.child_chars), cfg.parent_max_chars)
+        spans: list[Span] = []
+        meta: list[dict[str, Any]] = []
+        for p_start, p_end in parents:
+            for span in recursive_spans(doc.text, p_start, p_end, cfg.child_chars, cfg.child_overlap):
+                spans.append(span)
+                meta.append({"parent_start": p_start, "parent_end": p_end})
+        return to_chunks(doc.text, spans, meta)
+
+
+def parent_text(doc_text: str, metadata: dict[str, Any]) -> str | None:
+    """The parent section of a parent_child chunk, given its document text and chunk metadata."""
+    if "parent_start" not in metadata:
+        return None
+    return doc_text[metadata["parent_start"] : metadata["parent_end"]]

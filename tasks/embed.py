@@ -66,6 +66,9 @@ class Embedder:
         self._model = None
         self._identity: EmbedderIdentity | None = None
         self._lock = threading.Lock()
+        # HF fast tokenizers raise "Already borrowed" when one instance is used from two threads
+        # at once (the flow prepares documents in threads); one encode at a time is also fastest.
+        self.encode_lock = threading.RLock()
         self.calls = 0  # number of encode() calls that reached the model, for tests and metrics
         self.encoded = 0  # texts encoded by the model
 
@@ -103,15 +106,16 @@ class Embedder:
         self.warm_up()
         if not texts:
             return np.zeros((0, self.config.dim), dtype=np.float32)
-        self.calls += 1
-        self.encoded += len(texts)
-        vectors = self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=self.config.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self.encode_lock:
+            self.calls += 1
+            self.encoded += len(texts)
+            vectors = self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.config.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
 

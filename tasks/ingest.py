@@ -2,28 +2,36 @@
 
 One bad document never stops the others: its failure is recorded in `ingest_errors` and the
 run goes on. Unchanged documents (same bytes, already in this index) are skipped before parsing.
+
+Embedding is batched across documents (`prepare` several, embed their chunks in one model call)
+so the model is never idle on small documents; each document is still stored in its own
+transaction, so a crash leaves every document either fully old or fully new.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psycopg
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import DocumentError, SourceError
-from tasks.chunk import make_chunker
+from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
-from tasks.parse import content_hash, parse_file
+from tasks.parse import ParsedDocument, content_hash, parse_file
 from tasks.store import (
+    DocumentState,
     cache_embeddings,
     cached_embeddings,
+    delete_documents_except,
     document_state,
     record_error,
     register_index,
@@ -35,6 +43,8 @@ from tasks.store import (
 from tasks.text import text_hash
 
 log = logging.getLogger(__name__)
+
+OUTCOMES = ("ingested", "updated", "unchanged", "deleted", "failed")
 
 
 @dataclass(frozen=True)
@@ -59,31 +69,57 @@ class IngestSummary:
     def total(self) -> int:
         return self.ingested + self.updated + self.unchanged + self.failed
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add another (partial) summary's counts and errors to this one."""
+        for name in (*OUTCOMES, "chunks", "embedded"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
 
+    def as_dict(self) -> dict:
+        """Counts and error messages, JSON-ready."""
+        counts = {k: getattr(self, k) for k in (*OUTCOMES, "chunks", "embedded")}
+        return {"run_id": self.run_id, **counts, "errors": [str(e) for e in self.errors]}
+
+
+@dataclass
+class Prepared:
+    """A parsed and chunked document waiting for its vectors."""
+
+    item: SourceFile
+    doc: ParsedDocument
+    chunks: list[Chunk]
+    previous: DocumentState | None
+
+
+# ---------------------------------------------------------------- listing
 def list_source(source: str | Path) -> list[SourceFile]:
     """List the files of a folder (recursively), a single file, or a glob; source ids are relative paths."""
     text = str(source)
     if any(ch in text for ch in "*?["):
         root = Path(glob.escape(text).split("*")[0]).parent if "*" in text else Path(text).parent
-        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if not Path(p).is_dir())
         if not paths:
             raise SourceError(f"source glob {text!r} matches no files: check the pattern")
         return [SourceFile(p, _source_id(p, root)) for p in paths]
     path = Path(text).expanduser()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise SourceError(f"source {text!r} does not exist: pass a folder, a file or a glob")
-    if path.is_file():
+    if not path.is_dir():
         return [SourceFile(path, path.name)]
-    files = sorted(p for p in _walk(path) if p.is_file())
+    files = sorted(_walk(path))
     if not files:
         raise SourceError(f"source folder {text!r} contains no files: add documents or point at another folder")
     return [SourceFile(p, _source_id(p, path)) for p in files]
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    for path in root.rglob("*"):
-        if not any(part.startswith(".") for part in path.relative_to(root).parts):
-            yield path
+    """Every non-directory entry under root, hidden ones excluded; directory symlinks are not followed.
+
+    Broken symlinks and symlink loops are listed too, so they fail loudly (named) at read time.
+    """
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (Path(folder) / f for f in files if not f.startswith("."))
 
 
 def _source_id(path: Path, root: Path) -> str:
@@ -93,23 +129,23 @@ def _source_id(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def embed_texts(db: Database, tenant: str, embedder: Embedder, texts: list[str]) -> tuple[np.ndarray, dict]:
-    """Vectors for texts, from the tenant's embedding cache where possible; also return the new entries."""
-    key = embedder.identity.key
-    hashes = [text_hash(t) for t in texts]
-    with db.tenant(tenant) as conn:
-        cached = cached_embeddings(conn, key, hashes)
-    missing = [i for i, h in enumerate(hashes) if h not in cached]
-    fresh: dict[str, np.ndarray] = {}
-    if missing:
-        vectors = embedder.encode([texts[i] for i in missing])
-        fresh = {hashes[i]: vectors[j] for j, i in enumerate(missing)}
-    rows = [cached.get(h) if h in cached else fresh[h] for h in hashes]
-    dim = embedder.config.dim
-    return (np.vstack(rows) if rows else np.zeros((0, dim), dtype=np.float32)), fresh
+# ---------------------------------------------------------------- per-document steps
+def read_file(item: SourceFile, max_bytes: int) -> bytes:
+    """Read a file's bytes; DocumentError naming it when it is too big, gone, or unreadable."""
+    try:
+        size = item.path.stat().st_size
+        if size > max_bytes:
+            raise DocumentError(
+                item.source_id, "read", f"file is {size} bytes, above the limit of {max_bytes} (SLUICE_MAX_FILE_BYTES)"
+            )
+        return item.path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DocumentError(item.source_id, "read", "the file vanished after listing: re-run the ingest") from exc
+    except OSError as exc:
+        raise DocumentError(item.source_id, "read", f"cannot read the file: {exc.strerror or exc}") from exc
 
 
-def ingest_file(
+def prepare_file(
     db: Database,
     tenant: str,
     config: PipelineConfig,
@@ -117,39 +153,181 @@ def ingest_file(
     item: SourceFile,
     max_bytes: int,
     collection: str = "default",
-) -> tuple[str, int, int]:
-    """Ingest one file; return (outcome, chunks, texts embedded). Raises DocumentError."""
-    try:
-        size = item.path.stat().st_size
-        if size > max_bytes:
-            raise DocumentError(
-                item.source_id, "read", f"file is {size} bytes, above the limit of {max_bytes} (SLUICE_MAX_FILE_BYTES)"
-            )
-        data = item.path.read_bytes()
-    except OSError as exc:
-        raise DocumentError(item.source_id, "read", f"cannot read the file: {exc.strerror or exc}") from exc
+) -> Prepared | None:
+    """Read, parse and chunk one file; None when this index already holds this exact version."""
+    data = read_file(item, max_bytes)
     digest = content_hash(data)
     with db.tenant(tenant) as conn:
         state = document_state(conn, item.source_id, config.index_id)
     if state and state.content_hash == digest and state.indexed_hash == digest:
         with db.tenant(tenant) as conn:
             set_collection(conn, item.source_id, collection)
-        return "unchanged", 0, 0
+        return None
     doc = parse_file(item.path, item.source_id, config.parser, data)
-    chunks = make_chunker(config.chunker).split(doc)
+    try:
+        chunks = make_chunker(config.chunker, embedder).split(doc)
+    except Exception as exc:
+        raise DocumentError(item.source_id, "chunk", f"{type(exc).__name__}: {exc}") from exc
     if not chunks:
         raise DocumentError(item.source_id, "chunk", "the chunker produced no chunks")
-    before = embedder.encoded
-    try:
-        vectors, fresh = embed_texts(db, tenant, embedder, [c.text for c in chunks])
-    except Exception as exc:
-        raise DocumentError(item.source_id, "embed", f"{type(exc).__name__}: {exc}") from exc
+    return Prepared(item, doc, chunks, state)
+
+
+def embed_texts(db: Database, tenant: str, embedder: Embedder, texts: list[str]) -> tuple[dict, dict]:
+    """Vectors by text hash for texts, from the tenant's embedding cache where possible.
+
+    Returns (all vectors, the freshly computed subset) so the caller can cache the fresh ones.
+    """
+    key = embedder.identity.key
+    hashes = list(dict.fromkeys(text_hash(t) for t in texts))
     with db.tenant(tenant) as conn:
-        cache_embeddings(conn, embedder.identity.key, fresh)
-        document_id, changed = upsert_document(conn, doc, {**doc.metadata, "source": item.source_id}, collection)
-        replace_chunks(conn, document_id, config.index_id, digest, chunks, vectors)
-    outcome = "updated" if state and state.content_hash != digest else "ingested"
-    return outcome, len(chunks), embedder.encoded - before
+        cached = cached_embeddings(conn, key, hashes)
+    by_hash = {text_hash(t): t for t in texts}
+    missing = [h for h in hashes if h not in cached]
+    fresh: dict[str, np.ndarray] = {}
+    if missing:
+        vectors = embedder.encode([by_hash[h] for h in missing])
+        fresh = dict(zip(missing, vectors, strict=True))
+    return {**cached, **fresh}, fresh
+
+
+def store_prepared(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    model_key: str,
+    prep: Prepared,
+    vectors: dict,
+    fresh: dict,
+    collection: str = "default",
+) -> str:
+    """Write one document, its chunks and its new cache entries in one transaction; return the outcome."""
+    hashes = [text_hash(c.text) for c in prep.chunks]
+    matrix = np.vstack([vectors[h] for h in hashes])
+    try:
+        with db.tenant(tenant) as conn:
+            cache_embeddings(conn, model_key, {h: fresh[h] for h in hashes if h in fresh})
+            meta = {**prep.doc.metadata, "source": prep.item.source_id}
+            document_id, _ = upsert_document(conn, prep.doc, meta, collection)
+            replace_chunks(conn, document_id, config.index_id, prep.doc.content_hash, prep.chunks, matrix)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:  # this document's data, not the database
+        raise DocumentError(prep.item.source_id, "store", f"{type(exc).__name__}: {exc}") from exc
+    previous = prep.previous
+    return "updated" if previous and previous.content_hash != prep.doc.content_hash else "ingested"
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class Run:
+    """Everything one ingest run shares; `on_file` and `on_embed` feed progress displays."""
+
+    db: Database
+    tenant: str
+    config: PipelineConfig
+    embedder: Embedder
+    max_bytes: int
+    batch_chunks: int = 256
+    on_file: Callable[[SourceFile, str, int], None] | None = None
+    on_embed: Callable[[int], None] | None = None
+    summary: IngestSummary = field(default_factory=lambda: IngestSummary(run_id=uuid.uuid4().hex))
+    collection: str = "default"
+
+    def fail(self, err: DocumentError, item: SourceFile) -> None:
+        self.summary.failed += 1
+        self.summary.errors.append(err)
+        with self.db.tenant(self.tenant) as conn:
+            record_error(conn, err.source_id, err.stage, err.reason, self.summary.run_id)
+        self._tell(item, "failed", 0)
+
+    def done(self, item: SourceFile, outcome: str, chunks: int = 0) -> None:
+        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+        self.summary.chunks += chunks
+        self._tell(item, outcome, chunks)
+
+    def _tell(self, item: SourceFile, outcome: str, chunks: int) -> None:
+        if self.on_file:
+            self.on_file(item, outcome, chunks)
+
+
+def begin(run: Run, source: str | Path) -> list[SourceFile]:
+    """Check the tenant, list the source, register the index (cheap failures first)."""
+    with run.db.tenant(run.tenant):
+        pass  # UnknownTenantError before listing or loading anything
+    files = list_source(source)
+    with run.db.tenant(run.tenant) as conn:
+        register_index(conn, run.config, run.embedder.identity)
+    return files
+
+
+def flush(run: Run, batch: list[Prepared]) -> None:
+    """Embed a batch of prepared documents in one model call, then store each in its own transaction."""
+    if not batch:
+        return
+    try:
+        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for p in batch for c in p.chunks])
+    except Exception:
+        for prep in batch:  # isolate the document the model cannot take
+            _flush_one(run, prep)
+        return
+    _count_embedded(run, len(fresh))
+    for prep in batch:
+        _store(run, prep, vectors, fresh)
+
+
+def _flush_one(run: Run, prep: Prepared) -> None:
+    try:
+        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for c in prep.chunks])
+    except Exception as exc:
+        run.fail(DocumentError(prep.item.source_id, "embed", f"{type(exc).__name__}: {exc}"), prep.item)
+        return
+    _count_embedded(run, len(fresh))
+    _store(run, prep, vectors, fresh)
+
+
+def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict) -> None:
+    try:
+        key = run.embedder.identity.key
+        outcome = store_prepared(run.db, run.tenant, run.config, key, prep, vectors, fresh, run.collection)
+    except DocumentError as err:
+        run.fail(err, prep.item)
+    else:
+        run.done(prep.item, outcome, len(prep.chunks))
+
+
+def _count_embedded(run: Run, n: int) -> None:
+    run.summary.embedded += n
+    if run.on_embed:
+        run.on_embed(n)
+
+
+def ingest_files(run: Run, files: Iterable[SourceFile]) -> IngestSummary:
+    """Prepare files, embedding whenever `batch_chunks` chunks are waiting; failures recorded per file."""
+    batch: list[Prepared] = []
+    waiting = 0
+    for item in files:
+        try:
+            prep = prepare_file(run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection)
+        except DocumentError as err:
+            run.fail(err, item)
+            continue
+        if prep is None:
+            run.done(item, "unchanged")
+            continue
+        batch.append(prep)
+        waiting += len(prep.chunks)
+        if waiting >= run.batch_chunks:
+            flush(run, batch)
+            batch, waiting = [], 0
+    flush(run, batch)
+    return run.summary
+
+
+def sync_deletions(run: Run, files: list[SourceFile]) -> int:
+    """Delete the collection's documents whose source ids are no longer in the listing."""
+    with run.db.tenant(run.tenant) as conn:
+        deleted = delete_documents_except(conn, [f.source_id for f in files], run.collection)
+    run.summary.deleted += deleted
+    return deleted
 
 
 def ingest_source(
@@ -159,30 +337,18 @@ def ingest_source(
     embedder: Embedder,
     source: str | Path,
     max_bytes: int,
-    on_file: Callable[[SourceFile, str], None] | None = None,
+    on_file: Callable[[SourceFile, str, int], None] | None = None,
+    *,
+    sync: bool = False,
+    batch_chunks: int = 256,
+    on_embed: Callable[[int], None] | None = None,
     collection: str = "default",
 ) -> IngestSummary:
-    """Ingest every file of a source into a collection; failures are recorded per document and the run goes on."""
+    """Ingest every file of a source into a collection; failures are recorded per document, the run goes on."""
     validate_collection(collection)
-    with db.tenant(tenant):
-        pass  # fail fast on an unknown tenant, before listing or loading anything
-    files = list_source(source)
-    summary = IngestSummary(run_id=uuid.uuid4().hex)
-    with db.tenant(tenant) as conn:
-        register_index(conn, config, embedder.identity)
-    for item in files:
-        try:
-            outcome, n_chunks, n_embedded = ingest_file(db, tenant, config, embedder, item, max_bytes, collection)
-        except DocumentError as err:
-            summary.failed += 1
-            summary.errors.append(err)
-            with db.tenant(tenant) as conn:
-                record_error(conn, err.source_id, err.stage, err.reason, summary.run_id)
-            outcome = "failed"
-        else:
-            setattr(summary, outcome, getattr(summary, outcome) + 1)
-            summary.chunks += n_chunks
-            summary.embedded += n_embedded
-        if on_file:
-            on_file(item, outcome)
-    return summary
+    run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, collection=collection)
+    files = begin(run, source)
+    ingest_files(run, files)
+    if sync:
+        sync_deletions(run, files)
+    return run.summary

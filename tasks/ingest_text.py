@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import DocumentError
 from tasks.chunk import make_chunker
 from tasks.embed import Embedder
-from tasks.ingest import IngestSummary, embed_texts
+from tasks.ingest import IngestSummary, Prepared, SourceFile, embed_texts, store_prepared
 from tasks.parse import Element, ParsedDocument, content_hash
-from tasks.store import cache_embeddings, document_state, register_index, replace_chunks, upsert_document
+from tasks.store import document_state, register_index
 
 
 def text_document(source_id: str, text: str) -> ParsedDocument:
@@ -33,15 +34,12 @@ def ingest_text(db: Database, tenant: str, config: PipelineConfig, embedder: Emb
         state = document_state(conn, doc.source_id, config.index_id)
     if state and state.content_hash == doc.content_hash and state.indexed_hash == doc.content_hash:
         return "unchanged"
-    chunks = make_chunker(config.chunker).split(doc)
+    chunks = make_chunker(config.chunker, embedder).split(doc)
     if not chunks:
         raise DocumentError(doc.source_id, "chunk", "the chunker produced no chunks")
     vectors, fresh = embed_texts(db, tenant, embedder, [c.text for c in chunks])
-    with db.tenant(tenant) as conn:
-        cache_embeddings(conn, embedder.identity.key, fresh)
-        document_id, _ = upsert_document(conn, doc, {**doc.metadata, "source": doc.source_id})
-        replace_chunks(conn, document_id, config.index_id, doc.content_hash, chunks, vectors)
-    return "updated" if state and state.content_hash != doc.content_hash else "ingested"
+    prep = Prepared(SourceFile(Path(doc.source_id), doc.source_id), doc, chunks, state)
+    return store_prepared(db, tenant, config, embedder.identity.key, prep, vectors, fresh)
 
 
 def ingest_texts(

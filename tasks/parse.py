@@ -10,6 +10,12 @@ How unstructured is made to work offline (a deliberate choice):
 - PDFs use the text layer (`fast`: pdfminer, no model). `hi_res` needs layout models from a hub,
   so it is never used. When the text layer is empty (a scan) and tesseract is installed, the
   pages are OCR'd (`ocr_only`); without tesseract an empty scan is an error naming the fix.
+
+Plain text (.txt, .md) is decoded here, not by unstructured's encoding guess (which reads
+Latin-1 as windows-1250): UTF-8 first, then line by line with cp1252 as the fallback, so a
+file mixing encodings keeps its UTF-8 lines intact. Mojibake (UTF-8 read as Latin-1/cp1252,
+e.g. "1985â\x80\x9386" in norwich-city.txt) is repaired in every format's element text by
+`tasks.text.repair_mojibake`; the number of repairs is kept in the document metadata.
 """
 
 from __future__ import annotations
@@ -24,8 +30,13 @@ from typing import Any
 
 from sluice.config import ParserConfig
 from sluice.errors import DocumentError
+from tasks.text import decode_text, repair_mojibake
 
 SEPARATOR = "\n\n"
+PLAIN_TEXT = frozenset({".txt", ".text", ".md", ".markdown"})
+SUPPORTED = PLAIN_TEXT | frozenset(
+    {".rst", ".html", ".htm", ".pdf", ".docx", ".pptx", ".xlsx", ".csv", ".tsv", ".epub", ".eml", ".json"}
+)
 
 # Closed-class verbs and auxiliaries; with the -ed/-ing/-es suffix rule this is enough for
 # unstructured's "contains a verb" test, which only separates prose from labels and headings.
@@ -90,27 +101,59 @@ def install_offline_nlp() -> None:
     tokenize._get_nlp = _offline_nlp
 
 
-def _partition(path: Path, config: ParserConfig, strategy: str | None) -> list:
+def _partition(path: Path, config: ParserConfig, strategy: str | None, data: bytes) -> list:
+    suffix = path.suffix.lower()
+    if suffix in PLAIN_TEXT:
+        return _partition_plain(path, decode_text(data, path.name))
     from unstructured.partition.auto import partition
 
     kwargs: dict[str, Any] = {"filename": str(path)}
-    if path.suffix.lower() == ".pdf":
+    if suffix == ".pdf":
         kwargs["strategy"] = strategy or "fast"
         kwargs["languages"] = config.ocr_languages.split("+")
     return partition(**kwargs)
 
 
-def _elements_from(path: Path, config: ParserConfig) -> list:
+def _partition_plain(path: Path, text: str) -> list:
+    if path.suffix.lower() in (".md", ".markdown"):
+        from unstructured.partition.md import partition_md
+
+        return partition_md(text=text)
+    from unstructured.partition.text import partition_text
+
+    return partition_text(text=text)
+
+
+def check_pdf(data: bytes) -> None:
+    """Raise ValueError naming the fix when the bytes are not a readable PDF."""
+    import io
+
+    import pypdf
+
+    if not data.lstrip().startswith(b"%PDF"):
+        raise ValueError("not a PDF (no %PDF header): the file is corrupt or has the wrong extension")
+    try:
+        pages = len(pypdf.PdfReader(io.BytesIO(data)).pages)
+    except Exception as exc:  # pypdf raises several types for broken files
+        raise ValueError(f"corrupt or truncated PDF ({exc}): re-export or re-download it") from exc
+    if pages == 0:
+        raise ValueError("the PDF has no pages: re-export or re-download it")
+
+
+def _elements_from(path: Path, config: ParserConfig, data: bytes) -> list:
+    is_pdf = path.suffix.lower() == ".pdf"
+    if is_pdf:
+        check_pdf(data)
     strategy = None if config.pdf_strategy == "auto" else config.pdf_strategy
-    elements = [e for e in _partition(path, config, strategy) if (e.text or "").strip()]
-    if elements or path.suffix.lower() != ".pdf" or config.pdf_strategy != "auto":
+    elements = [e for e in _partition(path, config, strategy, data) if (e.text or "").strip()]
+    if elements or not is_pdf or config.pdf_strategy != "auto":
         return elements
     if shutil.which("tesseract") is None:
         raise ValueError(
             "the PDF has no text layer (a scan?) and tesseract is not installed: "
             "install tesseract-ocr and poppler-utils to OCR it"
         )
-    return [e for e in _partition(path, config, "ocr_only") if (e.text or "").strip()]
+    return [e for e in _partition(path, config, "ocr_only", data) if (e.text or "").strip()]
 
 
 def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, metadata: dict) -> ParsedDocument:
@@ -119,7 +162,7 @@ def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, m
     elements: list[Element] = []
     offset = 0
     for kind, text, meta in pieces:
-        text = text.strip()
+        text = text.replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
         if not text:
             continue
         if parts:
@@ -132,19 +175,42 @@ def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, m
 
 
 def parse_file(path: Path, source_id: str, config: ParserConfig, data: bytes | None = None) -> ParsedDocument:
-    """Parse one file; raise DocumentError naming the file when it yields no text."""
+    """Parse one file; raise DocumentError naming the file and the fix when it cannot give text."""
     install_offline_nlp()
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED:
+        raise DocumentError(
+            source_id,
+            "parse",
+            f"unsupported file type {suffix or '(no extension)'!r}: supported are "
+            f"{', '.join(sorted(SUPPORTED))}; convert the file or remove it from the source",
+        )
     data = path.read_bytes() if data is None else data
+    if not data.strip():
+        raise DocumentError(
+            source_id,
+            "parse",
+            "the file is empty or whitespace only (no text): add content or remove it from the source",
+        )
     try:
-        raw = _elements_from(path, config)
+        raw = _elements_from(path, config, data)
     except DocumentError:
         raise
+    except ValueError as exc:  # our own checks, worded for the user
+        raise DocumentError(source_id, "parse", str(exc)) from exc
     except Exception as exc:  # unstructured raises many types for corrupt input
         raise DocumentError(source_id, "parse", f"{type(exc).__name__}: {exc}") from exc
     if not raw:
         raise DocumentError(source_id, "parse", "no text found in the file (empty, image-only or unsupported content)")
-    pieces = [(e.category, e.text, _element_meta(e)) for e in raw]
-    meta = {"filename": path.name, "filetype": path.suffix.lower().lstrip(".")}
+    repaired = 0
+    pieces = []
+    for e in raw:
+        text, n = repair_mojibake(e.text)
+        repaired += n
+        pieces.append((e.category, text, _element_meta(e)))
+    meta = {"filename": path.name, "filetype": suffix.lstrip(".")}
+    if repaired:
+        meta["mojibake_repaired"] = repaired
     return assemble(source_id, pieces, content_hash(data), meta)
 
 

@@ -206,3 +206,24 @@ def record_error(conn: psycopg.Connection, source_id: str, stage: str, reason: s
         "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s)",
         (source_id, stage, reason[:4000], run_id),
     )
+
+
+def delete_documents_except(conn: psycopg.Connection, keep: list[str], collection: str = "default") -> int:
+    """Delete the collection's documents (and, by cascade, their chunks) whose source id is not in `keep`."""
+    cur = conn.execute("DELETE FROM documents WHERE collection = %s AND NOT (source_id = ANY(%s))", (collection, keep))
+    return cur.rowcount
+
+
+def parent_sections(conn: psycopg.Connection, chunk_ids: list[int]) -> dict[int, str]:
+    """Parent section text of parent_child chunks, by chunk id (chunks of other strategies are absent).
+
+    PostgreSQL's substr counts characters from 1, as Python's offsets count code points from 0.
+    """
+    rows = conn.execute(
+        "SELECT c.chunk_id, substr(d.text, (c.metadata->>'parent_start')::int + 1, "
+        "(c.metadata->>'parent_end')::int - (c.metadata->>'parent_start')::int) "
+        "FROM chunks c JOIN documents d USING (document_id) "
+        "WHERE c.chunk_id = ANY(%s) AND c.metadata ? 'parent_start'",
+        (chunk_ids,),
+    ).fetchall()
+    return dict(rows)

@@ -42,3 +42,18 @@ def test_bad_config_file_names_the_field(run, tmp_path):
     cfg.write_text("chunker:\n  kind: recursive\n  chunk_size: 5\n")
     result = run("query", "q", "--tenant", "x", "--config", str(cfg))
     assert result.exit_code == 2 and "chunker.recursive.chunk_size" in result.output
+
+
+def test_ingest_exits_1_and_names_the_failed_file_then_syncs(run, tmp_path):
+    (tmp_path / "ok.md").write_text("# Owls\n\nBarn owls hunt by sound in complete darkness.\n")
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 truncated")
+    assert run("tenant", "create", "cli-partial").exit_code == 0
+    result = run("ingest", str(tmp_path), "--tenant", "cli-partial")
+    assert result.exit_code == 1, result.output
+    assert "bad.pdf: parse failed: corrupt or truncated PDF" in result.output
+    assert "ingested" in result.output and "embeddings/s" in result.output
+    (tmp_path / "bad.pdf").unlink()
+    result = run("ingest", str(tmp_path), "--tenant", "cli-partial", "--sync")
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("│")][-1]
+    assert [c.strip() for c in row.strip("│").split("│")] == ["0", "0", "1", "0", "0", "0", "0"]

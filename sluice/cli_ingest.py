@@ -1,0 +1,92 @@
+"""`sluice ingest`: ingest a source with a live progress bar and a closing summary table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluice.errors import SluiceError
+from sluice.settings import load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
+
+
+def ingest(
+    source: Annotated[str, typer.Argument(help="A folder, a file or a glob.")],
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")] = None,
+    sync: Annotated[bool, typer.Option("--sync", help="Delete stored documents missing from SOURCE.")] = False,
+    collection: Annotated[str, typer.Option("--collection", help="Collection within the tenant.")] = "default",
+) -> None:
+    """Parse, chunk, embed and store every file of SOURCE; exit 1 when any document failed."""
+    from sluice.config import load_config
+    from sluice.db import Database
+    from tasks.embed import get_embedder
+    from tasks.ingest import Run, begin, ingest_files, sync_deletions
+    from tasks.store import validate_collection
+
+    settings = load_settings()
+    try:
+        validate_collection(collection)
+        pipeline = load_config(config or settings.config_path)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with Database(settings) as db:
+            run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
+            run.collection = collection
+            files = begin(run, source)
+            with _progress() as progress:
+                _track(run, progress, len(files))
+                ingest_files(run, files)
+                if sync:
+                    sync_deletions(run, files)
+    except SluiceError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    print_summary(run.summary, pipeline.index_id)
+    if run.summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]documents"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks · {task.fields[rate]:.1f} embeddings/s"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+
+def _track(run, progress: Progress, total: int) -> None:
+    """Point the run's callbacks at one progress task."""
+    task = progress.add_task("ingest", total=total, chunks=0, rate=0.0)
+    started = time.perf_counter()
+
+    def on_file(item, outcome: str, chunks: int) -> None:
+        progress.update(task, advance=1, chunks=run.summary.chunks)
+
+    def on_embed(n: int) -> None:
+        progress.update(task, rate=run.summary.embedded / max(time.perf_counter() - started, 1e-9))
+
+    run.on_file, run.on_embed = on_file, on_embed
+
+
+def print_summary(summary, index_id: str) -> None:
+    """The closing table, then one line per failed document."""
+    table = Table(title=f"ingest {summary.run_id[:8]} into index {index_id}")
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    table.add_row(*(str(getattr(summary, c)) for c in COLUMNS))
+    console.print(table)
+    for err in summary.errors:
+        err_console.print(f"[red]failed[/] {err}")

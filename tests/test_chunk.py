@@ -1,0 +1,176 @@
+"""Every chunking strategy: chunks are exact spans of the parsed text, in order, covering its words."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sluice.config import (
+    FixedTokensChunker,
+    ParentChildChunker,
+    RecursiveChunker,
+    SemanticChunker,
+    SentenceChunker,
+    StructureChunker,
+)
+from sluice.errors import ConfigError
+from tasks.chunk import REGISTRY, group_sentences, make_chunker, parent_text, semantic_breaks
+from tasks.parse import assemble
+
+WORDS = st.sampled_from(["river", "Otter", "déjà", "42", "naïve", "東京", "e.g.", "x", "well-known", "ship's", "🙂"])
+SENTENCE = st.builds(
+    lambda ws, end: " ".join(ws).capitalize() + end,
+    st.lists(WORDS, min_size=1, max_size=14),
+    st.sampled_from([".", "!", "?", "", ".\n"]),
+)
+PARAGRAPH = st.builds(" ".join, st.lists(SENTENCE, min_size=1, max_size=8))
+ELEMENT = st.one_of(
+    st.tuples(st.just("NarrativeText"), PARAGRAPH),
+    st.tuples(st.just("Title"), st.builds(lambda w: " ".join(w).title(), st.lists(WORDS, min_size=1, max_size=4))),
+    st.tuples(st.just("NarrativeText"), st.builds(lambda w: "## " + " ".join(w), st.lists(WORDS, min_size=1))),
+)
+DOCS = st.builds(
+    lambda els: assemble("doc.md", [(k, t, {}) for k, t in els], "hash", {}),
+    st.lists(ELEMENT, min_size=1, max_size=25),
+)
+
+CONFIGS = {
+    "recursive": RecursiveChunker(chunk_size=120, chunk_overlap=20),
+    "fixed_tokens": FixedTokensChunker(chunk_tokens=16, overlap_tokens=4),
+    "structure": StructureChunker(max_chars=150, min_chars=40),
+    "sentence": SentenceChunker(window=3, overlap=1, max_chars=200),
+    "semantic": SemanticChunker(breakpoint_percentile=70, min_sentences=1, max_chars=200),
+    "parent_child": ParentChildChunker(parent_max_chars=300, child_chars=80, child_overlap=10),
+}
+
+
+def test_every_registered_kind_is_tested():
+    assert set(REGISTRY) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_chunks_are_exact_spans(kind, embedder):
+    chunker = make_chunker(CONFIGS[kind], embedder=embedder)
+
+    @settings(max_examples=10 if kind == "semantic" else 50, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(doc=DOCS)
+    def check(doc):
+        chunks = chunker.split(doc)
+        assert chunks, "a document with text must give at least one chunk"
+        for i, chunk in enumerate(chunks):
+            assert chunk.ordinal == i
+            assert doc.text[chunk.start : chunk.end] == chunk.text
+            assert chunk.text.strip() == chunk.text and chunk.text
+        starts = [c.start for c in chunks]
+        assert starts == sorted(starts)
+        covered = set()
+        for c in chunks:
+            covered.update(range(c.start, c.end))
+        missing = [i for i, ch in enumerate(doc.text) if not ch.isspace() and i not in covered]
+        assert not missing, f"characters not in any chunk: {[doc.text[i] for i in missing[:10]]} in {doc.text!r}"
+
+    check()
+
+
+def test_fixed_tokens_respects_the_token_budget(embedder):
+    doc = assemble("d", [("NarrativeText", "The otters of the river hold hands while sleeping. " * 40, {})], "h", {})
+    chunks = make_chunker(FixedTokensChunker(chunk_tokens=32, overlap_tokens=8), embedder).split(doc)
+    tok = embedder.tokenizer
+    counts = [len(tok(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
+    assert len(chunks) > 5 and max(counts) <= 32 and min(counts[:-1]) >= 30
+    assert all(b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False)), "windows must overlap"
+
+
+def test_structure_sections_start_at_titles():
+    doc = assemble(
+        "d",
+        [
+            ("Title", "Brakes", {}),
+            ("NarrativeText", "Check pads monthly. " * 5, {}),
+            ("Title", "Tyres", {}),
+            ("NarrativeText", "Keep pressure at 4 bar. " * 5, {}),
+        ],
+        "h",
+        {},
+    )
+    chunks = make_chunker(StructureChunker(max_chars=1000, min_chars=10)).split(doc)
+    assert [c.text.split("\n")[0] for c in chunks] == ["Brakes", "Tyres"]
+
+
+def test_structure_uses_markdown_headers_without_elements():
+    doc = assemble("d", [("NarrativeText", "# One\nalpha beta gamma\n## Two\ndelta epsilon zeta", {})], "h", {})
+    chunks = make_chunker(StructureChunker(max_chars=1000, min_chars=0)).split(doc)
+    assert [c.text for c in chunks] == ["# One\nalpha beta gamma", "## Two\ndelta epsilon zeta"]
+
+
+def test_sentence_windows_overlap_by_one_sentence():
+    doc = assemble("d", [("NarrativeText", "One a. Two b. Three c. Four d. Five e.", {})], "h", {})
+    chunks = make_chunker(SentenceChunker(window=2, overlap=1)).split(doc)
+    assert [c.text for c in chunks] == ["One a. Two b.", "Two b. Three c.", "Three c. Four d.", "Four d. Five e."]
+
+
+def test_semantic_breaks_where_the_topic_changes(embedder):
+    bikes = "Bicycle brakes need new pads. Brake cables stretch over time. Disc brakes stop bicycles well."
+    cakes = "Bake the cake at 180 degrees. Whisk eggs with sugar for the sponge. Frost the cake when cool."
+    doc = assemble("d", [("NarrativeText", f"{bikes} {cakes}", {})], "h", {})
+    chunks = make_chunker(SemanticChunker(breakpoint_percentile=75, min_sentences=2), embedder).split(doc)
+    assert [c.text for c in chunks] == [bikes, cakes]
+
+
+def test_semantic_helpers():
+    vectors = [[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]]
+    import numpy as np
+
+    assert semantic_breaks(np.array(vectors), 50) == {1}
+    sents = [(0, 5), (6, 10), (11, 15), (16, 20)]
+    assert group_sentences(sents, {1}, 1, 1000) == [(0, 10), (11, 20)]
+    assert group_sentences(sents, set(), 1, 8) == [(0, 5), (6, 10), (11, 15), (16, 20)]
+
+
+def test_parent_child_children_point_at_their_parent():
+    body = "Keep the chain clean and oiled every week. " * 12
+    doc = assemble(
+        "d",
+        [
+            ("Title", "Chains", {}),
+            ("NarrativeText", body, {}),
+            ("Title", "Gears", {}),
+            ("NarrativeText", "Index the gears after a cable change. " * 12, {}),
+        ],
+        "h",
+        {},
+    )
+    chunks = make_chunker(ParentChildChunker(parent_max_chars=2000, child_chars=100, child_overlap=0)).split(doc)
+    parents = {(c.metadata["parent_start"], c.metadata["parent_end"]) for c in chunks}
+    assert len(parents) == 2 and len(chunks) > 4
+    for c in chunks:
+        parent = parent_text(doc.text, c.metadata)
+        assert c.text in parent and len(parent) > len(c.text)
+        assert c.metadata["parent_start"] <= c.start and c.end <= c.metadata["parent_end"]
+    assert parent_text(doc.text, {}) is None
+
+
+def test_model_aware_chunker_without_embedder_names_the_fix():
+    with pytest.raises(ConfigError, match="fixed_tokens.*embedder"):
+        make_chunker(FixedTokensChunker())
+
+
+def test_repeated_text_maps_to_the_right_spans():
+    text = " ".join(["River"] + ["river"] * 10) + ". " + " ".join(["River"] + ["river"] * 5) + ". River river."
+    doc = assemble("d", [("NarrativeText", text, {})], "h", {})
+    chunks = make_chunker(RecursiveChunker(chunk_size=80, chunk_overlap=10)).split(doc)
+    assert chunks[-1].end == len(doc.text)
+
+
+def test_model_aware_chunkers_are_thread_safe(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    doc = assemble("d", [("NarrativeText", "Herons stand still in shallow water and wait. " * 200, {})], "h", {})
+    chunker = make_chunker(FixedTokensChunker(chunk_tokens=64, overlap_tokens=8), embedder)
+    with ThreadPoolExecutor(4) as pool:
+        splits = [pool.submit(chunker.split, doc) for _ in range(6)]
+        encodes = [pool.submit(embedder.encode, ["a short sentence"] * 8) for _ in range(3)]
+        results = [f.result() for f in splits]
+        assert all(f.result().shape == (8, 384) for f in encodes)
+    assert all(r == results[0] for r in results)
