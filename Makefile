@@ -29,6 +29,7 @@ db-stop:
 demo: setup
 	$(BIN)/sluice demo
 	$(BIN)/sluice eval-demo
+	$(BIN)/sluice demo-api --detach
 
 test: setup
 	scripts/ensure-redis.sh

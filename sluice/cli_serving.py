@@ -103,7 +103,11 @@ def worker(
 
 
 @app.command("demo-api")
-def demo_api(port: Annotated[int, typer.Option(help="API port.")] = 8000) -> None:
+def demo_api(
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    detach: Annotated[bool, typer.Option(help="Leave API and worker running in the background and return.")] = False,
+    stop: Annotated[bool, typer.Option(help="Stop an API and worker left running by --detach.")] = False,
+) -> None:
     """Answer the sample questions through the API and a real worker, then keep both up for curl."""
     import json
     import os
@@ -115,6 +119,10 @@ def demo_api(port: Annotated[int, typer.Option(help="API port.")] = 8000) -> Non
     from sluice.settings import PROJECT_ROOT
 
     settings = load_settings()
+    pid_file = settings.data_dir / "demo-api.pids"
+    _stop_detached(pid_file)
+    if stop:
+        return
     try:
         migrate(settings)
         with Database(settings) as db:
@@ -124,26 +132,54 @@ def demo_api(port: Annotated[int, typer.Option(help="API port.")] = 8000) -> Non
         _fail(exc)
     env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
     cli = [sys.executable, "-m", "sluice.cli"]
+    # Detached: own session and log files, so they outlive this command (and `make demo`).
+    spawn = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if detach else {}
     procs = [
-        subprocess.Popen(cli + ["worker", "--loglevel", "WARNING"], env=env),
-        subprocess.Popen(cli + ["serve", "--port", str(port)], env=env),
+        subprocess.Popen(cli + ["worker", "--loglevel", "WARNING"], env=env, **spawn),
+        subprocess.Popen(cli + ["serve", "--port", str(port)], env=env, **spawn),
     ]
+    if detach:
+        pid_file.write_text(" ".join(str(p.pid) for p in procs))
     try:
         _demo_requests(f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl")
-        console.print("\nAPI and worker are running; try (Ctrl-C stops both):")
+        console.print(
+            "\nAPI and worker are running; try:" if detach else "\nAPI and worker are running; try (Ctrl-C stops both):"
+        )
         body = json.dumps({"question": "How long is the warranty on a carbon fibre frame?"})
         print(
             f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
             f"-d '{body}' http://{settings.api_host}:{port}/v1/query"
         )
+        if detach:
+            console.print("stop them with: sluice demo-api --stop")
+            return
         procs[1].wait()
     except KeyboardInterrupt:
         pass
+    except BaseException:
+        _stop_detached(pid_file)
+        raise
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=60)
+        if not detach:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
+
+
+def _stop_detached(pid_file) -> None:
+    """Terminate an API and worker a previous `demo-api --detach` left running."""
+    import os
+    import signal
+
+    if not pid_file.exists():
+        return
+    for pid in pid_file.read_text().split():
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+    pid_file.unlink()
 
 
 def _demo_requests(base: str, key: str, gold) -> None:
