@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sluice import cli_retrieval
+from sluice.cli_common import console, err_console
+from sluice.cli_common import fail as _fail
 from sluice.cli_eval import register_eval_commands
 from sluice.cli_ingest import ingest as ingest_command
 from sluice.cli_routing import router_app
@@ -30,8 +31,6 @@ register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
 app.command(name="ingest")(ingest_command)
 
-console = Console()
-err_console = Console(stderr=True)
 
 SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"
 SAMPLE_GOLD = PROJECT_ROOT / "data" / "sample" / "gold.jsonl"
@@ -42,11 +41,6 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipel
 
 def _settings() -> Settings:
     return load_settings()
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 def _database(settings: Settings):

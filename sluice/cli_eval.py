@@ -7,23 +7,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sluice.cli_common import console
+from sluice.cli_common import fail as _fail
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
-console = Console()
-err_console = Console(stderr=True)
 champion_app = typer.Typer(
     help="The champion config serving uses: show, promote a run, roll back.", no_args_is_help=True
 )
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 def _fmt(value) -> str:

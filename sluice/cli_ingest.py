@@ -7,15 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sluice.cli_common import console, err_console
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
-
-console = Console()
-err_console = Console(stderr=True)
 
 COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
 

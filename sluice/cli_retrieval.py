@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from sluice.cli_common import console
+from sluice.cli_common import fail as _fail
 from sluice.errors import QueryError, SluiceError
 from sluice.settings import load_settings
 
@@ -17,8 +18,6 @@ app = typer.Typer(no_args_is_help=True)
 index_app = typer.Typer(help="Embedding spaces: activate one per collection, drop old ones.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
-console = Console()
-err_console = Console(stderr=True)
 
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
 CollectionOpt = Annotated[str, typer.Option("--collection", help="Collection within the tenant.")]
@@ -35,11 +34,6 @@ def parse_filter(text: str | None) -> dict | None:
     if not isinstance(value, dict):
         raise QueryError('--filter must be a JSON object, e.g. {"doc.lang": "en"}')
     return value
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 @app.command("eval-retrieval")

@@ -7,18 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 import yaml
-from rich.console import Console
 
+from sluice.cli_common import console
+from sluice.cli_common import fail as _fail
 from sluice.errors import SluiceError
 
 router_app = typer.Typer(help="Model routing: train and inspect routers.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 @router_app.command("train")

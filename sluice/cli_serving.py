@@ -5,21 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from sluice.cli_common import console
+from sluice.cli_common import fail as _fail
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
 app = typer.Typer()
 key_app = typer.Typer(help="Per-tenant API keys (stored hashed; the secret is shown once).", no_args_is_help=True)
 app.add_typer(key_app, name="key")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 @key_app.command("create")
