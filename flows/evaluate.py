@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from evals import record, runner
 from evals.evaluate import apply_decision
 from evals.grid import load_grid
+from serving.metrics import EVAL_RUNS
 from sluice.db import Database
 from sluice.settings import load_settings
 
@@ -27,6 +28,16 @@ promote = step(apply_decision)
 @flow(name="evaluate")
 def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool = True) -> dict:
     """Compare the grid's configs on the gold set in MLflow and promote a significantly better one."""
+    try:
+        out = _evaluate(grid_path, gold_path, promote_winner)
+    except BaseException:
+        EVAL_RUNS.labels("failed").inc()
+        raise
+    EVAL_RUNS.labels("ok").inc()
+    return out
+
+
+def _evaluate(grid_path: str, gold_path: str | None, promote_winner: bool) -> dict:
     logger = get_run_logger()
     settings = load_settings()
     grid = load_grid(grid_path)

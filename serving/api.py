@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 from celery import states
 from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg.types.json import Jsonb
@@ -21,16 +23,19 @@ from psycopg.types.json import Jsonb
 from serving import idempotency as idem
 from serving import metrics
 from serving.auth import AuthError, bearer_token, hash_key
-from serving.backpressure import QueueDepth
+from serving.backpressure import QueueDepth, oldest_age
 from serving.cache import answer_cache_key, cache_get, corpus_version
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
 from serving.ratelimit import retry_after, take_token
 from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, Problem, QueryRequest, QueryResponse
 from serving.stream import answer_pieces, sse
+from sluice import logs, tracing
 from sluice.db import Database
 from sluice.errors import SluiceError
 from sluice.settings import Settings
+
+log = logging.getLogger("sluice.api")
 
 ERRORS = {
     401: {"model": Problem},
@@ -92,6 +97,7 @@ def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials | None
             )
         conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant,))
         wait = take_token(conn, tenant, s.rate_limit_per_s, s.rate_limit_burst)
+    logs.bind(tenant=tenant)
     if wait:
         metrics.REJECTED.labels("rate_limit").inc()
         raise ApiError(
@@ -128,7 +134,15 @@ def _enqueue(state: ApiState, tenant: str, task: str, queue: str, payload: dict,
     _check_capacity(state, queue)
     job_id = str(uuid.uuid4())
     _record_job(state, tenant, job_id, "query" if task == QUERY_TASK else "ingest", record)
-    state.celery.send_task(task, args=[payload], task_id=job_id, queue=queue)
+    ctx = logs.context()
+    with tracing.tracer().start_as_current_span("enqueue", attributes={"sluice.queue": queue, "sluice.job_id": job_id}):
+        headers = {
+            metrics.ENQUEUED_AT: time.time(),
+            metrics.REQUEST_ID_HEADER: ctx.get("request_id"),
+            metrics.TRACE_ID_HEADER: ctx.get("trace_id"),
+        }
+        # The worker's spans continue this trace: `traceparent` rides in the message headers.
+        state.celery.send_task(task, args=[payload], task_id=job_id, queue=queue, headers=tracing.inject(headers))
     state.depth.forget()
     return job_id
 
@@ -197,6 +211,7 @@ def _cached(state: ApiState, tenant: str, req: QueryRequest) -> tuple[str, dict 
     if not state.settings.answer_cache:
         return "", None
     config = active_config(state.settings, state.db)
+    logs.bind(config_id=config.config_id)
     with state.db.tenant(tenant) as conn:
         key = answer_cache_key(req.question, req.filters, req.collection, config.config_id, corpus_version(conn))
         hit = cache_get(conn, key)
@@ -219,6 +234,7 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
     t0 = time.perf_counter()
     _, hit = _cached(state, tenant, req)
     if hit is not None:
+        _observe_query(tenant, hit, t0, cached=True, stream=False)
         return 200, {**hit, "cached": True, "task_id": None, "timings_ms": {**hit["timings_ms"], "api_total": _ms(t0)}}
     job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
     body = _wait(state, job_id, state.settings.query_timeout_s)
@@ -226,7 +242,15 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
         return 202, {"job_id": job_id, "kind": "query", "status": "running"}
     if "error" in body:
         raise _worker_error(body)
+    _observe_query(tenant, body, t0, cached=False, stream=False)
     return 200, {**body, "cached": False, "task_id": job_id, "timings_ms": {**body["timings_ms"], "api_total": _ms(t0)}}
+
+
+def _observe_query(tenant: str, body: dict, t0: float, *, cached: bool, stream: bool, first: float = 0.0) -> None:
+    """Latency of an answered query; time to first token is the whole latency unless streamed."""
+    elapsed, tier = time.perf_counter() - t0, body.get("model_tier", "unknown")
+    metrics.QUERY_LATENCY.labels("/v1/query", tenant, tier, str(cached).lower()).observe(elapsed)
+    metrics.TTFT.labels(tenant, tier, str(stream).lower()).observe((first - t0) if first else elapsed)
 
 
 def _ms(t0: float) -> float:
@@ -239,21 +263,24 @@ def stream_query(state: ApiState, tenant: str, req: QueryRequest) -> Iterator[st
     The cache lookup and the enqueue (which may refuse with 503) run before the first byte is sent,
     so a refusal is still an ordinary HTTP error rather than a broken stream.
     """
+    t0 = time.perf_counter()
     _, hit = _cached(state, tenant, req)
     if hit is not None:
+        _observe_query(tenant, hit, t0, cached=True, stream=True)
         return replay_sse({**hit, "cached": True, "task_id": None})
     job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, True), req.model_dump())
-    return _follow(state, job_id)
+    return _follow(state, job_id, tenant, t0)
 
 
-def _follow(state: ApiState, job_id: str) -> Iterator[str]:
+def _follow(state: ApiState, job_id: str, tenant: str, t0: float) -> Iterator[str]:
     yield sse("accepted", {"job_id": job_id})
-    result, sent = state.celery.AsyncResult(job_id), 0
+    result, sent, first = state.celery.AsyncResult(job_id), 0, 0.0
     deadline = time.monotonic() + state.settings.query_timeout_s
     while time.monotonic() < deadline:
         status, info = result.state, result.info
         if status == "STREAMING" and isinstance(info, dict):
             for piece in info.get("tokens", [])[sent:]:
+                first = first or time.perf_counter()
                 yield sse("token", {"text": piece})
                 sent += 1
         elif status == states.SUCCESS:
@@ -262,7 +289,9 @@ def _follow(state: ApiState, job_id: str) -> Iterator[str]:
                 yield sse("error", {"detail": body["error"]["message"]})
                 return
             for piece in answer_pieces(body["answer"])[sent:]:
+                first = first or time.perf_counter()
                 yield sse("token", {"text": piece})
+            _observe_query(tenant, body, t0, cached=False, stream=True, first=first)
             yield sse("done", {**body, "cached": False, "task_id": job_id})
             return
         elif status in states.PROPAGATE_STATES:
@@ -422,9 +451,10 @@ def _routes(app: FastAPI) -> None:
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
-    def prometheus() -> Response:
-        """Prometheus exposition."""
-        body, ctype = metrics.render()
+    def prometheus(state: State) -> Response:
+        """Prometheus exposition (all API and worker processes), with queue depth read from the broker now."""
+        queues = metrics.QueueCollector(state.depth, lambda q: oldest_age(state.celery, q), (QUERY_QUEUE, INGEST_QUEUE))
+        body, ctype = metrics.render([queues])
         return Response(body, media_type=ctype)
 
 
@@ -446,8 +476,20 @@ def _collect_stream(state: ApiState, tenant: str, req: QueryRequest) -> tuple[in
     return 200, done
 
 
+QUIET_ROUTES = {"/healthz", "/metrics"}  # scraped every few seconds: not worth a log line each
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's X-Request-Id if it is short and plain (it goes into logs and headers), else a new one."""
+    if given and len(given) <= 128 and set(given) <= _REQUEST_ID_OK:
+        return given
+    return uuid.uuid4().hex
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for these settings (nothing connects until the first request)."""
+    tracing.setup_tracing(settings, "sluice-api")
     state = ApiState(settings)
 
     @asynccontextmanager
@@ -467,6 +509,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's default echoes each bad `input`, which may be unencodable (NaN, a lone surrogate
+        # such as "\ud800"): that turned a 422 into a 500. Location and message say enough; ASCII-escaped.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        body = json.dumps({"detail": detail}, ensure_ascii=True, default=str)
+        return Response(body, status_code=422, media_type="application/json")
+
     @app.exception_handler(SluiceError)
     async def _server_error(_: Request, exc: SluiceError) -> JSONResponse:
         # Reaches here only for server-side problems (config, database): not the caller's fault.
@@ -475,11 +528,30 @@ def create_app(settings: Settings) -> FastAPI:
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         t0 = time.perf_counter()
+        request_id = _request_id(request.headers.get("x-request-id"))
+        with tracing.continued(request.headers, f"{request.method} {request.url.path}") as span:
+            token = logs.start(request_id=request_id, trace_id=tracing.trace_id())
+            try:
+                return await _handle(request, call_next, t0, request_id, span)
+            finally:
+                logs.end(token)
+
+    async def _handle(request: Request, call_next, t0: float, request_id: str, span) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - t0
         metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        metrics.LATENCY.labels(path).observe(time.perf_counter() - t0)
+        metrics.LATENCY.labels(path).observe(elapsed)
+        span.update_name(f"{request.method} {path}")
+        span.set_attributes({"http.route": path, "http.response.status_code": response.status_code})
+        response.headers["X-Request-Id"] = request_id
+        if trace_id := tracing.trace_id():
+            response.headers["X-Trace-Id"] = trace_id
+            tracing.inject(response.headers)  # `traceparent`, for callers that continue the trace
+        if path not in QUIET_ROUTES:
+            extra = {"route": path, "method": request.method, "status": response.status_code, "ms": elapsed * 1e3}
+            log.info("request", extra=extra)
         return response
 
     _routes(app)

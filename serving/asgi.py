@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serving.api import create_app
+from sluice.logs import configure_logging
 from sluice.settings import load_settings
 
 
 def app() -> FastAPI:
     """Build the API from the environment's Settings."""
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings)  # each uvicorn worker process is an entry point of its own
+    return create_app(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -30,3 +31,31 @@ class QueueDepth:
 
     def forget(self) -> None:
         self._seen.clear()
+
+
+def oldest_age(app: Celery, queue: str) -> float | None:
+    """Seconds the oldest waiting message of `queue` has waited (from its enqueue header); None when empty.
+
+    Read from the broker itself: the last element of a Redis list, or the oldest visible row of the
+    SQLAlchemy (Postgres) transport. Other transports report None.
+    """
+    from serving.metrics import ENQUEUED_AT, oldest_age_redis
+
+    with app.pool.acquire(block=True) as conn:
+        channel = conn.default_channel
+        if conn.transport.driver_type == "redis":
+            return oldest_age_redis(channel.client, queue)
+        if conn.transport.driver_type not in ("sql", "sqlalchemy"):
+            return None
+        q = channel._get_or_create(queue)
+        msg = (
+            channel.session.query(channel.message_cls)
+            .filter(channel.message_cls.queue_id == q.id, channel.message_cls.visible == True)  # noqa: E712
+            .order_by(channel.message_cls.sent_at, channel.message_cls.id)
+            .first()
+        )
+        channel.session.commit()
+    if msg is None:
+        return None
+    enqueued = json.loads(msg.payload).get("headers", {}).get(ENQUEUED_AT)
+    return max(0.0, time.time() - float(enqueued)) if enqueued else None

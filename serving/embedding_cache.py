@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from serving import metrics
 from tasks.embed import Embedder
 
 
@@ -33,6 +34,8 @@ class CachingEmbedder:
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
+        metrics.EMBED_CACHE.labels("hit").inc(len(texts) - len(missing))
+        metrics.EMBED_CACHE.labels("miss").inc(len(missing))
         if missing:
             fresh = dict(zip(missing, self.inner.encode(missing), strict=True))
             with self._lock:

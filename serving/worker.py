@@ -11,19 +11,24 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
+from serving import metrics
 from serving.cache import answer_cache_key, cache_put, corpus_version
-from serving.celery_app import INGEST_TASK, QUERY_TASK, create_celery
+from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
 from serving.embedding_cache import CachingEmbedder
+from serving.metrics import REQUEST_ID_HEADER, TRACE_ID_HEADER
 from serving.stream import answer_pieces
+from sluice import logs, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import DatabaseError, QueryError, SluiceError
@@ -111,6 +116,7 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     t0 = time.perf_counter()
     tenant, question = payload["tenant"], payload["question"]
     config = active_config(state.settings, state.db)
+    logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
     with state.db.tenant(tenant) as conn:
         version = corpus_version(conn)  # read before retrieval: a concurrent ingest bumps past this entry
@@ -120,6 +126,7 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
         raise QueryError(f"{', '.join(sorted(unsupported))} not supported by this server's retrieval: omit them")
     result = answer_question(state.db, tenant, config, embedder, question, **extra)
     response = result_json(result, config.routing.tier, version)
+    observe_answer(tenant, result)
     if task is not None and payload.get("stream"):
         _stream(task, response["answer"])
     if state.settings.answer_cache:
@@ -127,7 +134,41 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
         with state.db.tenant(tenant) as conn:
             cache_put(conn, tenant, key, response)
     response["timings_ms"]["worker_total"] = round((time.perf_counter() - t0) * 1000, 3)
+    log.info("query answered", extra={"tier": result.answer.tier, "ms": response["timings_ms"]["worker_total"]})
     return response
+
+
+def observe_answer(tenant: str, result) -> None:
+    """Per-answer metrics: stage latencies, tier chosen, tokens, cost, generation speed."""
+    for stage in ("embed", "retrieve", "generate"):
+        if stage in result.timings_ms:
+            metrics.STAGE.labels(stage).observe(result.timings_ms[stage] / 1000)
+    answer = result.answer
+    metrics.ROUTER.labels(answer.tier).inc()
+    metrics.TOKENS.labels(tenant, answer.model, "prompt").inc(answer.usage.prompt_tokens)
+    metrics.TOKENS.labels(tenant, answer.model, "completion").inc(answer.usage.completion_tokens)
+    metrics.COST.labels(tenant, answer.model).inc(answer.cost_usd)
+    if answer.tokens_per_s > 0:
+        metrics.TOKENS_PER_S.labels(answer.model).observe(answer.tokens_per_s)
+    metrics.GEN_TTFT.labels(answer.model).observe(answer.ttft_ms / 1000)
+
+
+@contextmanager
+def traced(task: Task, name: str, queue: str) -> Iterator[None]:
+    """The task as a span of the API request's trace, preceded by a `queue` span for its wait.
+
+    Queue wait is the API's enqueue header to now (wall clocks of one host, or NTP-synchronised hosts).
+    """
+    carrier = {"traceparent": getattr(task.request, "traceparent", None) or ""}
+    enqueued = getattr(task.request, metrics.ENQUEUED_AT, None)
+    now = time.time()
+    with tracing.continued(carrier, name, **{"sluice.queue": queue, "sluice.job_id": task.request.id or ""}):
+        if enqueued is not None:
+            metrics.QUEUE_WAIT.labels(queue).observe(max(0.0, now - float(enqueued)))
+            span = tracing.tracer().start_span("queue", start_time=int(float(enqueued) * 1e9))
+            span.end(end_time=max(int(now * 1e9), int(float(enqueued) * 1e9)))
+        logs.bind(trace_id=tracing.trace_id())
+        yield
 
 
 def _stream(task: Task, answer: str) -> None:
@@ -143,14 +184,20 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     from tasks.ingest import ingest_source
 
     config = active_config(state.settings, state.db)
+    logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
     summary = ingest_source(
         state.db, payload["tenant"], config, embedder.inner, payload["source"], state.settings.max_file_bytes
     )
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))
+    log.info("ingest finished", extra={"documents": summary.ingested, "chunks": summary.chunks})
     fields = ("run_id", "ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
     out = {f: getattr(summary, f) for f in fields}
+    for outcome in ("ingested", "updated", "unchanged", "deleted", "failed"):
+        metrics.INGEST_DOCS.labels(outcome).inc(out[outcome])
+    metrics.INGEST_CHUNKS.inc(summary.chunks)
+    metrics.INGEST_ERRORS.inc(len(summary.errors))
     return {**out, "index_id": config.index_id, "errors": [str(e) for e in summary.errors]}
 
 
@@ -174,12 +221,8 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
         **RETRY,
     )
     def query(self: Task, payload: dict) -> dict:
-        try:
-            return run_query(state, self, payload)
-        except SluiceError as exc:
-            if isinstance(exc, DatabaseError):
-                raise
-            return _error(exc)
+        with traced(self, QUERY_TASK, QUERY_QUEUE):
+            return _counted(QUERY_TASK, lambda: run_query(state, self, payload))
 
     # Idempotent too (unchanged documents are skipped by content hash), so acks_late; but not
     # reject_on_worker_lost: a document that kills its worker (OOM in a parser) must not loop forever.
@@ -193,12 +236,40 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
         **RETRY,
     )
     def ingest(self: Task, payload: dict) -> dict:
-        try:
-            return run_ingest(state, payload)
-        except SluiceError as exc:
-            if isinstance(exc, DatabaseError):
-                raise
-            return _error(exc)
+        with traced(self, INGEST_TASK, INGEST_QUEUE):
+            return _counted(INGEST_TASK, lambda: run_ingest(state, payload))
+
+
+def _counted(task: str, work) -> dict:
+    """Run a task body: our errors become an error result; every outcome is counted."""
+    try:
+        out = work()
+    except SluiceError as exc:
+        if isinstance(exc, DatabaseError):
+            metrics.TASKS.labels(task, "retry").inc()
+            raise
+        metrics.TASKS.labels(task, "error").inc()
+        return _error(exc)
+    except Exception:
+        metrics.TASKS.labels(task, "failed").inc()
+        raise
+    metrics.TASKS.labels(task, "ok").inc()
+    return out
+
+
+def _process_init(settings: Settings, state: WorkerState) -> None:
+    tracing.setup_tracing(settings, "sluice-worker")  # after fork: exporter threads do not survive one
+    state.warm_up()
+
+
+def _bind_task_context(task: Task, args: tuple = (), **_: Any) -> None:
+    """Each task logs with the request id and trace id the API put in its message headers."""
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    logs.start(
+        request_id=getattr(task.request, REQUEST_ID_HEADER, None),
+        trace_id=getattr(task.request, TRACE_ID_HEADER, None),
+        tenant=payload.get("tenant"),
+    )
 
 
 def create_worker_app(settings: Settings) -> Celery:
@@ -206,6 +277,10 @@ def create_worker_app(settings: Settings) -> Celery:
     app = create_celery(settings)
     state = WorkerState(settings)
     register_tasks(app, state)
-    worker_process_init.connect(lambda **_: state.warm_up(), weak=False)
+    worker_process_init.connect(lambda **_: _process_init(settings, state), weak=False)
+    # Connecting setup_logging makes Celery leave logging to us: JSON lines from every process.
+    setup_logging.connect(lambda loglevel=None, **_: logs.configure_logging(settings, loglevel), weak=False)
+    task_prerun.connect(_bind_task_context, weak=False)
+    task_postrun.connect(lambda **_: logs.start(), weak=False)
     worker_process_shutdown.connect(lambda **_: state.close(), weak=False)
     return app

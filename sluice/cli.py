@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sluice import cli_retrieval
+from sluice import cli_retrieval, cli_status
 from sluice.cli_common import console, err_console
 from sluice.cli_common import fail as _fail
 from sluice.cli_eval import register_eval_commands
@@ -30,6 +30,7 @@ app.add_typer(router_app, name="router")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
 app.command(name="ingest")(ingest_command)
+app.add_typer(cli_status.app)  # status
 
 
 SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"

@@ -55,7 +55,11 @@ def serve(
     """Run the HTTP API (uvicorn). Work is done by `sluice worker` processes."""
     import uvicorn
 
+    from sluice.logs import configure_logging
+
     settings = load_settings()
+    configure_logging(settings)
+    # log_config=None: uvicorn keeps the root handler above (JSON lines) instead of installing its own.
     if workers > 1:
         uvicorn.run(
             "serving.asgi:app",
@@ -63,11 +67,12 @@ def serve(
             host=host or settings.api_host,
             port=port or settings.api_port,
             workers=workers,
+            log_config=None,
         )
         return
     from serving.api import create_app
 
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_config=None)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     worker_concurrency: int = Field(default=1, ge=1)
     worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
+    log_format: Literal["json", "text"] = Field(default="json", description="serve/worker log lines: JSON or text.")
+    log_level: str = Field(default="INFO", description="Root log level of serve and worker processes.")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces; unset = no export."
+    )
+    trace_console: bool = Field(default=False, description="Also print finished spans to stderr.")
 
     @field_validator("pool_max_size")
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
+from opentelemetry import trace
+
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import QueryError
@@ -47,19 +49,23 @@ def answer_question(
     if len(question) > MAX_QUESTION_CHARS:
         raise QueryError(f"the question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
     timings: dict[str, float] = {}
+    tracer = trace.get_tracer("sluice")  # spans are no-ops unless the process installed a tracer provider
     t0 = time.perf_counter()
-    qvec = embedder.encode([question])[0]
+    with tracer.start_as_current_span("embed"):
+        qvec = embedder.encode([question])[0]
     timings["embed"] = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
     if collection is not None:
         filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
-    with db.tenant(tenant) as conn:
+    with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
         index_id = active_index(conn, collection or "default") or config.index_id
         check_embedder(conn, index_id, embedder.identity)
         hits = retrieve(conn, index_id, question, qvec, config.retrieval, filters)
+        span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
     hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
-    answer = extractive_answer(qvec, hits, embedder, config.generator)
+    with tracer.start_as_current_span("generate", attributes={"sluice.model": "extractive"}):
+        answer = extractive_answer(qvec, hits, embedder, config.generator)
     timings["generate"] = (time.perf_counter() - t2) * 1000
     return QueryResult(question, answer, hits, config.config_id, index_id, timings)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from opentelemetry import trace
 
 from sluice.config import PipelineConfig
 from tasks.embed import Embedder
@@ -37,7 +38,9 @@ class Answerer:
         filters: Mapping[str, Any] | None = None,
     ) -> RoutedAnswer:
         """Choose a tier (pass the query vector: re-embedding costs more than routing) and start generating."""
-        decision = self.router.route(question, hits, filters, vector)
+        with trace.get_tracer("sluice").start_as_current_span("route") as span:
+            decision = self.router.route(question, hits, filters, vector)
+            span.set_attribute("sluice.tier", decision.tier)
         return RoutedAnswer(decision, self.generator.generate(question, hits, decision.tier))
 
 

@@ -33,11 +33,17 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, log: Path, concurrency: int = 1) -> subprocess.Popen:
+def start_worker(
+    settings: Settings, log: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start `sluice worker` and wait until it has loaded its embedder and answers pings."""
     cmd = [sys.executable, "-m", "sluice.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"]
     proc = subprocess.Popen(
-        cmd, env=worker_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        env={**worker_env(settings), **(extra_env or {})},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from evals.grid import expand, load_grid
 from sluice import champion
@@ -61,8 +62,10 @@ def test_flow_logs_runs_metrics_and_artifacts(env, db):
     chunkers = [{"kind": "recursive", "chunk_size": 300, "chunk_overlap": 30}, {"kind": "recursive"}]
     grid_path = write_grid(tmp, "flow", chunkers, [{"mode": "dense", "k": 5}], "ndcg_at_10", gold)
     before = champion.current_champion_id(db)
+    runs = REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) or 0
     with prefect_test_harness():
         out = evaluate(grid_path)
+    assert REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) == runs + 1
     ids = [c.config_id for c in expand(load_grid(grid_path))]
     mlc = MlflowClient(settings.tracking_uri)
     parent = mlc.get_run(out["parent_run_id"])
