@@ -119,13 +119,12 @@ def _configure(conn: psycopg.Connection) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
-    conn.commit()
 
 
 def _reset(conn: psycopg.Connection) -> None:
     # Tenant settings are transaction-local already; RESET ALL also drops anything a caller SET.
+    # Autocommit: one round trip, not BEGIN + RESET ALL + COMMIT.
     conn.execute("RESET ALL")
-    conn.commit()
 
 
 class Database:
@@ -144,6 +143,9 @@ class Database:
                     conninfo,
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,
+                    # Autocommit: explicit transactions (tenant(), shared()) cost BEGIN/COMMIT as before,
+                    # while a single statement (statement(), the pool reset) is one round trip.
+                    kwargs={"autocommit": True},
                     configure=_configure,
                     reset=_reset,
                     open=True,
@@ -174,6 +176,27 @@ class Database:
             if check and not conn.execute("SELECT 1 FROM tenants").fetchone():
                 raise UnknownTenantError(tenant_id)
             yield conn
+
+    @contextmanager
+    def statement(self) -> Iterator[psycopg.Connection]:
+        """A connection in autocommit, no tenant set: each statement is its own transaction.
+
+        For SQL functions that scope themselves (authorize_request) and non-tenant tables.
+        """
+        with self.pool.connection() as conn:
+            yield conn
+
+    def execute_as(self, tenant_id: str, query: str, params: tuple | dict = ()) -> list[tuple]:
+        """Run one statement under `tenant_id`'s RLS in one round trip; return its rows.
+
+        BEGIN, set_config, the statement and COMMIT are pipelined. The tenant's existence is not
+        checked (an unknown tenant sees no rows and cannot write any): callers that must tell
+        "unknown tenant" from "no rows" use `tenant()`.
+        """
+        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant_id,))
+            cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
 
     @contextmanager
     def shared(self) -> Iterator[psycopg.Connection]:
