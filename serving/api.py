@@ -15,10 +15,13 @@ from typing import Annotated, Any
 
 from celery import states
 from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg.types.json import Jsonb
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import idempotency as idem
 from serving import metrics
@@ -27,7 +30,9 @@ from serving.backpressure import QueueDepth, oldest_age
 from serving.cache import answer_cache_key, cache_get, corpus_version
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
-from serving.ratelimit import retry_after, take_token
+from serving.heartbeat import live_workers
+from serving.ratelimit import auth_pool, authorize, retry_after
+from serving.results import ResultWaiter
 from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, Problem, QueryRequest, QueryResponse
 from serving.stream import answer_pieces, sse
 from sluice import logs, tracing
@@ -64,39 +69,54 @@ class ApiError(Exception):
 
 
 class ApiState:
-    """What every request needs: settings, the app-role pool, the Celery client, queue depth."""
+    """What every request needs: settings, the app-role pool, the Celery client, queue depth, result waits."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.db = Database(settings)
         self.celery = create_celery(settings)
         self.depth = QueueDepth(self.celery)
+        self.results = ResultWaiter(self.celery)
+        self.auth = auth_pool(settings)  # opened by the app's lifespan, inside the event loop
+
+    def warm_up(self) -> None:
+        """Open the pool, the broker connection and the result listener before the first request."""
+        self.db.pool  # noqa: B018 - opens and fills the pool (pool_min_size connections)
+        with self.celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+        for queue in (QUERY_QUEUE, INGEST_QUEUE):
+            self.depth(queue)
+        with self.results.expect(str(uuid.uuid4())):
+            pass
+
+    def close(self) -> None:
+        self.results.close()
+        self.db.close()
 
 
-def _state(request: Request) -> ApiState:
+async def _state(request: Request) -> ApiState:
+    # async: a plain attribute read needs no trip through the thread pool.
     return request.app.state.sluice
 
 
 State = Annotated[ApiState, Depends(_state)]
 
 
-def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
-    """Resolve the bearer key to its tenant, then spend one token of that tenant's rate limit."""
+async def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
+    """Resolve the bearer key to its tenant and spend one token of its rate limit (one database round trip)."""
     try:
         token_hash = hash_key(bearer_token(f"{creds.scheme} {creds.credentials}" if creds else None))
     except AuthError as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
     s = state.settings
-    with state.db.shared() as conn:
-        tenant = conn.execute("SELECT resolve_api_key(%s)", (token_hash,)).fetchone()[0]
-        if tenant is None:
-            raise ApiError(
-                401,
-                "unknown or revoked API key: create one with `sluice key create --tenant T`",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant,))
-        wait = take_token(conn, tenant, s.rate_limit_per_s, s.rate_limit_burst)
+    auth = await authorize(state.auth, token_hash, s.rate_limit_per_s, s.rate_limit_burst)
+    if auth.tenant is None:
+        raise ApiError(
+            401,
+            "unknown or revoked API key: create one with `sluice key create --tenant T`",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    tenant, wait = auth.tenant, auth.wait_s
     logs.bind(tenant=tenant)
     if wait:
         metrics.REJECTED.labels("rate_limit").inc()
@@ -123,17 +143,28 @@ def _check_capacity(state: ApiState, queue: str) -> None:
 
 
 def _record_job(state: ApiState, tenant: str, job_id: str, kind: str, request: dict) -> None:
-    with state.db.tenant(tenant, check=False) as conn:
-        conn.execute(
-            "INSERT INTO jobs (job_id, tenant_id, kind, request) VALUES (%s, %s, %s, %s)",
-            (job_id, tenant, kind, Jsonb(request)),
-        )
+    state.db.execute_as(
+        tenant,
+        "INSERT INTO jobs (job_id, tenant_id, kind, request) VALUES (%s, %s, %s, %s)",
+        (job_id, tenant, kind, Jsonb(request)),
+    )
 
 
-def _enqueue(state: ApiState, tenant: str, task: str, queue: str, payload: dict, record: dict) -> str:
+def _new_job(state: ApiState, tenant: str, task: str, queue: str, record: dict) -> str:
+    """Check capacity and record the job (so GET /v1/jobs/{id} knows it); return its id."""
     _check_capacity(state, queue)
     job_id = str(uuid.uuid4())
     _record_job(state, tenant, job_id, "query" if task == QUERY_TASK else "ingest", record)
+    return job_id
+
+
+def _enqueue(state: ApiState, tenant: str, task: str, queue: str, payload: dict, record: dict) -> str:
+    job_id = _new_job(state, tenant, task, queue, record)
+    _send(state, task, queue, job_id, payload)
+    return job_id
+
+
+def _send(state: ApiState, task: str, queue: str, job_id: str, payload: dict) -> None:
     ctx = logs.context()
     with tracing.tracer().start_as_current_span("enqueue", attributes={"sluice.queue": queue, "sluice.job_id": job_id}):
         headers = {
@@ -143,23 +174,17 @@ def _enqueue(state: ApiState, tenant: str, task: str, queue: str, payload: dict,
         }
         # The worker's spans continue this trace: `traceparent` rides in the message headers.
         state.celery.send_task(task, args=[payload], task_id=job_id, queue=queue, headers=tracing.inject(headers))
-    state.depth.forget()
-    return job_id
+    state.depth.added(queue)
 
 
 def _wait(state: ApiState, job_id: str, timeout_s: float) -> dict | None:
-    """Poll the result backend (thread-safe, unlike a shared result consumer) until done or timeout."""
-    result, start, delay = state.celery.AsyncResult(job_id), time.monotonic(), 0.001
-    while (elapsed := time.monotonic() - start) < timeout_s:
-        status = result.state
-        if status == states.SUCCESS:
-            return result.result
-        if status in states.PROPAGATE_STATES:
-            raise ApiError(502, f"job {job_id} failed in the worker: {result.result!r}")
-        time.sleep(delay)
-        # Tight polling (one small read each) while a typical answer is due, then back off.
-        delay = min(delay * 1.5, 0.004 if elapsed < 2 else 0.05)
-    return None
+    """The task's result, or None on timeout (call inside `state.results.expect(job_id)`)."""
+    meta = state.results.wait(job_id, timeout_s)
+    if meta is None:
+        return None
+    if meta["status"] != states.SUCCESS:
+        raise ApiError(502, f"job {job_id} failed in the worker: {meta['result']!r}")
+    return meta["result"]
 
 
 def _worker_error(body: dict) -> ApiError:
@@ -236,14 +261,19 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
     if hit is not None:
         _observe_query(tenant, hit, t0, cached=True, stream=False)
         return 200, {**hit, "cached": True, "task_id": None, "timings_ms": {**hit["timings_ms"], "api_total": _ms(t0)}}
-    job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
-    body = _wait(state, job_id, state.settings.query_timeout_s)
+    job_id = _new_job(state, tenant, QUERY_TASK, QUERY_QUEUE, req.model_dump())
+    t1 = time.perf_counter()
+    with state.results.expect(job_id):  # listen before sending: the answer cannot slip past
+        _send(state, QUERY_TASK, QUERY_QUEUE, job_id, _payload(tenant, req, False))
+        t2 = time.perf_counter()
+        body = _wait(state, job_id, state.settings.query_timeout_s)
     if body is None:
         return 202, {"job_id": job_id, "kind": "query", "status": "running"}
     if "error" in body:
         raise _worker_error(body)
     _observe_query(tenant, body, t0, cached=False, stream=False)
-    return 200, {**body, "cached": False, "task_id": job_id, "timings_ms": {**body["timings_ms"], "api_total": _ms(t0)}}
+    timings = {**body["timings_ms"], "api_prepare": _ms(t0, t1), "api_send": _ms(t1, t2), "api_total": _ms(t0)}
+    return 200, {**body, "cached": False, "task_id": job_id, "timings_ms": timings}
 
 
 def _observe_query(tenant: str, body: dict, t0: float, *, cached: bool, stream: bool, first: float = 0.0) -> None:
@@ -253,8 +283,8 @@ def _observe_query(tenant: str, body: dict, t0: float, *, cached: bool, stream: 
     metrics.TTFT.labels(tenant, tier, str(stream).lower()).observe((first - t0) if first else elapsed)
 
 
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)
+def _ms(t0: float, t1: float | None = None) -> float:
+    return round(((t1 or time.perf_counter()) - t0) * 1000, 3)
 
 
 def stream_query(state: ApiState, tenant: str, req: QueryRequest) -> Iterator[str]:
@@ -383,10 +413,10 @@ def job_status(state: ApiState, tenant: str, job_id: str) -> JobStatus:
 
 # ------------------------------------------------------------------ health
 def readiness(state: ApiState) -> dict[str, str]:
-    """Check the database, the broker and (where the broker can broadcast) the workers."""
+    """Check the database, the broker and the workers (by their heartbeats, which work with any broker)."""
     checks: dict[str, str] = {}
     try:
-        with state.db.shared() as conn:
+        with state.db.statement() as conn:
             conn.execute("SELECT 1")
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports every failure instead of raising
@@ -394,16 +424,19 @@ def readiness(state: ApiState) -> dict[str, str]:
     try:
         with state.celery.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            fanout = "fanout" in conn.transport.implements.exchange_type
         checks["broker"] = "ok"
     except Exception as exc:
-        checks["broker"], fanout = f"error: {exc}", False
-    if fanout:
-        replies = state.celery.control.ping(timeout=0.5)
-        checks["workers"] = f"ok: {len(replies)}" if replies else "error: no worker answered a ping"
-    elif checks["broker"] == "ok":
-        checks["workers"] = "unchecked: this broker cannot broadcast pings (use Redis for worker checks)"
+        checks["broker"] = f"error: {exc}"
+    checks["workers"] = _workers_check(state) if checks["database"] == "ok" else "error: database unreachable"
     return checks
+
+
+def _workers_check(state: ApiState) -> str:
+    interval = state.settings.worker_heartbeat_s
+    nodes, processes = live_workers(state.db, state.celery.conf.broker_url, interval)
+    if not nodes:
+        return f"error: no worker heartbeat on this broker in the last {interval * 3:g}s: start `sluice worker`"
+    return f"ok: {nodes} worker(s), {processes} process(es)"
 
 
 # ------------------------------------------------------------------ app
@@ -447,7 +480,7 @@ def _routes(app: FastAPI) -> None:
     def readyz(state: State) -> JSONResponse:
         """Database, broker and workers answer."""
         checks = readiness(state)
-        ready = all(v.startswith(("ok", "unchecked")) for v in checks.values())
+        ready = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
@@ -494,8 +527,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await state.auth.open(wait=False)
+        try:
+            await run_in_threadpool(state.warm_up)  # the first request should not pay for connections
+        except Exception as exc:  # not fatal: /readyz reports what is down, requests retry the connection
+            log.warning("API warm-up incomplete: %s", exc)
         yield
-        state.db.close()
+        await state.auth.close()
+        state.close()
 
     app = FastAPI(
         title="Sluice",
@@ -525,34 +564,53 @@ def create_app(settings: Settings) -> FastAPI:
         # Reaches here only for server-side problems (config, database): not the caller's fault.
         return JSONResponse({"detail": f"server not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        request_id = _request_id(request.headers.get("x-request-id"))
-        with tracing.continued(request.headers, f"{request.method} {request.url.path}") as span:
-            token = logs.start(request_id=request_id, trace_id=tracing.trace_id())
-            try:
-                return await _handle(request, call_next, t0, request_id, span)
-            finally:
-                logs.end(token)
-
-    async def _handle(request: Request, call_next, t0: float, request_id: str, span) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - t0
-        metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        metrics.LATENCY.labels(path).observe(elapsed)
-        span.update_name(f"{request.method} {path}")
-        span.set_attributes({"http.route": path, "http.response.status_code": response.status_code})
-        response.headers["X-Request-Id"] = request_id
-        if trace_id := tracing.trace_id():
-            response.headers["X-Trace-Id"] = trace_id
-            tracing.inject(response.headers)  # `traceparent`, for callers that continue the trace
-        if path not in QUIET_ROUTES:
-            extra = {"route": path, "method": request.method, "status": response.status_code, "ms": elapsed * 1e3}
-            log.info("request", extra=extra)
-        return response
-
+    app.add_middleware(Observe)
     _routes(app)
     return app
+
+
+class Observe:
+    """Request id, trace span, metrics, access log and id headers for every HTTP request.
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the app
+    in a second task and pipes the body through memory streams, a cost paid on every request.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, method, status = time.perf_counter(), scope["method"], 500
+        request_id = _request_id(Headers(scope=scope).get("x-request-id"))
+        with tracing.continued(Headers(scope=scope), f"{method} {scope['path']}") as span:
+            token = logs.start(request_id=request_id, trace_id=tracing.trace_id())
+
+            async def send_with_ids(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = MutableHeaders(scope=message)
+                    headers["X-Request-Id"] = request_id
+                    if trace_id := tracing.trace_id():
+                        headers["X-Trace-Id"] = trace_id
+                        tracing.inject(headers)  # `traceparent`, for callers that continue the trace
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_ids)
+            finally:
+                _observed(scope, span, method, status, time.perf_counter() - t0)
+                logs.end(token)
+
+
+def _observed(scope: Scope, span, method: str, status: int, elapsed: float) -> None:
+    path = getattr(scope.get("route"), "path", "unmatched")
+    metrics.REQUESTS.labels(path, method, str(status)).inc()
+    metrics.LATENCY.labels(path).observe(elapsed)
+    span.update_name(f"{method} {path}")
+    span.set_attributes({"http.route": path, "http.response.status_code": status})
+    if path not in QUIET_ROUTES:
+        log.info("request", extra={"route": path, "method": method, "status": status, "ms": elapsed * 1e3})

@@ -8,7 +8,10 @@ import time
 
 from celery import Celery
 
-STALE_AFTER_S = 0.2  # depth is read at most this often per queue and API process
+# Depth is read from the broker at most this often per queue and API process; in between, this
+# process's own enqueues are added to the last reading, so a burst from one API process cannot
+# overshoot the limit, and several API processes overshoot by at most what they send in 100 ms.
+STALE_AFTER_S = 0.1
 
 
 class QueueDepth:
@@ -29,8 +32,11 @@ class QueueDepth:
         self._seen[queue] = (time.monotonic(), depth)
         return depth
 
-    def forget(self) -> None:
-        self._seen.clear()
+    def added(self, queue: str) -> None:
+        """Count a message this process just sent, until the next reading from the broker."""
+        with self._lock:
+            if seen := self._seen.get(queue):
+                self._seen[queue] = (seen[0], seen[1] + 1)
 
 
 def oldest_age(app: Celery, queue: str) -> float | None:

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from sluice.db import Database
+
 
 def normalise_question(question: str) -> str:
     """Case-fold, NFKC and collapse whitespace; strip trailing punctuation."""
@@ -33,6 +35,12 @@ def corpus_version(conn: psycopg.Connection) -> int:
     """The tenant's corpus version (0 before its first ingestion); needs a tenant transaction."""
     row = conn.execute("SELECT version FROM corpus_versions").fetchone()
     return int(row[0]) if row else 0
+
+
+def corpus_version_of(db: Database, tenant: str) -> int:
+    """The tenant's corpus version in one round trip (its own pipelined transaction)."""
+    rows = db.execute_as(tenant, "SELECT version FROM corpus_versions")
+    return int(rows[0][0]) if rows else 0
 
 
 def cache_get(conn: psycopg.Connection, key: str) -> dict | None:

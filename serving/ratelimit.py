@@ -1,31 +1,59 @@
-"""Per-tenant token bucket in Postgres: one UPSERT refills, spends and reports, atomically."""
+"""Authentication and the per-tenant token bucket in one statement (SQL function `authorize_request`).
+
+One round trip per request: the key hash resolves to its tenant and that tenant's bucket is refilled
+and spent atomically in Postgres. There is no in-process key cache, so a revoked key is refused from
+the very next request (revocation latency 0): with the rate limit needing a database write anyway,
+a cache would save no round trip.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
-# Refill = tokens + rate * seconds since last update, capped at burst; spend one if at least one is there.
-TAKE = """
-INSERT INTO rate_buckets AS b (tenant_id, tokens, allowed, updated_at)
-VALUES (%(tenant)s, %(burst)s - 1, true, clock_timestamp())
-ON CONFLICT (tenant_id) DO UPDATE SET
-    tokens = LEAST(%(burst)s, b.tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - b.updated_at))
-             - CASE WHEN LEAST(%(burst)s, b.tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - b.updated_at))
-                         >= 1 THEN 1 ELSE 0 END,
-    allowed = LEAST(%(burst)s, b.tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - b.updated_at)) >= 1,
-    updated_at = clock_timestamp()
-RETURNING allowed, tokens
-"""
+from sluice.db import app_conninfo
+from sluice.settings import Settings
 
 
-def take_token(conn: psycopg.Connection, tenant: str, rate: float, burst: float) -> float:
-    """Spend one request; return 0 when allowed, else the seconds until one is available."""
-    allowed, tokens = conn.execute(TAKE, {"tenant": tenant, "rate": rate, "burst": burst}).fetchone()
-    if allowed:
-        return 0.0
-    return max(0.001, (1 - tokens) / rate)
+@dataclass(frozen=True)
+class Authorized:
+    tenant: str | None  # None: unknown or revoked key
+    wait_s: float  # 0 when allowed, else seconds until a token is available
+
+
+async def authorize(pool: AsyncConnectionPool, token_hash: str, rate: float, burst: float) -> Authorized:
+    """Resolve a key hash to its tenant and spend one request of that tenant's rate limit.
+
+    Async, on the event loop: a request needs no thread-pool hop to authenticate.
+    """
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT out_tenant, out_allowed, out_tokens FROM authorize_request(%s, %s, %s)",
+            (token_hash, rate, burst),
+        )
+        tenant, allowed, tokens = await cur.fetchone()
+    if tenant is None or allowed:
+        return Authorized(tenant, 0.0)
+    return Authorized(tenant, max(0.001, (1 - tokens) / rate))
+
+
+async def _reset(conn: AsyncConnection) -> None:
+    await conn.execute("RESET ALL")  # as Database's pool: nothing a statement SET outlives its checkout
+
+
+def auth_pool(settings: Settings) -> AsyncConnectionPool:
+    """An autocommit pool of app-role connections for `authorize` (open it inside the event loop)."""
+    return AsyncConnectionPool(
+        app_conninfo(settings),
+        min_size=1,
+        max_size=settings.pool_max_size,
+        kwargs={"autocommit": True},
+        reset=_reset,
+        open=False,
+    )
 
 
 def retry_after(seconds: float) -> str:

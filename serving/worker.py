@@ -22,10 +22,11 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_proc
 from psycopg_pool import PoolTimeout
 
 from serving import metrics
-from serving.cache import answer_cache_key, cache_put, corpus_version
+from serving.cache import answer_cache_key, cache_put, corpus_version_of
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
 from serving.embedding_cache import CachingEmbedder
+from serving.heartbeat import heartbeat_step
 from serving.metrics import REQUEST_ID_HEADER, TRACE_ID_HEADER
 from serving.stream import answer_pieces
 from sluice import logs, tracing
@@ -118,8 +119,9 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     config = active_config(state.settings, state.db)
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
-    with state.db.tenant(tenant) as conn:
-        version = corpus_version(conn)  # read before retrieval: a concurrent ingest bumps past this entry
+    # Read before retrieval (a concurrent ingest bumps past this entry). One pipelined round trip;
+    # an unknown tenant reads 0 here and is refused by answer_question's own tenant check.
+    version = corpus_version_of(state.db, tenant)
     extra = {k: payload[k] for k in ("filters", "collection") if payload.get(k) is not None}
     unsupported = set(extra) - set(inspect.signature(answer_question).parameters)
     if unsupported:
@@ -277,6 +279,7 @@ def create_worker_app(settings: Settings) -> Celery:
     app = create_celery(settings)
     state = WorkerState(settings)
     register_tasks(app, state)
+    app.steps["consumer"].add(heartbeat_step(settings))
     worker_process_init.connect(lambda **_: _process_init(settings, state), weak=False)
     # Connecting setup_logging makes Celery leave logging to us: JSON lines from every process.
     setup_logging.connect(lambda loglevel=None, **_: logs.configure_logging(settings, loglevel), weak=False)

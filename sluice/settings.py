@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     worker_concurrency: int = Field(default=1, ge=1)
     worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
+    worker_heartbeat_s: float = Field(
+        default=2.0, gt=0, description="Workers record a heartbeat this often; /readyz counts those seen recently."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="serve/worker log lines: JSON or text.")
     log_level: str = Field(default="INFO", description="Root log level of serve and worker processes.")
     otlp_endpoint: str | None = Field(

@@ -25,13 +25,16 @@ def pg_settings(migrated):
 
 
 @pytest.fixture(scope="module")
-def pg_api(pg_settings, tmp_path_factory):
+def pg_worker(pg_settings, tmp_path_factory):
     proc = start_worker(pg_settings, tmp_path_factory.mktemp("pgworker") / "worker.log")
-    try:
-        with ApiServer(pg_settings) as server:
-            yield server
-    finally:
-        stop_worker(proc)
+    yield proc
+    stop_worker(proc)
+
+
+@pytest.fixture(scope="module")
+def pg_api(pg_settings, pg_worker):
+    with ApiServer(pg_settings) as server:
+        yield server
 
 
 def test_upload_ingest_then_sync_and_streamed_query(pg_api, db, new_tenant):
@@ -47,3 +50,15 @@ def test_upload_ingest_then_sync_and_streamed_query(pg_api, db, new_tenant):
         assert r.json()["citations"][0]["document"] == "otters.md" and "hold hands" in r.json()["answer"]
         ready = client.get("/readyz").json()
         assert ready["ready"] and ready["checks"]["broker"] == "ok"
+
+
+def test_readyz_sees_workers_by_heartbeat_without_broadcast(pg_api, pg_worker):
+    """Celery pings need a broadcast exchange this broker lacks: heartbeat rows work (runs last: stops the worker)."""
+    with pg_api.client() as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["workers"] == "ok: 1 worker(s), 1 process(es)"
+        stop_worker(pg_worker)  # a clean shutdown removes its heartbeat at once
+        gone = client.get("/readyz")
+    assert gone.status_code == 503
+    assert gone.json()["checks"]["workers"].startswith("error: no worker heartbeat on this broker")

@@ -1,0 +1,104 @@
+"""Worker liveness for /readyz that works with every broker.
+
+Celery's ping needs a broadcast exchange, which the embedded Postgres broker (kombu's SQLAlchemy
+transport) lacks. Instead each worker node upserts a row in `worker_heartbeats` (application
+database, not tenant data) every `worker_heartbeat_s` seconds from its consumer's timer, so a
+hung consumer stops beating too; a clean shutdown deletes the row, a killed worker's row goes stale
+after `STALE_BEATS` intervals. The row names its broker by a hash, so an API counts only workers
+that consume from the broker it sends to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import psycopg
+from celery import bootsteps
+
+from sluice.db import Database, app_conninfo
+from sluice.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STALE_BEATS = 3
+
+UPSERT = """
+INSERT INTO worker_heartbeats AS h (worker_id, hostname, pid, processes, queues, broker, beat_at)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(processes)s, %(queues)s, %(broker)s, now())
+ON CONFLICT (worker_id) DO UPDATE SET
+    processes = excluded.processes, queues = excluded.queues, broker = excluded.broker, beat_at = now()
+"""
+
+
+def broker_id(url: str) -> str:
+    """A stable name of a broker URL that does not store its password."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def live_workers(db: Database, broker_url: str, interval_s: float) -> tuple[int, int]:
+    """Worker nodes with a fresh heartbeat on this broker, and their pool processes."""
+    with db.statement() as conn:
+        nodes, processes = conn.execute(
+            "SELECT count(*), coalesce(sum(processes), 0) FROM worker_heartbeats"
+            " WHERE broker = %s AND beat_at > now() - make_interval(secs => %s)",
+            (broker_id(broker_url), interval_s * STALE_BEATS),
+        ).fetchone()
+    return int(nodes), int(processes)
+
+
+def heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep that beats for this worker node (register on `app.steps['consumer']`)."""
+
+    class Heartbeat(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)  # beat only once tasks are being consumed
+
+        def __init__(self, parent, **kwargs):
+            super().__init__(parent, **kwargs)
+            self.conn: psycopg.Connection | None = None
+            self.tref = None
+
+        def start(self, c) -> None:
+            self.worker_id = f"{c.hostname}:{os.getpid()}"
+            self.beat(c)
+            self.tref = c.timer.call_repeatedly(settings.worker_heartbeat_s, self.beat, (c,), priority=10)
+
+        def beat(self, c) -> None:
+            queues = sorted(q.name for q in c.task_consumer.queues) if c.task_consumer else []
+            row = {
+                "worker_id": self.worker_id,
+                "hostname": c.hostname,
+                "pid": os.getpid(),
+                "processes": c.pool.num_processes if c.pool else 0,
+                "queues": queues,
+                "broker": broker_id(c.app.conf.broker_url),
+            }
+            self._execute(UPSERT, row)
+
+        def stop(self, c) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+                self.tref = None
+            self._execute(
+                "DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s", {"worker_id": self.worker_id}
+            )
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        shutdown = stop
+
+        def _execute(self, query: str, params: dict) -> None:
+            # A missed beat is not fatal (readiness turns red after a few): log and reconnect next time.
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = psycopg.connect(app_conninfo(settings), autocommit=True, connect_timeout=2)
+                self.conn.execute(query, params)
+            except psycopg.Error as exc:
+                log.warning("worker heartbeat not written: %s", exc)
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+
+    return Heartbeat
