@@ -1,12 +1,16 @@
 """Latency and throughput of /v1/query through API + Celery versus the same query in-process.
 
-    PYTHONPATH=$PWD python bench/serving.py [--workers 2] [--rounds 2]
+    PYTHONPATH=$PWD python bench/serving.py [--workers 2] [--rounds 2] [--concurrency 1 8 32]
+        [--breakdown 40] [--torch-threads 1]
 
 Needs Redis on 127.0.0.1:6379 (scripts/ensure-redis.sh) and `sluice db up`. Starts `sluice worker`
 and `sluice serve` as subprocesses (answer cache off, limits off), ingests the sample corpus into
-tenant `bench`, then for concurrency 1, 8 and 32 alternates in-process and served rounds. Every
-question is unique per request, so neither path hits a cache for the question embedding.
-"""
+tenant `bench`, prints the c=1 stage breakdown (medians of the response's `timings_ms`), then for
+each concurrency alternates in-process and served rounds. Every question is unique per request, so
+neither path hits a cache for the question embedding. Both paths compute with the same number of
+torch threads (`--torch-threads`, given to each worker process too), and the CPU time per request
+of the processes involved is reported next to the latencies: on a shared machine it is the figure
+the load cannot inflate."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from itertools import count
 from pathlib import Path
 
 import httpx
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,6 +68,15 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (all their threads)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run(fn, concurrency: int, n: int) -> tuple[list[float], float]:
     def one(_):
         t0 = time.perf_counter()
@@ -87,8 +101,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="Levels to measure.")
+    ap.add_argument("--breakdown", type=int, default=40, help="Sequential requests for the c=1 stage breakdown.")
+    ap.add_argument(
+        "--torch-threads", type=int, default=1, help="Torch threads, the same in-process and per worker process."
+    )
     args = ap.parse_args()
-    settings = load_settings()
+    settings = load_settings(worker_torch_threads=args.torch_threads)
+    # A fair baseline: the in-process path computes with as many torch threads as each worker process.
+    torch.set_num_threads(args.torch_threads)
     migrate(settings)
     config = PipelineConfig()
     embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
@@ -104,6 +125,7 @@ def main() -> None:
         SLUICE_RATE_LIMIT_PER_S="100000",
         SLUICE_RATE_LIMIT_BURST="100000",
         SLUICE_QUEUE_LIMIT="100000",
+        SLUICE_WORKER_TORCH_THREADS=str(args.torch_threads),
     )
     logs = Path("/tmp/sluice-bench-serving")
     logs.mkdir(exist_ok=True)
@@ -136,6 +158,23 @@ def wait_ready(client: httpx.Client, workers: int, worker: subprocess.Popen) -> 
     raise SystemExit("API or worker not ready; see /tmp/sluice-bench-serving/*.log")
 
 
+def breakdown(client: httpx.Client, n: int) -> None:
+    """Medians over n sequential queries of each stage the response reports, and of the client's view."""
+    rows: dict[str, list[float]] = {}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        body = client.post("/v1/query", json={"question": question()}).json()
+        timings = {**body["timings_ms"], "client_total": (time.perf_counter() - t0) * 1000}
+        timings["api_outside_handler"] = timings["client_total"] - timings["api_total"]
+        timings["api_minus_worker"] = timings["api_total"] - timings["worker_total"]
+        for k, v in timings.items():
+            rows.setdefault(k, []).append(v)
+    print(f"c=1 breakdown, medians of {n} sequential requests (ms):")
+    for k in sorted(rows, key=lambda k: -statistics.median(rows[k])):
+        print(f"  {k:22s} {statistics.median(rows[k]):7.2f}")
+    print(f"load average {os.getloadavg()[0]:.2f}\n")
+
+
 def bench(db, config, embedder, key, worker, api, args) -> None:
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{PORT}",
@@ -152,20 +191,31 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     def served():
         client.post("/v1/query", json={"question": question()}).raise_for_status()
 
-    print("| concurrency | path | p50 ms | p99 ms | req/s |")
-    print("|---|---|---|---|---|")
-    for conc in (1, 8, 32):
-        n = {1: 40, 8: 80, 32: 128}[conc]
-        results = {"in-process": ([], []), "API+Celery": ([], [])}
+    breakdown(client, args.breakdown)
+    print("| concurrency | path | p50 ms | p99 ms | req/s | CPU ms/request |")
+    print("|---|---|---|---|---|---|")
+    # CPU per request is what the machine's load cannot inflate: the in-process path's is this
+    # process's; the served path's is the API's plus the worker's (main process and pool children).
+    served_pids = [api.pid, worker.pid, *children(worker.pid)]
+    for conc in args.concurrency:
+        n = {1: 40, 8: 80, 32: 128}.get(conc, 64)
+        results = {"in-process": ([], [], []), "API+Celery": ([], [], [])}
         for _ in range(args.rounds):
             for name, fn in (("in-process", local), ("API+Celery", served)):
+                pids = [os.getpid()] if name == "in-process" else served_pids
+                cpu0 = cpu_s(pids)
                 lat, tput = run(fn, conc, n)
                 results[name][0].extend(lat)
                 results[name][1].append(tput)
-        for name, (lat, tputs) in results.items():
-            print(f"| {conc} | {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {statistics.median(tputs):.1f} |")
+                results[name][2].append((cpu_s(pids) - cpu0) * 1000 / n)
+        for name, (lat, tputs, cpu) in results.items():
+            print(
+                f"| {conc} | {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {statistics.median(tputs):.1f}"
+                f" | {statistics.median(cpu):.1f} |"
+            )
         p50 = {k: pct(v[0], 50) for k, v in results.items()}
-        print(f"|   | serving overhead at p50 | {p50['API+Celery'] - p50['in-process']:+.1f} ms | | |")
+        print(f"|   | serving overhead at p50 | {p50['API+Celery'] - p50['in-process']:+.1f} ms | | | |")
+        print(f"|   | load average (1 min) | {os.getloadavg()[0]:.1f} | | | |")
     procs = children(worker.pid)
     print(
         f"\nworker main RSS {rss_mb(worker.pid):.0f} MB; worker processes RSS: "
