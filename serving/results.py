@@ -42,6 +42,7 @@ class ResultWaiter:
         self._lock = threading.Lock()
         self._pubsub = None
         self._push = isinstance(app.backend, RedisBackend)
+        self.delivered = 0  # results that arrived by push (for tests and metrics)
 
     @contextmanager
     def expect(self, job_id: str) -> Iterator[None]:
@@ -60,6 +61,11 @@ class ResultWaiter:
             with self._lock:
                 self._slots.pop(channel, None)
             pubsub.unsubscribe(channel)
+
+    def listening(self, job_id: str) -> bool:
+        """True once Redis confirmed the subscription for `job_id`: a result published from now on is pushed."""
+        slot = self._slots.get(self.app.backend.get_key_for_task(job_id).decode()) if self._push else None
+        return slot is not None and slot.subscribed.is_set()
 
     def wait(self, job_id: str, timeout_s: float) -> dict | None:
         """The finished task's meta (`status`, `result`), or None after `timeout_s`; call inside `expect`."""
@@ -121,6 +127,7 @@ class ResultWaiter:
             meta = self.app.backend.decode_result(message["data"])
             if meta["status"] in states.READY_STATES:
                 slot.meta = meta
+                self.delivered += 1
                 slot.done.set()
 
     def close(self) -> None:
