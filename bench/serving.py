@@ -158,9 +158,10 @@ def wait_ready(client: httpx.Client, workers: int, worker: subprocess.Popen) -> 
     raise SystemExit("API or worker not ready; see /tmp/sluice-bench-serving/*.log")
 
 
-def breakdown(client: httpx.Client, n: int) -> None:
-    """Medians over n sequential queries of each stage the response reports, and of the client's view."""
+def breakdown(client: httpx.Client, n: int, procs: dict[str, list[int]]) -> None:
+    """Medians over n sequential queries of each stage the response reports, the client's view, and CPU per process."""
     rows: dict[str, list[float]] = {}
+    cpu0 = {name: cpu_s(pids) for name, pids in procs.items()}
     for _ in range(n):
         t0 = time.perf_counter()
         body = client.post("/v1/query", json={"question": question()}).json()
@@ -172,6 +173,8 @@ def breakdown(client: httpx.Client, n: int) -> None:
     print(f"c=1 breakdown, medians of {n} sequential requests (ms):")
     for k in sorted(rows, key=lambda k: -statistics.median(rows[k])):
         print(f"  {k:22s} {statistics.median(rows[k]):7.2f}")
+    cpu = ", ".join(f"{name} {(cpu_s(pids) - cpu0[name]) * 1000 / n:.1f}" for name, pids in procs.items())
+    print(f"CPU ms per request: {cpu}")
     print(f"load average {os.getloadavg()[0]:.2f}\n")
 
 
@@ -191,7 +194,8 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     def served():
         client.post("/v1/query", json={"question": question()}).raise_for_status()
 
-    breakdown(client, args.breakdown)
+    procs = {"API": [api.pid], "worker main": [worker.pid], "worker pool": children(worker.pid)}
+    breakdown(client, args.breakdown, procs)
     print("| concurrency | path | p50 ms | p99 ms | req/s | CPU ms/request |")
     print("|---|---|---|---|---|---|")
     # CPU per request is what the machine's load cannot inflate: the in-process path's is this
