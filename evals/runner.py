@@ -21,7 +21,7 @@ from sluice.config import PipelineConfig
 from sluice.db import Database, create_tenant
 from sluice.errors import ConfigError
 from sluice.settings import Settings
-from tasks.embed import get_embedder
+from tasks.embed import CachingEmbedder, get_embedder
 
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
@@ -146,7 +146,9 @@ def evaluate_config(
     on_question: OnQuestion | None = None,
 ) -> ConfigResult:
     """Answer and score every question under one config."""
-    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    # One sentence-vector cache per config, as a serving worker has: repeated chunks are embedded
+    # once, and configs evaluated later get no head start from earlier ones' cache.
+    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
     records = answer_all(db, grid, config, items, embedder, on_question)
     skipped = score_ragas(records, embedder, judge_from(settings))
     summary = summarise(records)
