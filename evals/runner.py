@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -17,11 +18,11 @@ from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
 from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
 from evals.ragas_metrics import JudgeConfig, score_ragas
 from sluice import champion
-from sluice.config import PipelineConfig
+from sluice.config import EmbedderConfig, PipelineConfig
 from sluice.db import Database, create_tenant
 from sluice.errors import ConfigError
 from sluice.settings import Settings
-from tasks.embed import get_embedder
+from tasks.embed import CachingEmbedder, get_embedder
 
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
@@ -137,6 +138,18 @@ def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:
     return [r[0] for r in rows]
 
 
+@lru_cache(maxsize=4)
+def answering_embedder(config: EmbedderConfig, batch_size: int) -> CachingEmbedder:
+    """The process's embedder behind a sentence-vector LRU, shared by every config of a grid.
+
+    The extractive answerer embeds each sentence of every retrieved chunk, and chunkers of one corpus
+    retrieve mostly the same sentences: without the cache a 12-config covid_qa grid spent hours
+    re-embedding them. A serving worker keeps the same cache warm, so answer latencies here are
+    warm-cache latencies; the first config of a run pays the cold misses (docs/evaluation.md).
+    """
+    return CachingEmbedder(get_embedder(config, batch_size))
+
+
 def evaluate_config(
     settings: Settings,
     db: Database,
@@ -146,7 +159,7 @@ def evaluate_config(
     on_question: OnQuestion | None = None,
 ) -> ConfigResult:
     """Answer and score every question under one config."""
-    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    embedder = answering_embedder(config.embedder, settings.embed_batch_size)
     records = answer_all(db, grid, config, items, embedder, on_question)
     skipped = score_ragas(records, embedder, judge_from(settings))
     summary = summarise(records)

@@ -89,6 +89,9 @@ def create_celery(settings: Settings) -> Celery:
         result_expires=24 * 3600,
         result_extended=True,
         broker_connection_retry_on_startup=True,
+        # A pool process loads the embedder before it reports up (worker_process_init); Celery's 4 s
+        # default killed every replacement of a lost process on a busy host, so none ever came back.
+        worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
     )
     if app.conf.broker_url.startswith(("redis://", "rediss://")):

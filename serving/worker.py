@@ -226,13 +226,15 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
         with traced(self, QUERY_TASK, QUERY_QUEUE):
             return _counted(QUERY_TASK, lambda: run_query(state, self, payload))
 
-    # Idempotent too (unchanged documents are skipped by content hash), so acks_late; but not
-    # reject_on_worker_lost: a document that kills its worker (OOM in a parser) must not loop forever.
+    # Idempotent too (each document is stored in one transaction; unchanged ones are skipped by
+    # content hash), so a lost worker's ingest is retried on another process, but counted against
+    # max_retries: a document that kills every worker it meets (OOM in a parser) fails the job, not loops.
     @app.task(
         name=INGEST_TASK,
         bind=True,
         acks_late=True,
-        reject_on_worker_lost=False,
+        retry_on_worker_lost=True,
+        default_retry_delay=1,  # the delay of a retry after a lost worker
         soft_time_limit=1800,
         time_limit=1900,
         **RETRY,

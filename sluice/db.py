@@ -148,6 +148,9 @@ class Database:
                     kwargs={"autocommit": True},
                     configure=_configure,
                     reset=_reset,
+                    # A connection that died while idle (database restart, failover) is replaced before
+                    # it is handed out, instead of failing one attempt of a task per dead connection.
+                    check=ConnectionPool.check_connection,
                     open=True,
                 )
                 self._pool.wait(timeout=15)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -117,6 +119,49 @@ class Embedder:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class CachingEmbedder:
+    """Delegates to an `Embedder`, encoding only texts not seen recently (an in-process LRU).
+
+    Answering re-embeds the sentences of every retrieved chunk, and the same chunks come back for
+    many questions: the serving worker and the evaluation runner both put one of these in front of
+    the model. `on_lookup(hits, misses)` lets a caller count them (serving exports a metric).
+    """
+
+    def __init__(self, inner: Embedder, max_items: int = 20_000, on_lookup: Callable[[int, int], None] | None = None):
+        self.inner = inner
+        self.max_items = max_items
+        self.on_lookup = on_lookup
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)  # identity, config, tokenizer, warm_up
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed texts, serving repeats from the cache."""
+        with self._lock:
+            found = {t: self._items[t] for t in texts if t in self._items}
+            for t in found:
+                self._items.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if self.on_lookup:
+            self.on_lookup(len(texts) - len(missing), len(missing))
+        if missing:
+            fresh = dict(zip(missing, self.inner.encode(missing), strict=True))
+            with self._lock:
+                self._items.update(fresh)
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+            found.update(fresh)
+        if not texts:
+            return self.inner.encode([])
+        return np.stack([found[t] for t in texts])
 
 
 @lru_cache(maxsize=4)

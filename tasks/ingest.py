@@ -265,6 +265,8 @@ def flush(run: Run, batch: list[Prepared]) -> None:
         return
     try:
         vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for p in batch for c in p.chunks])
+    except psycopg.OperationalError:
+        raise  # the database (its cache lookup), not a document: the caller retries the batch
     except Exception:
         for prep in batch:  # isolate the document the model cannot take
             _flush_one(run, prep)
@@ -277,6 +279,8 @@ def flush(run: Run, batch: list[Prepared]) -> None:
 def _flush_one(run: Run, prep: Prepared) -> None:
     try:
         vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for c in prep.chunks])
+    except psycopg.OperationalError:
+        raise
     except Exception as exc:
         run.fail(DocumentError(prep.item.source_id, "embed", f"{type(exc).__name__}: {exc}"), prep.item)
         return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -14,65 +14,55 @@ from psycopg import sql
 from sluice.config import PipelineConfig
 from sluice.db import Database, admin_conninfo, create_tenant, migrate
 from sluice.settings import PROJECT_ROOT, load_settings
+from tests.netguard import netguard
+from tests.netguard.netguard import install, is_local_address
+
+__all__ = ["is_local_address"]  # tests/test_text.py checks the classifier through this module
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 TEST_DB = "sluice_test"
 
 # ---------------------------------------------------------------- network guard
-_attempts: list[str] = []
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def is_local_address(address: object) -> bool:
-    """True for Unix sockets and loopback hosts; everything else is outbound."""
-    if isinstance(address, (str, bytes)):
-        return True  # AF_UNIX path
-    host = address[0] if isinstance(address, tuple) else address
-    if host in ("localhost", "", None):
-        return True
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _guarded_connect(self, address):
-    if self.family != socket.AF_UNIX and not is_local_address(address):
-        _attempts.append(repr(address))
-        raise OSError(f"network guard: outbound connection to {address!r} refused in tests")
-    return _real_connect(self, address)
-
-
-def _guarded_connect_ex(self, address):
-    if self.family != socket.AF_UNIX and not is_local_address(address):
-        _attempts.append(repr(address))
-        raise OSError(f"network guard: outbound connection to {address!r} refused in tests")
-    return _real_connect_ex(self, address)
-
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    if host is not None and not is_local_address((host.decode() if isinstance(host, bytes) else host,)):
-        _attempts.append(f"resolve {host!r}")
-        raise socket.gaierror(f"network guard: name lookup of {host!r} refused in tests")
-    return _real_getaddrinfo(host, *args, **kwargs)
+# The guard runs in this process and, through tests/netguard/sitecustomize.py on PYTHONPATH, in every
+# Python subprocess a test starts (workers, `sluice serve`, CLI runs); those record refusals in a file.
+NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 
 
 def pytest_configure(config):
-    socket.socket.connect = _guarded_connect
-    socket.socket.connect_ex = _guarded_connect_ex
-    socket.getaddrinfo = _guarded_getaddrinfo
+    install(netguard.attempts.append)
+    fd, log = tempfile.mkstemp(prefix="sluice-netguard-", suffix=".log")
+    os.close(fd)
+    os.environ["NETGUARD_LOG"] = log
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD_DIR), os.environ.get("PYTHONPATH")) if p)
+
+
+def pytest_unconfigure(config):
+    Path(os.environ.pop("NETGUARD_LOG", "/nonexistent")).unlink(missing_ok=True)
+
+
+def subprocess_attempts() -> list[str]:
+    """Refusals recorded so far by guarded subprocesses of this run."""
+    log = Path(os.environ["NETGUARD_LOG"])
+    return log.read_text().splitlines() if log.exists() else []
 
 
 @pytest.fixture(autouse=True)
 def no_outbound_network():
-    """Fail any test during which code tried to reach beyond loopback."""
-    start = len(_attempts)
+    """Fail any test during which code, here or in a subprocess, tried to reach beyond loopback."""
+    start, sub_start = len(netguard.attempts), len(subprocess_attempts())
     yield
-    tried = _attempts[start:]
+    tried = netguard.attempts[start:] + subprocess_attempts()[sub_start:]
     assert not tried, f"outbound network attempts: {tried}"
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory):
+    """A redis-server of this test module's own: its workers never see, nor take, another module's tasks."""
+    from tests.serving_support import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 # ---------------------------------------------------------------- database

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,18 +14,25 @@ import zlib
 from pathlib import Path
 
 import httpx
+import redis
 import uvicorn
 
 from serving.api import create_app
 from sluice.settings import PROJECT_ROOT, Settings
 
-# A Redis database of its own (1-14, by checkout path), so test runs of two checkouts on one machine
-# never consume or flush each other's queues (db 15 is the gateway tests', db 0 the default).
+# A Redis database of its own on the shared server (1-14, by checkout path). Modules that start workers
+# use a private redis-server instead (the `private_redis` fixture, RedisServer below): two workers on one
+# database would answer each other's pings and take each other's tasks.
 TEST_REDIS = f"redis://127.0.0.1:6379/{1 + zlib.crc32(str(PROJECT_ROOT).encode()) % 14}"
 
 
+def guarded_pythonpath() -> str:
+    """PYTHONPATH for a test subprocess: the network guard's folder first (see tests/netguard), then the project."""
+    return os.pathsep.join((str(PROJECT_ROOT / "tests" / "netguard"), str(PROJECT_ROOT)))
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), SLUICE_DB_NAME=settings.db_name)
+    env = dict(os.environ, PYTHONPATH=guarded_pythonpath(), SLUICE_DB_NAME=settings.db_name)
     for name in ("broker_url", "result_backend", "ingest_root", "broker_db_name", "query_timeout_s", "config_path"):
         value = getattr(settings, name)
         env.pop(f"SLUICE_{name.upper()}", None)
@@ -75,6 +83,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private `redis-server` on a free loopback port, data in `folder`, append-only file fsynced per write.
+
+    Each test module that starts workers gets one: Celery's broadcast (ping, inspect) and its queues
+    are per Redis database, so a worker of another module on a shared database would answer pings
+    and take this module's tasks. The AOF makes a kill -9 and restart lose nothing acknowledged.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--logfile", str(self.folder / "redis.log")]
+        self.proc = subprocess.Popen([binary, *args], start_new_session=True, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {self._log()}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown save, no goodbye to clients."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _log(self) -> str:
+        log = self.folder / "redis.log"
+        return log.read_text()[-2000:] if log.exists() else "(no log)"
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class ApiServer:

@@ -12,6 +12,7 @@ import time
 from sluice.config import parse_config
 from sluice.settings import PROJECT_ROOT
 from tasks.ingest import ingest_source
+from tests.serving_support import guarded_pythonpath
 
 
 def _write_corpus(folder, n, words=40):
@@ -118,7 +119,7 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(db, embedder, pipeline, n
         **os.environ,
         "SLUICE_DB_NAME": migrated.db_name,
         "SLUICE_INGEST_BATCH_CHUNKS": "2",
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": guarded_pythonpath(),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "ingest", str(corpus), "--tenant", crashed],

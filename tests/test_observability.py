@@ -23,17 +23,17 @@ from serving.auth import create_key
 from serving.backpressure import oldest_age
 from serving.celery_app import QUERY_QUEUE, create_celery
 from serving.metrics import ENQUEUED_AT, oldest_age_redis
-from tests.serving_support import TEST_REDIS, free_port, start_worker, stop_worker, wait_job, worker_env
+from tests.serving_support import free_port, start_worker, stop_worker, wait_job, worker_env
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
 
 
 @pytest.fixture(scope="module")
-def mp_settings(migrated, tmp_path_factory):
-    redis.Redis.from_url(TEST_REDIS).flushdb()
+def mp_settings(migrated, private_redis, tmp_path_factory):
+    """This module's own redis-server as broker: `sluice status` must count this module's worker only."""
     config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
     config.write_text("name: metrics-test\n")
-    return migrated.model_copy(update={"broker_url": TEST_REDIS, "config_path": config})
+    return migrated.model_copy(update={"broker_url": private_redis.url, "config_path": config})
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_queue_depth_and_oldest_age_read_from_the_broker(stack, mp_settings):
     app = create_celery(mp_settings)
     queue = f"scratch-{uuid.uuid4().hex[:6]}"
     app.send_task("sluice.nothing", args=[{}], queue=queue, headers={ENQUEUED_AT: time.time() - 30})
-    client = redis.Redis.from_url(TEST_REDIS)
+    client = redis.Redis.from_url(mp_settings.broker_url)
     try:
         assert 29 <= oldest_age_redis(client, queue) < 60
         assert 29 <= oldest_age(app, queue) < 60

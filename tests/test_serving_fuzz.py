@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.conftest import SAMPLE
-from tests.serving_support import TEST_REDIS, ApiServer, start_worker, stop_worker
+from tests.serving_support import ApiServer, start_worker, stop_worker
 
 
 @pytest.fixture(scope="module")
-def fuzz_env(migrated, db, tmp_path_factory):
+def fuzz_env(migrated, db, private_redis, tmp_path_factory):
     fuzz = migrated.model_copy(
         update={
-            "broker_url": TEST_REDIS,
+            "broker_url": private_redis.url,
             "ingest_root": SAMPLE,
             "rate_limit_per_s": 1000.0,
             "rate_limit_burst": 1000.0,
