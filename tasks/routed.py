@@ -41,7 +41,13 @@ class Answerer:
         with trace.get_tracer("sluice").start_as_current_span("route") as span:
             decision = self.router.route(question, hits, filters, vector)
             span.set_attribute("sluice.tier", decision.tier)
-        return RoutedAnswer(decision, self.generator.generate(question, hits, decision.tier))
+        return RoutedAnswer(decision, self.generator.generate(question, hits, decision.tier, vector))
+
+    def close(self) -> None:
+        """Close the generator's pooled HTTP connections, if it has any."""
+        gateway = getattr(self.generator, "gateway", None)
+        if gateway is not None:
+            gateway.close()
 
 
 def build_answerer(
