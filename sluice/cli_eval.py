@@ -77,12 +77,22 @@ def _print_report(report, spec, settings) -> None:
     console.print(table)
     for i, result in enumerate(report.results, 1):
         console.print(f"  {i}: {result.config.name}  (config {result.config.config_id}, run {result.run_id})")
+    _print_routing(report, spec)
     skipped = report.results[0].skipped if report.results else []
     if skipped:
         console.print(f"skipped (no judge endpoint, SLUICE_JUDGE_BASE_URL unset): {', '.join(skipped)}")
     console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}")
     verdict = "[green]promoted[/]" if report.promoted else "[yellow]not promoted[/]"
     console.print(f"{verdict}: {report.decision.reason}")
+
+
+def _print_routing(report, spec) -> None:
+    from evals import routing
+
+    if routing.is_routed(report.results):
+        console.print("[bold]routing[/] (share of calls per tier, cost and quality against all-large):")
+        for row in routing.routing_rows(report.results, spec.objective.metric):
+            console.print(f"  {routing.describe(row, spec.objective.metric)}")
 
 
 _SHORT = {
