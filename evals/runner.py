@@ -25,7 +25,7 @@ from sluice.settings import Settings
 from tasks.embed import get_embedder
 from tasks.generate import Answer
 from tasks.llm.state import MemoryState
-from tasks.routed import Answerer, build_answerer
+from tasks.routed import Answerer, answerer_for
 
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
@@ -163,7 +163,7 @@ def evaluate_config(
     """Answer and score every question under one config."""
     embedder = get_embedder(config.embedder, settings.embed_batch_size)
     # One router and generator per config; gateway state per evaluation process (nothing to share).
-    answerer = build_answerer(config, embedder, settings.data_dir, MemoryState(), _api_keys(settings))
+    answerer = answerer_for(settings, config, embedder, MemoryState())
     try:
         records = answer_all(db, grid, config, items, embedder, on_question, answerer)
     finally:
@@ -179,10 +179,6 @@ def evaluate_config(
     cis = {n: bootstrap_ci(_scores(records, n), policy.n_boot, policy.seed, policy.ci) for n in names}
     lengths = chunk_lengths(db, grid.tenant, config.index_id)
     return ConfigResult(config, records, summary, cis, skipped, lengths)
-
-
-def _api_keys(settings: Settings) -> dict[str, str]:
-    return {tier: key.get_secret_value() for tier, key in settings.llm_api_keys.items()}
 
 
 def _scores(records: list[QuestionRecord], name: str) -> np.ndarray:

@@ -84,7 +84,7 @@ class WorkerState:
     def answerer(self, config: PipelineConfig) -> Answerer:
         """The config's router and generator, built once; a new config replaces (and closes) the old one."""
         from tasks.llm.state import make_state
-        from tasks.routed import build_answerer
+        from tasks.routed import answerer_for
 
         if config.config_id not in self._answerers:
             for old in self._answerers.values():
@@ -92,10 +92,8 @@ class WorkerState:
             self._answerers.clear()
             if self._gateway_state is None:
                 self._gateway_state = make_state(self.settings.routing_state_url)
-            keys = {tier: key.get_secret_value() for tier, key in self.settings.llm_api_keys.items()}
-            embedder = self.embedder(config)
-            self._answerers[config.config_id] = build_answerer(
-                config, embedder, self.settings.data_dir, self._gateway_state, keys
+            self._answerers[config.config_id] = answerer_for(
+                self.settings, config, self.embedder(config), self._gateway_state
             )
         return self._answerers[config.config_id]
 
@@ -130,6 +128,8 @@ def _error(exc: SluiceError) -> dict:
 
 def result_json(result, version: int) -> dict:
     """The wire form of a `QueryResult`."""
+    from tasks.answer import generation_json
+
     return {
         "answer": result.answer.text,
         "citations": [
@@ -142,25 +142,6 @@ def result_json(result, version: int) -> dict:
         "corpus_version": version,
         "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
         "generation": generation_json(result),
-    }
-
-
-def generation_json(result) -> dict:
-    """Who answered and what it cost: model, tier, replica, route, TTFT, tokens, cost, failed attempts."""
-    a, route = result.answer, result.route
-    return {
-        "model": a.model,
-        "tier": a.tier,
-        "replica": a.replica,
-        "route": {"policy": route.policy, "tier": route.tier, "reason": route.reason} if route else None,
-        "ttft_ms": round(a.ttft_ms, 3),
-        "total_ms": round(a.total_ms, 3),
-        "tokens_per_s": round(a.tokens_per_s, 3),
-        "prompt_tokens": a.usage.prompt_tokens,
-        "completion_tokens": a.usage.completion_tokens,
-        "tokens_estimated": a.usage.estimated,
-        "cost_usd": a.cost_usd,
-        "attempts": list(a.attempts),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -201,6 +202,7 @@ def _answer_with_champion(question: str, tenant: str) -> None:
     from sluice.db import Database
     from tasks.answer import answer_question
     from tasks.embed import get_embedder
+    from tasks.routed import answerer_for
 
     settings = load_settings()
     try:
@@ -209,7 +211,8 @@ def _answer_with_champion(question: str, tenant: str) -> None:
             if config is None:
                 raise SluiceError("no champion was promoted: see the decision above")
             embedder = get_embedder(config.embedder, settings.embed_batch_size)
-            result = answer_question(db, tenant, config, embedder, question)
+            with closing(answerer_for(settings, config, embedder)) as answerer:
+                result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
     except SluiceError as exc:
         _fail(exc)
     console.print(

@@ -91,6 +91,25 @@ def answer_question(
     return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision)
 
 
+def generation_json(result: QueryResult) -> dict:
+    """Who answered and what it cost: model, tier, replica, route, TTFT, tokens, cost, failed attempts."""
+    a, route = result.answer, result.route
+    return {
+        "model": a.model,
+        "tier": a.tier,
+        "replica": a.replica,
+        "route": {"policy": route.policy, "tier": route.tier, "reason": route.reason} if route else None,
+        "ttft_ms": round(a.ttft_ms, 3),
+        "total_ms": round(a.total_ms, 3),
+        "tokens_per_s": round(a.tokens_per_s, 3),
+        "prompt_tokens": a.usage.prompt_tokens,
+        "completion_tokens": a.usage.completion_tokens,
+        "tokens_estimated": a.usage.estimated,
+        "cost_usd": a.cost_usd,
+        "attempts": list(a.attempts),
+    }
+
+
 def _checked(question: str) -> str:
     question = question.strip()
     if not question:

@@ -62,6 +62,15 @@ def build_answerer(
     return Answerer(router, build_generator(config.generator, embedder, state=state, api_keys=api_keys))
 
 
+def answerer_for(settings: Any, config: PipelineConfig, embedder: Embedder, state: Any = None) -> Answerer:
+    """Build the config's Answerer with the settings' API keys and data dir (state: default from settings)."""
+    from tasks.llm.state import make_state
+
+    keys = {tier: key.get_secret_value() for tier, key in settings.llm_api_keys.items()}
+    state = state if state is not None else make_state(settings.routing_state_url)
+    return build_answerer(config, embedder, settings.data_dir, state, keys)
+
+
 def routing_summary(answers: list[Answer], baseline_tier: str | None = None) -> dict[str, Any]:
     """Share of calls per tier, cost, latency over many answers (an evaluation report's routing columns).
 

@@ -111,11 +111,11 @@ def key(db, routed_settings, embedder, tmp_path_factory):
     config = load_config(routed_settings.config_path)
     summary = ingest_source(db, tenant, config, embedder, corpus, routed_settings.max_file_bytes)
     assert summary.ingested == 2, summary.errors
-    return create_key(db, tenant).secret
+    return tenant, create_key(db, tenant).secret
 
 
-def _ask(api, key: str, question: str) -> dict:
-    with api.client(key) as client:
+def _ask(api, key: tuple[str, str], question: str) -> dict:
+    with api.client(key[1]) as client:
         response = client.post("/v1/query", json={"question": question})
     assert response.status_code == 200, response.text
     return response.json()
@@ -154,7 +154,7 @@ def test_small_tier_is_balanced_with_state_shared_in_redis(api, key, tiers):
 
 
 def test_streaming_relays_the_generators_tokens(api, key):
-    with api.client(key) as client, client.stream("POST", "/v1/query", json={"question": WHY, "stream": True}) as r:
+    with api.client(key[1]) as client, client.stream("POST", "/v1/query", json={"question": WHY, "stream": True}) as r:
         assert r.status_code == 200
         events = [e for e in r.read().decode().split("\n\n") if e]
     names = [e.split("\n", 1)[0].removeprefix("event: ") for e in events]
@@ -189,6 +189,22 @@ def test_failing_small_tier_falls_back_to_large_and_cools_down_in_redis(api, key
     finally:
         for fake in small:
             fake.behaviour.fail_status = None
+
+
+def test_cli_query_answers_through_the_same_routed_path(routed_settings, key, tiers, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sluice.cli import app
+
+    _, large = tiers
+    monkeypatch.setenv("SLUICE_DB_NAME", routed_settings.db_name)
+    before = large.stats.requests
+    args = ["query", WHY, "--tenant", key[0], "--config", str(routed_settings.config_path), "--json"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.stdout)
+    assert body["answer"] == LARGE_TEXT and body["generation"]["model"] == "large-m"
+    assert body["generation"]["route"]["policy"] == "rules" and large.stats.requests == before + 1
 
 
 def test_default_extractive_config_still_answers(db, embedder, tmp_path):
