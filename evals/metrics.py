@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evals.gold import GoldItem, Span
+
+if TYPE_CHECKING:
+    from tasks.generate import Answer
 
 CUTOFFS = (1, 3, 5, 10)
 OFFLINE_RAGAS = ("non_llm_context_precision", "non_llm_context_recall", "semantic_similarity", "rouge_l", "chrf")
@@ -48,6 +52,7 @@ class QuestionRecord:
     tokens_out: int = 0
     cost: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
+    generation: Answer | None = None  # who answered: model, tier, replica, TTFT, usage, cost
 
 
 # ---------------------------------------------------------------- span metrics

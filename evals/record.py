@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evals import plots, tracking
+from evals import plots, routing, tracking
 from evals.grid import Decision, Grid, budget_violation
 from evals.runner import DISPLAY, ConfigResult
 from sluice.settings import Settings
@@ -14,6 +14,7 @@ def question_table(result: ConfigResult) -> dict[str, list]:
     table: dict[str, list] = {k: [] for k in ("question_id", "question", "reference", "answer", "retrieved")}
     table.update({n: [] for n in names})
     table.update({"latency_total_ms": [], "tokens_in": [], "tokens_out": [], "cost": []})
+    table.update({"tier": [], "model": [], "ttft_ms": []})
     for r in result.records:
         table["question_id"].append(r.item.id)
         table["question"].append(r.item.question)
@@ -26,6 +27,9 @@ def question_table(result: ConfigResult) -> dict[str, list]:
         table["tokens_in"].append(r.tokens_in)
         table["tokens_out"].append(r.tokens_out)
         table["cost"].append(r.cost)
+        table["tier"].append(r.generation.tier if r.generation else None)
+        table["model"].append(r.generation.model if r.generation else None)
+        table["ttft_ms"].append(r.generation.ttft_ms if r.generation else None)
     return table
 
 
@@ -94,6 +98,18 @@ def log_plots(mlc, run_id: str, grid: Grid, results: list[ConfigResult]) -> None
     tracking.log_figure(mlc, run_id, plots.chunk_length_histograms(lengths), "plots/chunk_lengths.png")
 
 
+def log_routing(mlc, run_id: str, grid: Grid, results: list[ConfigResult]) -> None:
+    """Per routing policy: quality, share per tier, cost, latency, changes against all-large (LLM configs only)."""
+    if not routing.is_routed(results):
+        return
+    rows = routing.routing_rows(results, grid.objective.metric)
+    mlc.log_table(
+        run_id, {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for r in rows for k in r)}, "routing.json"
+    )
+    lines = "\n".join(routing.describe(row, grid.objective.metric) for row in rows)
+    mlc.set_tag(run_id, "routing.summary", lines[:5000])
+
+
 def open_evaluation(settings: Settings, grid: Grid, gold_label: str) -> str:
     """Create the parent run of an evaluation; config runs nest under it as they finish."""
     mlc = tracking.client(settings)
@@ -119,6 +135,7 @@ def close_evaluation(
     """Add the comparison table, plots and decision to the parent run and finish it."""
     mlc = tracking.client(settings)
     mlc.log_table(parent, comparison_table(results, grid), "comparison.json")
+    log_routing(mlc, parent, grid, results)
     log_plots(mlc, parent, grid, results)
     tags = {"decision.promote": str(decision.promote), "decision.reason": decision.reason[:5000]}
     if decision.winner:

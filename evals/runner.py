@@ -17,12 +17,16 @@ from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
 from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
 from evals.ragas_metrics import JudgeConfig, score_ragas
+from evals.routing import routing_metrics
 from sluice import champion
 from sluice.config import EmbedderConfig, PipelineConfig
 from sluice.db import Database, create_tenant
 from sluice.errors import ConfigError
 from sluice.settings import Settings
 from tasks.embed import CachingEmbedder, get_embedder
+from tasks.generate import Answer
+from tasks.llm.state import MemoryState
+from tasks.routed import Answerer, answerer_for
 
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
@@ -109,26 +113,37 @@ def answer_all(
     items: list[GoldItem],
     embedder,
     on_question: OnQuestion | None = None,
+    answerer: Answerer | None = None,
 ) -> list[QuestionRecord]:
-    """Answer every gold question with the config; record hits, answer, timings, tokens and cost."""
+    """Answer every gold question with the config (routed); record hits, answer, tier, timings, tokens, cost."""
     from tasks.answer import answer_question
 
-    pricing = grid.pricing.pricing()
     records = []
     for n, item in enumerate(items, 1):
         t0 = time.perf_counter()
-        result = answer_question(db, grid.tenant, config, embedder, item.question)
-        timings = {**result.timings_ms, "total": (time.perf_counter() - t0) * 1000}
+        result = answer_question(db, grid.tenant, config, embedder, item.question, answerer=answerer)
+        answer = result.answer
+        timings = {**result.timings_ms, "total": (time.perf_counter() - t0) * 1000, "ttft": answer.ttft_ms}
         hits = [RetrievedSpan(h.source_id, h.start, h.end, h.text) for h in result.hits]
-        tokens_in = count_tokens(embedder.tokenizer, [item.question, *(h.text for h in hits)])
-        tokens_out = count_tokens(embedder.tokenizer, [result.answer.text])
-        record = QuestionRecord(item, hits, result.answer.text, timings, tokens_in, tokens_out)
-        record.cost = pricing.cost(tokens_in, tokens_out)
+        record = QuestionRecord(item, hits, answer.text, timings, generation=answer)
+        _price(record, grid, embedder, answer)
         record.scores.update(span_scores(hits, item))
         records.append(record)
         if on_question:
             on_question(config, n, len(items))
     return records
+
+
+def _price(record: QuestionRecord, grid: Grid, embedder, answer: Answer) -> None:
+    """Tokens and cost: an LLM's reported usage at the config's prices; extractive, the grid's estimate."""
+    if answer.model != "extractive":
+        record.tokens_in, record.tokens_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
+        record.cost = answer.cost_usd
+        return
+    # No model ran: price what an LLM would have read (question + contexts) and written.
+    record.tokens_in = count_tokens(embedder.tokenizer, [record.item.question, *(h.text for h in record.hits)])
+    record.tokens_out = count_tokens(embedder.tokenizer, [answer.text])
+    record.cost = grid.pricing.pricing().cost(record.tokens_in, record.tokens_out)
 
 
 def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:
@@ -160,9 +175,15 @@ def evaluate_config(
 ) -> ConfigResult:
     """Answer and score every question under one config."""
     embedder = answering_embedder(config.embedder, settings.embed_batch_size)
-    records = answer_all(db, grid, config, items, embedder, on_question)
+    # One router and generator per config; gateway state per evaluation process (nothing to share).
+    answerer = answerer_for(settings, config, embedder, MemoryState())
+    try:
+        records = answer_all(db, grid, config, items, embedder, on_question, answerer)
+    finally:
+        answerer.close()
     skipped = score_ragas(records, embedder, judge_from(settings))
     summary = summarise(records)
+    summary.update(routing_metrics([r.generation for r in records if r.generation is not None]))
     if grid.objective.metric not in summary:
         known = ", ".join(sorted(k for k in summary if not k.startswith("latency")))
         raise ConfigError(f"grid {grid.source}: objective metric {grid.objective.metric!r} is unknown; known: {known}")

@@ -47,6 +47,7 @@ ERRORS = {
     404: {"model": Problem},
     409: {"model": Problem},
     429: {"model": Problem},
+    502: {"model": Problem},
     503: {"model": Problem},
 }
 BEARER = HTTPBearer(auto_error=False, description="A tenant API key from `sluice key create`.")
@@ -189,7 +190,8 @@ def _wait(state: ApiState, job_id: str, timeout_s: float) -> dict | None:
 
 def _worker_error(body: dict) -> ApiError:
     err = body["error"]
-    status = 404 if err["type"] == "UnknownTenantError" else 422
+    # No model tier answered (all replicas and fallbacks failed): the upstream failed, not the request.
+    status = {"UnknownTenantError": 404, "GenerationError": 502}.get(err["type"], 422)
     return ApiError(status, err["message"])
 
 
@@ -304,21 +306,21 @@ def stream_query(state: ApiState, tenant: str, req: QueryRequest) -> Iterator[st
 
 def _follow(state: ApiState, job_id: str, tenant: str, t0: float) -> Iterator[str]:
     yield sse("accepted", {"job_id": job_id})
-    result, sent, first = state.celery.AsyncResult(job_id), 0, 0.0
+    result, sent, first = state.celery.AsyncResult(job_id), [], 0.0
     deadline = time.monotonic() + state.settings.query_timeout_s
     while time.monotonic() < deadline:
         status, info = result.state, result.info
         if status == "STREAMING" and isinstance(info, dict):
-            for piece in info.get("tokens", [])[sent:]:
+            for piece in info.get("tokens", [])[len(sent) :]:
                 first = first or time.perf_counter()
                 yield sse("token", {"text": piece})
-                sent += 1
+                sent.append(piece)
         elif status == states.SUCCESS:
             body = result.result
             if "error" in body:
                 yield sse("error", {"detail": body["error"]["message"]})
                 return
-            for piece in answer_pieces(body["answer"])[sent:]:
+            for piece in _unsent(body["answer"], "".join(sent)):
                 first = first or time.perf_counter()
                 yield sse("token", {"text": piece})
             _observe_query(tenant, body, t0, cached=False, stream=True, first=first)
@@ -329,6 +331,12 @@ def _follow(state: ApiState, job_id: str, tenant: str, t0: float) -> Iterator[st
             return
         time.sleep(0.004)
     yield sse("error", {"detail": f"job {job_id} still running: poll GET /v1/jobs/{job_id}"})
+
+
+def _unsent(answer: str, sent: str) -> list[str]:
+    """The pieces of `answer` after the text already streamed (the worker publishes at most every few ms)."""
+    # A retried task may have streamed a different beginning; the `done` event carries the whole answer then.
+    return answer_pieces(answer[len(sent) :]) if answer.startswith(sent) else []
 
 
 def replay_sse(body: dict) -> Iterator[str]:

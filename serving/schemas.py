@@ -45,6 +45,29 @@ class Citation(BaseModel):
     score: float
 
 
+class Route(BaseModel):
+    policy: str
+    tier: str
+    reason: str
+
+
+class Generation(BaseModel):
+    """Who answered and at what cost (extractive answers: model `extractive`, cost 0)."""
+
+    model: str
+    tier: str = Field(description="The tier that answered; differs from route.tier after a fallback.")
+    replica: str
+    route: Route | None
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_estimated: bool = Field(description="True when the server reported no usage and tokens were counted.")
+    cost_usd: float
+    attempts: list[str] = Field(description="Failed attempts (tier, replica, reason) before the answer.")
+
+
 class QueryResponse(BaseModel):
     answer: str
     citations: list[Citation]
@@ -55,6 +78,7 @@ class QueryResponse(BaseModel):
     cached: bool
     task_id: str | None
     timings_ms: dict[str, float]
+    generation: Generation | None = None  # absent from answers cached before it existed
 
 
 class JobAccepted(BaseModel):

@@ -1,8 +1,10 @@
 """Celery tasks `sluice.query` and `sluice.ingest`, run by `sluice worker`.
 
-Each worker process builds its database pool and loads the embedder once (at process start,
-through `worker_process_init`), never per task. The pipeline config is re-checked per task through
-`serving.config_source.active_config`, so a new config is used without a restart.
+Each worker process builds its database pool, loads the embedder and builds the config's `Answerer`
+(router + generator, with the LLM gateway's state shared through Redis when
+`SLUICE_ROUTING_STATE_URL` is set) once (at process start, through `worker_process_init`), never per
+task. The pipeline config is re-checked per task through `serving.config_source.active_config`, so a
+new config is used without a restart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from celery import Celery, Task
@@ -28,12 +30,14 @@ from serving.config_source import active_config
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
 from serving.metrics import REQUEST_ID_HEADER, TRACE_ID_HEADER
-from serving.stream import answer_pieces
 from sluice import logs, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import DatabaseError, QueryError, SluiceError
 from sluice.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.routed import Answerer
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +50,20 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": 4,
 }
+# Each publish rewrites the whole list of pieces in the result backend: coalesce tokens that
+# arrive closer together than this (an LLM can emit hundreds per second).
+PUBLISH_INTERVAL_S = 0.02
 
 
 class WorkerState:
-    """Per-process resources: one database pool and one (cached) embedder per embedder config."""
+    """Per-process resources: a database pool, a (cached) embedder per embedder config, the config's Answerer."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._db: Database | None = None
         self._embedders: dict[Any, CachingEmbedder] = {}
+        self._answerers: dict[str, Answerer] = {}
+        self._gateway_state: Any = None
         self.pid = os.getpid()
 
     @property
@@ -73,6 +82,22 @@ class WorkerState:
             self._embedders[config.embedder] = CachingEmbedder(inner)
         return self._embedders[config.embedder]
 
+    def answerer(self, config: PipelineConfig) -> Answerer:
+        """The config's router and generator, built once; a new config replaces (and closes) the old one."""
+        from tasks.llm.state import make_state
+        from tasks.routed import answerer_for
+
+        if config.config_id not in self._answerers:
+            for old in self._answerers.values():
+                old.close()
+            self._answerers.clear()
+            if self._gateway_state is None:
+                self._gateway_state = make_state(self.settings.routing_state_url)
+            self._answerers[config.config_id] = answerer_for(
+                self.settings, config, self.embedder(config), self._gateway_state
+            )
+        return self._answerers[config.config_id]
+
     def warm_up(self) -> None:
         """Load the active config's embedder and open the pool (called once per worker process)."""
         import torch
@@ -80,11 +105,19 @@ class WorkerState:
         # Parallelism comes from worker processes; several intra-op threads per process on shared
         # cores spin against each other (measured: one question took 200-600 ms instead of ~20 ms).
         torch.set_num_threads(self.settings.worker_torch_threads)
-        self.embedder(active_config(self.settings, self.db))
+        config = active_config(self.settings, self.db)
+        self.embedder(config)
+        try:
+            self.answerer(config)
+        except SluiceError as exc:  # e.g. a classifier file missing: each query reports it, the worker lives
+            log.error("cannot build the answerer of config %s: %s", config.config_id, exc)
         self.db.pool  # noqa: B018 - open the pool now rather than on the first task
         log.warning("worker process warm: pid %s, embedder loaded", os.getpid())
 
     def close(self) -> None:
+        for answerer in self._answerers.values():
+            answerer.close()
+        self._answerers.clear()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -94,8 +127,10 @@ def _error(exc: SluiceError) -> dict:
     return {"error": {"type": type(exc).__name__, "message": str(exc)}}
 
 
-def result_json(result, tier: str, version: int) -> dict:
+def result_json(result, version: int) -> dict:
     """The wire form of a `QueryResult`."""
+    from tasks.answer import generation_json
+
     return {
         "answer": result.answer.text,
         "citations": [
@@ -104,9 +139,10 @@ def result_json(result, tier: str, version: int) -> dict:
         ],
         "config_id": result.config_id,
         "index_id": result.index_id,
-        "model_tier": tier,
+        "model_tier": result.answer.tier,  # the tier that answered: after a fallback, not the routed one
         "corpus_version": version,
         "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+        "generation": generation_json(result),
     }
 
 
@@ -126,11 +162,11 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     unsupported = set(extra) - set(inspect.signature(answer_question).parameters)
     if unsupported:
         raise QueryError(f"{', '.join(sorted(unsupported))} not supported by this server's retrieval: omit them")
-    result = answer_question(state.db, tenant, config, embedder, question, **extra)
-    response = result_json(result, config.routing.tier, version)
+    publish = StreamPublisher(task) if task is not None and payload.get("stream") else None
+    answerer = state.answerer(config)
+    result = answer_question(state.db, tenant, config, embedder, question, answerer=answerer, on_piece=publish, **extra)
+    response = result_json(result, version)
     observe_answer(tenant, result)
-    if task is not None and payload.get("stream"):
-        _stream(task, response["answer"])
     if state.settings.answer_cache:
         key = answer_cache_key(question, payload.get("filters"), payload.get("collection"), config.config_id, version)
         with state.db.tenant(tenant) as conn:
@@ -173,12 +209,23 @@ def traced(task: Task, name: str, queue: str) -> Iterator[None]:
         yield
 
 
-def _stream(task: Task, answer: str) -> None:
-    # The extractive generator yields whole cited sentences; each piece is published through the
-    # result backend (so streaming works with both brokers); an LLM generator would publish tokens here.
-    pieces = answer_pieces(answer)
-    for n in range(1, len(pieces) + 1):
-        task.update_state(state="STREAMING", meta={"tokens": pieces[:n]})
+class StreamPublisher:
+    """Publish the generator's text pieces through the result backend as they arrive (works with both brokers).
+
+    The API's SSE stream reads them as `token` events; pieces still unpublished when the task ends
+    reach it with the final result.
+    """
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.pieces: list[str] = []
+        self.last = 0.0
+
+    def __call__(self, piece: str) -> None:
+        self.pieces.append(piece)
+        if time.monotonic() - self.last >= PUBLISH_INTERVAL_S:
+            self.task.update_state(state="STREAMING", meta={"tokens": self.pieces})
+            self.last = time.monotonic()
 
 
 def run_ingest(state: WorkerState, payload: dict) -> dict:

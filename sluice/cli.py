@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -127,14 +128,18 @@ def query(
     """Answer QUESTION from the tenant's documents, with citations."""
     from tasks.answer import answer_question
     from tasks.embed import get_embedder
+    from tasks.routed import answerer_for
 
     settings = _settings()
     try:
         pipeline = _load_pipeline(settings, config)
         embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        with _database(settings) as db:
+        answerer = answerer_for(settings, pipeline, embedder)
+        with _database(settings) as db, closing(answerer):
             filters = cli_retrieval.parse_filter(filter_json)
-            result = answer_question(db, tenant, pipeline, embedder, question, filters=filters, collection=collection)
+            result = answer_question(
+                db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
+            )
     except SluiceError as exc:
         _fail(exc)
     if as_json:
@@ -144,6 +149,8 @@ def query(
 
 
 def _result_json(result) -> dict:
+    from tasks.answer import generation_json
+
     return {
         "question": result.question,
         "answer": result.answer.text,
@@ -151,6 +158,7 @@ def _result_json(result) -> dict:
         "config_id": result.config_id,
         "index_id": result.index_id,
         "timings_ms": result.timings_ms,
+        "generation": generation_json(result),
     }
 
 
@@ -159,6 +167,13 @@ def _print_answer(result) -> None:
     console.print(f"[bold]A:[/] {result.answer.text}")
     for n, cite in enumerate(result.answer.citations, 1):
         console.print(f"   [{n}] {cite.source_id} chars {cite.start}-{cite.end} (score {cite.score:.2f})")
+    a = result.answer
+    if a.model != "extractive":
+        route = f", routed by {result.route.policy}: {result.route.reason}" if result.route else ""
+        console.print(
+            f"   model {a.model} (tier {a.tier}), TTFT {a.ttft_ms:.0f} ms, {a.usage.prompt_tokens}+"
+            f"{a.usage.completion_tokens} tokens, ${a.cost_usd:.6f}{route}"
+        )
 
 
 @app.command()

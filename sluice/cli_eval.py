@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,12 +78,22 @@ def _print_report(report, spec, settings) -> None:
     console.print(table)
     for i, result in enumerate(report.results, 1):
         console.print(f"  {i}: {result.config.name}  (config {result.config.config_id}, run {result.run_id})")
+    _print_routing(report, spec)
     skipped = report.results[0].skipped if report.results else []
     if skipped:
         console.print(f"skipped (no judge endpoint, SLUICE_JUDGE_BASE_URL unset): {', '.join(skipped)}")
     console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}")
     verdict = "[green]promoted[/]" if report.promoted else "[yellow]not promoted[/]"
     console.print(f"{verdict}: {report.decision.reason}")
+
+
+def _print_routing(report, spec) -> None:
+    from evals import routing
+
+    if routing.is_routed(report.results):
+        console.print("[bold]routing[/] (share of calls per tier, cost and quality against all-large):")
+        for row in routing.routing_rows(report.results, spec.objective.metric):
+            console.print(f"  {routing.describe(row, spec.objective.metric)}")
 
 
 _SHORT = {
@@ -191,6 +202,7 @@ def _answer_with_champion(question: str, tenant: str) -> None:
     from sluice.db import Database
     from tasks.answer import answer_question
     from tasks.embed import get_embedder
+    from tasks.routed import answerer_for
 
     settings = load_settings()
     try:
@@ -199,7 +211,8 @@ def _answer_with_champion(question: str, tenant: str) -> None:
             if config is None:
                 raise SluiceError("no champion was promoted: see the decision above")
             embedder = get_embedder(config.embedder, settings.embed_batch_size)
-            result = answer_question(db, tenant, config, embedder, question)
+            with closing(answerer_for(settings, config, embedder)) as answerer:
+                result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
     except SluiceError as exc:
         _fail(exc)
     console.print(

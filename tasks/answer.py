@@ -1,8 +1,13 @@
-"""Answer one question for one tenant: embed, retrieve, generate."""
+"""Answer one question for one tenant: embed, retrieve, route, generate.
+
+CLI `query`, evaluation and the serving worker all answer through here, so they share one path:
+the config's router picks a tier and its generator answers on it (`tasks/routed.py`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
@@ -11,9 +16,11 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import QueryError
 from tasks.embed import Embedder
-from tasks.generate import Answer, extractive_answer
+from tasks.generate import Answer
 from tasks.indexes import active_index
 from tasks.retrieve import Hit, retrieve
+from tasks.route import RouteDecision
+from tasks.routed import Answerer, build_answerer
 from tasks.store import check_embedder
 
 MAX_QUESTION_CHARS = 4000
@@ -27,6 +34,7 @@ class QueryResult:
     config_id: str
     index_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    route: RouteDecision | None = None
 
 
 def answer_question(
@@ -38,16 +46,16 @@ def answer_question(
     *,
     filters: dict | None = None,
     collection: str | None = None,
+    answerer: Answerer | None = None,
+    on_piece: Callable[[str], None] | None = None,
 ) -> QueryResult:
-    """Retrieve the top-k chunks (of the collection's active index, else the config's) and compose a cited answer.
+    """Retrieve the top-k chunks (of the collection's active index, else the config's), route, and answer.
 
     `filters` is a metadata filter (sluice.filters); `collection` restricts the search to one collection.
+    `answerer` is the config's router and generator, built once by long-lived callers (a worker, an
+    evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
     """
-    question = question.strip()
-    if not question:
-        raise QueryError("the question is empty: pass a non-empty question")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise QueryError(f"the question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    question = _checked(question)
     timings: dict[str, float] = {}
     tracer = trace.get_tracer("sluice")  # spans are no-ops unless the process installed a tracer provider
     t0 = time.perf_counter()
@@ -64,8 +72,48 @@ def answer_question(
         span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
     hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000
-    t2 = time.perf_counter()
-    with tracer.start_as_current_span("generate", attributes={"sluice.model": "extractive"}):
-        answer = extractive_answer(qvec, hits, embedder, config.generator)
-    timings["generate"] = (time.perf_counter() - t2) * 1000
-    return QueryResult(question, answer, hits, config.config_id, index_id, timings)
+    own = answerer is None
+    answerer = answerer or build_answerer(config, embedder)
+    try:
+        t2 = time.perf_counter()
+        with tracer.start_as_current_span("generate") as span:
+            routed = answerer.answer(question, hits, qvec, filters)
+            for piece in routed.stream:
+                if on_piece is not None:
+                    on_piece(piece)
+            answer = routed.stream.answer
+            assert answer is not None
+            span.set_attributes({"sluice.model": answer.model, "sluice.tier": answer.tier})
+        timings["generate"] = (time.perf_counter() - t2) * 1000
+    finally:
+        if own:
+            answerer.close()
+    return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision)
+
+
+def generation_json(result: QueryResult) -> dict:
+    """Who answered and what it cost: model, tier, replica, route, TTFT, tokens, cost, failed attempts."""
+    a, route = result.answer, result.route
+    return {
+        "model": a.model,
+        "tier": a.tier,
+        "replica": a.replica,
+        "route": {"policy": route.policy, "tier": route.tier, "reason": route.reason} if route else None,
+        "ttft_ms": round(a.ttft_ms, 3),
+        "total_ms": round(a.total_ms, 3),
+        "tokens_per_s": round(a.tokens_per_s, 3),
+        "prompt_tokens": a.usage.prompt_tokens,
+        "completion_tokens": a.usage.completion_tokens,
+        "tokens_estimated": a.usage.estimated,
+        "cost_usd": a.cost_usd,
+        "attempts": list(a.attempts),
+    }
+
+
+def _checked(question: str) -> str:
+    question = question.strip()
+    if not question:
+        raise QueryError("the question is empty: pass a non-empty question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QueryError(f"the question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    return question

@@ -83,8 +83,14 @@ class Generator(ABC):
     kind: ClassVar[str]
 
     @abstractmethod
-    def generate(self, question: str, contexts: list[Hit], tier: str | None = None) -> AnswerStream:
-        """Stream an answer to `question` grounded in `contexts`, on `tier` (None: the default)."""
+    def generate(
+        self, question: str, contexts: list[Hit], tier: str | None = None, vector: np.ndarray | None = None
+    ) -> AnswerStream:
+        """Stream an answer to `question` grounded in `contexts`, on `tier` (None: the default).
+
+        `vector` is the question's embedding when the caller has it (a generator that needs one
+        then need not embed the question again).
+        """
 
 
 def rate(tokens: int, total_ms: float, ttft_ms: float) -> float:
@@ -141,12 +147,14 @@ class ExtractiveAnswerer(Generator):
         self.config = config
         self.embedder = embedder
 
-    def generate(self, question: str, contexts: list[Hit], tier: str | None = None) -> AnswerStream:
-        return AnswerStream(self._run(question, contexts, tier or "default"))
+    def generate(
+        self, question: str, contexts: list[Hit], tier: str | None = None, vector: np.ndarray | None = None
+    ) -> AnswerStream:
+        return AnswerStream(self._run(question, contexts, tier or "default", vector))
 
-    def _run(self, question: str, contexts: list[Hit], tier: str) -> Gen[str, None, Answer]:
+    def _run(self, question: str, contexts: list[Hit], tier: str, vector: np.ndarray | None) -> Gen[str, None, Answer]:
         t0 = time.perf_counter()
-        qvec = self.embedder.encode([question])[0]
+        qvec = self.embedder.encode([question])[0] if vector is None else vector
         parts, citations = _extract(qvec, contexts, self.embedder, self.config)
         parts = parts or [NO_ANSWER]
         ttft_ms = (time.perf_counter() - t0) * 1000

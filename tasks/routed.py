@@ -41,7 +41,13 @@ class Answerer:
         with trace.get_tracer("sluice").start_as_current_span("route") as span:
             decision = self.router.route(question, hits, filters, vector)
             span.set_attribute("sluice.tier", decision.tier)
-        return RoutedAnswer(decision, self.generator.generate(question, hits, decision.tier))
+        return RoutedAnswer(decision, self.generator.generate(question, hits, decision.tier, vector))
+
+    def close(self) -> None:
+        """Close the generator's pooled HTTP connections, if it has any."""
+        gateway = getattr(self.generator, "gateway", None)
+        if gateway is not None:
+            gateway.close()
 
 
 def build_answerer(
@@ -54,6 +60,15 @@ def build_answerer(
     """Build the router and generator a pipeline config names (state: a GatewayState, shared per process)."""
     router = build_router(config.routing, embedder, data_dir)
     return Answerer(router, build_generator(config.generator, embedder, state=state, api_keys=api_keys))
+
+
+def answerer_for(settings: Any, config: PipelineConfig, embedder: Embedder, state: Any = None) -> Answerer:
+    """Build the config's Answerer with the settings' API keys and data dir (state: default from settings)."""
+    from tasks.llm.state import make_state
+
+    keys = {tier: key.get_secret_value() for tier, key in settings.llm_api_keys.items()}
+    state = state if state is not None else make_state(settings.routing_state_url)
+    return build_answerer(config, embedder, settings.data_dir, state, keys)
 
 
 def routing_summary(answers: list[Answer], baseline_tier: str | None = None) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -24,6 +25,8 @@ class Behaviour:
     prompt_tokens: int = 100
     model: str | None = None  # echo the requested model when None
     drop_after: int | None = None  # close the connection after this many streamed tokens
+    # Compute the answer from the request's messages instead of `text`: returns (text, prompt_tokens).
+    respond: Callable[[list[dict]], tuple[str, int]] | None = None
 
 
 @dataclass
@@ -103,6 +106,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 fake.stats.models.append(body.get("model", ""))
                 fake.stats.requests_seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 time.sleep(b.latency_s)
+                if b.respond is not None and not fail:
+                    text, prompt_tokens = b.respond(body.get("messages", []))
+                    b = replace(b, text=text, prompt_tokens=prompt_tokens)
                 if not self.path.split("?")[0].endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
                 elif fail:

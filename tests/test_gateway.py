@@ -102,18 +102,20 @@ def test_failing_replica_is_cooled_down_then_recovered_by_a_probe(servers, state
     bad.behaviour.fail_status = 500
     breaker = {"failure_threshold": 2, "cooldown_s": 0.3}
     config = _config({"small": _tier([good, bad], balancer="round_robin")}, breaker=breaker)
-    gateway = Gateway(config, state)
+    # The gateway's clock stands still unless moved, so a loaded machine cannot end the cooldown early.
+    now = [time.time()]
+    gateway = Gateway(config, state, clock=lambda: now[0])
     for _ in range(10):
         _, completion = _call(gateway)  # every call succeeds: a failed attempt is retried on the good replica
         assert completion.replica == good.url
     assert bad.stats.requests == 2, "the circuit should open after 2 consecutive failures"
-    assert state.circuits([bad.url], time.time()) == ["open"]
+    assert state.circuits([bad.url], now[0]) == ["open"]
     bad.behaviour.fail_status = None
-    time.sleep(0.35)
-    assert state.circuits([bad.url], time.time()) == ["half_open"]
+    now[0] += 0.35
+    assert state.circuits([bad.url], now[0]) == ["half_open"]
     _, probe = _call(gateway)
     assert probe.replica == bad.url and bad.stats.requests == 3
-    assert state.circuits([bad.url], time.time()) == ["closed"]
+    assert state.circuits([bad.url], now[0]) == ["closed"]
     for _ in range(4):
         _call(gateway)
     assert bad.stats.requests == 5, "a recovered replica takes its round-robin share again"

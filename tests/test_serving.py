@@ -99,7 +99,7 @@ def test_health_and_readiness(api):
 
 
 def test_readiness_counts_only_workers_on_its_own_broker(api, serving_settings):
-    other = serving_settings.model_copy(update={"broker_url": TEST_REDIS.rsplit("/", 1)[0] + "/15"})
+    other = serving_settings.model_copy(update={"broker_url": serving_settings.broker_url.rsplit("/", 1)[0] + "/15"})
     with ApiServer(other) as server, server.client() as client:
         ready = client.get("/readyz")
     assert ready.status_code == 503

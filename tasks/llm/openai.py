@@ -7,6 +7,8 @@ import time
 from collections.abc import Generator as Gen
 from collections.abc import Mapping
 
+import numpy as np
+
 from sluice.config import OpenAIGenerator
 from tasks.embed import Embedder
 from tasks.generate import (
@@ -67,7 +69,9 @@ class OpenAIChat(Generator):
         self.embedder = embedder  # its tokenizer counts tokens when a server reports no usage
         self.gateway = gateway
 
-    def generate(self, question: str, contexts: list[Hit], tier: str | None = None) -> AnswerStream:
+    def generate(
+        self, question: str, contexts: list[Hit], tier: str | None = None, vector: np.ndarray | None = None
+    ) -> AnswerStream:
         return AnswerStream(self._run(question, contexts, tier or next(iter(self.config.tiers))))
 
     def _run(self, question: str, contexts: list[Hit], tier: str) -> Gen[str, None, Answer]:
