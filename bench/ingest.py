@@ -5,12 +5,22 @@
 Each measurement runs in its own child process (so peak RSS is that of one ingest), with the model
 loaded and unstructured imported before the clock starts. Baseline (raw encode) and candidate
 (ingest into a fresh tenant, so the embedding cache is empty) are interleaved and repeated.
+
+    --parts        parse and chunk alone (wall and CPU seconds): the non-model work, no vectors needed
+    --warm         ingest_source and the Prefect flow into tenants whose cache holds every vector
+                   (everything but the model), next to Sluice's store alone
+    --langchain    the same chunks through PGVector (bench/ingest_langchain.py in /work/bench-venv,
+                   scripts/bench-venv.sh): store alone (vectors given) and end to end (--e2e-limit docs)
+    --skip-encode  skip the ingest vs raw encode comparison (e.g. to run only the above)
+Vectors for --warm/--langchain come from tenant 'bench-cache' (seeded from every bench tenant's cache),
+so the model only runs for chunk texts no earlier bench run embedded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -20,10 +30,13 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 COVID = ROOT.parent / "shared" / "data" / "covid_qa" / "docs.jsonl"
 EXAMPLES = ROOT.parent / "shared" / "data" / "example-docs"
 BENCH_DB = "sluice_bench"
+LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")  # scripts/bench-venv.sh builds it
 
 
 def write_corpus(folder: Path, limit: int | None) -> int:
@@ -53,19 +66,25 @@ def child(mode: str, source: str, tenant: str) -> dict:
     embedder.warm_up()
     files = list_source(source)
     parse_file(files[0].path, "warm-up", pipeline.parser)  # imports unstructured before the clock
+    if mode == "idle":  # the floor every ingest child starts from: model loaded, unstructured imported
+        return {"mode": mode, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if mode in ("prep", "store", "parts"):
+        return store_child(mode, files, Path(tenant), settings, pipeline, embedder)
+    if mode == "flow":
+        return flow_child(source, tenant, settings)
     if mode == "encode":
         from tasks.chunk import make_chunker
 
         chunker = make_chunker(pipeline.chunker, embedder)
         texts = [c.text for f in files for c in chunker.split(parse_file(f.path, f.source_id, pipeline.parser))]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         embedder.encode(texts)
         seconds = time.perf_counter() - start
-        out = {"chunks": len(texts)}
+        out = {"chunks": len(texts), "cpu_seconds": time.process_time() - cpu}
     else:
         model_seconds = _time_encode(embedder)
         with Database(settings) as db:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             summary = ingest_source(
                 db,
                 tenant,
@@ -78,8 +97,74 @@ def child(mode: str, source: str, tenant: str) -> dict:
             seconds = time.perf_counter() - start
         out = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
         out["encode_seconds"] = model_seconds[0]
+        out["cpu_seconds"] = time.process_time() - cpu  # this process only: Postgres' share is not in it
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "seconds": seconds, "rss_mb": rss_mb, "docs": len(files), **out}
+    load = round(os.getloadavg()[1], 1)  # 5-minute load average at the end: the machine is shared
+    return {"mode": mode, "seconds": seconds, "rss_mb": rss_mb, "docs": len(files), "load5": load, **out}
+
+
+def store_child(mode: str, files: list, data: Path, settings, pipeline, embedder) -> dict:
+    """prep: write the corpus' chunks and their vectors (from the cache tenant named in `data`'s
+    cache.txt, so the model runs only for texts never seen) for bench/ingest_langchain.py.
+    store: time parse, chunk and Sluice's store alone (vectors given) into the tenant in tenant.txt."""
+    from sluice.db import Database
+    from tasks.chunk import make_chunker
+    from tasks.ingest import CachedEncoder, Prepared, store_prepared
+    from tasks.parse import parse_file
+    from tasks.store import register_index
+    from tasks.text import text_hash
+
+    chunker = make_chunker(pipeline.chunker, embedder)
+    t0, c0 = time.perf_counter(), time.process_time()
+    docs = [parse_file(f.path, f.source_id, pipeline.parser) for f in files]
+    t1, c1 = time.perf_counter(), time.process_time()
+    chunks = [chunker.split(d) for d in docs]
+    t2, c2 = time.perf_counter(), time.process_time()
+    texts = [c.text for cs in chunks for c in cs]
+    times = {"parse_seconds": t1 - t0, "chunk_seconds": t2 - t1, "parse_cpu": c1 - c0, "chunk_cpu": c2 - c1}
+    if mode == "parts":  # parse and chunk only: needs no vectors, so it runs on any corpus size
+        return {"mode": mode, "chunks": len(texts), "docs": len(files), **times, **_load()}
+    with Database(settings) as db:
+        if mode == "prep":
+            vectors = CachedEncoder(db, (data / "cache.txt").read_text(), embedder).encode(texts)
+            np.save(data / "vectors.npy", vectors)
+            pairs = zip(files, chunks, strict=True)
+            listing = [{"source": f.source_id, "texts": [c.text for c in cs]} for f, cs in pairs]
+            (data / "chunks.json").write_text(json.dumps(listing))
+            return {"mode": mode, "chunks": len(texts), "embedded": embedder.encoded}
+        vectors = np.load(data / "vectors.npy")
+        assert len(vectors) == len(texts), "chunks differ from the prepared ones: re-run prep"
+        tenant, key = (data / "tenant.txt").read_text(), embedder.identity.key
+        with db.tenant(tenant) as conn:
+            register_index(conn, pipeline, embedder.identity)
+        t3, row = time.perf_counter(), 0
+        for f, doc, cs in zip(files, docs, chunks, strict=True):
+            by_hash = {text_hash(c.text): vectors[row + i] for i, c in enumerate(cs)}
+            row += len(cs)
+            store_prepared(db, tenant, pipeline, key, Prepared(f, doc, cs, None), by_hash, by_hash)
+        t4 = time.perf_counter()
+    return {"mode": mode, "seconds": t4 - t3, "chunks": len(texts), "docs": len(files), **times}
+
+
+def flow_child(source: str, tenant: str, settings) -> dict:
+    """Time the Prefect flow `ingest` (local ephemeral API, started before the clock)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.ingest import ingest
+
+    os.environ["SLUICE_DB_NAME"] = BENCH_DB  # the flow reads Settings at its own entry point
+    with prefect_test_harness(server_startup_timeout=300):
+        start = time.perf_counter()
+        state = ingest(source, tenant, return_state=True)
+        seconds = time.perf_counter() - start
+    assert state.is_completed() and state.name == "Completed", state.message
+    counts = state.data if isinstance(state.data, dict) else {}
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": "flow", "seconds": seconds, "rss_mb": rss_mb, "chunks": counts.get("chunks"), **_load()}
+
+
+def _load() -> dict:
+    return {"load5": round(os.getloadavg()[1], 1)}
 
 
 def _time_encode(embedder) -> list[float]:
@@ -125,6 +210,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N covid_qa documents only")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SOURCE", "TENANT"))
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-encode", action="store_true", help="skip the ingest vs raw encode comparison")
+    parser.add_argument("--parts", action="store_true", help="CPU and wall time of parse and chunk alone")
+    parser.add_argument("--warm", action="store_true", help="profile the non-model time (cache-seeded runs)")
+    parser.add_argument("--langchain", action="store_true", help=f"also compare PGVector ({LANGCHAIN_PYTHON})")
+    parser.add_argument("--e2e-limit", type=int, default=10, help="documents in the end-to-end PGVector comparison")
     parser.add_argument(
         "--memory-files", nargs="*", default=["example-10k.html"], help="example-docs files ingested alone for peak RSS"
     )
@@ -140,7 +230,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "covid"
         write_corpus(corpus, args.limit)
-        results = compare(corpus, args.repeats)
+        results = {} if args.skip_encode else compare(corpus, args.repeats)
+        if args.parts:
+            results["parts"] = run_child("parts", corpus, "-")
+        if args.langchain:
+            results["langchain"] = langchain(Path(tmp), corpus, args.repeats, args.e2e_limit)
+            print(json.dumps(results["langchain"]), flush=True)
+        if args.warm:
+            results["warm"] = warm(Path(tmp), corpus, args.repeats)
         if not args.skip_memory:
             results["memory"] = memory(Path(tmp), args.memory_files)
     print(json.dumps(results, indent=2))
@@ -170,9 +267,125 @@ def compare(corpus: Path, repeats: int) -> dict:
     }
 
 
+def seeded_cache_tenant() -> str:
+    """Tenant 'bench-cache' holding every vector any bench tenant computed, so prep embeds only new texts."""
+    import psycopg
+
+    from sluice.db import Database, admin_conninfo, create_tenant
+    from sluice.settings import load_settings
+
+    settings = load_settings(db_name=BENCH_DB)
+    with Database(settings) as db:
+        create_tenant(db, "bench-cache")
+    with psycopg.connect(admin_conninfo(settings), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO embedding_cache (tenant_id, model_key, text_hash, embedding) "
+            "SELECT DISTINCT ON (model_key, text_hash) 'bench-cache', model_key, text_hash, embedding "
+            "FROM embedding_cache WHERE tenant_id <> 'bench-cache' ON CONFLICT DO NOTHING"
+        )
+    return "bench-cache"
+
+
+def seed_cache(tenant: str) -> None:
+    """Copy bench-cache's vectors into a tenant's cache: its ingest then never reaches the model."""
+    import psycopg
+
+    from sluice.db import admin_conninfo
+    from sluice.settings import load_settings
+
+    with psycopg.connect(admin_conninfo(load_settings(db_name=BENCH_DB)), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO embedding_cache (tenant_id, model_key, text_hash, embedding) "
+            "SELECT %s, model_key, text_hash, embedding FROM embedding_cache WHERE tenant_id = 'bench-cache'",
+            (tenant,),
+        )
+
+
+def warm(tmp: Path, corpus: Path, repeats: int) -> dict:
+    """Everything but the model: ingest_source and the Prefect flow into tenants whose cache already
+    holds every vector, plus parse, chunk and store timed apart (interleaved, repeated)."""
+    data = prepared(corpus, tmp / "warm")
+    rounds = []
+    for _ in range(repeats):
+        (data / "tenant.txt").write_text(new_tenant("parts"))
+        parts = run_child("store", corpus, str(data))
+        plain, flow = new_tenant("warm"), new_tenant("flow")
+        seed_cache(plain)
+        seed_cache(flow)
+        direct, flowed = run_child("ingest", corpus, plain), run_child("flow", str(corpus), flow)
+        assert direct["embedded"] == 0, "a warm ingest reached the model"
+        rounds.append(
+            {
+                "parse_s": round(parts["parse_seconds"], 1),
+                "chunk_s": round(parts["chunk_seconds"], 1),
+                "store_s": round(parts["seconds"], 1),
+                "ingest_warm_s": round(direct["seconds"], 1),
+                "flow_warm_s": round(flowed["seconds"], 1),
+            }
+        )
+    return {"rounds": rounds}
+
+
+def run_langchain(mode: str, data: Path) -> dict:
+    from sluice.db import admin_conninfo
+    from sluice.settings import load_settings
+
+    admin = admin_conninfo(load_settings(db_name=BENCH_DB))
+    cmd = [str(LANGCHAIN_PYTHON), str(ROOT / "bench" / "ingest_langchain.py"), mode, admin, str(data)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"langchain {mode} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def prepared(corpus: Path, folder: Path) -> Path:
+    """Write the corpus' chunks and vectors for both sides (the model runs only for uncached texts)."""
+    folder.mkdir()
+    (folder / "cache.txt").write_text(seeded_cache_tenant())
+    run_child("prep", corpus, str(folder))
+    return folder
+
+
+def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int) -> dict:
+    """Sluice vs PGVector on the same chunks, interleaved: the store alone, then end to end."""
+    data = prepared(corpus, tmp / "lc-store")
+    store = []
+    for i in range(repeats):
+        (data / "tenant.txt").write_text(new_tenant("store"))
+        theirs = run_langchain("store", data) if i % 2 else None
+        ours = run_child("store", corpus, str(data))
+        store.append((ours, theirs or run_langchain("store", data)))
+    small = tmp / "e2e"
+    write_corpus(small, e2e_limit)
+    e2e_data, e2e = prepared(small, tmp / "lc-e2e"), []
+    for i in range(repeats):  # alternate who goes first: the load on this shared machine drifts
+        if i % 2:
+            theirs = run_langchain("e2e", e2e_data)
+            e2e.append((run_child("ingest", small, new_tenant("e2e")), theirs))
+        else:
+            e2e.append((run_child("ingest", small, new_tenant("e2e")), run_langchain("e2e", e2e_data)))
+    return {"store": _ratios(store), "end_to_end": _ratios(e2e)}
+
+
+def _ratios(pairs: list[tuple[dict, dict]]) -> dict:
+    """Sluice chunks/s, PGVector chunks/s and their ratio (>1: Sluice faster) per round."""
+    rounds = [
+        {
+            "chunks": ours["chunks"],
+            "sluice_chunks_per_s": round(ours["chunks"] / ours["seconds"], 1),
+            "langchain_chunks_per_s": round(theirs["chunks"] / theirs["seconds"], 1),
+            "sluice_over_langchain": round(theirs["seconds"] / ours["seconds"], 2),
+        }
+        for ours, theirs in pairs
+    ]
+    return {"rounds": rounds, "median": statistics.median(r["sluice_over_langchain"] for r in rounds)}
+
+
 def memory(tmp: Path, names: list[str]) -> dict:
     """Peak RSS of one ingest of each large single file: it must not grow with corpus size."""
-    out = {}
+    out = {"idle_rss_mb": round(run_child("idle", EXAMPLES / "README.md", "-")["rss_mb"])}
     for name in names:
         folder = tmp / name.replace(".", "_")
         folder.mkdir()

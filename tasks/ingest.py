@@ -165,7 +165,7 @@ def prepare_file(
         return None
     doc = parse_file(item.path, item.source_id, config.parser, data)
     try:
-        chunks = make_chunker(config.chunker, embedder).split(doc)
+        chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     except Exception as exc:
         raise DocumentError(item.source_id, "chunk", f"{type(exc).__name__}: {exc}") from exc
     if not chunks:
@@ -189,6 +189,40 @@ def embed_texts(db: Database, tenant: str, embedder: Embedder, texts: list[str])
         vectors = embedder.encode([by_hash[h] for h in missing])
         fresh = dict(zip(missing, vectors, strict=True))
     return {**cached, **fresh}, fresh
+
+
+class CachedEncoder:
+    """The embedder seen through the tenant's embedding cache, for chunkers that embed (semantic).
+
+    Vectors it computes are cached at once, in their own transaction: a cache row names only
+    (model key, text hash), so it is valid whatever happens to the document that needed it,
+    and a re-chunk or re-ingest of the same sentences never reaches the model again.
+    """
+
+    def __init__(self, db: Database, tenant: str, embedder: Embedder):
+        self.db = db
+        self.tenant = tenant
+        self.embedder = embedder
+
+    @property
+    def tokenizer(self):
+        """The model's own tokenizer (token counting needs no cache)."""
+        return self.embedder.tokenizer
+
+    @property
+    def encode_lock(self):
+        """The embedder's lock: its tokenizer is not thread-safe."""
+        return self.embedder.encode_lock
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Vectors for texts, in order; only texts the cache lacks reach the model."""
+        if not texts:
+            return np.zeros((0, self.embedder.config.dim), dtype=np.float32)
+        vectors, fresh = embed_texts(self.db, self.tenant, self.embedder, texts)
+        if fresh:
+            with self.db.tenant(self.tenant) as conn:
+                cache_embeddings(conn, self.embedder.identity.key, fresh)
+        return np.vstack([vectors[text_hash(t)] for t in texts])
 
 
 def store_prepared(

@@ -15,7 +15,7 @@ from sluice.db import Database
 from sluice.errors import DocumentError
 from tasks.chunk import make_chunker
 from tasks.embed import Embedder
-from tasks.ingest import IngestSummary, Prepared, SourceFile, embed_texts, store_prepared
+from tasks.ingest import CachedEncoder, IngestSummary, Prepared, SourceFile, embed_texts, store_prepared
 from tasks.parse import Element, ParsedDocument, content_hash
 from tasks.store import document_state, register_index
 
@@ -34,7 +34,7 @@ def ingest_text(db: Database, tenant: str, config: PipelineConfig, embedder: Emb
         state = document_state(conn, doc.source_id, config.index_id)
     if state and state.content_hash == doc.content_hash and state.indexed_hash == doc.content_hash:
         return "unchanged"
-    chunks = make_chunker(config.chunker, embedder).split(doc)
+    chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     if not chunks:
         raise DocumentError(doc.source_id, "chunk", "the chunker produced no chunks")
     vectors, fresh = embed_texts(db, tenant, embedder, [c.text for c in chunks])

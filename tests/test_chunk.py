@@ -174,3 +174,82 @@ def test_model_aware_chunkers_are_thread_safe(embedder):
         results = [f.result() for f in splits]
         assert all(f.result().shape == (8, 384) for f in encodes)
     assert all(r == results[0] for r in results)
+
+
+# ---------------------------------------------------------------- semantic chunking through the embedding cache
+BIKES = "Bicycle brakes need new pads. Brake cables stretch over time. Disc brakes stop bicycles well."
+CAKES = "Bake the cake at 180 degrees. Whisk eggs with sugar for the sponge. Frost the cake when cool."
+
+
+class RecordingEmbedder:
+    """The real embedder, remembering every text that reached its model."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seen: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts):
+        self.seen.extend(texts)
+        return self.inner.encode(texts)
+
+
+def test_semantic_rechunk_embeds_no_sentence_twice(db, new_tenant, embedder):
+    from tasks.ingest import CachedEncoder
+
+    tenant = new_tenant()
+    doc = assemble("d", [("NarrativeText", f"{BIKES} {CAKES}", {})], "h", {})
+    config = SemanticChunker(breakpoint_percentile=75, min_sentences=2)
+    model = RecordingEmbedder(embedder)
+    first = make_chunker(config, CachedEncoder(db, tenant, model)).split(doc)
+    assert sorted(model.seen) == sorted(s.strip() for s in f"{BIKES} {CAKES}".replace(". ", ".|").split("|"))
+
+    calls_before = embedder.calls
+    again = make_chunker(config, CachedEncoder(db, tenant, model)).split(doc)
+    assert embedder.calls == calls_before, "the second chunking reached the model"
+    assert len(model.seen) == 6
+    topics = [(0, len(BIKES)), (len(BIKES) + 1, len(BIKES) + 1 + len(CAKES))]
+    assert [(c.start, c.end) for c in again] == [(c.start, c.end) for c in first] == topics
+
+    longer = assemble("d", [("NarrativeText", f"{BIKES} {CAKES} Oil the chain after rain.", {})], "h2", {})
+    make_chunker(config, CachedEncoder(db, tenant, model)).split(longer)
+    assert model.seen[6:] == ["Oil the chain after rain."], "only the new sentence should be embedded"
+
+
+def test_cached_sentence_vectors_equal_fresh_ones(db, new_tenant, embedder):
+    import numpy as np
+
+    from tasks.ingest import CachedEncoder
+
+    tenant = new_tenant()
+    sentences = [s.strip() + "." for s in BIKES.split(".") if s.strip()]
+    encoder = CachedEncoder(db, tenant, embedder)
+    fresh = encoder.encode(sentences)
+    cached = CachedEncoder(db, tenant, embedder).encode(list(reversed(sentences)) + sentences[:1])
+    assert np.allclose(cached, np.vstack([fresh[::-1], fresh[:1]]), atol=1e-6)
+    assert encoder.encode([]).shape == (0, embedder.config.dim)
+
+
+def test_reingest_with_new_semantic_settings_embeds_only_new_chunk_texts(db, new_tenant, embedder, tmp_path):
+    from sluice.config import PipelineConfig
+    from tasks.ingest import ingest_source
+
+    tenant = new_tenant()
+    trains = "Trains run on rails. Rails need steel. Steel is made of iron."
+    (tmp_path / "notes.txt").write_text(f"{BIKES} {CAKES}\n\n{trains}")
+    model = RecordingEmbedder(embedder)
+    first = PipelineConfig(chunker=SemanticChunker(breakpoint_percentile=60, min_sentences=1))
+    assert ingest_source(db, tenant, first, model, tmp_path, 1_000_000).ingested == 1
+    before, n = set(model.seen), len(model.seen)
+
+    second = PipelineConfig(chunker=SemanticChunker(breakpoint_percentile=60, min_sentences=3))
+    summary = ingest_source(db, tenant, second, model, tmp_path, 1_000_000)
+    assert summary.failed == 0 and summary.chunks > 0
+    again = model.seen[n:]
+    with db.tenant(tenant) as conn:
+        stored = {r[0] for r in conn.execute("SELECT text FROM chunks WHERE index_id = %s", (second.index_id,))}
+    assert again, "the new, longer chunks must be embedded"
+    assert set(again) <= stored, "only chunk texts of the new index may reach the model, never a sentence again"
+    assert not set(again) & before
