@@ -111,13 +111,21 @@ def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials | None
 Tenant = Annotated[str, Depends(tenant_of)]
 
 
+def queue_limit(settings: Settings, queue: str) -> int:
+    """Waiting messages a queue may hold before new work for it is refused with 503."""
+    # Ingest jobs are asynchronous (the client polls) and their files are already on disk, so they
+    # queue deep; a query holds its connection while it waits, so its queue stays short.
+    return settings.ingest_queue_limit if queue == INGEST_QUEUE else settings.queue_limit
+
+
 def _check_capacity(state: ApiState, queue: str) -> None:
-    depth = state.depth(queue)
-    if depth >= state.settings.queue_limit:
+    depth, limit = state.depth(queue), queue_limit(state.settings, queue)
+    if depth >= limit:
         metrics.REJECTED.labels("backpressure").inc()
+        setting = "SLUICE_INGEST_QUEUE_LIMIT" if queue == INGEST_QUEUE else "SLUICE_QUEUE_LIMIT"
         raise ApiError(
             503,
-            f"the {queue!r} queue holds {depth} messages (limit {state.settings.queue_limit}); retry later",
+            f"the {queue!r} queue holds {depth} messages (limit {limit}, {setting}); retry later",
             {"Retry-After": "2"},
         )
 
@@ -476,6 +484,11 @@ def _collect_stream(state: ApiState, tenant: str, req: QueryRequest) -> tuple[in
     return 200, done
 
 
+def max_body_bytes(settings: Settings) -> int:
+    """Largest request body read: the upload limit once base64-encoded (4/3), plus 1 MiB for the JSON around it."""
+    return settings.max_upload_bytes * 4 // 3 + 1024 * 1024
+
+
 QUIET_ROUTES = {"/healthz", "/metrics"}  # scraped every few seconds: not worth a log line each
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
@@ -524,6 +537,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def _server_error(_: Request, exc: SluiceError) -> JSONResponse:
         # Reaches here only for server-side problems (config, database): not the caller's fault.
         return JSONResponse({"detail": f"server not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        # Refuse before reading: otherwise an oversized body is buffered whole and only then rejected.
+        size, limit = request.headers.get("content-length", ""), max_body_bytes(settings)
+        if size.isdigit() and int(size) > limit:
+            detail = (
+                f"request body of {size} bytes exceeds the limit of {limit} bytes (SLUICE_MAX_UPLOAD_BYTES "
+                "of files, base64-encoded): split the uploads over several jobs"
+            )
+            return JSONResponse({"detail": detail}, status_code=413)
+        return await call_next(request)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
