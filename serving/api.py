@@ -6,10 +6,11 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +72,9 @@ class ApiState:
         self.db = Database(settings)
         self.celery = create_celery(settings)
         self.depth = QueueDepth(self.celery)
+        # Queries this process holds open while a worker answers. Checked and taken atomically: the broker
+        # depth alone let a whole thread pool's worth of simultaneous requests in before any was queued.
+        self.waiting = threading.BoundedSemaphore(settings.queue_limit)
 
 
 def _state(request: Request) -> ApiState:
@@ -128,6 +132,23 @@ def _check_capacity(state: ApiState, queue: str) -> None:
             f"the {queue!r} queue holds {depth} messages (limit {limit}, {setting}); retry later",
             {"Retry-After": "2"},
         )
+
+
+@contextmanager
+def _waiting_slot(state: ApiState) -> Iterator[None]:
+    """Hold one of this process's SLUICE_QUEUE_LIMIT slots for a query waiting on a worker, or refuse (503)."""
+    if not state.waiting.acquire(blocking=False):
+        metrics.REJECTED.labels("backpressure").inc()
+        raise ApiError(
+            503,
+            f"{state.settings.queue_limit} queries are already waiting in this API process (SLUICE_QUEUE_LIMIT); "
+            "retry later",
+            {"Retry-After": "1"},
+        )
+    try:
+        yield
+    finally:
+        state.waiting.release()
 
 
 def _record_job(state: ApiState, tenant: str, job_id: str, kind: str, request: dict) -> None:
@@ -244,8 +265,9 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
     if hit is not None:
         _observe_query(tenant, hit, t0, cached=True, stream=False)
         return 200, {**hit, "cached": True, "task_id": None, "timings_ms": {**hit["timings_ms"], "api_total": _ms(t0)}}
-    job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
-    body = _wait(state, job_id, state.settings.query_timeout_s)
+    with _waiting_slot(state):
+        job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
+        body = _wait(state, job_id, state.settings.query_timeout_s)
     if body is None:
         return 202, {"job_id": job_id, "kind": "query", "status": "running"}
     if "error" in body:
@@ -507,6 +529,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        import anyio.to_thread
+
+        # Sync handlers run on anyio's thread pool (40 by default). Up to queue_limit of them sleep while a
+        # worker answers; 40 more keep refusals, auth and health checks fast while they do.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.queue_limit + 40
         yield
         state.db.close()
 
