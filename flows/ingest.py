@@ -24,6 +24,7 @@ from sluice.errors import DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
 from tasks.ingest import IngestSummary, Prepared, Run, SourceFile, begin, flush, prepare_file, sync_deletions
+from tasks.parse import ArchiveLimits
 from tasks.store import validate_collection
 
 # Connection-level failures are worth retrying; everything else is a bug or a bad document.
@@ -58,7 +59,9 @@ def list_task(run: Run, source: str) -> list[SourceFile]:
 @task(name="prepare-document", task_run_name="prepare {item.source_id}", **_retrying)
 def prepare_task(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
     try:
-        return prepare_file(run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection)
+        return prepare_file(
+            run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.archive_limits
+        )
     except DocumentError as err:
         return err
 
@@ -93,6 +96,7 @@ def ingest(
     with Database(settings) as db:
         run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
         run.collection = validate_collection(collection)
+        run.archive_limits = ArchiveLimits.from_settings(settings)
         files = list_task(run, source)
         pending: list[Prepared] = []
         for start in range(0, len(files), width):
