@@ -64,6 +64,27 @@ class ApiError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
+class Slots:
+    """A counter of taken slots: take() is atomic, full() a cheap peek for shedding load early."""
+
+    def __init__(self, size: int):
+        self.size, self.taken, self._lock = size, 0, threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.taken >= self.size:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+    def full(self) -> bool:
+        return self.taken >= self.size
+
+
 class ApiState:
     """What every request needs: settings, the app-role pool, the Celery client, queue depth."""
 
@@ -74,7 +95,7 @@ class ApiState:
         self.depth = QueueDepth(self.celery)
         # Queries this process holds open while a worker answers. Checked and taken atomically: the broker
         # depth alone let a whole thread pool's worth of simultaneous requests in before any was queued.
-        self.waiting = threading.BoundedSemaphore(settings.queue_limit)
+        self.waiting = Slots(settings.queue_limit)
 
 
 def _state(request: Request) -> ApiState:
@@ -137,18 +158,35 @@ def _check_capacity(state: ApiState, queue: str) -> None:
 @contextmanager
 def _waiting_slot(state: ApiState) -> Iterator[None]:
     """Hold one of this process's SLUICE_QUEUE_LIMIT slots for a query waiting on a worker, or refuse (503)."""
-    if not state.waiting.acquire(blocking=False):
-        metrics.REJECTED.labels("backpressure").inc()
-        raise ApiError(
-            503,
-            f"{state.settings.queue_limit} queries are already waiting in this API process (SLUICE_QUEUE_LIMIT); "
-            "retry later",
-            {"Retry-After": "1"},
-        )
+    if not state.waiting.take():
+        raise _busy(state)
     try:
         yield
     finally:
-        state.waiting.release()
+        state.waiting.give_back()
+
+
+def _busy(state: ApiState) -> ApiError:
+    metrics.REJECTED.labels("backpressure").inc()
+    return ApiError(
+        503,
+        f"{state.settings.queue_limit} queries are already waiting in this API process (SLUICE_QUEUE_LIMIT); "
+        "retry later",
+        {"Retry-After": "1"},
+    )
+
+
+def shed_load(state: State) -> None:
+    """Refuse a query before any database work when every waiting slot is taken.
+
+    Under a flood, the refused requests' key lookups and rate-limit updates (one row per tenant) would
+    otherwise hold the pool's connections, and the admitted queries would wait behind all of them.
+    """
+    if state.waiting.full():
+        raise _busy(state)
+
+
+Shed = Annotated[None, Depends(shed_load)]
 
 
 def _record_job(state: ApiState, tenant: str, job_id: str, kind: str, request: dict) -> None:
@@ -446,7 +484,7 @@ def _json(status: int, body: dict, replayed: bool) -> JSONResponse:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 202: {"model": JobAccepted}})
-    def query(req: QueryRequest, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
+    def query(req: QueryRequest, state: State, _: Shed, tenant: Tenant, key: IdemKey = None) -> Response:
         """Answer a question (waits for a worker); `stream: true` answers as Server-Sent Events."""
         if req.stream:
             return _stream_response(state, tenant, req, key)
