@@ -9,8 +9,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,7 +65,7 @@ class ApiError(Exception):
 
 
 class Slots:
-    """A counter of taken slots: take() is atomic, full() a cheap peek for shedding load early."""
+    """A counter of taken slots; take() is atomic."""
 
     def __init__(self, size: int):
         self.size, self.taken, self._lock = size, 0, threading.Lock()
@@ -80,9 +80,6 @@ class Slots:
     def give_back(self) -> None:
         with self._lock:
             self.taken -= 1
-
-    def full(self) -> bool:
-        return self.taken >= self.size
 
 
 class ApiState:
@@ -155,17 +152,6 @@ def _check_capacity(state: ApiState, queue: str) -> None:
         )
 
 
-@contextmanager
-def _waiting_slot(state: ApiState) -> Iterator[None]:
-    """Hold one of this process's SLUICE_QUEUE_LIMIT slots for a query waiting on a worker, or refuse (503)."""
-    if not state.waiting.take():
-        raise _busy(state)
-    try:
-        yield
-    finally:
-        state.waiting.give_back()
-
-
 def _busy(state: ApiState) -> ApiError:
     metrics.REJECTED.labels("backpressure").inc()
     return ApiError(
@@ -176,14 +162,20 @@ def _busy(state: ApiState) -> ApiError:
     )
 
 
-def shed_load(state: State) -> None:
-    """Refuse a query before any database work when every waiting slot is taken.
+async def shed_load(request: Request) -> AsyncIterator[None]:
+    """Hold one of this process's SLUICE_QUEUE_LIMIT query slots for the whole request, or refuse (503) at once.
 
-    Under a flood, the refused requests' key lookups and rate-limit updates (one row per tenant) would
-    otherwise hold the pool's connections, and the admitted queries would wait behind all of them.
+    Async and first among the dependencies: a refusal costs no thread and no database work. Taken any
+    later (after the key lookup and the rate-limit update, one row per tenant), a flood's refused
+    requests held the threads and connections the admitted queries needed, and those waited behind it.
     """
-    if state.waiting.full():
+    state: ApiState = request.app.state.sluice
+    if not state.waiting.take():
         raise _busy(state)
+    try:
+        yield
+    finally:
+        state.waiting.give_back()
 
 
 Shed = Annotated[None, Depends(shed_load)]
@@ -303,9 +295,8 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
     if hit is not None:
         _observe_query(tenant, hit, t0, cached=True, stream=False)
         return 200, {**hit, "cached": True, "task_id": None, "timings_ms": {**hit["timings_ms"], "api_total": _ms(t0)}}
-    with _waiting_slot(state):
-        job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
-        body = _wait(state, job_id, state.settings.query_timeout_s)
+    job_id = _enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, _payload(tenant, req, False), req.model_dump())
+    body = _wait(state, job_id, state.settings.query_timeout_s)
     if body is None:
         return 202, {"job_id": job_id, "kind": "query", "status": "running"}
     if "error" in body:
@@ -484,7 +475,7 @@ def _json(status: int, body: dict, replayed: bool) -> JSONResponse:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 202: {"model": JobAccepted}})
-    def query(req: QueryRequest, state: State, _: Shed, tenant: Tenant, key: IdemKey = None) -> Response:
+    def query(req: QueryRequest, _: Shed, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
         """Answer a question (waits for a worker); `stream: true` answers as Server-Sent Events."""
         if req.stream:
             return _stream_response(state, tenant, req, key)
