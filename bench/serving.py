@@ -97,6 +97,47 @@ def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def bench_tenant(settings, tenant: str = "bench"):
+    """Migrate, ingest the sample corpus into `tenant` in-process; (db, config, embedder, API key)."""
+    migrate(settings)
+    config = PipelineConfig()
+    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
+    db = Database(settings)
+    create_tenant(db, tenant)
+    ingest_source(db, tenant, config, embedder.inner, ROOT / "data/sample/corpus", settings.max_file_bytes)
+    return db, config, embedder, create_key(db, tenant).secret
+
+
+def served_env(redis_url: str = REDIS, **extra: str) -> dict[str, str]:
+    """Environment of the served stack: answer cache off, rate and queue limits off unless `extra` sets them."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        SLUICE_BROKER_URL=redis_url,
+        SLUICE_ANSWER_CACHE="false",
+        SLUICE_RATE_LIMIT_PER_S="100000",
+        SLUICE_RATE_LIMIT_BURST="100000",
+        SLUICE_QUEUE_LIMIT="100000",
+    )
+    return {**env, **extra}
+
+
+def start_stack(env: dict, workers: int, port: int, logs: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """`sluice worker` (WARNING logs) and `sluice serve` as subprocesses; (worker, api)."""
+    logs.mkdir(exist_ok=True)
+    py = [sys.executable, "-m", "sluice.cli"]
+    worker = start(py + ["worker", "--concurrency", str(workers), "--loglevel", "WARNING"], env, logs / "worker.log")
+    api = start(py + ["serve", "--port", str(port)], env, logs / "api.log")
+    return worker, api
+
+
+def stop_stack(*procs: subprocess.Popen) -> None:
+    """SIGTERM each process group and wait for it."""
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
@@ -110,39 +151,18 @@ def main() -> None:
     settings = load_settings(worker_torch_threads=args.torch_threads)
     # A fair baseline: the in-process path computes with as many torch threads as each worker process.
     torch.set_num_threads(args.torch_threads)
-    migrate(settings)
-    config = PipelineConfig()
-    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
-    db = Database(settings)
-    create_tenant(db, "bench")
-    ingest_source(db, "bench", config, embedder.inner, ROOT / "data/sample/corpus", settings.max_file_bytes)
-    key = create_key(db, "bench").secret
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        SLUICE_BROKER_URL=REDIS,
-        SLUICE_ANSWER_CACHE="false",
-        SLUICE_RATE_LIMIT_PER_S="100000",
-        SLUICE_RATE_LIMIT_BURST="100000",
-        SLUICE_QUEUE_LIMIT="100000",
-        SLUICE_WORKER_TORCH_THREADS=str(args.torch_threads),
-    )
-    logs = Path("/tmp/sluice-bench-serving")
-    logs.mkdir(exist_ok=True)
-    py = [sys.executable, "-m", "sluice.cli"]
-    worker_cmd = py + ["worker", "--concurrency", str(args.workers), "--loglevel", "WARNING"]
-    worker = start(worker_cmd, env, logs / "worker.log")
-    api = start(py + ["serve", "--port", str(PORT)], env, logs / "api.log")
+    db, config, embedder, key = bench_tenant(settings)
+    env = served_env(SLUICE_WORKER_TORCH_THREADS=str(args.torch_threads))
+    worker, api = start_stack(env, args.workers, PORT, Path("/tmp/sluice-bench-serving"))
     try:
         bench(db, config, embedder, key, worker, api, args)
     finally:
-        for proc in (api, worker):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+        stop_stack(api, worker)
         db.close()
 
 
 def wait_ready(client: httpx.Client, workers: int, worker: subprocess.Popen) -> None:
+    """Wait for /readyz with live workers, then send a few warm-up queries."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:

@@ -6,9 +6,10 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,6 +70,24 @@ class ApiError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
+class Slots:
+    """A counter of taken slots; take() is atomic."""
+
+    def __init__(self, size: int):
+        self.size, self.taken, self._lock = size, 0, threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.taken >= self.size:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
 class ApiState:
     """What every request needs: settings, the app-role pool, the Celery client, queue depth, result waits."""
 
@@ -79,6 +98,9 @@ class ApiState:
         self.depth = QueueDepth(self.celery)
         self.results = ResultWaiter(self.celery)
         self.auth = auth_pool(settings)  # opened by the app's lifespan, inside the event loop
+        # Queries this process holds open while a worker answers. Checked and taken atomically: the broker
+        # depth alone let a whole thread pool's worth of simultaneous requests in before any was queued.
+        self.waiting = Slots(settings.queue_limit)
 
     def warm_up(self) -> None:
         """Open the pool, the broker connection and the result listener before the first request."""
@@ -132,15 +154,52 @@ async def tenant_of(state: State, creds: Annotated[HTTPAuthorizationCredentials 
 Tenant = Annotated[str, Depends(tenant_of)]
 
 
+def queue_limit(settings: Settings, queue: str) -> int:
+    """Waiting messages a queue may hold before new work for it is refused with 503."""
+    # Ingest jobs are asynchronous (the client polls) and their files are already on disk, so they
+    # queue deep; a query holds its connection while it waits, so its queue stays short.
+    return settings.ingest_queue_limit if queue == INGEST_QUEUE else settings.queue_limit
+
+
 def _check_capacity(state: ApiState, queue: str) -> None:
-    depth = state.depth(queue)
-    if depth >= state.settings.queue_limit:
+    depth, limit = state.depth(queue), queue_limit(state.settings, queue)
+    if depth >= limit:
         metrics.REJECTED.labels("backpressure").inc()
+        setting = "SLUICE_INGEST_QUEUE_LIMIT" if queue == INGEST_QUEUE else "SLUICE_QUEUE_LIMIT"
         raise ApiError(
             503,
-            f"the {queue!r} queue holds {depth} messages (limit {state.settings.queue_limit}); retry later",
+            f"the {queue!r} queue holds {depth} messages (limit {limit}, {setting}); retry later",
             {"Retry-After": "2"},
         )
+
+
+def _busy(state: ApiState) -> ApiError:
+    metrics.REJECTED.labels("backpressure").inc()
+    return ApiError(
+        503,
+        f"{state.settings.queue_limit} queries are already waiting in this API process (SLUICE_QUEUE_LIMIT); "
+        "retry later",
+        {"Retry-After": "1"},
+    )
+
+
+async def shed_load(request: Request) -> AsyncIterator[None]:
+    """Hold one of this process's SLUICE_QUEUE_LIMIT query slots for the whole request, or refuse (503) at once.
+
+    Async and first among the dependencies: a refusal costs no thread and no database work. Taken any
+    later (after the key lookup and the rate-limit update, one row per tenant), a flood's refused
+    requests held the threads and connections the admitted queries needed, and those waited behind it.
+    """
+    state: ApiState = request.app.state.sluice
+    if not state.waiting.take():
+        raise _busy(state)
+    try:
+        yield
+    finally:
+        state.waiting.give_back()
+
+
+Shed = Annotated[None, Depends(shed_load)]
 
 
 def _record_job(state: ApiState, tenant: str, job_id: str, kind: str, request: dict) -> None:
@@ -457,7 +516,7 @@ def _json(status: int, body: dict, replayed: bool) -> JSONResponse:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 202: {"model": JobAccepted}})
-    def query(req: QueryRequest, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
+    def query(req: QueryRequest, _: Shed, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
         """Answer a question (waits for a worker); `stream: true` answers as Server-Sent Events."""
         if req.stream:
             return _stream_response(state, tenant, req, key)
@@ -517,6 +576,11 @@ def _collect_stream(state: ApiState, tenant: str, req: QueryRequest) -> tuple[in
     return 200, done
 
 
+def max_body_bytes(settings: Settings) -> int:
+    """Largest request body read: the upload limit once base64-encoded (4/3), plus 1 MiB for the JSON around it."""
+    return settings.max_upload_bytes * 4 // 3 + 1024 * 1024
+
+
 QUIET_ROUTES = {"/healthz", "/metrics"}  # scraped every few seconds: not worth a log line each
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
@@ -535,6 +599,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        import anyio.to_thread
+
+        # Sync handlers run on anyio's thread pool (40 by default). Up to queue_limit of them sleep while a
+        # worker answers; 40 more keep refusals, auth and health checks fast while they do.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.queue_limit + 40
         await state.auth.open(wait=False)
         try:
             await run_in_threadpool(state.warm_up)  # the first request should not pay for connections
@@ -572,9 +641,31 @@ def create_app(settings: Settings) -> FastAPI:
         # Reaches here only for server-side problems (config, database): not the caller's fault.
         return JSONResponse({"detail": f"server not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    app.add_middleware(Observe)
+    app.add_middleware(LimitBody, limit=max_body_bytes(settings))
+    app.add_middleware(Observe)  # added last = outermost: refusals are observed too
     _routes(app)
     return app
+
+
+class LimitBody:
+    """Refuse a request whose declared body exceeds the limit with 413, before reading any of it.
+
+    Plain ASGI like `Observe`: otherwise an oversized body is buffered whole and only then rejected.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = dict(scope.get("headers") or ()).get(b"content-length", b"") if scope["type"] == "http" else b""
+        if size.isdigit() and int(size) > self.limit:
+            detail = (
+                f"request body of {int(size)} bytes exceeds the limit of {self.limit} bytes (SLUICE_MAX_UPLOAD_BYTES "
+                "of files, base64-encoded): split the uploads over several jobs"
+            )
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class Observe:

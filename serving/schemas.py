@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -9,14 +10,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Question = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
 
 
-def _has_nul(value: Any) -> bool:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_problem(value: Any) -> str | None:
+    """Why a string somewhere in `value` cannot be stored as PostgreSQL text/jsonb, or None."""
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nul(v) for v in value)
-    return False
+        if "\x00" in value:
+            return "strings must not contain the NUL character (U+0000)"
+        if _SURROGATE.search(value):
+            return "strings must be valid Unicode: remove the unpaired surrogate (U+D800-U+DFFF)"
+        return None
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        for part in item if isinstance(value, dict) else (item,):
+            if problem := _text_problem(part):
+                return problem
+    return None
 
 
 class _Body(BaseModel):
@@ -25,9 +35,10 @@ class _Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
-        # PostgreSQL text and jsonb cannot hold U+0000: refuse it here as a 422, not later as a 500.
-        if _has_nul(data):
-            raise ValueError("strings must not contain the NUL character (U+0000)")
+        # PostgreSQL text and jsonb hold neither U+0000 nor a lone surrogate (in a question, a filter key or
+        # value): refuse them here as a 422, not later as a 500 from the jobs insert.
+        if problem := _text_problem(data):
+            raise ValueError(problem)
         return data
 
 

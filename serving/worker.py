@@ -231,12 +231,16 @@ class StreamPublisher:
 def run_ingest(state: WorkerState, payload: dict) -> dict:
     """Ingest a validated source (a folder under the allowed root, or an upload folder)."""
     from tasks.ingest import ingest_source
+    from tasks.parse import ArchiveLimits
 
     config = active_config(state.settings, state.db)
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
+    settings = state.settings
+    limits = ArchiveLimits.from_settings(settings)
+    source, tenant = payload["source"], payload["tenant"]
     summary = ingest_source(
-        state.db, payload["tenant"], config, embedder.inner, payload["source"], state.settings.max_file_bytes
+        state.db, tenant, config, embedder.inner, source, settings.max_file_bytes, archive_limits=limits
     )
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,11 @@ def _reset(conn: psycopg.Connection) -> None:
     conn.execute("RESET ALL")
 
 
+# Without it, concurrent first requests each built a pool of their own and the losers' failures
+# surfaced as 503s (found with 500 concurrent uploads). Module-level: a Database stays picklable.
+_POOL_LOCK = threading.Lock()
+
+
 class Database:
     """The application's only way to the database: a pool of app-role connections."""
 
@@ -137,27 +143,31 @@ class Database:
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
-            try:
-                conninfo = app_conninfo(self.settings)
-                self._pool = ConnectionPool(
-                    conninfo,
-                    min_size=self.settings.pool_min_size,
-                    max_size=self.settings.pool_max_size,
-                    # Autocommit: explicit transactions (tenant(), shared()) cost BEGIN/COMMIT as before,
-                    # while a single statement (statement(), the pool reset) is one round trip.
-                    kwargs={"autocommit": True},
-                    configure=_configure,
-                    reset=_reset,
-                    # A connection that died while idle (database restart, failover) is replaced before
-                    # it is handed out, instead of failing one attempt of a task per dead connection.
-                    check=ConnectionPool.check_connection,
-                    open=True,
-                )
-                self._pool.wait(timeout=15)
-            except (psycopg.Error, Exception) as exc:  # pool raises PoolTimeout, a psycopg error subclass
-                self._pool = None
-                raise DatabaseError(f"cannot connect as {self.settings.app_role!r}: {exc}; run `sluice db up`") from exc
+            with _POOL_LOCK:  # the first burst of API requests arrives on many threads at once
+                if self._pool is None:
+                    self._pool = self._open_pool()
         return self._pool
+
+    def _open_pool(self) -> ConnectionPool:
+        try:
+            pool = ConnectionPool(
+                app_conninfo(self.settings),
+                min_size=self.settings.pool_min_size,
+                max_size=self.settings.pool_max_size,
+                # Autocommit: explicit transactions (tenant(), shared()) cost BEGIN/COMMIT as before,
+                # while a single statement (statement(), the pool reset) is one round trip.
+                kwargs={"autocommit": True},
+                configure=_configure,
+                reset=_reset,
+                # A connection that died while idle (database restart, failover) is replaced before
+                # it is handed out, instead of failing one attempt of a task per dead connection.
+                check=ConnectionPool.check_connection,
+                open=True,
+            )
+            pool.wait(timeout=15)
+        except (psycopg.Error, Exception) as exc:  # pool raises PoolTimeout, a psycopg error subclass
+            raise DatabaseError(f"cannot connect as {self.settings.app_role!r}: {exc}; run `sluice db up`") from exc
+        return pool
 
     def __enter__(self) -> Database:
         return self

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     pool_max_size: int = 8
     config_path: Path | None = Field(default=None, description="YAML pipeline config; unset = built-in default.")
     max_file_bytes: int = 50 * 1024 * 1024
+    max_unzipped_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Total uncompressed size allowed inside one DOCX/XLSX/PPTX/EPUB (a zip) before parsing.",
+    )
+    max_zip_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="Largest uncompressed/compressed size ratio of one member of such a zip (zip-bomb guard).",
+    )
     embed_batch_size: int = 64
     ingest_batch_chunks: int = Field(
         default=256, ge=1, description="Chunks gathered across documents before one embedding call."
@@ -91,7 +101,21 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     query_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/query waits for a worker.")
-    queue_limit: int = Field(default=200, ge=1, description="Queued messages per queue before 503 + Retry-After.")
+    queue_limit: int = Field(
+        default=200, ge=1, description="Queued query messages before POST /v1/query answers 503 + Retry-After."
+    )
+    ingest_queue_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="Queued ingest jobs before uploads get 503. Far above queue_limit: an ingest message only "
+        "names files already on disk and nobody waits on the connection, so accepted uploads queue, not fail.",
+    )
+    broker_key_prefix: str = Field(
+        default="",
+        max_length=64,
+        description="Prefix of every Redis broker key (kombu global_keyprefix), so several deployments or "
+        "test runs can share one Redis database without consuming each other's queues.",
+    )
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="Per-tenant request refill rate.")
     rate_limit_burst: float = Field(default=40.0, ge=1, description="Per-tenant bucket size.")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
