@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,6 +78,14 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def assert_refused(response, allowed: set[int], says: str) -> None:
+    """The status is one of `allowed`; an error carries a non-empty detail that mentions `says`."""
+    assert response.status_code in allowed, (response.status_code, response.text[:500])
+    if response.status_code >= 400:
+        assert response.json()["detail"], response.text[:300]
+        assert says in json.dumps(response.json(), ensure_ascii=False), response.text[:500]
 
 
 def free_port() -> int:

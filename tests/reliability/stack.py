@@ -7,8 +7,6 @@ module can never consume another module's messages (the cause of earlier cross-m
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -85,13 +83,7 @@ def api_process(settings: Settings, log: Path) -> Iterator[str]:
         _wait_up(proc, url, log)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_worker(proc)  # any process group: SIGTERM, then SIGKILL after a grace period
 
 
 def _wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
