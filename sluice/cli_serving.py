@@ -60,19 +60,18 @@ def serve(
     settings = load_settings()
     configure_logging(settings)
     # log_config=None: uvicorn keeps the root handler above (JSON lines) instead of installing its own.
+    options = {
+        "host": host or settings.api_host,
+        "port": port or settings.api_port,
+        "log_config": None,
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
     if workers > 1:
-        uvicorn.run(
-            "serving.asgi:app",
-            factory=True,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
-            workers=workers,
-            log_config=None,
-        )
+        uvicorn.run("serving.asgi:app", factory=True, workers=workers, **options)
         return
     from serving.api import create_app
 
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_config=None)
+    uvicorn.run(create_app(settings), **options)
 
 
 @app.command()

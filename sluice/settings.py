@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     broker_db_name: str = "sluice_broker"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    keep_alive_s: int = Field(
+        default=75,
+        gt=0,
+        description="Seconds the API keeps an idle HTTP connection open. Longer than clients' and load balancers' "
+        "idle timeouts (httpx 5 s, AWS ALB 60 s): a server that closes first races the client's next request "
+        "on that connection, which the client sees as a reset (httpx.ReadError).",
+    )
     query_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/query waits for a worker.")
     queue_limit: int = Field(
         default=200, ge=1, description="Queued query messages before POST /v1/query answers 503 + Retry-After."

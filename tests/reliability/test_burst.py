@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import statistics
 import time
 import uuid
@@ -55,18 +56,38 @@ def question(n: int) -> dict:
     return {"question": f"How do honeybees tell hive mates where flowers are? (asker {n})"}
 
 
+async def post_raw(host: str, port: int, key: str, body: dict) -> tuple[int, dict[str, str]]:
+    """One POST /v1/query over its own connection, HTTP/1.1 written by hand: (status, headers).
+
+    Not httpx: its pool spends ~2.5 s of this process's CPU on a 200-request burst (measured), which
+    the latencies would then charge to the server.
+    """
+    data = json.dumps(body).encode()
+    head = (
+        f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head.encode() + data)
+        response = await reader.read()  # Connection: close, so the server ends the stream
+    finally:
+        writer.close()
+    lines = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ", 2)[1]), headers
+
+
 async def fire(url: str, key: str, n: int, start: int) -> list[tuple[int, float, str | None]]:
-    """Send n queries at once; (status, seconds, Retry-After) of each."""
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=180, limits=limits) as client:
+    """Send n queries at once, each on its own connection; (status, seconds, Retry-After) of each."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
 
-        async def one(i: int) -> tuple[int, float, str | None]:
-            t0 = time.perf_counter()
-            r = await client.post("/v1/query", json=question(i))
-            return r.status_code, time.perf_counter() - t0, r.headers.get("retry-after")
+    async def one(i: int) -> tuple[int, float, str | None]:
+        t0 = time.perf_counter()
+        status, headers = await post_raw(host, port, key, question(i))
+        return status, time.perf_counter() - t0, headers.get("retry-after")
 
-        return await asyncio.gather(*(one(start + i) for i in range(n)))
+    return await asyncio.gather(*(one(start + i) for i in range(n)))
 
 
 def p99(values: list[float]) -> float:
