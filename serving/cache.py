@@ -25,27 +25,41 @@ def normalise_question(question: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip("?!. ")
 
 
-def answer_cache_key(question: str, filters: Any, collection: str | None, config_id: str, corpus_version: int) -> str:
-    """The cache key of one query (the tenant is the row's own column)."""
-    body = [normalise_question(question), filters, collection, config_id, corpus_version]
+def question_key(question: str, filters: Any, collection: str | None, config_id: str) -> str:
+    """Everything of the cache key but the corpus version (hex; the tenant is the row's own column)."""
+    body = [normalise_question(question), filters, collection, config_id]
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def corpus_version(conn: psycopg.Connection) -> int:
-    """The tenant's corpus version (0 before its first ingestion); needs a tenant transaction."""
-    row = conn.execute("SELECT version FROM corpus_versions").fetchone()
-    return int(row[0]) if row else 0
+def versioned_key(base: str, corpus_version: int) -> str:
+    """sha256 of `base:version`, the same digest LOOKUP computes in SQL."""
+    return hashlib.sha256(f"{base}:{corpus_version}".encode()).hexdigest()
+
+
+def answer_cache_key(question: str, filters: Any, collection: str | None, config_id: str, corpus_version: int) -> str:
+    """The cache key of one query at one corpus version."""
+    return versioned_key(question_key(question, filters, collection, config_id), corpus_version)
+
+
+# The tenant's corpus version and the entry at that version, in one statement (so one pipelined round
+# trip with `Database.execute_as`): the version is read in the same snapshot as the entry.
+LOOKUP = """
+WITH v AS (SELECT coalesce((SELECT version FROM corpus_versions), 0) AS version)
+SELECT v.version, c.response FROM v LEFT JOIN answer_cache c
+    ON c.cache_key = encode(sha256(convert_to(%s || ':' || v.version, 'UTF8')), 'hex')
+"""
+
+
+def cache_lookup(db: Database, tenant: str, base: str) -> tuple[int, dict | None]:
+    """(corpus version, cached response or None) for a `question_key`, under the tenant's RLS."""
+    version, response = db.execute_as(tenant, LOOKUP, (base,))[0]
+    return int(version), response
 
 
 def corpus_version_of(db: Database, tenant: str) -> int:
     """The tenant's corpus version in one round trip (its own pipelined transaction)."""
     rows = db.execute_as(tenant, "SELECT version FROM corpus_versions")
     return int(rows[0][0]) if rows else 0
-
-
-def cache_get(conn: psycopg.Connection, key: str) -> dict | None:
-    row = conn.execute("SELECT response FROM answer_cache WHERE cache_key = %s", (key,)).fetchone()
-    return row[0] if row else None
 
 
 def cache_put(conn: psycopg.Connection, tenant: str, key: str, response: dict) -> None:

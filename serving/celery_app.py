@@ -84,7 +84,7 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         # A busy worker process is not handed more: fair, least-busy dispatch.
         worker_prefetch_multiplier=1,
-        # Lets GET /v1/jobs tell "queued" (PENDING) from "running" (STARTED).
+        # Lets GET /v1/jobs tell a queued ingest (PENDING) from a running one (STARTED); queries opt out.
         task_track_started=True,
         result_expires=24 * 3600,
         result_extended=True,

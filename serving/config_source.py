@@ -3,8 +3,8 @@
 The active config is the promoted champion (`sluice champion promote`, recorded in Postgres);
 until one is promoted, or with SLUICE_SERVE_CHAMPION=false, it is the configured default
 (`SLUICE_CONFIG_PATH` or the built-in one). Workers call `active_config` per task: it re-reads only
-a cheap version stamp (the champion's config id, or the file's mtime and size) and reloads when it
-changed, so a promotion or rollback is picked up without a restart.
+a cheap version stamp (the newest champion event's id: one statement, one round trip; or the file's
+mtime and size) and reloads when it changed, so a promotion or rollback is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -18,12 +18,26 @@ from sluice.settings import Settings
 
 _lock = threading.Lock()
 _current: tuple[tuple, PipelineConfig] | None = None
+_champion_at: tuple[int, str | None] | None = None  # (newest event id, champion config id then)
+
+
+def _champion(db: Database) -> str | None:
+    """The champion's config id, re-derived from the history only when a promotion or rollback was added."""
+    global _champion_at
+    with db.statement() as conn:  # autocommit: one round trip, where a transaction costs three
+        newest = conn.execute("SELECT max(event_id) FROM champion_history").fetchone()[0]
+    if newest is None:
+        return None
+    seen = _champion_at
+    if seen is None or seen[0] != newest:
+        seen = _champion_at = (newest, current_champion_id(db))
+    return seen[1]
 
 
 def config_stamp(settings: Settings, db: Database | None = None) -> tuple:
     """A cheap value that changes whenever the active config does."""
     if db is not None and settings.serve_champion:
-        champion = current_champion_id(db)
+        champion = _champion(db)
         if champion:
             return ("champion", champion)
     path = settings.config_path
