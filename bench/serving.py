@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from serving.auth import create_key  # noqa: E402
+from serving.celery_app import create_celery  # noqa: E402
 from serving.embedding_cache import CachingEmbedder  # noqa: E402
 from sluice.config import PipelineConfig  # noqa: E402
 from sluice.db import Database, create_tenant, migrate  # noqa: E402
@@ -214,6 +215,17 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     def served():
         client.post("/v1/query", json={"question": question()}).raise_for_status()
 
+    # Floors of the served path, run in the same rounds at c=1: an HTTP round trip to the same API
+    # (uvicorn, FastAPI, the observing middleware; no auth, no body), and a no-op Celery task
+    # (Celery's built-in `celery.accumulate`) through the same broker, worker and result backend.
+    celery = create_celery(load_settings(broker_url=REDIS))
+
+    def http_floor():
+        client.get("/healthz").raise_for_status()
+
+    def celery_floor():
+        celery.send_task("celery.accumulate", args=[1], queue="query").get(timeout=30)
+
     procs = {"API": [api.pid], "worker main": [worker.pid], "worker pool": children(worker.pid)}
     breakdown(client, args.breakdown, procs)
     print("| concurrency | path | p50 ms | p99 ms | req/s | CPU ms/request |")
@@ -223,9 +235,12 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     served_pids = [api.pid, worker.pid, *children(worker.pid)]
     for conc in args.concurrency:
         n = {1: 40, 8: 80, 32: 128}.get(conc, 64)
-        results = {"in-process": ([], [], []), "API+Celery": ([], [], [])}
+        paths = [("in-process", local), ("API+Celery", served)]
+        if conc == 1:
+            paths += [("floor: HTTP GET /healthz", http_floor), ("floor: no-op Celery task", celery_floor)]
+        results = {name: ([], [], []) for name, _ in paths}
         for _ in range(args.rounds):
-            for name, fn in (("in-process", local), ("API+Celery", served)):
+            for name, fn in paths:
                 pids = [os.getpid()] if name == "in-process" else served_pids
                 cpu0 = cpu_s(pids)
                 lat, tput = run(fn, conc, n)
@@ -238,7 +253,11 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
                 f" | {statistics.median(cpu):.1f} |"
             )
         p50 = {k: pct(v[0], 50) for k, v in results.items()}
-        print(f"|   | serving overhead at p50 | {p50['API+Celery'] - p50['in-process']:+.1f} ms | | | |")
+        overhead = p50["API+Celery"] - p50["in-process"]
+        print(f"|   | serving overhead at p50 | {overhead:+.1f} ms | | | |")
+        if conc == 1:
+            floors = p50["floor: HTTP GET /healthz"] + p50["floor: no-op Celery task"]
+            print(f"|   | overhead above the two floors | {overhead - floors:+.1f} ms | | | |")
         print(f"|   | load average (1 min) | {os.getloadavg()[0]:.1f} | | | |")
     procs = children(worker.pid)
     print(
