@@ -5,7 +5,8 @@ imports nothing from Sluice. Reads DATA/chunks.json ([{"source": id, "texts": [.
 `store`, DATA/vectors.npy (one row per text, same order), and prints one JSON line.
 
     store ADMIN_CONNINFO DATA   time PGVector.add_embeddings (vectors given: the store alone)
-    e2e   ADMIN_CONNINFO DATA   time PGVector.add_texts with the same sentence-transformers model
+    e2e   ADMIN_CONNINFO DATA   time PGVector.add_texts with the same sentence-transformers model, then
+                                the same calls again (its re-ingest of the unchanged corpus)
 
 Texts go in the same batches as Sluice's ingest (whole documents until >= 256 chunks), one call per batch.
 The table is emptied and given the same HNSW index as Sluice's chunks (m=16, ef_construction=64) first.
@@ -99,19 +100,28 @@ def run(mode: str, admin: str, data: Path) -> dict:
     vectors = np.load(data / "vectors.npy") if mode == "store" else None
     starts = np.cumsum([0] + [len(d["texts"]) for d in docs])
     pg = store(admin, embeddings, f"bench-{uuid.uuid4().hex[:8]}")
-    t0 = time.perf_counter()
-    for group in batches(docs):
-        texts = [t for i in group for t in docs[i]["texts"]]
-        metas = [{"source": docs[i]["source"]} for i in group for _ in docs[i]["texts"]]
-        if vectors is None:
-            pg.add_texts(texts, metadatas=metas)
-        else:
-            rows = np.vstack([vectors[starts[i] : starts[i + 1]] for i in group])
-            pg.add_embeddings(texts, rows.tolist(), metadatas=metas)
-    seconds = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def one_pass() -> float:
+        t0 = time.perf_counter()
+        for group in batches(docs):
+            texts = [t for i in group for t in docs[i]["texts"]]
+            metas = [{"source": docs[i]["source"]} for i in group for _ in docs[i]["texts"]]
+            # Ids a pipeline would derive (source + position), so a second run upserts rather than duplicates.
+            ids = [f"{docs[i]['source']}#{k}" for i in group for k in range(len(docs[i]["texts"]))]
+            if vectors is None:
+                pg.add_texts(texts, metadatas=metas, ids=ids)
+            else:
+                rows = np.vstack([vectors[starts[i] : starts[i + 1]] for i in group])
+                pg.add_embeddings(texts, rows.tolist(), metadatas=metas, ids=ids)
+        return time.perf_counter() - t0
+
+    seconds = one_pass()
     out = {"mode": f"langchain-{mode}", "seconds": seconds, "chunks": int(starts[-1]), "docs": len(docs)}
-    return {**out, "rss_mb": rss_mb}
+    if mode == "e2e":
+        # The re-ingest a PGVector user runs on an unchanged corpus: the same calls again. PGVector keeps
+        # no content hashes, so every text is embedded and every row rewritten.
+        out["reingest_seconds"] = one_pass()
+    return {**out, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 if __name__ == "__main__":
