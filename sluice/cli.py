@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from sluice import cli_retrieval, cli_status
-from sluice.cli_common import console, err_console
+from sluice.cli_common import console, say_error
 from sluice.cli_common import fail as _fail
 from sluice.cli_eval import register_eval_commands
 from sluice.cli_ingest import ingest as ingest_command
@@ -113,7 +113,7 @@ def _print_summary(summary, index_id: str) -> None:
     )
     console.print(table)
     for err in summary.errors:
-        err_console.print(f"[red]failed[/] {err}")
+        say_error(str(err), "failed", "red")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sluice.cli_common import console, err_console
+from sluice.cli_common import console, err_console, fail, say_error
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
@@ -48,8 +48,7 @@ def ingest(
                 if sync:
                     sync_deletions(run, files)
     except SluiceError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+        fail(exc)
     print_summary(run.summary, pipeline.index_id)
     if run.summary.failed:
         raise typer.Exit(code=1)
@@ -88,4 +87,4 @@ def print_summary(summary, index_id: str) -> None:
     table.add_row(*(str(getattr(summary, c)) for c in COLUMNS))
     console.print(table)
     for err in summary.errors:
-        err_console.print(f"[red]failed[/] {err}")
+        say_error(str(err), "failed", "red")

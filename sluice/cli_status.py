@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sluice.cli_common import console, err_console
+from sluice.cli_common import console, say_error
 from sluice.settings import load_settings
 
 app = typer.Typer()
@@ -141,7 +141,5 @@ def status(
     try:
         console.print(render(fetch(base, interval)))
     except httpx.HTTPError as exc:
-        err_console.print(
-            f"[bold red]error:[/] cannot read {base}/metrics ({exc}): is `sluice serve` running there? pass --url"
-        )
+        say_error(f"cannot read {base}/metrics ({exc}): is `sluice serve` running there? pass --url")
         raise typer.Exit(code=2) from exc

@@ -25,8 +25,11 @@ def test_eval_bad_grid_names_the_field(run, tmp_path):
     grid.write_text("name: g\ncorpus: {path: data/sample/corpus}\nchunkers: [{kind: recursive, chunk_size: 5}]\n")
     result = run("eval", str(grid))
     assert result.exit_code == 2 and "chunk_size" in result.output
-    result = run("eval", str(tmp_path / "missing.yaml"))
+    # A path long enough that an 80-column console would break the line inside it (CI's tmp paths vary).
+    missing = tmp_path / ("deep-" * 12) / "missing [grid].yaml"
+    result = run("eval", str(missing))
     assert result.exit_code == 2 and "does not exist" in result.output
+    assert f"'{missing}' does not exist" in result.output  # one line, brackets as they are
 
 
 def test_champion_show_and_unknown_run(run, db):
