@@ -56,7 +56,7 @@ def test_rules_router_follows_its_rules_and_logs_the_reason(question, hits, filt
         decision = router.route(question, hits, filters)
     assert decision.tier == tier and reason in decision.reason
     assert f"-> {tier}" in caplog.text and reason in caplog.text
-    assert decision.elapsed_ms < 50  # a sanity bound, not a benchmark (bench/routing.py measures it)
+    assert decision.elapsed_ms < 500  # a sanity bound, not a benchmark (bench/routing.py measures it)
 
 
 # ---------------------------------------------------------------- classifier
