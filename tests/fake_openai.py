@@ -21,6 +21,7 @@ class Behaviour:
     text: str = "Returns are accepted within 45 days [1] ."
     fail_status: int | None = None  # answer every request with this status
     fail_next: int = 0  # answer the next N requests with 500
+    retry_after: str | None = None  # Retry-After header on failures
     report_usage: bool = True
     prompt_tokens: int = 100
     model: str | None = None  # echo the requested model when None
@@ -112,7 +113,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 if not self.path.split("?")[0].endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
                 elif fail:
-                    self._json(b.fail_status or 500, {"error": {"message": "injected failure"}})
+                    extra = {"Retry-After": b.retry_after} if b.retry_after else {}
+                    self._json(b.fail_status or 500, {"error": {"message": "injected failure"}}, extra)
                 elif body.get("stream"):
                     self._stream(b, body)
                 else:
@@ -120,9 +122,11 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             finally:
                 fake._leave()
 
-        def _json(self, status: int, payload: dict) -> None:
+        def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

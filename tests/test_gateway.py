@@ -121,6 +121,42 @@ def test_failing_replica_is_cooled_down_then_recovered_by_a_probe(servers, state
     assert bad.stats.requests == 5, "a recovered replica takes its round-robin share again"
 
 
+@pytest.mark.parametrize("header", ["30", "http-date"])
+def test_retry_after_keeps_a_rate_limited_replica_out_for_that_long(servers, state, header):
+    """A 429 with Retry-After benches the replica at once (not after failure_threshold failures) for the
+    time it asked, in the state every process shares; then one probe takes it back."""
+    from email.utils import formatdate
+
+    good, limited = servers(2)
+    now = [time.time()]
+    value = "30" if header == "30" else formatdate(now[0] + 30, usegmt=True)
+    limited.behaviour.fail_status, limited.behaviour.retry_after = 429, value
+    breaker = {"failure_threshold": 5, "cooldown_s": 1000}  # the default path would take 5 failures and 1000 s
+    config = _config({"small": _tier([good, limited], balancer="round_robin")}, breaker=breaker)
+    gateway = Gateway(config, state, clock=lambda: now[0])
+    for _ in range(6):
+        _, completion = _call(gateway)  # the 429 is retried on the good replica: every call succeeds
+        assert completion.replica == good.url
+    assert limited.stats.requests == 1, "one 429 with Retry-After is enough to stay away"
+    now[0] += 25
+    assert state.circuits([limited.url], now[0]) == ["open"]
+    now[0] += 6  # past the 30 s it asked for (an HTTP date has whole seconds: allow one more)
+    limited.behaviour.fail_status = None
+    assert state.circuits([limited.url], now[0]) == ["half_open"]
+    _, probe = _call(gateway)
+    assert probe.replica == limited.url and limited.stats.requests == 2
+
+
+def test_retry_after_values():
+    from tasks.llm.client import retry_after_s
+
+    assert retry_after_s("12") == 12.0 and retry_after_s(" 1.5 ") == 1.5
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0  # in the past: no wait
+    assert retry_after_s("99999") == 600.0  # clamped
+    assert retry_after_s(None) is None and retry_after_s("soon") is None and retry_after_s("-5") is None
+
+
 def test_a_failed_probe_reopens_the_circuit(servers):
     good, bad = servers(2, fail_status=None)
     bad.behaviour.fail_status = 500

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -13,10 +15,35 @@ import httpx
 class ReplicaError(Exception):
     """One attempt on one replica failed (status, timeout, connection, malformed body)."""
 
-    def __init__(self, message: str, status: int | None = None, timeout: bool = False):
+    def __init__(
+        self, message: str, status: int | None = None, timeout: bool = False, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.timeout = timeout
+        self.retry_after = retry_after  # seconds the replica asked us to stay away (429/503 Retry-After)
+
+
+MAX_RETRY_AFTER_S = 600.0  # a replica cannot bench itself for longer than this
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or an HTTP date), clamped to [0, 600]; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value) if value.replace(".", "", 1).isdigit() else None
+        if seconds is None:
+            seconds = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _status_error(resp: httpx.Response) -> ReplicaError:
+    retry = retry_after_s(resp.headers.get("retry-after")) if resp.status_code in (429, 503) else None
+    return ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code, retry_after=retry)
 
 
 @dataclass(frozen=True)
@@ -55,7 +82,7 @@ def chat_stream(
         with http.stream("POST", _url(base_url), json=body, headers=headers, timeout=_timeout(timeout_s)) as resp:
             if resp.status_code != 200:
                 resp.read()
-                raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
+                raise _status_error(resp)
             for line in resp.iter_lines():
                 chunk = _parse_sse_line(line)
                 if chunk is None:
@@ -85,7 +112,7 @@ def chat_once(
     except httpx.HTTPError as exc:
         raise ReplicaError(f"{type(exc).__name__}: {exc}") from exc
     if resp.status_code != 200:
-        raise ReplicaError(f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code)
+        raise _status_error(resp)
     try:
         body = resp.json()
         text = body["choices"][0]["message"]["content"] or ""

@@ -119,7 +119,7 @@ class Gateway:
             if exc.status in NOT_RETRYABLE:  # the request itself is wrong: every replica would refuse it
                 raise GenerationError(f"{tier} {replica} refused the request: {exc}. Not retried") from exc
             if not (exc.timeout and progress.limit < started + spec.timeout_s):
-                self._failed(replica)  # a timeout the request deadline imposed is not the replica's fault
+                self._failed(replica, exc.retry_after)  # a timeout the deadline imposed is not the replica's fault
             if progress.ttft is not None:  # text already reached the caller: a retry would duplicate it
                 raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
             raise
@@ -153,8 +153,13 @@ class Gateway:
                 yield chunk.text
         return "".join(pieces), usage, model
 
-    def _failed(self, replica: str) -> None:
+    def _failed(self, replica: str, retry_after: float | None = None) -> None:
         breaker = self.config.breaker
+        if retry_after is not None:
+            # The replica said how long to stay away (429/503 + Retry-After): its circuit opens now, for that
+            # long, shared by every process through the state; then one probe, as after any cooldown.
+            self.state.record_failure(replica, self.clock(), 1, retry_after)
+            return
         self.state.record_failure(replica, self.clock(), breaker.failure_threshold, breaker.cooldown_s)
 
 
