@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 CUTOFFS = (1, 3, 5, 10)
 OFFLINE_RAGAS = ("non_llm_context_precision", "non_llm_context_recall", "semantic_similarity", "rouge_l", "chrf")
 JUDGED_RAGAS = ("faithfulness", "answer_relevancy", "llm_context_precision")
+# Scores of the answer text (the rest score retrieval): a question no model could answer gets 0 on these.
+ANSWER_METRICS = ("semantic_similarity", "rouge_l", "chrf", "faithfulness", "answer_relevancy")
 SPAN_METRICS = ("mrr", *(f"{m}_at_{k}" for m in ("hit", "ndcg", "evidence_recall") for k in CUTOFFS))
 PER_QUESTION_METRICS = (*SPAN_METRICS, *OFFLINE_RAGAS, *JUDGED_RAGAS)
 
@@ -53,6 +55,7 @@ class QuestionRecord:
     cost: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
     generation: Answer | None = None  # who answered: model, tier, replica, TTFT, usage, cost
+    failure: str | None = None  # why no tier could answer (GenerationError); retrieval is still scored
 
 
 # ---------------------------------------------------------------- span metrics
@@ -183,4 +186,12 @@ def summarise(records: list[QuestionRecord]) -> dict[str, float]:
     summary["tokens_out_per_answer"] = float(np.mean([r.tokens_out for r in records]))
     summary["cost_per_answer"] = float(np.mean([r.cost for r in records]))
     summary["questions"] = float(len(records))
+    summary["generation_failures"] = float(sum(r.failure is not None for r in records))
     return summary
+
+
+def zero_failed_answers(records: list[QuestionRecord]) -> None:
+    """A question whose answer failed scores 0 on every answer metric (a missing score would flatter it)."""
+    for record in records:
+        if record.failure is not None:
+            record.scores.update({name: 0.0 for name in ANSWER_METRICS if name in record.scores})

@@ -14,7 +14,7 @@ def question_table(result: ConfigResult) -> dict[str, list]:
     table: dict[str, list] = {k: [] for k in ("question_id", "question", "reference", "answer", "retrieved")}
     table.update({n: [] for n in names})
     table.update({"latency_total_ms": [], "tokens_in": [], "tokens_out": [], "cost": []})
-    table.update({"tier": [], "model": [], "ttft_ms": []})
+    table.update({"tier": [], "model": [], "ttft_ms": [], "failure": []})
     for r in result.records:
         table["question_id"].append(r.item.id)
         table["question"].append(r.item.question)
@@ -30,6 +30,7 @@ def question_table(result: ConfigResult) -> dict[str, list]:
         table["tier"].append(r.generation.tier if r.generation else None)
         table["model"].append(r.generation.model if r.generation else None)
         table["ttft_ms"].append(r.generation.ttft_ms if r.generation else None)
+        table["failure"].append(r.failure)
     return table
 
 

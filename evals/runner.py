@@ -15,13 +15,13 @@ import numpy as np
 
 from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve_in_db
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
-from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
+from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise, zero_failed_answers
 from evals.ragas_metrics import JudgeConfig, score_ragas
 from evals.routing import routing_metrics
 from sluice import champion
 from sluice.config import EmbedderConfig, PipelineConfig
 from sluice.db import Database, create_tenant
-from sluice.errors import ConfigError
+from sluice.errors import ConfigError, GenerationError
 from sluice.settings import Settings
 from tasks.embed import CachingEmbedder, get_embedder
 from tasks.generate import Answer
@@ -121,7 +121,13 @@ def answer_all(
     records = []
     for n, item in enumerate(items, 1):
         t0 = time.perf_counter()
-        result = answer_question(db, grid.tenant, config, embedder, item.question, answerer=answerer)
+        try:
+            result = answer_question(db, grid.tenant, config, embedder, item.question, answerer=answerer)
+        except GenerationError as exc:  # every tier failed on this question: record it, go on with the rest
+            records.append(_failed(item, exc, t0))
+            if on_question:
+                on_question(config, n, len(items))
+            continue
         answer = result.answer
         timings = {**result.timings_ms, "total": (time.perf_counter() - t0) * 1000, "ttft": answer.ttft_ms}
         hits = [RetrievedSpan(h.source_id, h.start, h.end, h.text) for h in result.hits]
@@ -132,6 +138,15 @@ def answer_all(
         if on_question:
             on_question(config, n, len(items))
     return records
+
+
+def _failed(item: GoldItem, exc: GenerationError, t0: float) -> QuestionRecord:
+    log.warning("no tier answered question %s: %s", item.id, exc)
+    retrieved = getattr(exc, "retrieved", [])
+    hits = [RetrievedSpan(h.source_id, h.start, h.end, h.text) for h in retrieved]
+    record = QuestionRecord(item, hits, "", {"total": (time.perf_counter() - t0) * 1000}, failure=str(exc))
+    record.scores.update(span_scores(hits, item))
+    return record
 
 
 def _price(record: QuestionRecord, grid: Grid, embedder, answer: Answer) -> None:
@@ -182,6 +197,7 @@ def evaluate_config(
     finally:
         answerer.close()
     skipped = score_ragas(records, embedder, judge_from(settings))
+    zero_failed_answers(records)
     summary = summarise(records)
     summary.update(routing_metrics([r.generation for r in records if r.generation is not None]))
     if grid.objective.metric not in summary:

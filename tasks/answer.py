@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
-from sluice.errors import QueryError
+from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer
 from tasks.indexes import active_index
@@ -85,6 +85,9 @@ def answer_question(
             assert answer is not None
             span.set_attributes({"sluice.model": answer.model, "sluice.tier": answer.tier})
         timings["generate"] = (time.perf_counter() - t2) * 1000
+    except GenerationError as exc:
+        exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
+        raise
     finally:
         if own:
             answerer.close()

@@ -118,3 +118,26 @@ def test_grid_compares_routing_policies_on_quality_share_cost_and_latency(migrat
     assert run.data.params["routing.policy"] == "rules"
     artifacts = {a.path for a in mlc.list_artifacts(report.parent_run_id)}
     assert "routing.json" in artifacts
+
+
+def test_a_question_no_tier_can_answer_is_recorded_and_the_evaluation_goes_on(migrated, db, tmp_path, tiers):
+    """The large tier fails the first question (500, no fallback): that question is recorded as failed with
+    its retrieval still scored and 0 on every answer metric; the other questions are answered as usual."""
+    from evals.evaluate import run_evaluation
+    from evals.metrics import ANSWER_METRICS
+
+    small, large = tiers
+    large.behaviour.fail_next = 1
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = migrated.model_copy(update={"mlflow_tracking_uri": uri, "mlflow_artifact_dir": tmp_path / "art"})
+    grid = _grid(tmp_path, small, large)
+    grid = grid.model_copy(update={"routing": grid.routing[:1]})  # all-large only
+    report = run_evaluation(settings, db, grid, promote=False)
+    (result,) = report.results
+    failed = [r for r in result.records if r.failure is not None]
+    assert len(failed) == 1 and "every tier failed" in failed[0].failure and failed[0].answer == ""
+    assert result.summary["generation_failures"] == 1 and result.summary["questions"] == len(GOLD)
+    assert failed[0].hits and "mrr" in failed[0].scores, "retrieval ran and is scored"
+    assert all(failed[0].scores[m] == 0.0 for m in ANSWER_METRICS if m in failed[0].scores)
+    answered = [r for r in result.records if r.failure is None]
+    assert len(answered) == len(GOLD) - 1 and all(r.generation.tier == "large" for r in answered)
