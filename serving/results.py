@@ -31,6 +31,8 @@ class _Slot:
     subscribed: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     meta: dict | None = None
+    changed: threading.Event = field(default_factory=threading.Event)  # any new state (STREAMING pieces)
+    latest: dict | None = None
 
 
 class ResultWaiter:
@@ -43,6 +45,7 @@ class ResultWaiter:
         self._pubsub = None
         self._push = isinstance(app.backend, RedisBackend)
         self.delivered = 0  # results that arrived by push (for tests and metrics)
+        self.pushed_updates = 0  # states handed to `updates` callers by push
 
     @contextmanager
     def expect(self, job_id: str) -> Iterator[None]:
@@ -80,6 +83,31 @@ class ResultWaiter:
             if meta is not None or remaining <= 0:
                 return meta
             slot.done.wait(min(remaining, SAFETY_POLL_S))
+
+    def updates(self, job_id: str, deadline: float) -> Iterator[dict]:
+        """Each new state of the task (its meta) until `deadline` (monotonic); call inside `expect`.
+
+        Pushed with Redis: the first meta is read (it holds whatever happened before the subscription; a
+        streaming task's meta carries every piece so far), then each PUBLISH wakes the caller, with a read
+        every `SAFETY_POLL_S` in case one was lost. Polled every 4 ms with other backends.
+        """
+        read = lambda: self.app.backend.get_task_meta(job_id, cache=False)  # noqa: E731
+        if not self._push:
+            while time.monotonic() < deadline:
+                yield read()
+                time.sleep(0.004)
+            return
+        slot = self._slots[self.app.backend.get_key_for_task(job_id).decode()]
+        slot.subscribed.wait(min(max(deadline - time.monotonic(), 0.0), 1.0))
+        yield read()
+        while (remaining := deadline - time.monotonic()) > 0:
+            pushed = slot.changed.wait(min(remaining, SAFETY_POLL_S))
+            slot.changed.clear()  # before reading `latest`: a PUBLISH after this sets it again
+            if pushed and slot.latest is not None:
+                self.pushed_updates += 1
+                yield slot.latest
+            else:
+                yield read()
 
     def _ready(self, job_id: str) -> dict | None:
         meta = self.app.backend.get_task_meta(job_id, cache=False)
@@ -125,6 +153,8 @@ class ResultWaiter:
             slot.subscribed.set()
         elif message["type"] == "message":
             meta = self.app.backend.decode_result(message["data"])
+            slot.latest = meta
+            slot.changed.set()
             if meta["status"] in states.READY_STATES:
                 slot.meta = meta
                 self.delivered += 1

@@ -66,3 +66,32 @@ def test_failure_is_final_and_nothing_is_none(app, waiter):
         assert waiter.wait(failed, timeout_s=30)["status"] == states.FAILURE
     with waiter.expect(missing):
         assert waiter.wait(missing, timeout_s=0.3) is None
+
+
+def test_streaming_states_are_pushed_to_a_follower_in_order(app, waiter):
+    """What an SSE stream sees: the state before it listened (read), then each published state (pushed)."""
+    job = str(uuid.uuid4())
+    app.backend.store_result(job, {"tokens": ["Bees"]}, "STREAMING")  # before the stream listens
+    seen = []
+    with waiter.expect(job):
+        _until(lambda: waiter.listening(job))
+
+        def publish():
+            for tokens in (["Bees", " dance"], ["Bees", " dance", " to"]):
+                time.sleep(0.05)
+                app.backend.store_result(job, {"tokens": tokens}, "STREAMING")
+            time.sleep(0.05)
+            app.backend.store_result(job, {"answer": "Bees dance to tell"}, states.SUCCESS)
+
+        worker = threading.Thread(target=publish)
+        worker.start()
+        for meta in waiter.updates(job, time.monotonic() + 30):
+            seen.append((meta["status"], meta["result"]))
+            if meta["status"] == states.SUCCESS:
+                break
+        worker.join()
+    assert seen[0] == ("STREAMING", {"tokens": ["Bees"]})
+    assert seen[-1] == (states.SUCCESS, {"answer": "Bees dance to tell"})
+    streamed = [r["tokens"] for s, r in seen if s == "STREAMING"]
+    assert streamed == sorted(streamed, key=len) and streamed[-1] == ["Bees", " dance", " to"]
+    assert waiter.pushed_updates >= 3, "the states after the first read arrive by push, not by polling"
