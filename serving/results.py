@@ -91,15 +91,14 @@ class ResultWaiter:
         streaming task's meta carries every piece so far), then each PUBLISH wakes the caller, with a read
         every `SAFETY_POLL_S` in case one was lost. Polled every 4 ms with other backends.
         """
-        read = lambda: self.app.backend.get_task_meta(job_id, cache=False)  # noqa: E731
         if not self._push:
             while time.monotonic() < deadline:
-                yield read()
+                yield self._read(job_id)
                 time.sleep(0.004)
             return
         slot = self._slots[self.app.backend.get_key_for_task(job_id).decode()]
         slot.subscribed.wait(min(max(deadline - time.monotonic(), 0.0), 1.0))
-        yield read()
+        yield self._read(job_id)
         while (remaining := deadline - time.monotonic()) > 0:
             pushed = slot.changed.wait(min(remaining, SAFETY_POLL_S))
             slot.changed.clear()  # before reading `latest`: a PUBLISH after this sets it again
@@ -107,10 +106,13 @@ class ResultWaiter:
                 self.pushed_updates += 1
                 yield slot.latest
             else:
-                yield read()
+                yield self._read(job_id)
+
+    def _read(self, job_id: str) -> dict:
+        return self.app.backend.get_task_meta(job_id, cache=False)
 
     def _ready(self, job_id: str) -> dict | None:
-        meta = self.app.backend.get_task_meta(job_id, cache=False)
+        meta = self._read(job_id)
         return meta if meta["status"] in states.READY_STATES else None
 
     def _poll(self, job_id: str, timeout_s: float) -> dict | None:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from sluice import cli_retrieval, cli_status
-from sluice.cli_common import console, say_error
+from sluice.cli_common import console
 from sluice.cli_common import fail as _fail
 from sluice.cli_eval import register_eval_commands
 from sluice.cli_ingest import ingest as ingest_command
+from sluice.cli_ingest import print_summary
 from sluice.cli_routing import router_app
 from sluice.cli_serving import app as serving_app
 from sluice.errors import SluiceError
@@ -104,18 +104,6 @@ CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Coll
 FilterOpt = Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. {"doc.lang": "en"}.')]
 
 
-def _print_summary(summary, index_id: str) -> None:
-    table = Table(title=f"ingest {summary.run_id[:8]} into index {index_id}")
-    for col in ("ingested", "updated", "unchanged", "failed", "chunks", "embedded"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        *(str(getattr(summary, c)) for c in ("ingested", "updated", "unchanged", "failed", "chunks", "embedded"))
-    )
-    console.print(table)
-    for err in summary.errors:
-        say_error(str(err), "failed", "red")
-
-
 @app.command()
 def query(
     question: str,
@@ -192,7 +180,7 @@ def demo() -> None:
         with Database(settings) as db:
             create_tenant(db, "demo", "Demo tenant")
             summary = ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
-            _print_summary(summary, pipeline.index_id)
+            print_summary(summary, pipeline.index_id)
             for line in SAMPLE_GOLD.read_text().splitlines():
                 item = json.loads(line)
                 _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))

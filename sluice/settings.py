@@ -20,6 +20,7 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "true",
     "SCARF_NO_ANALYTICS": "true",
     "UNSTRUCTURED_TELEMETRY_ENABLED": "false",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",  # its "try our commercial offering" banner on every process
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
