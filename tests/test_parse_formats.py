@@ -64,3 +64,41 @@ def test_csv_and_json(tmp_path):
     data.write_text(json.dumps([{"q": "How long is the warranty?", "a": "Two years on frames."}]))
     doc = parse_file(data, "faq.json", ParserConfig())
     assert "Two years on frames." in doc.text
+
+
+def _spacy_reference():
+    """The pipeline `_OfflineNLP` replaces: spaCy's blank English, its sentencizer, the verb tagger."""
+    import spacy
+    from spacy.language import Language
+
+    from tasks.parse import _tag
+
+    @Language.component("reference_verb_tagger")
+    def tagger(doc):
+        for token in doc:
+            token.tag_ = _tag(token.text)
+        return doc
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("reference_verb_tagger")
+    return nlp
+
+
+def test_offline_nlp_matches_the_spacy_pipeline_it_replaces():
+    """Same tokens, tags and sentences as spaCy on real paragraphs (abbreviations, URLs, quotes, numbers)."""
+    from tasks.parse import _OfflineNLP
+
+    texts = [p for p in (EXAMPLES / "norwich-city.txt").read_text(errors="replace").split("\n") if p.strip()][:400]
+    texts += [
+        "Dr. Smith saw e.g. the U.S. Capitol! Did he?\" Yes... maybe. It's 3.5 mg/kg (p<0.05). Fig. 2 don't.",
+        "Archived (https://web.archive.org/web/2019/http://www.x.co.uk/a.html). The Pink'un. b. Two apps",
+        "",
+        "   ",
+        "one sentence without an end",
+    ]
+    ours, reference = _OfflineNLP(), _spacy_reference()
+    for text in texts:
+        a, b = ours(text), reference(text)
+        assert [(t.text, t.tag_) for t in a] == [(t.text, t.tag_) for t in b], text
+        assert [s.text for s in a.sents] == [s.text for s in b.sents], text
