@@ -28,3 +28,54 @@ def test_least_recently_used_is_evicted(embedder):
     cached.encode(["one sentence here", "two sentence here"])
     assert embedder.encoded - before == 1
     assert cached.hits == 2 and cached.misses == 4
+
+
+_FAULTS = """
+import json, resource
+import torch
+from tasks.embed import keep_freed_tensor_memory
+
+layer = torch.nn.Linear(384, 1536)  # one feed-forward layer of all-MiniLM-L6-v2
+
+def faults():  # page faults of one pass over batches sorted by length, as model.encode runs them
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with torch.inference_mode():
+        for length in range(32, 257, 16):
+            hidden = layer(torch.ones(64, length, 384))
+            del hidden
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()  # first pass: every process takes its pages from the kernel once
+default = faults()
+applied = keep_freed_tensor_memory()
+faults()
+print(json.dumps({"default": default, "applied": applied, "tuned": faults()}))
+"""
+
+
+def _fault_counts(**env: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    done = subprocess.run(
+        [sys.executable, "-c", _FAULTS], env={**clean, **env}, cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_freed_batch_buffers_are_reused_instead_of_faulted_in_again():
+    counts = _fault_counts()
+    assert counts["applied"] is True
+    assert counts["default"] > 50_000  # glibc unmapped every buffer on free: the next batch faulted it in again
+    assert counts["tuned"] < counts["default"] / 10
+
+
+def test_allocator_tuning_is_left_to_a_user_who_set_it():
+    counts = _fault_counts(MALLOC_TRIM_THRESHOLD_="131072")
+    assert counts["applied"] is False
