@@ -11,6 +11,8 @@ loaded and unstructured imported before the clock starts. Baseline (raw encode) 
                    (everything but the model), next to Sluice's store alone
     --langchain    the same chunks through PGVector (bench/ingest_langchain.py in /work/bench-venv,
                    scripts/bench-venv.sh): store alone (vectors given) and end to end (--e2e-limit docs)
+    --peer-tuned   with --langchain: each round also runs PGVector with MALLOC_*_THRESHOLD_ set, the
+                   allocator tuning Sluice's embedder applies to itself
     --skip-encode  skip the ingest vs raw encode comparison (e.g. to run only the above)
 Vectors for --warm/--langchain come from tenant 'bench-cache' (seeded from every bench tenant's cache),
 so the model only runs for chunk texts no earlier bench run embedded.
@@ -65,7 +67,10 @@ def child(mode: str, source: str, tenant: str) -> dict:
     embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
     embedder.warm_up()
     files = list_source(source)
-    parse_file(files[0].path, "warm-up", pipeline.parser)  # imports unstructured before the clock
+    from tasks.chunk import make_chunker
+
+    # Imports unstructured and the chunker's splitter library before the clock (PGVector's side too).
+    make_chunker(pipeline.chunker, embedder).split(parse_file(files[0].path, "warm-up", pipeline.parser))
     if mode == "idle":  # the floor every ingest child starts from: model loaded, unstructured imported
         return {"mode": mode, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if mode in ("prep", "store", "parts"):
@@ -73,8 +78,6 @@ def child(mode: str, source: str, tenant: str) -> dict:
     if mode == "flow":
         return flow_child(source, tenant, settings)
     if mode == "encode":
-        from tasks.chunk import make_chunker
-
         chunker = make_chunker(pipeline.chunker, embedder)
         texts = [c.text for f in files for c in chunker.split(parse_file(f.path, f.source_id, pipeline.parser))]
         start, cpu = time.perf_counter(), time.process_time()
@@ -215,6 +218,7 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="profile the non-model time (cache-seeded runs)")
     parser.add_argument("--langchain", action="store_true", help=f"also compare PGVector ({LANGCHAIN_PYTHON})")
     parser.add_argument("--e2e-limit", type=int, default=10, help="documents in the end-to-end PGVector comparison")
+    parser.add_argument("--peer-tuned", action="store_true", help="also run PGVector with malloc tuned by env vars")
     parser.add_argument(
         "--memory-files", nargs="*", default=["example-10k.html"], help="example-docs files ingested alone for peak RSS"
     )
@@ -234,7 +238,7 @@ def main() -> None:
         if args.parts:
             results["parts"] = run_child("parts", corpus, "-")
         if args.langchain:
-            results["langchain"] = langchain(Path(tmp), corpus, args.repeats, args.e2e_limit)
+            results["langchain"] = langchain(Path(tmp), corpus, args.repeats, args.e2e_limit, args.peer_tuned)
             print(json.dumps(results["langchain"]), flush=True)
         if args.warm:
             results["warm"] = warm(Path(tmp), corpus, args.repeats)
@@ -326,13 +330,18 @@ def warm(tmp: Path, corpus: Path, repeats: int) -> dict:
     return {"rounds": rounds}
 
 
-def run_langchain(mode: str, data: Path) -> dict:
+# What Sluice's embedder does from inside (tasks.embed.keep_freed_tensor_memory), set from outside for PGVector.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def run_langchain(mode: str, data: Path, tuned: bool = False) -> dict:
     from sluice.db import admin_conninfo
     from sluice.settings import load_settings
 
     admin = admin_conninfo(load_settings(db_name=BENCH_DB))
     cmd = [str(LANGCHAIN_PYTHON), str(ROOT / "bench" / "ingest_langchain.py"), mode, admin, str(data)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {**os.environ, **TUNED_MALLOC} if tuned else None
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"langchain {mode} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -348,8 +357,11 @@ def prepared(corpus: Path, folder: Path) -> Path:
     return folder
 
 
-def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int) -> dict:
-    """Sluice vs PGVector on the same chunks, interleaved: the store alone, then end to end."""
+def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int, peer_tuned: bool = False) -> dict:
+    """Sluice vs PGVector on the same chunks, interleaved: the store alone, then end to end.
+
+    With `peer_tuned`, each round also runs PGVector with glibc's malloc tuned from the environment as
+    Sluice's embedder tunes it from inside: the ratio a PGVector user who knew the trick would see."""
     data = prepared(corpus, tmp / "lc-store")
     store = []
     for i in range(repeats):
@@ -359,7 +371,7 @@ def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int) -> dict:
         store.append((ours, theirs or run_langchain("store", data)))
     small = tmp / "e2e"
     write_corpus(small, e2e_limit)
-    e2e_data, e2e, again = prepared(small, tmp / "lc-e2e"), [], []
+    e2e_data, e2e, again, tuned = prepared(small, tmp / "lc-e2e"), [], [], []
     for i in range(repeats):  # alternate who goes first: the load on this shared machine drifts
         tenant = new_tenant("e2e")
         if i % 2:
@@ -369,16 +381,19 @@ def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int) -> dict:
             ours = run_child("ingest", small, tenant)
             theirs = run_langchain("e2e", e2e_data)
         e2e.append((ours, theirs))
+        if peer_tuned:
+            tuned.append((ours, run_langchain("e2e", e2e_data, tuned=True)))
         # Re-ingest of the unchanged corpus: Sluice into the same tenant, PGVector's second pass (above).
         again.append((run_child("ingest", small, tenant)["seconds"], theirs["reingest_seconds"]))
     reingest = [
         {"sluice_s": round(s, 3), "langchain_s": round(t, 1), "sluice_speedup": round(t / s, 1)} for s, t in again
     ]
-    return {
+    out = {
         "store": _ratios(store),
         "end_to_end": _ratios(e2e),
         "re_ingest": {"rounds": reingest, "median": statistics.median(r["sluice_speedup"] for r in reingest)},
     }
+    return {**out, "end_to_end_vs_tuned_malloc_peer": _ratios(tuned)} if tuned else out
 
 
 def _ratios(pairs: list[tuple[dict, dict]]) -> dict:
