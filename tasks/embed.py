@@ -23,6 +23,17 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BYTES = 1 << 30
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+SLICE_BATCHES = 4  # model batches per slice of a long encode, between which freed buffers are returned
+
+
+@lru_cache(maxsize=1)
+def _glibc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+    except (OSError, AttributeError):  # musl, macOS: nothing to tune
+        return None
+    return libc
 
 
 @lru_cache(maxsize=1)
@@ -31,20 +42,24 @@ def keep_freed_tensor_memory() -> bool:
 
     Each model batch allocates activations of tens of MB. glibc serves such blocks with mmap and
     unmaps them on free, so the next batch page-faults (and the kernel zeroes) the same memory
-    again: 1.3 M page faults and ~2.5 s of system time per 256 chunks here. Raising the mmap and
-    trim thresholds keeps those blocks in the heap for reuse: the vectors are bit-identical and
-    `model.encode` is ~1.2x faster (docs/benchmarks.md, "Allocator"). Peak memory is unchanged; the
-    process simply keeps its peak. Skipped when the user tunes malloc (MALLOC_*_ env, LD_PRELOAD
-    of jemalloc/tcmalloc) or the C library is not glibc. Returns whether it was applied.
+    again: ~4,500 page faults and ~9 ms of system time per chunk here. Raising the mmap and trim
+    thresholds keeps those blocks in the heap for reuse; `Embedder.encode` hands the free pages back
+    (`release_freed_memory`) after every few batches, so memory does not creep up with the corpus.
+    Vectors are bit-identical; encoding is ~1.1-1.2x faster (docs/benchmarks.md, "Ingestion, session 4").
+    Skipped when the user tunes malloc (MALLOC_*_ env, LD_PRELOAD of jemalloc/tcmalloc) or the C library
+    is not glibc. Returns whether it was applied.
     """
-    if any(os.environ.get(name) for name in _MALLOC_ENV):
+    libc = _glibc()
+    if libc is None or any(os.environ.get(name) for name in _MALLOC_ENV):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the kernel (glibc `malloc_trim`), e.g. between ingest batches."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ class Embedder:
         self.encode_lock = threading.RLock()
         self.calls = 0  # number of encode() calls that reached the model, for tests and metrics
         self.encoded = 0  # texts encoded by the model
+        self._trim = False  # hand freed batch buffers back after large calls (see keep_freed_tensor_memory)
 
     def warm_up(self) -> None:
         """Load the model and compute its identity (once)."""
@@ -110,7 +126,7 @@ class Embedder:
                 return
             from sentence_transformers import SentenceTransformer
 
-            keep_freed_tensor_memory()
+            self._trim = keep_freed_tensor_memory()
             path = resolve_model_path(self.config.model)
             model = SentenceTransformer(str(path), device="cpu")
             dim = model.get_embedding_dimension()
@@ -134,20 +150,38 @@ class Embedder:
         return self._model.tokenizer
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Embed texts as float32 rows (unit length when the config normalises)."""
+        """Embed texts as float32 rows (unit length when the config normalises).
+
+        With the allocator tuned (`keep_freed_tensor_memory`), a long list is encoded in slices of
+        `SLICE_BATCHES` model batches, longest texts first across the whole list (as the model sorts
+        them itself), and the freed buffers go back to the kernel after each slice: one document
+        of thousands of chunks then peaks like a slice, not like the document.
+        """
         self.warm_up()
         if not texts:
             return np.zeros((0, self.config.dim), dtype=np.float32)
         with self.encode_lock:
             self.calls += 1
             self.encoded += len(texts)
-            vectors = self._model.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=self.config.normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            if not self._trim or len(texts) < self.batch_size:
+                return self._encode(texts)
+            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+            vectors = np.empty((len(texts), self.config.dim), dtype=np.float32)
+            step = self.batch_size * SLICE_BATCHES
+            for first in range(0, len(order), step):
+                rows = order[first : first + step]
+                vectors[rows] = self._encode([texts[i] for i in rows])
+                release_freed_memory()
+            return vectors
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=self.config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(vectors, dtype=np.float32)
 
 

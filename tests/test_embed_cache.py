@@ -33,7 +33,7 @@ def test_least_recently_used_is_evicted(embedder):
 _FAULTS = """
 import json, resource
 import torch
-from tasks.embed import keep_freed_tensor_memory
+from tasks.embed import keep_freed_tensor_memory, release_freed_memory
 
 layer = torch.nn.Linear(384, 1536)  # one feed-forward layer of all-MiniLM-L6-v2
 
@@ -49,7 +49,15 @@ faults()  # first pass: every process takes its pages from the kernel once
 default = faults()
 applied = keep_freed_tensor_memory()
 faults()
-print(json.dumps({"default": default, "applied": applied, "tuned": faults()}))
+tuned = faults()
+
+def rss_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+kept = rss_mb()
+release_freed_memory()
+print(json.dumps({"default": default, "applied": applied, "tuned": tuned, "released_mb": kept - rss_mb()}))
 """
 
 
@@ -74,8 +82,22 @@ def test_freed_batch_buffers_are_reused_instead_of_faulted_in_again():
     assert counts["applied"] is True
     assert counts["default"] > 50_000  # glibc unmapped every buffer on free: the next batch faulted it in again
     assert counts["tuned"] < counts["default"] / 10
+    assert counts["released_mb"] > 50  # the kept buffers go back to the kernel between large encode calls
 
 
 def test_allocator_tuning_is_left_to_a_user_who_set_it():
     counts = _fault_counts(MALLOC_TRIM_THRESHOLD_="131072")
     assert counts["applied"] is False
+
+
+def test_a_long_encode_runs_in_slices_with_every_vector_in_its_place(embedder):
+    """Past one slice (4 model batches) the embedder sorts, slices and trims; rows must come back in order."""
+    from tasks.embed import SLICE_BATCHES
+
+    assert embedder._trim, "the allocator tuning is on by default (no MALLOC_* variables set)"
+    texts = [f"Sentence {i} is about {'masks ' * (i % 7)}and ventilation {i * 7 % 13}." for i in range(300)]
+    assert len(texts) > embedder.batch_size * SLICE_BATCHES
+    sliced = embedder.encode(texts)
+    whole = embedder._encode(texts)  # one model call over the whole list
+    np.testing.assert_allclose(sliced, whole, atol=1e-5)
+    assert not np.allclose(sliced[0], sliced[1], atol=1e-3)  # distinct texts, distinct rows
