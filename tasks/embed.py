@@ -45,7 +45,7 @@ def keep_freed_tensor_memory() -> bool:
     again: ~4,500 page faults and ~9 ms of system time per chunk here. Raising the mmap and trim
     thresholds keeps those blocks in the heap for reuse; `Embedder.encode` hands the free pages back
     (`release_freed_memory`) after every few batches, so memory does not creep up with the corpus.
-    Vectors are bit-identical; encoding is ~1.1-1.2x faster (docs/benchmarks.md, "Ingestion, session 4").
+    Vectors are bit-identical; encoding is ~1.1x faster (docs/benchmarks.md, Ingestion, "Session 4").
     Skipped when the user tunes malloc (MALLOC_*_ env, LD_PRELOAD of jemalloc/tcmalloc) or the C library
     is not glibc. Returns whether it was applied.
     """

@@ -130,8 +130,8 @@ class _OfflineNLP:
     """spaCy's blank English tokenizer, then the sentencizer's rule and the verb tagger in plain Python.
 
     The same tokens, sentences and tags as `spacy.blank("en")` + sentencizer + a tagger component,
-    without building spaCy Token objects for every word of every paragraph: that pipeline cost
-    ~1.5 s per 400k characters of plain text, most of a parse; this costs ~0.3 s.
+    without building spaCy Token objects for every word of every paragraph. With language detection
+    off too, plain-text parsing is ~2.2x faster (bench/embed_parse.py, docs/benchmarks.md).
     """
 
     max_length = 1_000_000  # spaCy's limit; unstructured truncates longer text to it
