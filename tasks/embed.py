@@ -42,7 +42,7 @@ def keep_freed_tensor_memory() -> bool:
 
     Each model batch allocates activations of tens of MB. glibc serves such blocks with mmap and
     unmaps them on free, so the next batch page-faults (and the kernel zeroes) the same memory
-    again: ~4,500 page faults and ~9 ms of system time per chunk here. Raising the mmap and trim
+    again: ~4,500 page faults and ~8-9 ms of system time per chunk here. Raising the mmap and trim
     thresholds keeps those blocks in the heap for reuse; `Embedder.encode` hands the free pages back
     (`release_freed_memory`) after every few batches, so memory does not creep up with the corpus.
     Vectors are bit-identical; encoding is ~1.1x faster (docs/benchmarks.md, Ingestion, "Session 4").

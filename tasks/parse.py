@@ -138,17 +138,17 @@ class _OfflineNLP:
 
     def __init__(self):
         import spacy
+        from spacy.attrs import IDX, LENGTH
         from spacy.lang.lex_attrs import is_punct
         from spacy.pipeline.sentencizer import Sentencizer
 
         self._tokenizer = spacy.blank("en").tokenizer
         self._ends = frozenset(Sentencizer.default_punct_chars)
         self._is_punct = is_punct
+        self._columns = [IDX, LENGTH]  # each token's offset and length, read in one array
 
     def __call__(self, text: str) -> _Doc:
-        from spacy.attrs import IDX, LENGTH
-
-        spans = self._tokenizer(text).to_array([IDX, LENGTH]).tolist()
+        spans = self._tokenizer(text).to_array(self._columns).tolist()
         words = [text[i : i + n] for i, n in spans]
         sents: list[_Sentence] = []
         first, seen_end = 0, False
