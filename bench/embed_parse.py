@@ -148,34 +148,39 @@ def main() -> None:
         write_docs(folder, args.docs)
         summary = {}
         if not args.skip_allocator:
-            rounds = []
-            for i in range(args.repeats):  # alternate who goes first
-                order = ["glibc-default", "keep-freed"] if i % 2 == 0 else ["keep-freed", "glibc-default"]
-                got = {v: run(["--child", "encode", v, str(folder), str(args.chunks), f"{tmp}/{v}.npy"]) for v in order}
-                same = np.array_equal(np.load(f"{tmp}/glibc-default.npy"), np.load(f"{tmp}/keep-freed.npy"))
-                rounds.append(
-                    {"speedup": got["glibc-default"]["seconds"] / got["keep-freed"]["seconds"], "identical": same}
-                )
-            summary["allocator"] = {
-                "speedups": [round(r["speedup"], 2) for r in rounds],
-                "median_speedup": round(statistics.median(r["speedup"] for r in rounds), 2),
-                "vectors_identical": all(r["identical"] for r in rounds),
-            }
+
+            def encode(variant: str) -> dict:
+                return run(["--child", "encode", variant, str(folder), str(args.chunks), f"{tmp}/{variant}.npy"])
+
+            def identical() -> bool:
+                return np.array_equal(np.load(f"{tmp}/glibc-default.npy"), np.load(f"{tmp}/keep-freed.npy"))
+
+            summary["allocator"] = alternate(("glibc-default", "keep-freed"), encode, identical, args.repeats)
         if not args.skip_parse:
-            rounds = []
-            for i in range(args.repeats):
-                order = ["spacy-pipeline", "offline-nlp"] if i % 2 == 0 else ["offline-nlp", "spacy-pipeline"]
-                got = {v: run(["--child", "parse", v, str(folder), f"{tmp}/{v}.json"]) for v in order}
-                same = Path(f"{tmp}/spacy-pipeline.json").read_text() == Path(f"{tmp}/offline-nlp.json").read_text()
-                rounds.append(
-                    {"speedup": got["spacy-pipeline"]["seconds"] / got["offline-nlp"]["seconds"], "same": same}
-                )
-            summary["parse"] = {
-                "speedups": [round(r["speedup"], 2) for r in rounds],
-                "median_speedup": round(statistics.median(r["speedup"] for r in rounds), 2),
-                "same_elements": all(r["same"] for r in rounds),
-            }
+
+            def parse(variant: str) -> dict:
+                return run(["--child", "parse", variant, str(folder), f"{tmp}/{variant}.json"])
+
+            def same() -> bool:
+                return Path(f"{tmp}/spacy-pipeline.json").read_text() == Path(f"{tmp}/offline-nlp.json").read_text()
+
+            summary["parse"] = alternate(("spacy-pipeline", "offline-nlp"), parse, same, args.repeats)
     print(json.dumps(summary, indent=2))
+
+
+def alternate(pair: tuple[str, str], measure, same_output, repeats: int) -> dict:
+    """Run baseline and candidate `repeats` times, alternating who goes first; speed-up = baseline ÷ candidate."""
+    baseline, candidate = pair
+    speedups, same = [], []
+    for i in range(repeats):
+        got = {v: measure(v) for v in (pair if i % 2 == 0 else pair[::-1])}
+        speedups.append(got[baseline]["seconds"] / got[candidate]["seconds"])
+        same.append(same_output())
+    return {
+        "speedups": [round(s, 2) for s in speedups],
+        "median_speedup": round(statistics.median(speedups), 2),
+        "same_output": all(same),
+    }
 
 
 if __name__ == "__main__":
