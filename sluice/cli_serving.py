@@ -130,16 +130,22 @@ def demo_api(
         _fail(exc)
     env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
     cli = [sys.executable, "-m", "sluice.cli"]
-    # Detached: own session and log files, so they outlive this command (and `make demo`).
-    spawn = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if detach else {}
-    procs = [
-        subprocess.Popen(cli + ["worker", "--loglevel", "WARNING"], env=env, **spawn),
-        subprocess.Popen(cli + ["serve", "--port", str(port)], env=env, **spawn),
-    ]
+    logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen:
+        if not detach:
+            return subprocess.Popen(cli + args, env=env)
+        # Detached: own session and log files, so they outlive this command (and `make demo`).
+        with logs[name].open("wb") as log:
+            return subprocess.Popen(cli + args, env=env, start_new_session=True, stdout=log, stderr=log)
+
+    procs = [spawn("worker", ["worker", "--loglevel", "WARNING"]), spawn("serve", ["serve", "--port", str(port)])]
+    where = f"see {logs['worker']} and {logs['serve']}" if detach else "see the output above"
     if detach:
         pid_file.write_text(" ".join(str(p.pid) for p in procs))
     try:
-        _demo_requests(f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl")
+        gold = PROJECT_ROOT / "data" / "sample" / "gold.jsonl"
+        _demo_requests(f"http://{settings.api_host}:{port}", key, gold, where)
         console.print(
             "\nAPI and worker are running; try:" if detach else "\nAPI and worker are running; try (Ctrl-C stops both):"
         )
@@ -180,22 +186,29 @@ def _stop_detached(pid_file) -> None:
     pid_file.unlink()
 
 
-def _demo_requests(base: str, key: str, gold) -> None:
+def _demo_requests(base: str, key: str, gold, where: str) -> None:
     import json
     import time
 
     import httpx
 
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-    deadline = time.monotonic() + 180
+    deadline, last = time.monotonic() + 180, "no answer"
     while True:
         try:
-            if client.get("/readyz").json()["ready"]:
+            checks = client.get("/readyz").json()
+            if checks["ready"]:
                 break
-        except httpx.HTTPError:
-            pass
+            last = str(checks.get("checks"))
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise typer.Exit(code=1)
+            _fail(
+                SluiceError(
+                    f"the demo API at {base} was not ready after 180 s (last /readyz: {last}); {where}, "
+                    "then re-run `sluice demo-api --detach` (a port in use: pass --port)"
+                )
+            )
         time.sleep(1)
     job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"}).json()["job_id"]
     while (status := client.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
