@@ -1,0 +1,110 @@
+"""POST /v1/jobs and GET /v1/jobs/{id}: queued queries and ingestions (a named source or uploaded files)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from celery import states
+from fastapi import APIRouter, Body
+from fastapi.responses import Response
+
+from serving.api.deps import IdemKey, Tenant
+from serving.api.enqueue import check_capacity, enqueue
+from serving.api.errors import ERRORS, ApiError
+from serving.api.idempotent import idempotent
+from serving.api.query import payload as query_payload
+from serving.api.responses import json_response
+from serving.api.state import ApiState, State
+from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
+from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, QueryRequest
+from sluice.settings import Settings
+
+router = APIRouter()
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
+def submit(job: Annotated[JobRequest, Body()], state: State, tenant: Tenant, key: IdemKey = None) -> Response:
+    """Queue a query or an ingestion (a named source under the ingest root, or uploaded files)."""
+    status, body, replayed = idempotent(
+        state, tenant, key, "/v1/jobs", job.model_dump(), lambda: submit_job(state, tenant, job)
+    )
+    return json_response(status, body, replayed)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+def get_job(job_id: str, state: State, tenant: Tenant) -> JobStatus:
+    """Status and result of one of this tenant's jobs."""
+    return job_status(state, tenant, job_id)
+
+
+def resolve_source(settings: Settings, name: str) -> Path:
+    """A named source inside the allowed ingest root; traversal and escapes are refused."""
+    if settings.ingest_root is None:
+        raise ApiError(422, "named sources are disabled: set SLUICE_INGEST_ROOT on the server, or upload `files`")
+    root, rel = settings.ingest_root.resolve(), Path(name)
+    if rel.is_absolute() or ".." in rel.parts or "\x00" in name:
+        raise ApiError(422, f"source {name!r} must be a relative path inside the ingest root, without '..'")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise ApiError(422, f"source {name!r} resolves outside the ingest root")
+    if not path.exists():
+        raise ApiError(422, f"source {name!r} does not exist under the ingest root")
+    return path
+
+
+def save_uploads(settings: Settings, tenant: str, job: IngestJob) -> Path:
+    """Write uploaded files into a fresh folder the worker ingests (and then removes)."""
+    decoded: list[tuple[str, bytes]] = []
+    for f in job.files or []:
+        if Path(f.name).name != f.name or f.name.startswith(".") or "\x00" in f.name:
+            raise ApiError(422, f"file name {f.name!r} must be a plain base name such as report.pdf")
+        try:
+            decoded.append((f.name, base64.b64decode(f.content_base64, validate=True)))
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(422, f"file {f.name!r}: content_base64 is not valid base64") from exc
+    if sum(len(d) for _, d in decoded) > settings.max_upload_bytes:
+        raise ApiError(413, f"uploads exceed {settings.max_upload_bytes} bytes: split them over several jobs")
+    folder = settings.data_dir / "uploads" / tenant / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    for name, data in decoded:
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
+    """Enqueue a query or an ingestion; 202 with the job id."""
+    if job.kind == "query":
+        req = QueryRequest(**job.model_dump(exclude={"kind"}))
+        job_id = enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, query_payload(tenant, req, False), job.model_dump())
+        return 202, {"job_id": job_id, "kind": "query", "status": "queued"}
+    if job.source is not None:
+        source, cleanup = resolve_source(state.settings, job.source), False
+    else:
+        check_capacity(state, INGEST_QUEUE)
+        source, cleanup = save_uploads(state.settings, tenant, job), True
+    record = {"kind": "ingest", "source": job.source, "files": [f.name for f in job.files or []]}
+    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup}
+    job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
+    return 202, {"job_id": job_id, "kind": "ingest", "status": "queued"}
+
+
+def job_status(state: ApiState, tenant: str, job_id: str) -> JobStatus:
+    """A job of this tenant; another tenant's job id is indistinguishable from a missing one."""
+    with state.db.tenant(tenant, check=False) as conn:
+        row = conn.execute("SELECT kind FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+    if row is None:
+        raise ApiError(404, f"no job {job_id!r} for this API key")
+    result = state.celery.AsyncResult(job_id)
+    status = result.state
+    if status == states.SUCCESS:
+        body = result.result
+        if isinstance(body, dict) and "error" in body:
+            return JobStatus(job_id=job_id, kind=row[0], status="failed", error=body["error"]["message"])
+        return JobStatus(job_id=job_id, kind=row[0], status="succeeded", result=body)
+    if status in states.PROPAGATE_STATES:
+        return JobStatus(job_id=job_id, kind=row[0], status="failed", error=repr(result.result))
+    return JobStatus(job_id=job_id, kind=row[0], status="queued" if status == states.PENDING else "running")
