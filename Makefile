@@ -38,6 +38,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean: db-stop
 	rm -rf .sluice

@@ -126,7 +126,7 @@ def served_env(redis_url: str = REDIS, **extra: str) -> dict[str, str]:
 def start_stack(env: dict, workers: int, port: int, logs: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
     """`sluice worker` (WARNING logs) and `sluice serve` as subprocesses; (worker, api)."""
     logs.mkdir(exist_ok=True)
-    py = [sys.executable, "-m", "sluice.cli"]
+    py = [sys.executable, "-m", "cli"]
     worker = start(py + ["worker", "--concurrency", str(workers), "--loglevel", "WARNING"], env, logs / "worker.log")
     api = start(py + ["serve", "--port", str(port)], env, logs / "api.log")
     return worker, api

@@ -11,8 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from evals import record, runner
 from evals.evaluate import apply_decision
 from evals.grid import load_grid
-from serving.metrics import EVAL_RUNS
 from sluice.db import Database
+from sluice.metrics import EVAL_RUNS
 from sluice.settings import load_settings
 
 # Steps take the database and return in-memory results: nothing to cache or persist between them.

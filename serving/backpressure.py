@@ -45,7 +45,7 @@ def oldest_age(app: Celery, queue: str) -> float | None:
     Read from the broker itself: the last element of a Redis list, or the oldest visible row of the
     SQLAlchemy (Postgres) transport. Other transports report None.
     """
-    from serving.metrics import ENQUEUED_AT, oldest_age_redis
+    from sluice.metrics import ENQUEUED_AT, oldest_age_redis
 
     with app.pool.acquire(block=True) as conn:
         channel = conn.default_channel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving import metrics
+from sluice import metrics
 from tasks.embed import CachingEmbedder as _CachingEmbedder
 from tasks.embed import Embedder
 

@@ -24,17 +24,16 @@ from celery import Celery, Task
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
-from serving import metrics
 from serving.cache import answer_cache_key, cache_put, corpus_version_of
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
-from serving.metrics import REQUEST_ID_HEADER, TRACE_ID_HEADER
-from sluice import logs, tracing
+from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import DatabaseError, QueryError, SluiceError
+from sluice.metrics import REQUEST_ID_HEADER, TRACE_ID_HEADER
 from sluice.settings import Settings
 
 if TYPE_CHECKING:

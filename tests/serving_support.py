@@ -46,7 +46,7 @@ def start_worker(
     settings: Settings, log: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Start `sluice worker` and wait until it has loaded its embedder and answers pings."""
-    cmd = [sys.executable, "-m", "sluice.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"]
+    cmd = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"]
     proc = subprocess.Popen(
         cmd,
         env={**worker_env(settings), **(extra_env or {})},

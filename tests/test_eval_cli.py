@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from sluice import champion
-from sluice.cli import app
 
 pytestmark = pytest.mark.usefixtures("no_champion_left")
 

@@ -122,7 +122,7 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(db, embedder, pipeline, n
         "PYTHONPATH": guarded_pythonpath(),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sluice.cli", "ingest", str(corpus), "--tenant", crashed],
+        [sys.executable, "-m", "cli", "ingest", str(corpus), "--tenant", crashed],
         env=env,
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.auth import create_key
 from serving.backpressure import oldest_age
 from serving.celery_app import QUERY_QUEUE, create_celery
-from serving.metrics import ENQUEUED_AT, oldest_age_redis
+from sluice.metrics import ENQUEUED_AT, oldest_age_redis
 from tests.serving_support import free_port, start_worker, stop_worker, wait_job, worker_env
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
@@ -46,7 +46,7 @@ def stack(mp_settings, tmp_path_factory):
     worker = start_worker(mp_settings, tmp / "worker.log", extra_env=env)
     port = free_port()
     api = subprocess.Popen(
-        [sys.executable, "-m", "sluice.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=(tmp / "api.log").open("w"),
         stderr=subprocess.STDOUT,
@@ -265,7 +265,7 @@ def test_sluice_status_reads_the_live_api(stack, db):
 
     from typer.testing import CliRunner
 
-    from sluice.cli import app
+    from cli.main import app
     from sluice.db import create_tenant
 
     tenant = f"sts-{uuid.uuid4().hex[:8]}"
@@ -295,7 +295,7 @@ def test_sluice_status_reads_the_live_api(stack, db):
 def test_sluice_status_names_the_fix_when_the_api_is_down():
     from typer.testing import CliRunner
 
-    from sluice.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["status", "--url", f"http://127.0.0.1:{free_port()}", "--interval", "0.1"])
     assert result.exit_code == 2 and "is `sluice serve` running there?" in result.output

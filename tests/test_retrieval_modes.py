@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.synthetic import DIM, IDENTITY, SYNTHETIC, make_records, unit_vectors
-from sluice.cli import app
+from cli.main import app
 from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
 from sluice.db import create_tenant
 from sluice.errors import ConfigError, EmbedderMismatchError, QueryError

@@ -137,7 +137,7 @@ def test_calibration_helpers():
 
 
 def test_cli_trains_a_router_and_pins_it_in_a_new_config(embedder, tmp_path, monkeypatch):
-    from sluice.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
     results = tmp_path / "eval.jsonl"
@@ -171,7 +171,7 @@ def test_rules_config_parses_from_yaml_shape():
 
 
 def test_cli_explains_a_routing_decision(tmp_path):
-    from sluice.cli import app
+    from cli.main import app
 
     tiers = {t: {"model": t, "replicas": ["http://127.0.0.1:9/v1"]} for t in ("small", "large")}
     path = tmp_path / "rules.yaml"

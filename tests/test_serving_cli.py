@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from sluice.cli import app
+from cli.main import app
 
 
 @pytest.fixture()

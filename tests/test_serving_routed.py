@@ -195,7 +195,7 @@ def test_failing_small_tier_falls_back_to_large_and_cools_down_in_redis(api, key
 def test_cli_query_answers_through_the_same_routed_path(routed_settings, key, tiers, monkeypatch):
     from typer.testing import CliRunner
 
-    from sluice.cli import app
+    from cli.main import app
 
     _, large = tiers
     monkeypatch.setenv("SLUICE_DB_NAME", routed_settings.db_name)

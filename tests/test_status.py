@@ -8,8 +8,8 @@ import re
 
 from prometheus_client import Counter, Histogram
 
-from serving import metrics
-from sluice.cli_status import parse, quantile, summarize
+from cli.status import parse, quantile, summarize
+from sluice import metrics
 from sluice.settings import PROJECT_ROOT
 
 BEFORE = """

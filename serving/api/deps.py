@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from serving import metrics
 from serving.api.errors import ApiError
 from serving.api.state import ApiState, State
 from serving.auth import AuthError, bearer_token, hash_key
 from serving.ratelimit import authorize, retry_after
-from sluice import logs
+from sluice import logs, metrics
 
 BEARER = HTTPBearer(auto_error=False, description="A tenant API key from `sluice key create`.")
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1)]

@@ -8,11 +8,10 @@ import uuid
 from celery import states
 from psycopg.types.json import Jsonb
 
-from serving import metrics
 from serving.api.errors import ApiError
 from serving.api.state import ApiState
 from serving.celery_app import INGEST_QUEUE, QUERY_TASK
-from sluice import logs, tracing
+from sluice import logs, metrics, tracing
 from sluice.settings import Settings
 
 

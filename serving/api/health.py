@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from serving import metrics
 from serving.api.state import ApiState, State
 from serving.backpressure import oldest_age
 from serving.celery_app import INGEST_QUEUE, QUERY_QUEUE
 from serving.heartbeat import live_workers
+from sluice import metrics
 
 router = APIRouter()
 

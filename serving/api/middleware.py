@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving import metrics
-from sluice import logs, tracing
+from sluice import logs, metrics, tracing
 from sluice.settings import Settings
 
 log = logging.getLogger("sluice.api")

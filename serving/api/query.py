@@ -9,7 +9,6 @@ from celery import states
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
-from serving import metrics
 from serving.api.deps import IdemKey, Shed, Tenant
 from serving.api.enqueue import enqueue, new_job, send, wait_result, worker_error
 from serving.api.errors import ERRORS
@@ -21,7 +20,7 @@ from serving.celery_app import QUERY_QUEUE, QUERY_TASK
 from serving.config_source import active_config
 from serving.schemas import JobAccepted, QueryRequest, QueryResponse
 from serving.stream import answer_pieces, sse
-from sluice import logs
+from sluice import logs, metrics
 
 router = APIRouter()
 Event = tuple[str, dict]  # an SSE event name and its data; `sse()` writes it only at the edge

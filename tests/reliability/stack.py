@@ -74,7 +74,7 @@ def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[
 def api_process(settings: Settings, log: Path) -> Iterator[str]:
     """`sluice serve` as a subprocess (its own GIL, as deployed) on a free port; yields its base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "sluice.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(
         cmd, env=stack_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )

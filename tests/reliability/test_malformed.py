@@ -13,7 +13,7 @@ import base64
 import pytest
 from typer.testing import CliRunner
 
-from sluice.cli import app
+from cli.main import app
 from tests.serving_support import assert_refused
 
 Q = "/v1/query"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from serving.auth import create_key
-from sluice.cli import app
 from sluice.db import create_tenant
 from tests.reliability.zipbomb import bomb
 from tests.serving_support import ApiServer, assert_refused, wait_job

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sluice.cli_common import console, say_error
+from cli.common import console, say_error
 from sluice.settings import load_settings
 
 app = typer.Typer()

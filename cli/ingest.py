@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sluice.cli_common import console, err_console, fail, say_error
+from cli.common import console, err_console, fail, say_error
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 

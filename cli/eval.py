@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sluice.cli_common import console
-from sluice.cli_common import fail as _fail
+from cli.common import console
+from cli.common import fail as _fail
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 

@@ -10,14 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from sluice import cli_retrieval, cli_status
-from sluice.cli_common import console
-from sluice.cli_common import fail as _fail
-from sluice.cli_eval import register_eval_commands
-from sluice.cli_ingest import ingest as ingest_command
-from sluice.cli_ingest import print_summary
-from sluice.cli_routing import router_app
-from sluice.cli_serving import app as serving_app
+from cli import retrieval as cli_retrieval
+from cli import status as cli_status
+from cli.common import console
+from cli.common import fail as _fail
+from cli.eval import register_eval_commands
+from cli.ingest import ingest as ingest_command
+from cli.ingest import print_summary
+from cli.routing import router_app
+from cli.serving import app as serving_app
 from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -195,7 +196,3 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

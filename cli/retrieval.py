@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sluice.cli_common import console
-from sluice.cli_common import fail as _fail
+from cli.common import console
+from cli.common import fail as _fail
 from sluice.errors import QueryError, SluiceError
 from sluice.settings import load_settings
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from sluice.cli_common import console
-from sluice.cli_common import fail as _fail
+from cli.common import console
+from cli.common import fail as _fail
 from sluice.errors import SluiceError
 
 router_app = typer.Typer(help="Model routing: train and inspect routers.", no_args_is_help=True)

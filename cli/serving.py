@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from sluice.cli_common import console
-from sluice.cli_common import fail as _fail
+from cli.common import console
+from cli.common import fail as _fail
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
@@ -129,7 +129,7 @@ def demo_api(
     except SluiceError as exc:
         _fail(exc)
     env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
-    cli = [sys.executable, "-m", "sluice.cli"]
+    cli = [sys.executable, "-m", "cli"]
     logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen:
