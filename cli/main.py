@@ -55,13 +55,16 @@ def _database(settings: Settings):
 @db_app.command("up")
 def db_up() -> None:
     """Start the embedded server (when no SLUICE_DATABASE_URL is set) and apply migrations."""
-    from sluice.db import app_conninfo, migrate, server_dsn_summary
+    from sluice.db import app_conninfo, migrate, server_dsn_summary, tune_embedded
 
     settings = _settings()
     try:
         migrate(settings)
+        sizes = tune_embedded(settings)
     except SluiceError as exc:
         _fail(exc)
+    if sizes:
+        console.print("embedded server sized to this machine: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}")
 
 

@@ -231,6 +231,25 @@ def create_tenant(db: Database, tenant_id: str, name: str = "") -> bool:
         return cur.rowcount == 1
 
 
+def tune_embedded(settings: Settings) -> dict[str, str]:
+    """Size the embedded server to this machine (restarting it when shared buffers change); return the sizes.
+
+    Nothing happens for a server at SLUICE_DATABASE_URL, or with SLUICE_PG_AUTOTUNE=false.
+    """
+    from sluice import pgtune
+
+    if settings.database_url or not settings.pg_autotune:
+        return {}
+    wanted = {**pgtune.recommended(), **settings.pg_settings}
+    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+        _, restart = pgtune.apply(conn, wanted)
+    if restart:  # connections of running workers or APIs are dropped once; their pools reconnect
+        server = embedded_server(settings)
+        server.stop()
+        server.start()
+    return wanted
+
+
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs; return whether it was running."""
     pgdata: Path = settings.pgdata

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     app_database_url: str | None = Field(
         default=None, description="URL the application connects with; derived from database_url when unset."
     )
+    pg_autotune: bool = Field(
+        default=True, description="`sluice db up` sizes the embedded server's memory and parallelism to the machine."
+    )
+    pg_settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="PostgreSQL settings for the embedded server over the computed ones, "
+        'e.g. {"shared_buffers": "1GB"}.',
+    )
     pool_min_size: int = Field(default=1, ge=0, description="Connections each process keeps open to the database.")
     pool_max_size: int = Field(default=8, description="Most connections each process opens to the database.")
     config_path: Path | None = Field(default=None, description="YAML pipeline config; unset = built-in default.")
