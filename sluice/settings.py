@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         if self.datasets_dir is None:
             raise ConfigError(
                 f"external corpus {name!r} needs SLUICE_DATASETS_DIR, which is unset: set it to the folder that "
-                f"holds {name}/ (e.g. SLUICE_DATASETS_DIR=../shared/data)"
+                f"holds {name}/ (e.g. SLUICE_DATASETS_DIR=/path/to/data)"
             )
         path = self.datasets_dir / name
         if not path.exists():

@@ -161,7 +161,7 @@ def dataset(settings) -> Callable[[str], Path]:
         if settings.datasets_dir is None:
             pytest.skip(
                 f"needs the external corpus {name}/: set SLUICE_DATASETS_DIR to the folder that holds it "
-                "(e.g. SLUICE_DATASETS_DIR=../shared/data)"
+                "(e.g. SLUICE_DATASETS_DIR=/path/to/data)"
             )
         return settings.dataset_path(name)
 
