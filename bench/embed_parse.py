@@ -25,18 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COVID = ROOT.parent / "shared" / "data" / "covid_qa" / "docs.jsonl"
-
-
-def write_docs(folder: Path, limit: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for line in COVID.read_text().splitlines()[:limit]:
-        doc = json.loads(line)
-        path = folder / f"{doc['doc_id']}.txt"
-        path.write_text(doc["text"])
-        paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------- children
@@ -143,9 +131,11 @@ def main() -> None:
         return
     import numpy as np
 
+    from bench.paths import write_covid_txt
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "docs"
-        write_docs(folder, args.docs)
+        write_covid_txt(folder, args.docs)
         summary = {}
         if not args.skip_allocator:
 

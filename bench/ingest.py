@@ -9,13 +9,15 @@ loaded and unstructured imported before the clock starts. Baseline (raw encode) 
     --parts        parse and chunk alone (wall and CPU seconds): the non-model work, no vectors needed
     --warm         ingest_source and the Prefect flow into tenants whose cache holds every vector
                    (everything but the model), next to Sluice's store alone
-    --langchain    the same chunks through PGVector (bench/ingest_langchain.py in /work/bench-venv,
-                   scripts/bench-venv.sh): store alone (vectors given) and end to end (--e2e-limit docs)
+    --langchain    the same chunks through PGVector (bench/ingest_langchain.py in the peer venv,
+                   SLUICE_BENCH_VENV, default .bench-venv/, built by scripts/bench-venv.sh): store alone
+                   (vectors given) and end to end (--e2e-limit docs)
     --peer-tuned   with --langchain: each round also runs PGVector with MALLOC_*_THRESHOLD_ set, the
                    allocator tuning Sluice's embedder applies to itself
     --skip-encode  skip the ingest vs raw encode comparison (e.g. to run only the above)
 Vectors for --warm/--langchain come from tenant 'bench-cache' (seeded from every bench tenant's cache),
 so the model only runs for chunk texts no earlier bench run embedded.
+Corpora (covid_qa, example-docs) are read under SLUICE_DATASETS_DIR.
 """
 
 from __future__ import annotations
@@ -35,20 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-COVID = ROOT.parent / "shared" / "data" / "covid_qa" / "docs.jsonl"
-EXAMPLES = ROOT.parent / "shared" / "data" / "example-docs"
 BENCH_DB = "sluice_bench"
-LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")  # scripts/bench-venv.sh builds it
-
-
-def write_corpus(folder: Path, limit: int | None) -> int:
-    """One .txt file per covid_qa document."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = COVID.read_text().splitlines()[:limit]
-    for line in lines:
-        doc = json.loads(line)
-        (folder / f"{doc['doc_id']}.txt").write_text(doc["text"])
-    return len(lines)
 
 
 # ---------------------------------------------------------------- child process
@@ -216,7 +205,7 @@ def main() -> None:
     parser.add_argument("--skip-encode", action="store_true", help="skip the ingest vs raw encode comparison")
     parser.add_argument("--parts", action="store_true", help="CPU and wall time of parse and chunk alone")
     parser.add_argument("--warm", action="store_true", help="profile the non-model time (cache-seeded runs)")
-    parser.add_argument("--langchain", action="store_true", help=f"also compare PGVector ({LANGCHAIN_PYTHON})")
+    parser.add_argument("--langchain", action="store_true", help="also compare PGVector (peer venv)")
     parser.add_argument("--e2e-limit", type=int, default=10, help="documents in the end-to-end PGVector comparison")
     parser.add_argument("--peer-tuned", action="store_true", help="also run PGVector with malloc tuned by env vars")
     parser.add_argument(
@@ -227,13 +216,14 @@ def main() -> None:
         print(json.dumps(child(*args.child)))
         return
     sys.path.insert(0, str(ROOT))
+    from bench.paths import write_covid_txt
     from sluice.db import migrate
     from sluice.settings import load_settings
 
     migrate(load_settings(db_name=BENCH_DB))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "covid"
-        write_corpus(corpus, args.limit)
+        write_covid_txt(corpus, args.limit)
         results = {} if args.skip_encode else compare(corpus, args.repeats)
         if args.parts:
             results["parts"] = run_child("parts", corpus, "-")
@@ -335,11 +325,12 @@ TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_"
 
 
 def run_langchain(mode: str, data: Path, tuned: bool = False) -> dict:
+    from bench.paths import peer_python
     from sluice.db import admin_conninfo
     from sluice.settings import load_settings
 
     admin = admin_conninfo(load_settings(db_name=BENCH_DB))
-    cmd = [str(LANGCHAIN_PYTHON), str(ROOT / "bench" / "ingest_langchain.py"), mode, admin, str(data)]
+    cmd = [str(peer_python()), str(ROOT / "bench" / "ingest_langchain.py"), mode, admin, str(data)]
     env = {**os.environ, **TUNED_MALLOC} if tuned else None
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
@@ -362,6 +353,8 @@ def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int, peer_tuned:
 
     With `peer_tuned`, each round also runs PGVector with glibc's malloc tuned from the environment as
     Sluice's embedder tunes it from inside: the ratio a PGVector user who knew the trick would see."""
+    from bench.paths import write_covid_txt
+
     data = prepared(corpus, tmp / "lc-store")
     store = []
     for i in range(repeats):
@@ -370,7 +363,7 @@ def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int, peer_tuned:
         ours = run_child("store", corpus, str(data))
         store.append((ours, theirs or run_langchain("store", data)))
     small = tmp / "e2e"
-    write_corpus(small, e2e_limit)
+    write_covid_txt(small, e2e_limit)
     e2e_data, e2e, again, tuned = prepared(small, tmp / "lc-e2e"), [], [], []
     for i in range(repeats):  # alternate who goes first: the load on this shared machine drifts
         tenant = new_tenant("e2e")
@@ -412,11 +405,14 @@ def _ratios(pairs: list[tuple[dict, dict]]) -> dict:
 
 def memory(tmp: Path, names: list[str]) -> dict:
     """Peak RSS of one ingest of each large single file: it must not grow with corpus size."""
-    out = {"idle_rss_mb": round(run_child("idle", EXAMPLES / "README.md", "-")["rss_mb"])}
+    from bench.paths import dataset
+
+    examples = dataset("example-docs")
+    out = {"idle_rss_mb": round(run_child("idle", examples / "README.md", "-")["rss_mb"])}
     for name in names:
         folder = tmp / name.replace(".", "_")
         folder.mkdir()
-        (folder / name).symlink_to(EXAMPLES / name)
+        (folder / name).symlink_to(examples / name)
         result = run_child("ingest", folder, new_tenant("mem"))
         out[name] = {
             "rss_mb": round(result["rss_mb"]),

@@ -1,8 +1,9 @@
 """langchain-postgres PGVector ingest of the same chunks, driven by bench/ingest.py --langchain.
 
-Runs in its own venv (/work/bench-venv, built by scripts/bench-venv.sh: langchain-postgres 0.0.19), so it
-imports nothing from Sluice. Reads DATA/chunks.json ([{"source": id, "texts": [...]}, ...]) and, for
-`store`, DATA/vectors.npy (one row per text, same order), and prints one JSON line.
+Runs in its own venv (SLUICE_BENCH_VENV, default .bench-venv/, built by scripts/bench-venv.sh:
+langchain-postgres 0.0.19), so it imports nothing from Sluice. Reads DATA/chunks.json
+([{"source": id, "texts": [...]}, ...]) and, for `store`, DATA/vectors.npy (one row per text, same
+order), and prints one JSON line.
 
     store ADMIN_CONNINFO DATA   time PGVector.add_embeddings (vectors given: the store alone)
     e2e   ADMIN_CONNINFO DATA   time PGVector.add_texts with the same sentence-transformers model, then

@@ -20,13 +20,13 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from bench.paths import peer_python
 from bench.synthetic import SYNTHETIC, VOCAB, load_synthetic, near_queries
 from sluice.config import RetrievalConfig
 from sluice.db import Database, admin_conninfo, create_tenant, migrate
 from sluice.settings import load_settings
 from tasks import retrieve as R
 
-LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")
 TENANT = "bench"  # suffixed with the chunk count, so runs at different sizes do not mix
 K = 10
 CASES = {
@@ -84,13 +84,13 @@ def _lexical_without_rls(admin: psycopg.Connection, text: str, tenant_id: str) -
 
 
 class LangChain:
-    """bench/retrieval_langchain.py in /work/bench-venv, answering one timed similarity_search per request."""
+    """bench/retrieval_langchain.py in the peer venv, answering one timed similarity_search per request."""
 
     CASES = ("dense", "filtered_1pct", "filtered_0.1pct")
 
     def __init__(self, admin: str, n: int, n_queries: int):
         script = Path(__file__).with_name("retrieval_langchain.py")
-        args = [str(LANGCHAIN_PYTHON), str(script), "--serve", admin, str(n), str(n_queries)]
+        args = [str(peer_python()), str(script), "--serve", admin, str(n), str(n_queries)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -191,13 +191,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--langchain", action="store_true", help=f"also time PGVector ({LANGCHAIN_PYTHON})")
+    parser.add_argument("--langchain", action="store_true", help="also time PGVector (peer venv)")
     parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
     args = parser.parse_args()
     if args.langchain_load:
         admin = admin_conninfo(load_settings(db_name="sluice_bench"))
         script = Path(__file__).with_name("retrieval_langchain.py")
-        subprocess.run([str(LANGCHAIN_PYTHON), str(script), "--load", admin, str(args.n)], check=True)
+        subprocess.run([str(peer_python()), str(script), "--load", admin, str(args.n)], check=True)
     result = run(args.n, args.queries, args.langchain)
     print(json.dumps(result, indent=2))
     print("\n| case | p50 ms | p99 ms | recall@10 mean (min) | min rows | default plan rows (max) |")

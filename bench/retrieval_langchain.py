@@ -1,6 +1,7 @@
 """langchain-postgres PGVector on the same data and queries, driven by bench/retrieval.py.
 
-Runs in its own venv (/work/bench-venv: langchain-postgres 0.0.19), so it imports nothing from Sluice.
+Runs in its own venv (SLUICE_BENCH_VENV, default .bench-venv/: langchain-postgres 0.0.19), so it imports
+nothing from Sluice.
 
     --load ADMIN_CONNINFO N   copy tenant bench-N's chunks from sluice_bench into PGVector (db sluice_langchain)
                               and build an HNSW index with the same parameters (m=16, ef_construction=64)

@@ -6,7 +6,7 @@ latency EWMA (plus least-outstanding with Redis state), interleaved over ROUNDS 
 Part 2: time of RulesRouter and ClassifierRouter decisions (the classifier with the query vector
 already computed, as in serving, where retrieval embedded the question).
 
-    PYTHONPATH=$PWD /work/main/.venv/bin/python bench/routing.py
+    PYTHONPATH=$PWD .venv/bin/python bench/routing.py
 """
 
 from __future__ import annotations

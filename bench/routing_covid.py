@@ -16,7 +16,7 @@ even-numbered questions under all-small and all-large and train the classifier r
 `sluice router train` code (label: small's semantic similarity to the reference within 0.02 of large's;
 target large share LARGE_SHARE); then run all four policies on the odd-numbered (held-out) questions.
 
-    PYTHONPATH=$PWD /work/main/.venv/bin/python bench/routing_covid.py
+    PYTHONPATH=$PWD .venv/bin/python bench/routing_covid.py
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def grid_spec() -> Grid:
     body = {
         "name": "covid_qa_routing",
         "tenant": "eval-covid-qa",
-        "corpus": {"kind": "covid_qa", "path": "../shared/data/covid_qa", "max_docs": MAX_DOCS},
+        "corpus": {"kind": "covid_qa", "dataset": "covid_qa", "max_docs": MAX_DOCS},
         "chunkers": [{"kind": "recursive", "chunk_size": 1000, "chunk_overlap": 150}],
         "retrieval": [{"mode": "dense", "k": 10}],
     }
@@ -180,7 +180,7 @@ def main() -> None:
         large_model = Behaviour(respond=extractive_model(cached, 10, 3))
         with FakeOpenAI(small_model) as small, FakeOpenAI(large_model) as large:
             configs = {p: config(small, large, {"policy": "single", "tier": p}) for p in ("small", "large")}
-            items, docs = load_items(grid, None)
+            items, docs = load_items(settings, grid, None)
             print(f"{len(items)} questions on {MAX_DOCS} articles; indexing", flush=True)
             ensure_index(settings, db, grid, configs["small"], docs)
             train, test = list(range(0, len(items), 2)), list(range(1, len(items), 2))

@@ -52,13 +52,13 @@ def run_evaluation(
 ) -> Report:
     """Index, answer, score, track and (optionally) promote, for every config of the grid."""
     configs = plan(db, grid)  # validates every config before anything is loaded or ingested
-    items, docs = load_items(grid, gold_path)
+    items, docs = load_items(settings, grid, gold_path)
     for config in configs:
         if on_config:
             on_config(config, "index")
         ensure_index(settings, db, grid, config, docs)
     items = resolve_items(db, grid, items)
-    parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
+    parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.label)
     try:
         results = []
         for config in configs:

@@ -175,7 +175,8 @@ def load_covid_qa(
     docs_path, qa_path = folder / "docs.jsonl", folder / "qa.jsonl"
     if not docs_path.is_file() or not qa_path.is_file():
         raise ConfigError(
-            f"covid_qa folder {str(folder)!r} lacks docs.jsonl or qa.jsonl: point at ../shared/data/covid_qa"
+            f"covid_qa folder {str(folder)!r} lacks docs.jsonl or qa.jsonl: point the grid's corpus at the "
+            "covid_qa data set (`dataset: covid_qa`, under SLUICE_DATASETS_DIR)"
         )
     docs = [json.loads(line) for line in docs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     docs = docs[:max_docs] if max_docs else docs

@@ -3,7 +3,7 @@
 A grid file (YAML):
     name: sample
     tenant: eval-sample
-    corpus: {kind: files, path: data/sample/corpus}       # or {kind: covid_qa, path: ../shared/data/covid_qa}
+    corpus: {kind: files, path: data/sample/corpus}       # or {kind: covid_qa, dataset: covid_qa}
     gold: data/sample/gold.jsonl                           # files corpora; `sluice eval --gold` overrides
     base: {}                                               # pipeline-config stages shared by every config
     chunkers: [{kind: recursive, chunk_size: 500}, ...]    # any ChunkerConfig member
@@ -12,6 +12,8 @@ A grid file (YAML):
     objective: {metric: ndcg_at_10, direction: maximise, max_cost_per_answer: 0.01, max_p95_latency_ms: 3000}
     promotion: {level: 0.05, n_boot: 2000, seed: 0, ci: 0.95}
     pricing: {input_per_1k: 0.0005, output_per_1k: 0.0015}
+A corpus names either `path` (relative to the project root) or `dataset`: an external corpus, relative to
+the folder SLUICE_DATASETS_DIR names (settings.datasets_dir), so no grid holds one machine's path.
 Each config is validated by the ordinary pipeline-config parser, so new chunkers, retrieval modes and
 routing policies work here as soon as the config union knows them.
 """
@@ -24,12 +26,12 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evals.metrics import PER_QUESTION_METRICS, Pricing
 from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
-from sluice.settings import PROJECT_ROOT
+from sluice.settings import PROJECT_ROOT, Settings
 
 
 class _Strict(BaseModel):
@@ -38,9 +40,21 @@ class _Strict(BaseModel):
 
 class CorpusSpec(_Strict):
     kind: Literal["files", "covid_qa"] = "files"
-    path: str
+    path: str | None = Field(default=None, description="Folder or file, relative to the project root.")
+    dataset: str | None = Field(default=None, description="External corpus, relative to SLUICE_DATASETS_DIR.")
     max_docs: int | None = Field(default=None, ge=1)
     max_questions: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> CorpusSpec:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` (in the project) or `dataset` (under SLUICE_DATASETS_DIR)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Where the corpus is, as the grid says it (for run tags)."""
+        return self.path if self.path is not None else f"$SLUICE_DATASETS_DIR/{self.dataset}"
 
 
 class Objective(_Strict):
@@ -94,6 +108,12 @@ class Grid(_Strict):
         """Paths in a grid are relative to the project root."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def corpus_path(self, settings: Settings) -> Path:
+        """The corpus folder: its `path` in the project, or its `dataset` under SLUICE_DATASETS_DIR."""
+        if self.corpus.dataset is not None:
+            return settings.dataset_path(self.corpus.dataset)
+        return self.resolve_path(self.corpus.path)  # type: ignore[arg-type]  # one of the two is set
 
 
 def load_grid(path: Path | str) -> Grid:

@@ -2,8 +2,8 @@
 
 Per config, `routing_metrics` turns the generated answers into columns (`tier_share_<tier>`,
 `fallback_rate`). Across configs, `routing_rows` compares each policy with the config that sends every
-question to the large tier on the same index and retrieval (the "all-large" baseline), which gives the
-issue's headline: "rules: 70% small, cost −55%, nDCG unchanged, answer similarity −0.01".
+question to the large tier on the same index and retrieval (the "all-large" baseline), which gives a
+headline such as "rules: 70% small, cost −55%, nDCG unchanged, answer similarity −0.01".
 """
 
 from __future__ import annotations

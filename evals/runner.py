@@ -68,12 +68,12 @@ def plan(db: Database, grid: Grid) -> list[PipelineConfig]:
     return configs
 
 
-def load_items(grid: Grid, gold_path: str | None) -> tuple[list[GoldItem], list[TextDocument] | None]:
+def load_items(
+    settings: Settings, grid: Grid, gold_path: str | None
+) -> tuple[list[GoldItem], list[TextDocument] | None]:
     """The gold questions, and for text corpora (covid_qa) the documents to ingest."""
     if grid.corpus.kind == "covid_qa":
-        docs, items = load_covid_qa(
-            grid.resolve_path(grid.corpus.path), grid.corpus.max_docs, grid.corpus.max_questions
-        )
+        docs, items = load_covid_qa(grid.corpus_path(settings), grid.corpus.max_docs, grid.corpus.max_questions)
         return items, docs
     path = gold_path or grid.gold
     if path is None:
@@ -94,7 +94,7 @@ def ensure_index(
     if docs is not None:
         summary = ingest_texts(db, grid.tenant, config, embedder, ((d.source_id, d.text) for d in docs))
     else:
-        path = grid.resolve_path(grid.corpus.path)
+        path = grid.corpus_path(settings)
         summary = ingest_source(db, grid.tenant, config, embedder, path, settings.max_file_bytes)
     if summary.failed:
         log.warning("index %s: %d documents failed: %s", config.index_id, summary.failed, summary.errors[:3])

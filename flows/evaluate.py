@@ -43,11 +43,11 @@ def _evaluate(grid_path: str, gold_path: str | None, promote_winner: bool) -> di
     grid = load_grid(grid_path)
     with Database(settings) as db:
         configs = runner.plan(db, grid)
-        items, docs = runner.load_items(grid, gold_path)
+        items, docs = runner.load_items(settings, grid, gold_path)
         for config in configs:
             ensure_index(settings, db, grid, config, docs)
         items = runner.resolve_items(db, grid, items)
-        parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
+        parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.label)
         results = []
         for config in configs:
             results.append(evaluate_config(settings, db, grid, config, items))

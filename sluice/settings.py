@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sluice.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Every dependency that phones home or reaches a model hub, switched off.
@@ -61,6 +63,15 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=1, ge=0, description="Connections each process keeps open to the database.")
     pool_max_size: int = Field(default=8, description="Most connections each process opens to the database.")
     config_path: Path | None = Field(default=None, description="YAML pipeline config; unset = built-in default.")
+    datasets_dir: Path | None = Field(
+        default=None,
+        description="Folder holding external corpora (covid_qa/, example-docs/) that grids, benchmarks and a few "
+        "integration tests name; unset = none (those tests are skipped, those grids refused).",
+    )
+    bench_venv: Path = Field(
+        default=PROJECT_ROOT / ".bench-venv",
+        description="Virtualenv of the langchain-postgres comparison benches (scripts/bench-venv.sh builds it).",
+    )
     max_file_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="Files above this size are recorded as failed, not read."
     )
@@ -171,6 +182,27 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("pool_max_size must be at least 1")
         return value
+
+    @field_validator("datasets_dir", "bench_venv")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Relative to the working directory, as a shell user means it; absolute so errors say where.
+        return value.expanduser().absolute() if value is not None else None
+
+    def dataset_path(self, name: str) -> Path:
+        """The external corpus `name` under datasets_dir; ConfigError naming SLUICE_DATASETS_DIR when absent."""
+        if self.datasets_dir is None:
+            raise ConfigError(
+                f"external corpus {name!r} needs SLUICE_DATASETS_DIR, which is unset: set it to the folder that "
+                f"holds {name}/ (e.g. SLUICE_DATASETS_DIR=/path/to/data)"
+            )
+        path = self.datasets_dir / name
+        if not path.exists():
+            raise ConfigError(
+                f"external corpus {name!r} is not in SLUICE_DATASETS_DIR ({path} does not exist): put it there "
+                "or point SLUICE_DATASETS_DIR at the folder that holds it"
+            )
+        return path
 
     @property
     def tracking_uri(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -13,13 +14,12 @@ from psycopg import sql
 
 from sluice.config import PipelineConfig
 from sluice.db import Database, admin_conninfo, create_tenant, migrate
-from sluice.settings import PROJECT_ROOT, load_settings
+from sluice.settings import PROJECT_ROOT, Settings, load_settings
 from tests.netguard import netguard
 from tests.netguard.netguard import install, is_local_address
 
 __all__ = ["is_local_address"]  # tests/test_text.py checks the classifier through this module
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 TEST_DB = "sluice_test"
 
@@ -35,6 +35,13 @@ def pytest_configure(config):
     os.close(fd)
     os.environ["NETGUARD_LOG"] = log
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD_DIR), os.environ.get("PYTHONPATH")) if p)
+
+
+def pytest_collection_modifyitems(items):
+    # `-m datasets` selects (`-m "not datasets"` drops) the tests that read external corpora.
+    for item in items:
+        if "dataset" in getattr(item, "fixturenames", ()):
+            item.add_marker("datasets")
 
 
 def pytest_unconfigure(config):
@@ -123,6 +130,42 @@ def embedder(pipeline):
 @pytest.fixture(scope="session")
 def sample_corpus() -> Path:
     return SAMPLE / "corpus"
+
+
+# ---------------------------------------------------------------- documents
+@pytest.fixture(scope="session")
+def docs(tmp_path_factory) -> Path:
+    """A folder of the generated test documents (tests/fixtures/make_docs.py), one per format and shape."""
+    from tests.fixtures.make_docs import write_all
+
+    folder = tmp_path_factory.mktemp("docs")
+    write_all(folder)
+    return folder
+
+
+def dataset_files(name: str) -> list[str]:
+    """Names of the files in external corpus `name`, for parametrising; [] when it is not there."""
+    root = Settings().datasets_dir
+    folder = root / name if root is not None else None
+    return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def dataset(settings) -> Callable[[str], Path]:
+    """Path of an external corpus under SLUICE_DATASETS_DIR; skips the test, saying how to enable it, when unset.
+
+    Set but without the corpus is a failure (a ConfigError naming the folder), not a skip.
+    """
+
+    def find(name: str) -> Path:
+        if settings.datasets_dir is None:
+            pytest.skip(
+                f"needs the external corpus {name}/: set SLUICE_DATASETS_DIR to the folder that holds it "
+                "(e.g. SLUICE_DATASETS_DIR=/path/to/data)"
+            )
+        return settings.dataset_path(name)
+
+    return find
 
 
 @pytest.fixture(scope="module")

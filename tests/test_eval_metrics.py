@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from evals.gold import Evidence, GoldItem, find_quote, load_covid_qa, load_gold,
 from evals.grid import Candidate, Objective, PromotionPolicy, decide, expand, load_grid, paired_bootstrap
 from evals.metrics import RetrievedSpan, evidence_recall, ndcg_at_k, span_scores
 from evals.plots import pareto_front
+from evals.runner import load_items
 from sluice.errors import ConfigError
-from tests.conftest import SAMPLE, SHARED_DATA
+from sluice.settings import Settings
+from tests.conftest import SAMPLE
 
 ITEM = GoldItem("q", "?", "ref", (Evidence("a", None, 100, 200), Evidence("b", None, 0, 50)))
 HITS = [
@@ -104,13 +107,62 @@ def test_sample_gold_loads_and_bad_lines_are_named(tmp_path):
         load_gold(bad)
 
 
-def test_covid_qa_answer_spans_align_with_document_text():
-    docs, items = load_covid_qa(SHARED_DATA / "covid_qa", max_docs=5)
+def test_covid_qa_answer_spans_align_with_document_text(dataset):
+    docs, items = load_covid_qa(dataset("covid_qa"), max_docs=5)
     texts = {d.source_id: d.text for d in docs}
     assert items and all(i.doc_ids[0] in texts for i in items)
     for item in items:
         for ev in item.evidence:
             assert texts[ev.source_id][ev.start : ev.end] == ev.quote
+
+
+COVID_DOCS = {"630": "Title\n\nMother-to-child transmission is the main cause. Breastfeeding adds risk."}
+COVID_DOCS["7"] = "Masks work."
+COVID_QA = [  # id, doc_id, question, answer, answer_start
+    (1, "630", "Main cause?", "Mother-to-child transmission", 7),
+    (2, "630", "What adds risk?", "Breastfeeding", 55),
+    (3, "7", "Do masks work?", "Masks work.", 0),
+]
+
+
+def write_covid_qa(folder: Path) -> Path:
+    """A covid_qa-format corpus of two articles (docs.jsonl, and qa.jsonl with answer offsets)."""
+    folder.mkdir(parents=True)
+    docs = [{"doc_id": k, "text": v} for k, v in COVID_DOCS.items()]
+    qa = [
+        {"id": i, "doc_id": d, "question": q, "answers": [{"text": a, "answer_start": s}]} for i, d, q, a, s in COVID_QA
+    ]
+    (folder / "docs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in docs))
+    (folder / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in qa))
+    return folder
+
+
+def covid_grid(tmp_path: Path, corpus: str):
+    path = tmp_path / "covid.yaml"
+    path.write_text(f"name: c\ncorpus: {corpus}\nchunkers: [{{kind: recursive}}]\n")
+    return load_grid(path)
+
+
+def test_grid_dataset_corpus_resolves_under_the_datasets_dir(tmp_path):
+    write_covid_qa(tmp_path / "data" / "covid_qa")
+    grid = covid_grid(tmp_path, "{kind: covid_qa, dataset: covid_qa, max_docs: 1}")
+    items, docs = load_items(Settings(datasets_dir=tmp_path / "data"), grid, None)
+    assert [d.source_id for d in docs] == ["covid_qa/630"] and [i.id for i in items] == ["1", "2"]
+    for item in items:  # answer offsets land on the answer text
+        assert all(docs[0].text[e.start : e.end] == e.quote for e in item.evidence)
+    assert grid.corpus.label == "$SLUICE_DATASETS_DIR/covid_qa"
+
+
+def test_grid_dataset_corpus_names_the_setting_when_unset_or_missing(tmp_path):
+    grid = covid_grid(tmp_path, "{kind: covid_qa, dataset: covid_qa}")
+    with pytest.raises(ConfigError, match="needs SLUICE_DATASETS_DIR, which is unset"):
+        load_items(Settings(datasets_dir=None), grid, None)
+    with pytest.raises(ConfigError, match=r"not in SLUICE_DATASETS_DIR \(.*/empty/covid_qa does not exist\)"):
+        load_items(Settings(datasets_dir=tmp_path / "empty"), grid, None)
+    with pytest.raises(ConfigError, match="exactly one of `path`"):
+        covid_grid(tmp_path, "{kind: covid_qa, path: data, dataset: covid_qa}")
+    with pytest.raises(ConfigError, match="exactly one of `path`"):
+        covid_grid(tmp_path, "{kind: files}")
 
 
 def test_pareto_front():

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from evals.grid import expand, load_grid
 from sluice import champion
-from tests.conftest import SAMPLE, SHARED_DATA
+from tests.conftest import SAMPLE
 from tests.judge_server import JudgeServer
 
 pytestmark = pytest.mark.usefixtures("no_champion_left")
@@ -63,7 +63,7 @@ def test_flow_logs_runs_metrics_and_artifacts(env, db):
     grid_path = write_grid(tmp, "flow", chunkers, [{"mode": "dense", "k": 5}], "ndcg_at_10", gold)
     before = champion.current_champion_id(db)
     runs = REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) or 0
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):  # the ephemeral server starts slowly on a busy machine
         out = evaluate(grid_path)
     assert REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) == runs + 1
     ids = [c.config_id for c in expand(load_grid(grid_path))]
@@ -142,7 +142,7 @@ def test_judge_endpoint_produces_judged_metrics(env, db):
     settings, tmp, gold = env
     grid = load_grid(write_grid(tmp, "judge", [{"kind": "recursive"}], [{"mode": "dense", "k": 3}], "mrr", gold))
     (config,) = expand(grid)
-    items, docs = runner.load_items(grid, None)
+    items, docs = runner.load_items(settings, grid, None)
     runner.ensure_index(settings, db, grid, config, docs)
     items = runner.resolve_items(db, grid, items)[:3]
     with JudgeServer() as server:
@@ -156,12 +156,12 @@ def test_judge_endpoint_produces_judged_metrics(env, db):
     assert any(body.get("n", 1) > 1 for _, body in server.requests)  # ResponseRelevancy asks for several
 
 
-def test_covid_qa_text_ingest_keeps_offsets(env, db, embedder, pipeline):
+def test_covid_qa_text_ingest_keeps_offsets(env, db, embedder, pipeline, dataset):
     from evals.gold import load_covid_qa, resolve_in_db
     from sluice.db import create_tenant
     from tasks.ingest_text import ingest_texts
 
-    docs, items = load_covid_qa(SHARED_DATA / "covid_qa", max_docs=1)
+    docs, items = load_covid_qa(dataset("covid_qa"), max_docs=1)
     create_tenant(db, "eval-covid-align")
     summary = ingest_texts(db, "eval-covid-align", pipeline, embedder, [(d.source_id, d.text) for d in docs])
     assert summary.ingested == 1 and summary.failed == 0
