@@ -12,6 +12,8 @@ from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
 app = typer.Typer()
+# What an orchestrator gives a stopping process (Kubernetes' default terminationGracePeriodSeconds).
+STOP_GRACE_S = 30
 key_app = typer.Typer(help="Per-tenant API keys (stored hashed; the secret is shown once).", no_args_is_help=True)
 app.add_typer(key_app, name="key")
 
@@ -172,18 +174,49 @@ def demo_api(
 
 
 def _stop_detached(pid_file) -> None:
-    """Terminate an API and worker a previous `demo-api --detach` left running."""
-    import os
+    """Stop an API and worker a previous `demo-api --detach` left running: SIGTERM, then SIGKILL after a grace."""
     import signal
 
     if not pid_file.exists():
         return
-    for pid in pid_file.read_text().split():
-        try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
+    groups = [int(pid) for pid in pid_file.read_text().split() if pid.isdigit()]
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    for group in _still_running(groups, STOP_GRACE_S):
+        console.print(f"[yellow]process group {group} still running {STOP_GRACE_S} s after SIGTERM: killed[/]")
+        _signal_group(group, signal.SIGKILL)
+    _still_running(groups, 5)
     pid_file.unlink()
+    console.print(f"stopped the demo API and worker (process groups {' '.join(map(str, groups))})")
+
+
+def _still_running(pids: list[int], seconds: float) -> list[int]:
+    """Wait up to `seconds` for these processes to end; those still running."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (running := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running
+
+
+def _signal_group(group: int, sig: int) -> None:
+    import os
+
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):  # gone already, or the pid is now someone else's
+        pass
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by its new parent) has stopped."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _demo_requests(base: str, key: str, gold, where: str) -> None:
