@@ -196,7 +196,7 @@ def observe_answer(tenant: str, result) -> None:
     metrics.TOKENS.labels(tenant, answer.model, "prompt").inc(answer.usage.prompt_tokens)
     metrics.TOKENS.labels(tenant, answer.model, "completion").inc(answer.usage.completion_tokens)
     metrics.COST.labels(tenant, answer.model).inc(answer.cost_usd)
-    if answer.tokens_per_s > 0:
+    if answer.tokens_per_s is not None:
         metrics.TOKENS_PER_S.labels(answer.model).observe(answer.tokens_per_s)
     metrics.GEN_TTFT.labels(answer.model).observe(answer.ttft_ms / 1000)
 
