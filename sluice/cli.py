@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sluice import cli_retrieval, cli_status
+from sluice import cli_demo_api, cli_retrieval, cli_status
 from sluice.cli_common import console
 from sluice.cli_common import fail as _fail
 from sluice.cli_eval import register_eval_commands
@@ -30,6 +30,7 @@ app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
+app.add_typer(cli_demo_api.app)  # demo-api
 app.command(name="ingest")(ingest_command)
 app.add_typer(cli_status.app)  # status
 
@@ -61,7 +62,7 @@ def db_up() -> None:
         migrate(settings)
     except SluiceError as exc:
         _fail(exc)
-    console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}")
+    console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}", soft_wrap=True)
 
 
 @db_app.command("stop")

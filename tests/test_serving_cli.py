@@ -62,7 +62,7 @@ def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(tmp_path, monkeypat
     import subprocess
     import sys
 
-    from sluice import cli_serving
+    from sluice import cli_demo_api
 
     stubborn_code = "import signal as s, time; s.signal(s.SIGTERM, s.SIG_IGN); print(1, flush=True); time.sleep(600)"
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
@@ -70,7 +70,7 @@ def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(tmp_path, monkeypat
     stubborn.stdout.readline()  # its SIGTERM is ignored from here on
     (tmp_path / "demo-api.pids").write_text(f"{polite.pid} {stubborn.pid}")
     monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(cli_serving, "STOP_GRACE_S", 3)
+    monkeypatch.setattr(cli_demo_api, "STOP_GRACE_S", 3)
     result = CliRunner().invoke(app, ["demo-api", "--stop"])
     assert result.exit_code == 0, result.output
     assert polite.poll() == -signal.SIGTERM and stubborn.poll() == -signal.SIGKILL  # both gone on return
