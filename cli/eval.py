@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import console
+from cli.common import StageProgress, console
 from cli.common import fail as _fail
+from cli.eval_report import fmt, print_comparison, verdict, write_full_table
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
@@ -21,70 +20,57 @@ champion_app = typer.Typer(
 )
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
-    return "—" if value is None else str(value)
-
-
 def eval_command(
     grid: Annotated[Path, typer.Argument(help="Experiment grid YAML (see evals/grids/).")],
     gold: Annotated[Optional[str], typer.Option("--gold", help="Gold set JSONL; overrides the grid's `gold`.")] = None,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote a significant winner.")] = True,
 ) -> None:
     """Evaluate every config of GRID on the gold set, track it in MLflow, and promote a better champion."""
+    _evaluate(grid, gold, promote)
+
+
+def _evaluate(grid: Path, gold: str | None, promote: bool) -> None:
+    """Run the evaluation with progress and print its report."""
     from evals.evaluate import run_evaluation
     from evals.grid import load_grid
+    from sluice import champion
     from sluice.db import Database
 
     settings = load_settings()
     try:
         spec = load_grid(grid)
-        with Database(settings) as db, _progress() as progress:
-            task = progress.add_task("starting", total=None)
+        with Database(settings) as db, StageProgress() as progress:
+            stage: dict[str, str] = {}
 
-            def on_config(config, stage: str) -> None:
-                progress.update(task, description=f"{stage}: {config.name}", completed=0, total=None)
+            def on_config(config, step: str) -> None:
+                stage["now"] = f"{'indexing' if step == 'index' else 'answering with'} {config.name}"
+                progress.update(stage["now"])
 
             def on_question(config, n: int, total: int) -> None:
-                progress.update(task, completed=n, total=total)
+                progress.update(stage["now"], n, total)
 
             report = run_evaluation(
                 settings, db, spec, gold, promote=promote, on_config=on_config, on_question=on_question
             )
+            champion_id = champion.current_champion_id(db)
     except SluiceError as exc:
         _fail(exc)
-    _print_report(report, spec, settings)
+    _print_report(report, spec, settings, champion_id)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    )
-
-
-def _print_report(report, spec, settings) -> None:
+def _print_report(report, spec, settings, champion_id: str | None) -> None:
     from evals.record import comparison_table
 
     data = comparison_table(report.results, spec)
-    metric = spec.objective.metric
-    cols = [c for c in data if c not in ("config_id", "name", f"{metric}_ci")]
-    table = Table(title=f"evaluation {spec.name}: {spec.objective.direction} {metric}")
-    for col in ("#", "config", f"{metric} (CI)", *cols[1:]):
-        table.add_column(_SHORT.get(col, col), overflow="fold")
-    for i in range(len(report.results)):
-        objective = f"{_fmt(data[metric][i])} {data[f'{metric}_ci'][i]}"
-        table.add_row(str(i + 1), data["config_id"][i][:8], objective, *(_fmt(data[c][i]) for c in cols[1:]))
-    console.print(table)
-    for i, result in enumerate(report.results, 1):
-        console.print(f"  {i}: {result.config.name}  (config {result.config.config_id}, run {result.run_id})")
+    path = write_full_table(settings.data_dir / "evaluations", report, spec, data)
+    print_comparison(console, report, spec, data, path)
     _print_routing(report, spec)
     skipped = report.results[0].skipped if report.results else []
     if skipped:
-        console.print(f"skipped (no judge endpoint, SLUICE_JUDGE_BASE_URL unset): {', '.join(skipped)}")
-    console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}")
-    verdict = "[green]promoted[/]" if report.promoted else "[yellow]not promoted[/]"
-    console.print(f"{verdict}: {report.decision.reason}")
+        names = ", ".join(skipped)
+        console.print(f"not scored (set SLUICE_JUDGE_BASE_URL to an OpenAI-compatible judge): {names}", soft_wrap=True)
+    console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}", soft_wrap=True)
+    console.print(verdict(report, spec, champion_id), soft_wrap=True, highlight=False)
 
 
 def _print_routing(report, spec) -> None:
@@ -94,17 +80,6 @@ def _print_routing(report, spec) -> None:
         console.print("[bold]routing[/] (share of calls per tier, cost and quality against all-large):")
         for row in routing.routing_rows(report.results, spec.objective.metric):
             console.print(f"  {routing.describe(row, spec.objective.metric)}")
-
-
-_SHORT = {
-    "hit_at_5": "hit@5",
-    "ndcg_at_10": "nDCG@10",
-    "evidence_recall_at_5": "ev.rec@5",
-    "semantic_similarity": "sem.sim",
-    "rouge_l": "ROUGE-L",
-    "latency_total_p95_ms": "p95 ms",
-    "cost_per_answer": "cost/ans",
-}
 
 
 def _show(settings) -> None:
@@ -124,9 +99,9 @@ def _show(settings) -> None:
             str(e.event_id),
             e.action,
             e.config_id,
-            _fmt(e.model_version),
-            _fmt(e.mlflow_run_id),
-            _fmt(e.evaluated_on),
+            fmt(e.model_version),
+            fmt(e.mlflow_run_id),
+            fmt(e.evaluated_on),
             e.reason,
             when,
         )
@@ -193,7 +168,7 @@ def eval_demo(
     from sluice.settings import PROJECT_ROOT
 
     grid = PROJECT_ROOT / "evals" / "grids" / "sample.yaml"
-    eval_command(grid, None, True)
+    _evaluate(grid, None, True)
     _answer_with_champion(question, load_grid(grid).tenant)
 
 
@@ -215,9 +190,8 @@ def _answer_with_champion(question: str, tenant: str) -> None:
                 result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
     except SluiceError as exc:
         _fail(exc)
-    console.print(
-        f"[bold]champion {config.config_id}[/] answers:\n[bold]Q:[/] {question}\n[bold]A:[/] {result.answer.text}"
-    )
+    # The evaluation's last line named the champion by id and parts: not again here.
+    console.print(f"the champion answers:\n[bold]Q:[/] {question}\n[bold]A:[/] {result.answer.text}")
 
 
 def register_eval_commands(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cli import demo as cli_demo_api
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
 from cli.common import console
@@ -31,6 +32,7 @@ app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
+app.add_typer(cli_demo_api.app)  # demo-api
 app.command(name="ingest")(ingest_command)
 app.add_typer(cli_status.app)  # status
 
@@ -65,7 +67,7 @@ def db_up() -> None:
         _fail(exc)
     if sizes:
         console.print("embedded server sized to this machine: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-    console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}")
+    console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}", soft_wrap=True)
 
 
 @db_app.command("stop")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli.common import console
+from cli.common import StageProgress, console
 from cli.common import fail as _fail
 from sluice.errors import QueryError, SluiceError
 from sluice.settings import load_settings
@@ -53,8 +53,9 @@ def eval_retrieval(
     try:
         pipeline = load_config(config or settings.config_path)
         embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        with Database(settings) as db:
-            results = eval_beir(db, pipeline, embedder, beir, keep=keep)
+        with Database(settings) as db, StageProgress() as progress:
+            progress.update("loading the embedding model")  # on first use, inside eval_beir
+            results = eval_beir(db, pipeline, embedder, beir, keep=keep, on_progress=progress.update)
     except SluiceError as exc:
         _fail(exc)
     if as_json:

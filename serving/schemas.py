@@ -71,7 +71,7 @@ class Generation(BaseModel):
     route: Route | None
     ttft_ms: float
     total_ms: float
-    tokens_per_s: float
+    tokens_per_s: float | None = Field(description="Decode speed; null when none was measured (extractive, one piece).")
     prompt_tokens: int
     completion_tokens: int
     tokens_estimated: bool = Field(description="True when the server reported no usage and tokens were counted.")

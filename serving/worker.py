@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from billiard.common import TERM_SIGNAL
 from celery import Celery, Task
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
@@ -50,6 +52,8 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": 4,
 }
+# A query past its soft limit gets SoftTimeLimitExceeded; past the hard one its process is replaced.
+QUERY_SOFT_LIMIT_S, QUERY_LIMIT_S = 60, 90
 # Each publish rewrites the whole list of pieces in the result backend: coalesce tokens that
 # arrive closer together than this (an LLM can emit hundreds per second).
 PUBLISH_INTERVAL_S = 0.02
@@ -191,7 +195,7 @@ def observe_answer(tenant: str, result) -> None:
     metrics.TOKENS.labels(tenant, answer.model, "prompt").inc(answer.usage.prompt_tokens)
     metrics.TOKENS.labels(tenant, answer.model, "completion").inc(answer.usage.completion_tokens)
     metrics.COST.labels(tenant, answer.model).inc(answer.cost_usd)
-    if answer.tokens_per_s > 0:
+    if answer.tokens_per_s is not None:
         metrics.TOKENS_PER_S.labels(answer.model).observe(answer.tokens_per_s)
     metrics.GEN_TTFT.labels(answer.model).observe(answer.ttft_ms / 1000)
 
@@ -277,8 +281,8 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
         track_started=False,
         acks_late=True,
         reject_on_worker_lost=True,
-        soft_time_limit=60,
-        time_limit=90,
+        soft_time_limit=QUERY_SOFT_LIMIT_S,
+        time_limit=QUERY_LIMIT_S,
         **RETRY,
     )
     def query(self: Task, payload: dict) -> dict:
@@ -325,6 +329,17 @@ def _process_init(settings: Settings, state: WorkerState) -> None:
     state.warm_up()
 
 
+def _process_shutdown(state: WorkerState) -> None:
+    """Leave this pool process: ignore the pool's stop signal from now on, then close its resources."""
+    # Next billiard posts this process's DEATH note under the pool's shared result-queue lock, with the
+    # stop signal blocked in this thread only, and the parent answers DEATH with that signal. Our
+    # other threads (psycopg pool, exporters) do not block it, so it could kill this process mid-write
+    # with the lock held: the parent's shutdown then waits on the lock forever (the blocking pool of
+    # the embedded-Postgres broker). Ignored, the process ends by billiard's os._exit a second later.
+    signal.signal(TERM_SIGNAL, signal.SIG_IGN)
+    state.close()
+
+
 def _bind_task_context(task: Task, args: tuple = (), **_: Any) -> None:
     """Each task logs with the request id and trace id the API put in its message headers."""
     payload = args[0] if args and isinstance(args[0], dict) else {}
@@ -346,5 +361,5 @@ def create_worker_app(settings: Settings) -> Celery:
     setup_logging.connect(lambda loglevel=None, **_: logs.configure_logging(settings, loglevel), weak=False)
     task_prerun.connect(_bind_task_context, weak=False)
     task_postrun.connect(lambda **_: logs.start(), weak=False)
-    worker_process_shutdown.connect(lambda **_: state.close(), weak=False)
+    worker_process_shutdown.connect(lambda **_: _process_shutdown(state), weak=False)
     return app

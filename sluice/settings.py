@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,14 @@ OFFLINE_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "ANONYMIZED_TELEMETRY": "false",
+}
+
+# Output a user can do nothing about, off unless the user's environment asks for it: the model-weights
+# bar of every load, MLflow's INFO lines when it creates its database, its artifact-download bars.
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -221,10 +230,15 @@ class Settings(BaseSettings):
 
 
 def apply_process_env(settings: Settings) -> None:
-    """Switch off telemetry and hub access for this process and its children."""
+    """Switch off telemetry, hub access and dependencies' noise for this process and its children."""
     if settings.offline:
         for key, value in OFFLINE_ENV.items():
             os.environ[key] = value
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # The embedded server's library asks platformdirs for a runtime folder only for a lock file, and
+    # falls back to the temp folder itself: the warning about a missing XDG_RUNTIME_DIR asks nothing of anyone.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def load_settings(**overrides: object) -> Settings:

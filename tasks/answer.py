@@ -104,7 +104,7 @@ def generation_json(result: QueryResult) -> dict:
         "route": {"policy": route.policy, "tier": route.tier, "reason": route.reason} if route else None,
         "ttft_ms": round(a.ttft_ms, 3),
         "total_ms": round(a.total_ms, 3),
-        "tokens_per_s": round(a.tokens_per_s, 3),
+        "tokens_per_s": None if a.tokens_per_s is None else round(a.tokens_per_s, 3),
         "prompt_tokens": a.usage.prompt_tokens,
         "completion_tokens": a.usage.completion_tokens,
         "tokens_estimated": a.usage.estimated,

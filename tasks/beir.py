@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from sluice.config import PipelineConfig
 from sluice.db import Database, create_tenant
@@ -18,6 +21,14 @@ from tasks.store import register_index
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 MODES = ("dense", "lexical", "hybrid")
+BATCH = 256  # documents embedded and stored per transaction; also how often progress is reported
+
+# Told (stage, done, total) as the evaluation advances.
+OnProgress = Callable[[str, int, int], None]
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    """The default progress callback: report nothing."""
 
 
 @dataclass(frozen=True)
@@ -64,31 +75,47 @@ def load_beir(root: Path, split: str = "test") -> BeirDataset:
     return BeirDataset(corpus, queries, qrels)
 
 
-def load_into_tenant(db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, data: BeirDataset) -> int:
+def load_into_tenant(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    data: BeirDataset,
+    on_progress: OnProgress = _quiet,
+) -> int:
     """Embed the corpus and store one chunk per document; return the chunks stored."""
     ids = list(data.corpus)
     with db.tenant(tenant) as conn:
         register_index(conn, config, embedder.identity)
     stored = 0
-    for start in range(0, len(ids), 1000):
-        batch = ids[start : start + 1000]
+    on_progress("embedding the corpus", 0, len(ids))
+    for start in range(0, len(ids), BATCH):
+        batch = ids[start : start + BATCH]
         vectors = embedder.encode([data.corpus[i] for i in batch])
         with db.tenant(tenant) as conn:
             records = [Record(i, data.corpus[i], {"beir_id": i}) for i in batch]
             stored += store_records(conn, config.index_id, records, vectors)
+        on_progress("embedding the corpus", start + len(batch), len(ids))
     return stored
 
 
-def run_mode(db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, data: BeirDataset, mode: str):
-    """Top-100 documents per query for one mode, as a ranx run dict."""
+def run_mode(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    data: BeirDataset,
+    vectors: dict[str, np.ndarray],
+    mode: str,
+    on_progress: OnProgress = _quiet,
+) -> dict[str, dict[str, float]]:
+    """Top-100 documents per query (embedded in `vectors`) for one mode, as a ranx run dict."""
     retrieval = config.retrieval.model_copy(update={"mode": mode, "k": 100})
-    qids = list(data.queries)
-    vectors = embedder.encode([data.queries[q] for q in qids])
     run: dict[str, dict[str, float]] = {}
     with db.tenant(tenant) as conn:
-        for qid, vec in zip(qids, vectors, strict=True):
-            hits = retrieve(conn, config.index_id, data.queries[qid], vec, retrieval)
+        for n, (qid, question) in enumerate(data.queries.items(), 1):
+            hits = retrieve(conn, config.index_id, question, vectors[qid], retrieval)
             run[qid] = {h.source_id: h.score for h in hits}
+            on_progress(f"{mode} retrieval", n, len(data.queries))
     return run
 
 
@@ -113,15 +140,22 @@ def drop_tenant_data(db: Database, tenant: str) -> None:
 
 
 def eval_beir(
-    db: Database, config: PipelineConfig, embedder: Embedder, root: Path, keep: bool = False
+    db: Database,
+    config: PipelineConfig,
+    embedder: Embedder,
+    root: Path,
+    keep: bool = False,
+    on_progress: OnProgress = _quiet,
 ) -> dict[str, dict[str, float]]:
     """Load a BEIR dataset into a throwaway tenant and score dense, lexical and hybrid retrieval."""
     data = load_beir(root)
     tenant = f"beir-{uuid.uuid4().hex[:12]}"
     create_tenant(db, tenant, f"BEIR {Path(root).name}")
     try:
-        load_into_tenant(db, tenant, config, embedder, data)
-        runs = {mode: run_mode(db, tenant, config, embedder, data, mode) for mode in MODES}
+        load_into_tenant(db, tenant, config, embedder, data, on_progress)
+        on_progress("embedding the queries", 0, len(data.queries))
+        vectors = dict(zip(data.queries, embedder.encode(list(data.queries.values())), strict=True))
+        runs = {mode: run_mode(db, tenant, config, data, vectors, mode, on_progress) for mode in MODES}
     finally:
         if not keep:
             drop_tenant_data(db, tenant)

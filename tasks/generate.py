@@ -54,7 +54,7 @@ class Answer:
     replica: str = ""
     ttft_ms: float = 0.0
     total_ms: float = 0.0
-    tokens_per_s: float = 0.0
+    tokens_per_s: float | None = None  # None: no decode was measured (extractive, a reply in one piece)
     cost_usd: float = 0.0
     attempts: tuple[str, ...] = field(default=(), compare=False)  # failed attempts before this answer
 
@@ -93,10 +93,12 @@ class Generator(ABC):
         """
 
 
-def rate(tokens: int, total_ms: float, ttft_ms: float) -> float:
-    """Decode speed in tokens/s, measured after the first token."""
+def rate(tokens: int, total_ms: float, ttft_ms: float, pieces: int) -> float | None:
+    """Decode speed in tokens/s after the first piece; None unless the text arrived in several pieces."""
+    # A reply in one piece leaves microseconds between its first and last byte: tokens over that
+    # interval would be a rate of millions, measured on nothing.
     decode_s = (total_ms - ttft_ms) / 1000
-    return tokens / decode_s if decode_s > 0 and tokens else 0.0
+    return tokens / decode_s if pieces > 1 and decode_s > 0 and tokens else None
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
@@ -164,9 +166,8 @@ class ExtractiveAnswerer(Generator):
         total_ms = (time.perf_counter() - t0) * 1000
         tokens = count_tokens(self.embedder.tokenizer, text)
         usage = Usage(0, tokens, estimated=True)
-        return Answer(
-            text, citations, usage, "extractive", tier, "", ttft_ms, total_ms, rate(tokens, total_ms, ttft_ms)
-        )
+        # No tokens_per_s: the sentences are picked, not decoded, so there is no generation speed.
+        return Answer(text, citations, usage, "extractive", tier, "", ttft_ms, total_ms)
 
 
 GENERATORS: dict[str, Callable[..., Generator]] = {}

@@ -68,6 +68,7 @@ def test_usage_is_counted_with_the_embedder_tokenizer_when_absent(fake, embedder
     assert answer.usage.completion_tokens == expected > 0
     assert answer.usage.prompt_tokens > 20  # system prompt + two passages
     assert answer.cost_usd > 0
+    assert answer.tokens_per_s is None  # one piece: no decode interval was measured
 
 
 def test_stream_usage_can_be_switched_off_for_servers_that_reject_it(fake, embedder):
@@ -94,6 +95,7 @@ def test_extractive_streams_sentences_with_the_same_answer_as_before(embedder):
     assert answer.text == extractive_answer(qvec, HITS, embedder, config).text
     assert answer.citations[0].source_id == "warranty-terms.md"
     assert answer.cost_usd == 0 and answer.model == "extractive" and answer.usage.completion_tokens > 10
+    assert answer.tokens_per_s is None  # sentences picked, not decoded: no generation speed
     assert build_generator(config, embedder).generate("x", []).collect().text == NO_ANSWER
 
 

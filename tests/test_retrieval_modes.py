@@ -177,6 +177,8 @@ def test_eval_retrieval_on_a_tiny_beir_dataset(run, admin):
         assert 0.7 <= metrics["ndcg@10"] <= 1.0, (mode, metrics)
         assert metrics["recall@10"] <= metrics["recall@100"]
     assert scores["dense"]["mrr@10"] == 1.0  # every judged query finds its document first
+    # Progress as plain lines (the runner is no terminal): each stage, and where it ended.
+    assert "embedding the corpus: 12/12" in result.output and "hybrid retrieval: 6/6" in result.output
     gone = admin.execute("SELECT count(*) FROM documents WHERE tenant_id LIKE 'beir-%'").fetchone()[0]
     assert gone == 0 and admin.execute("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'beir-%'").fetchone()[0] == 0
     bad = run("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))

@@ -119,6 +119,7 @@ def test_sync_query_round_trip(api, tenants):
     assert body["config_id"] == PipelineConfig().config_id
     assert body["model_tier"] == "default"
     assert {"embed", "retrieve", "generate", "worker_total", "api_total"} <= set(body["timings_ms"])
+    assert body["generation"]["model"] == "extractive" and body["generation"]["tokens_per_s"] is None
 
 
 def test_async_query_job(api, tenants):
@@ -220,6 +221,7 @@ def test_ingest_invalidates_the_answer_cache(api, tenants, serving_settings):
         assert first["cached"] is False
         cached = client.post("/v1/query", json=question).json()
         assert cached["cached"] is True and cached["answer"] == first["answer"]
+        assert cached["generation"]["tokens_per_s"] is None  # nothing decoded, then or now
         files = [{"name": "pollen.md", "content_base64": base64.b64encode(BEES_MORE.encode()).decode()}]
         job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()
         assert wait_job(client, job["job_id"])["status"] == "succeeded"

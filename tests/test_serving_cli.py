@@ -54,3 +54,25 @@ def test_create_key_cannot_target_another_tenant(db, new_tenant):
         conn.execute("SELECT create_api_key('x1', %s)", ("0" * 64,))  # no tenant on the transaction
     with db.tenant(tenant) as conn:
         assert conn.execute("SELECT create_api_key('x2', %s)", ("1" * 64,)).fetchone()[0] == tenant
+
+
+def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(tmp_path, monkeypatch):
+    """`demo-api --stop` returns only once both process groups are gone: SIGTERM, then SIGKILL after its grace."""
+    import signal
+    import subprocess
+    import sys
+
+    from cli import demo as cli_demo_api
+
+    stubborn_code = "import signal as s, time; s.signal(s.SIGTERM, s.SIG_IGN); print(1, flush=True); time.sleep(600)"
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    stubborn = subprocess.Popen([sys.executable, "-c", stubborn_code], stdout=subprocess.PIPE, start_new_session=True)
+    stubborn.stdout.readline()  # its SIGTERM is ignored from here on
+    (tmp_path / "demo-api.pids").write_text(f"{polite.pid} {stubborn.pid}")
+    monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(cli_demo_api, "STOP_GRACE_S", 3)
+    result = CliRunner().invoke(app, ["demo-api", "--stop"])
+    assert result.exit_code == 0, result.output
+    assert polite.poll() == -signal.SIGTERM and stubborn.poll() == -signal.SIGKILL  # both gone on return
+    assert f"process group {stubborn.pid} still running 3 s after SIGTERM: killed" in result.output
+    assert not (tmp_path / "demo-api.pids").exists()

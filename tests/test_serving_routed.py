@@ -136,6 +136,7 @@ def test_rules_route_each_question_to_its_tier_and_report_the_cost(api, key, tie
     assert gen["cost_usd"] == pytest.approx((120 * 1 + words_small * 2) / 1e6)
     assert why["generation"]["cost_usd"] == pytest.approx((150 * 10 + words_large * 30) / 1e6)
     assert 0 < gen["ttft_ms"] <= gen["total_ms"]
+    assert gen["tokens_per_s"] > 0  # streamed word by word: a decode speed was measured
     # The [n] markers cite the retrieved chunks they number.
     assert lookup["citations"] and lookup["citations"][0]["document"] in {"returns-policy.md", "warranty-terms.md"}
     assert large.stats.models[-1] == "large-m" and small[0].stats.models + small[1].stats.models == ["small-m"]

@@ -78,6 +78,7 @@ class OpenAIChat(Generator):
         messages = build_messages(question, contexts, self.config.max_context_chars)
         t0 = time.perf_counter()
         first: float | None = None
+        pieces = 0
         chat = self.gateway.chat(tier, messages)
         while True:
             try:
@@ -86,6 +87,7 @@ class OpenAIChat(Generator):
                 completion = stop.value
                 break
             first = first if first is not None else time.perf_counter()
+            pieces += 1
             yield piece
         total_ms = (time.perf_counter() - t0) * 1000
         ttft_ms = ((first or time.perf_counter()) - t0) * 1000
@@ -100,7 +102,7 @@ class OpenAIChat(Generator):
             completion.replica,
             ttft_ms,
             total_ms,
-            rate(usage.completion_tokens, total_ms, ttft_ms),
+            rate(usage.completion_tokens, total_ms, ttft_ms, pieces),
             cost,
             tuple(completion.attempts),
         )

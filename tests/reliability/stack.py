@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psycopg
 import redis
 
 from sluice.settings import Settings
@@ -107,3 +108,17 @@ def metric(text: str, name: str, labels: str = "") -> float | None:
         if line.startswith(want + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def blocked_on_lock(conninfo: str, role: str, timeout: float = 60) -> None:
+    """Wait until a session of the application role waits for a lock: the task is inside its database work."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (role,)
+            ).fetchone()
+            if row[0]:
+                return
+            time.sleep(0.1)
+    raise AssertionError("no application session became blocked on the chunks lock")

@@ -18,6 +18,7 @@ import psycopg
 from serving.celery_app import INGEST_TASK, QUERY_TASK, create_celery
 from sluice.db import admin_conninfo
 from tests.reliability.conftest import make_bee_tenant, make_tenant
+from tests.reliability.stack import blocked_on_lock
 from tests.serving_support import wait_job
 
 
@@ -56,20 +57,6 @@ def _gone(pid: int, timeout: float = 20) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} still alive")
-
-
-def _blocked_on_lock(conninfo: str, role: str, timeout: float = 60) -> None:
-    """Wait until a session of the application role waits for a lock: the task is inside its database work."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (role,)
-            ).fetchone()
-            if row[0]:
-                return
-            time.sleep(0.1)
-    raise AssertionError("no application session became blocked on the chunks lock")
 
 
 def test_query_survives_kill_9_of_its_worker_process(rel_settings, rel_api, two_process_worker, db):
@@ -116,7 +103,7 @@ def test_ingest_survives_kill_9_of_its_worker_process(rel_settings, rel_api, two
             locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
             job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()["job_id"]
             first = _active(app, INGEST_TASK)
-            _blocked_on_lock(admin_conninfo(rel_settings), rel_settings.app_role)
+            blocked_on_lock(admin_conninfo(rel_settings), rel_settings.app_role)
             os.kill(first["worker_pid"], signal.SIGKILL)
             _gone(first["worker_pid"])
             second = _active(app, INGEST_TASK, not_pid=first["worker_pid"])  # retried (retry_on_worker_lost)

@@ -1,0 +1,196 @@
+"""`sluice demo-api`: the sample answered through the API and a real worker, left running or stopped."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import console
+from cli.common import fail as _fail
+from sluice.errors import SluiceError
+from sluice.settings import load_settings
+
+app = typer.Typer()
+# What an orchestrator gives a stopping process (Kubernetes' default terminationGracePeriodSeconds).
+STOP_GRACE_S = 30
+
+
+@app.command("demo-api")
+def demo_api(
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    detach: Annotated[bool, typer.Option(help="Leave API and worker running in the background and return.")] = False,
+    stop: Annotated[bool, typer.Option(help="Stop an API and worker left running by --detach.")] = False,
+) -> None:
+    """Answer the sample questions through the API and a real worker, then keep both up for curl."""
+    from sluice.settings import PROJECT_ROOT
+
+    settings = load_settings()
+    pid_file = settings.data_dir / "demo-api.pids"
+    _stop_detached(pid_file)
+    if stop:
+        return
+    key = _demo_key(settings)
+    procs, where = _spawn(settings, port, detach)
+    if detach:
+        pid_file.write_text(" ".join(str(p.pid) for p in procs))
+    try:
+        _demo_requests(
+            f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl", where
+        )
+        _print_try(settings, port, key, detach)
+        if not detach:
+            procs[1].wait()
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        _stop_detached(pid_file)
+        raise
+    finally:
+        if not detach:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
+
+
+def _demo_key(settings) -> str:
+    """Migrate, create the tenant `demo`, and return a new API key of it."""
+    from serving.auth import create_key
+    from sluice.db import Database, create_tenant, migrate
+
+    try:
+        migrate(settings)
+        with Database(settings) as db:
+            create_tenant(db, "demo", "Demo tenant")
+            return create_key(db, "demo").secret
+    except SluiceError as exc:
+        _fail(exc)
+
+
+def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
+    """Start `sluice worker` and `sluice serve`; the processes, and where their output goes."""
+    import os
+    import subprocess
+    import sys
+
+    from sluice.settings import PROJECT_ROOT
+
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
+    cli = [sys.executable, "-m", "cli"]
+    logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen:
+        if not detach:
+            return subprocess.Popen(cli + args, env=env)
+        # Detached: own session and log files, so they outlive this command (and `make demo`).
+        with logs[name].open("wb") as log:
+            return subprocess.Popen(cli + args, env=env, start_new_session=True, stdout=log, stderr=log)
+
+    procs = [spawn("worker", ["worker", "--loglevel", "WARNING"]), spawn("serve", ["serve", "--port", str(port)])]
+    return procs, f"see {logs['worker']} and {logs['serve']}" if detach else "see the output above"
+
+
+def _print_try(settings, port: int, key: str, detach: bool) -> None:
+    """The curl line that works against the running API, and how to stop it."""
+    import json
+
+    console.print(
+        "\nAPI and worker are running; try:" if detach else "\nAPI and worker are running; try (Ctrl-C stops both):"
+    )
+    body = json.dumps({"question": "How long is the warranty on a carbon fibre frame?"})
+    print(
+        f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
+        f"-d '{body}' http://{settings.api_host}:{port}/v1/query"
+    )
+    if detach:
+        console.print("stop them with: sluice demo-api --stop")
+
+
+def _stop_detached(pid_file) -> None:
+    """Stop an API and worker a previous `demo-api --detach` left running: SIGTERM, then SIGKILL after a grace."""
+    import signal
+
+    if not pid_file.exists():
+        return
+    groups = [int(pid) for pid in pid_file.read_text().split() if pid.isdigit()]
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    for group in _still_running(groups, STOP_GRACE_S):
+        console.print(f"[yellow]process group {group} still running {STOP_GRACE_S} s after SIGTERM: killed[/]")
+        _signal_group(group, signal.SIGKILL)
+    _still_running(groups, 5)
+    pid_file.unlink()
+    console.print(f"stopped the demo API and worker (process groups {' '.join(map(str, groups))})")
+
+
+def _still_running(pids: list[int], seconds: float) -> list[int]:
+    """Wait up to `seconds` for these processes to end; those still running."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (running := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running
+
+
+def _signal_group(group: int, sig: int) -> None:
+    import os
+
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):  # gone already, or the pid is now someone else's
+        pass
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by its new parent) has stopped."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _job_outcome(status: dict) -> str:
+    """An ingest job's outcome in one line: its counts, or its error."""
+    result = status.get("result") or {}
+    if status["status"] != "succeeded" or "ingested" not in result:
+        return f"{status['status']}: {status.get('error') or result}"
+    counts = ", ".join(f"{result[k]} {k}" for k in ("ingested", "updated", "unchanged", "failed", "chunks"))
+    return f"succeeded ({counts})"
+
+
+def _demo_requests(base: str, key: str, gold, where: str) -> None:
+    import json
+    import time
+
+    import httpx
+
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    deadline, last = time.monotonic() + 180, "no answer"
+    while True:
+        try:
+            checks = client.get("/readyz").json()
+            if checks["ready"]:
+                break
+            last = str(checks.get("checks"))
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            _fail(
+                SluiceError(
+                    f"the demo API at {base} was not ready after 180 s (last /readyz: {last}); {where}, "
+                    "then re-run `sluice demo-api --detach` (a port in use: pass --port)"
+                )
+            )
+        time.sleep(1)
+    job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"}).json()["job_id"]
+    while (status := client.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+        time.sleep(0.5)
+    console.print(f"ingest job {job}: {_job_outcome(status)}", soft_wrap=True, highlight=False)
+    for line in gold.read_text().splitlines():
+        question = json.loads(line)["question"]
+        body = client.post("/v1/query", json={"question": question}).json()
+        console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {body.get('answer', body)}\n")

@@ -1,0 +1,102 @@
+"""What a user sees from the CLI in a log: no dependency noise, progress as plain lines, a bar on a terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+from rich.console import Console
+
+from cli.common import StageProgress
+from sluice.settings import PROJECT_ROOT, QUIET_ENV
+from tests.serving_support import guarded_pythonpath
+
+
+def _sluice(migrated, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`sluice ARGS` as a user runs it into a log: no terminal, nothing of ours in its environment."""
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV and k != "XDG_RUNTIME_DIR"}
+    env.update(PYTHONPATH=guarded_pythonpath(), SLUICE_DB_NAME=migrated.db_name)
+    env["SLUICE_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # new: MLflow creates its tables
+    cmd = [sys.executable, "-m", "cli", *args]
+    return subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_commands_print_no_warning_a_user_cannot_act_on(migrated, new_tenant, tmp_path):
+    (tmp_path / "bees.md").write_text("# Bees\n\nHoneybees tell their hive mates where flowers are by dancing.\n")
+    ingest = _sluice(migrated, tmp_path, "ingest", str(tmp_path / "bees.md"), "--tenant", new_tenant("quiet"))
+    assert ingest.returncode == 0, ingest.stderr
+    show = _sluice(migrated, tmp_path, "champion", "show")
+    assert show.returncode == 0, show.stderr
+    for result in (ingest, show):
+        output = result.stdout + result.stderr
+        assert "XDG_RUNTIME_DIR" not in output  # the embedded server's lock-file folder
+        assert "Loading weights" not in output  # the model-weights bar of every load
+        assert "INFO mlflow" not in output and "Downloading artifacts" not in output
+
+
+def _log() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=False, width=80), out
+
+
+def test_progress_in_a_log_is_a_line_per_stage_and_where_it_ended():
+    console, out = _log()
+    with StageProgress(console, every_s=3600) as progress:
+        progress.update("loading")
+        for n in range(1, 101):
+            progress.update("embedding the corpus", n, 100)
+        progress.update("dense retrieval", 1, 7)
+    lines = [line.rsplit(" (", 1)[0] for line in out.getvalue().splitlines()]
+    assert lines == ["loading", "embedding the corpus: 1/100", "embedding the corpus: 100/100", "dense retrieval: 1/7"]
+
+
+def test_progress_repeats_a_line_after_its_interval():
+    console, out = _log()
+    with StageProgress(console, every_s=0) as progress:
+        for n in range(1, 4):
+            progress.update("answering", n, 10)
+    assert len(out.getvalue().splitlines()) == 3
+
+
+def test_progress_on_a_terminal_is_a_bar_not_lines():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    with StageProgress(console) as progress:
+        progress.update("embedding the corpus", 50, 100)
+    assert "embedding the corpus" in out.getvalue() and "50/100" in out.getvalue()
+    assert "(0 s)" not in out.getvalue()  # the plain-line form was not used
+
+
+def _report():
+    """An evaluation report of two configs, as `run_evaluation` returns it (scores made up)."""
+    from evals.grid import Decision, Grid
+    from evals.runner import ConfigResult, Report
+    from sluice.config import PipelineConfig
+
+    spec = Grid.model_validate({"name": "render", "tenant": "t", "corpus": {"path": "x"}, "chunkers": [{}]})
+    summary = {"hit_at_5": 1.0, "mrr": 0.9, "ndcg_at_10": 0.95, "evidence_recall_at_5": 0.99}
+    summary |= {"semantic_similarity": 0.7, "rouge_l": 0.35, "latency_total_p95_ms": 1500.0, "cost_per_answer": 3e-4}
+    configs = [PipelineConfig(name=f"recursive(chunk_size={n}) dense(k=10) single") for n in (300, 1000)]
+    results = [
+        ConfigResult(c, [], summary, {"ndcg_at_10": (0.9, 1.0)}, [], run_id=f"run{i}") for i, c in enumerate(configs)
+    ]
+    return Report("parent0123", results, Decision(False, "not significant", None)), spec
+
+
+def test_eval_report_is_a_table_on_a_wide_terminal_and_blocks_on_a_narrow_one(tmp_path):
+    from cli.eval_report import print_comparison, write_full_table
+    from evals.record import comparison_table
+
+    report, spec = _report()
+    data = comparison_table(report.results, spec)
+    path = write_full_table(tmp_path, report, spec, data)
+    outputs = {}
+    for width in (160, 80):
+        out = io.StringIO()
+        print_comparison(Console(file=out, force_terminal=True, width=width), report, spec, data, path)
+        outputs[width] = out.getvalue()
+    assert "┃" in outputs[160] and "nDCG@10" in outputs[160]  # it fits: the table
+    assert "┃" not in outputs[80] and "2. recursive(chunk_size=1000) dense(k=10) single" in outputs[80]
+    assert f"full table: {path}" in outputs[80] and path.name == "render-parent01.md"
