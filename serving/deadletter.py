@@ -126,15 +126,17 @@ def record_failures(settings: Settings) -> None:
             error=f"{type(exception).__name__}: {exception}",
             attempts=(request.retries or 0) + 1,
             payload=args[0] if args else None,
-            first_at=_float(getattr(request, metrics.ENQUEUED_AT, None)),
+            first_at=seconds(getattr(request, metrics.ENQUEUED_AT, None)),
         )
         record(settings, letter)
 
     task_failure.connect(on_failure, weak=False, dispatch_uid="sluice-dead-letters")
 
 
-def _float(value: Any) -> float | None:
+def seconds(value: Any) -> float | None:
+    """An epoch timestamp from a message header, or None unless it is a number PostgreSQL can take."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if 0 <= number < 2**33 else None  # to_timestamp() refuses NaN and far futures

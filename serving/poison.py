@@ -19,7 +19,7 @@ from celery.worker.strategy import default as default_strategy
 from pydantic import ValidationError
 
 from serving import metrics
-from serving.deadletter import DeadLetter
+from serving.deadletter import DeadLetter, seconds
 from serving.schemas import QueryRequest
 from sluice.errors import QueryError
 from sluice.jsonwalk import deeper_than
@@ -58,7 +58,7 @@ def _letter(task, message, problem: str, body: Any) -> DeadLetter:
         error=problem,
         attempts=1,
         payload=args[0] if args else None,
-        first_at=headers.get(metrics.ENQUEUED_AT),
+        first_at=seconds(headers.get(metrics.ENQUEUED_AT)),
     )
 
 
@@ -73,8 +73,7 @@ def guarded_strategy(record: Callable[[DeadLetter], Any]):
             if problem is None:
                 return handle(message, body, ack, reject, callbacks, **kw)
             letter = _letter(task, message, problem, decoded)
-            record(letter)
-            _store_failure(task, letter)
+            _contain(record, task, letter)
             raise InvalidTaskError(problem)  # Celery logs it and rejects the message without requeue
 
         return on_message
@@ -82,14 +81,16 @@ def guarded_strategy(record: Callable[[DeadLetter], Any]):
     return strategy
 
 
-def _store_failure(task, letter: DeadLetter) -> None:
-    # So the API waiting on this job (and GET /v1/jobs/{id}) learns it failed, instead of timing out.
-    if not letter.task_id:
-        return
+def _contain(record: Callable[[DeadLetter], Any], task, letter: DeadLetter) -> None:
+    """Record the dead letter and its FAILURE result (so the API waiting on the job is told at once)."""
+    # Anything but InvalidTaskError escaping a strategy would stop the main process: the very thing
+    # this guard exists to prevent. A database or result store that is down costs a log line.
     try:
-        task.backend.mark_as_failure(letter.task_id, InvalidTaskError(letter.error))
-    except Exception as exc:  # the result store down must not take the main process with it
-        log.error("result of dead letter %s not stored: %s", letter.task_id, exc)
+        record(letter)
+        if letter.task_id:
+            task.backend.mark_as_failure(letter.task_id, InvalidTaskError(letter.error))
+    except Exception as exc:
+        log.error("dead letter %s not fully recorded: %s", letter.task_id, exc)
 
 
 def check_payload(payload: Any, query: bool) -> None:
