@@ -86,7 +86,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         # Lets GET /v1/jobs tell a queued ingest (PENDING) from a running one (STARTED); queries opt out.
         task_track_started=True,
-        result_expires=24 * 3600,
+        result_expires=settings.job_retention_s,  # a job's row and its result go together
         result_extended=True,
         broker_connection_retry_on_startup=True,
         # A pool process loads the embedder before it reports up (worker_process_init); Celery's 4 s

@@ -6,6 +6,9 @@ database, not tenant data) every `worker_heartbeat_s` seconds from its consumer'
 hung consumer stops beating too; a clean shutdown deletes the row, a killed worker's row goes stale
 after `STALE_BEATS` intervals. The row names its broker by a hash, so an API counts only workers
 that consume from the broker it sends to.
+
+The same step, on the same connection and timer, expires finished jobs (`serving.jobs.expire`):
+every worker node sweeps, so expiry needs no scheduler of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import psycopg
 from celery import bootsteps
 
+from serving.jobs import expire, sweep_interval
 from sluice.db import Database, app_conninfo
 from sluice.settings import Settings
 
@@ -57,12 +61,16 @@ def heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
         def __init__(self, parent, **kwargs):
             super().__init__(parent, **kwargs)
             self.conn: psycopg.Connection | None = None
-            self.tref = None
+            self.trefs: list = []
+            self.worker_id = ""  # set by start(); stop() also runs after a start-up that failed earlier
 
         def start(self, c) -> None:
             self.worker_id = f"{c.hostname}:{os.getpid()}"
             self.beat(c)
-            self.tref = c.timer.call_repeatedly(settings.worker_heartbeat_s, self.beat, (c,), priority=10)
+            self.trefs = [
+                c.timer.call_repeatedly(settings.worker_heartbeat_s, self.beat, (c,), priority=10),
+                c.timer.call_repeatedly(sweep_interval(settings.job_retention_s), self.sweep, (), priority=10),
+            ]
 
         def beat(self, c) -> None:
             queues = sorted(q.name for q in c.task_consumer.queues) if c.task_consumer else []
@@ -76,10 +84,13 @@ def heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             }
             self._execute(UPSERT, row)
 
+        def sweep(self) -> None:
+            self._run(lambda conn: expire(conn, settings.job_retention_s))
+
         def stop(self, c) -> None:
-            if self.tref is not None:
-                self.tref.cancel()
-                self.tref = None
+            for tref in self.trefs:
+                tref.cancel()
+            self.trefs = []
             self._execute(
                 "DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s", {"worker_id": self.worker_id}
             )
@@ -90,13 +101,17 @@ def heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
         shutdown = stop
 
         def _execute(self, query: str, params: dict) -> None:
-            # A missed beat is not fatal (readiness turns red after a few): log and reconnect next time.
+            self._run(lambda conn: conn.execute(query, params))
+
+        def _run(self, work) -> None:
+            # A missed beat or sweep is not fatal (readiness turns red after a few beats; the next sweep
+            # catches up): log and reconnect next time.
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = psycopg.connect(app_conninfo(settings), autocommit=True, connect_timeout=2)
-                self.conn.execute(query, params)
+                work(self.conn)
             except psycopg.Error as exc:
-                log.warning("worker heartbeat not written: %s", exc)
+                log.warning("worker heartbeat or job sweep not done: %s", exc)
                 if self.conn is not None:
                     self.conn.close()
                 self.conn = None

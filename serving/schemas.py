@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sluice.errors import QueryError
+from sluice.filters import check_filter, compile_filter
+from sluice.jsonwalk import storable_problem
 
 Question = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _text_problem(value: Any) -> str | None:
-    """Why a string somewhere in `value` cannot be stored as PostgreSQL text/jsonb, or None."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "strings must not contain the NUL character (U+0000)"
-        if _SURROGATE.search(value):
-            return "strings must be valid Unicode: remove the unpaired surrogate (U+D800-U+DFFF)"
-        return None
-    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    for item in items:
-        for part in item if isinstance(value, dict) else (item,):
-            if problem := _text_problem(part):
-                return problem
-    return None
 
 
 class _Body(BaseModel):
@@ -34,19 +18,47 @@ class _Body(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        # PostgreSQL text and jsonb hold neither U+0000 nor a lone surrogate (in a question, a filter key or
-        # value): refuse them here as a 422, not later as a 500 from the jobs insert.
-        if problem := _text_problem(data):
+    def _storable(cls, data: Any) -> Any:
+        # Runs before pydantic or FastAPI look inside the body: the size limits first (cheap, and a
+        # 200,000-key filter is refused without being walked), then PostgreSQL's own: text and jsonb
+        # hold neither U+0000 nor a lone surrogate, jsonb no NaN or Infinity. Both walk iteratively,
+        # so a body nested hundreds of levels deep is a 422 here, never a RecursionError.
+        cls._within_limits(data)
+        if problem := storable_problem(data):
             raise ValueError(problem)
         return data
+
+    @classmethod
+    def _within_limits(cls, data: Any) -> None:
+        """Raise ValueError naming the limit a raw body exceeds (bodies with nested input override this)."""
 
 
 class QueryRequest(_Body):
     question: Question
-    filters: dict[str, Any] | None = Field(default=None, description="Metadata filters, passed to retrieval.")
+    filters: dict[str, Any] | None = Field(
+        default=None,
+        description="Metadata filters, passed to retrieval (limits in sluice/filters.py: depth, keys, sizes).",
+    )
     collection: str | None = Field(default=None, max_length=200)
     stream: bool = Field(default=False, description="Answer as Server-Sent Events (token, done).")
+
+    @classmethod
+    def _within_limits(cls, data: Any) -> None:
+        if isinstance(data, dict) and isinstance(data.get("filters"), dict):  # other types: the field says why
+            try:
+                check_filter(data.get("filters"))
+            except QueryError as exc:
+                raise ValueError(str(exc)) from None
+
+    @field_validator("filters")
+    @classmethod
+    def _compiles(cls, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        # The worker compiles the same filter with the same function: refused here, it is never queued.
+        try:
+            compile_filter(filters)
+        except QueryError as exc:
+            raise ValueError(str(exc)) from None
+        return filters
 
 
 class Citation(BaseModel):

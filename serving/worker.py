@@ -29,8 +29,11 @@ from psycopg_pool import PoolTimeout
 from serving.cache import answer_cache_key, cache_put, corpus_version_of
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config
+from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
+from serving.jobs import mark_finished
+from serving.poison import check_payload, guarded_strategy
 from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
@@ -43,17 +46,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Worth a retry with backoff: the database or its pool was briefly unreachable.
+# Worth a retry with backoff: the database or its pool was briefly unreachable. Not every
+# OperationalError is that: libpq refuses a statement of over 65,535 parameters the same way every
+# time (`_counted` answers it as a refused query instead).
 TRANSIENT = (psycopg.OperationalError, PoolTimeout, DatabaseError)
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 1,
     "retry_backoff_max": 30,
     "retry_jitter": True,
-    "max_retries": 4,
 }
 # A query past its soft limit gets SoftTimeLimitExceeded; past the hard one its process is replaced.
 QUERY_SOFT_LIMIT_S, QUERY_LIMIT_S = 60, 90
+TOO_MANY_PARAMETERS = "number of parameters must be between 0 and 65535"
 # Each publish rewrites the whole list of pieces in the result backend: coalesce tokens that
 # arrive closer together than this (an LLM can emit hundreds per second).
 PUBLISH_INTERVAL_S = 0.02
@@ -160,6 +165,7 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     from tasks.answer import answer_question
 
     t0 = time.perf_counter()
+    check_payload(payload, query=True)  # the API's own model and filter limits, before any work
     tenant, question = payload["tenant"], payload["question"]
     config = active_config(state.settings, state.db)
     logs.bind(config_id=config.config_id)
@@ -242,6 +248,7 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     from tasks.ingest import ingest_source
     from tasks.parse import ArchiveLimits
 
+    check_payload(payload, query=False)
     config = active_config(state.settings, state.db)
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
@@ -271,19 +278,32 @@ def _remove_tree(path: Path) -> None:
 
 def register_tasks(app: Celery, state: WorkerState) -> None:
     """Register the two tasks on `app`, bound to this process's `state`."""
+    settings = state.settings
+    # Both tasks: the main process measures each message before a pool process is handed it, and a
+    # task that fails on its last attempt (SLUICE_TASK_MAX_RETRIES) is a dead letter, not a loop.
+    common = {
+        **RETRY,
+        "max_retries": settings.task_max_retries,
+        # staticmethod: Celery reads it as a class attribute and calls it with (task, app, consumer).
+        "Strategy": staticmethod(guarded_strategy(lambda letter: record(settings, letter))),
+    }
 
-    # Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies.
-    # No STARTED state (task_track_started is for ingest): a query runs for tens of milliseconds, and
-    # the extra read and write of the result key (plus a wake-up of the waiting API) cost ~1 ms of each.
+    # Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
+    # re-sent at once (retry_on_worker_lost), counted against max_retries; requeued as before only if
+    # that re-send fails. No STARTED state (task_track_started is for ingest): a query runs for tens of
+    # milliseconds, and the extra read and write of the result key (plus a wake-up of the waiting API)
+    # cost ~1 ms of each.
     @app.task(
         name=QUERY_TASK,
         bind=True,
         track_started=False,
         acks_late=True,
+        retry_on_worker_lost=True,
         reject_on_worker_lost=True,
+        default_retry_delay=0,
         soft_time_limit=QUERY_SOFT_LIMIT_S,
         time_limit=QUERY_LIMIT_S,
-        **RETRY,
+        **common,
     )
     def query(self: Task, payload: dict) -> dict:
         with traced(self, QUERY_TASK, QUERY_QUEUE):
@@ -300,7 +320,7 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
         default_retry_delay=1,  # the delay of a retry after a lost worker
         soft_time_limit=1800,
         time_limit=1900,
-        **RETRY,
+        **common,
     )
     def ingest(self: Task, payload: dict) -> dict:
         with traced(self, INGEST_TASK, INGEST_QUEUE):
@@ -317,6 +337,12 @@ def _counted(task: str, work) -> dict:
             raise
         metrics.TASKS.labels(task, "error").inc()
         return _error(exc)
+    except psycopg.OperationalError as exc:
+        if TOO_MANY_PARAMETERS not in str(exc):
+            metrics.TASKS.labels(task, "failed").inc()
+            raise
+        metrics.TASKS.labels(task, "error").inc()
+        return _error(QueryError("the query needs more than 65,535 SQL parameters: narrow its filters"))
     except Exception:
         metrics.TASKS.labels(task, "failed").inc()
         raise
@@ -355,11 +381,16 @@ def create_worker_app(settings: Settings) -> Celery:
     app = create_celery(settings)
     state = WorkerState(settings)
     register_tasks(app, state)
+    record_failures(settings)
     app.steps["consumer"].add(heartbeat_step(settings))
     worker_process_init.connect(lambda **_: _process_init(settings, state), weak=False)
     # Connecting setup_logging makes Celery leave logging to us: JSON lines from every process.
     setup_logging.connect(lambda loglevel=None, **_: logs.configure_logging(settings, loglevel), weak=False)
     task_prerun.connect(_bind_task_context, weak=False)
     task_postrun.connect(lambda **_: logs.start(), weak=False)
+    # After the result is stored (the caller has its answer): one pipelined round trip per finished task.
+    task_postrun.connect(
+        lambda **kw: mark_finished(state.db, kw.get("task_id"), kw.get("args"), kw.get("state")), weak=False
+    )
     worker_process_shutdown.connect(lambda **_: _process_shutdown(state), weak=False)
     return app

@@ -14,10 +14,15 @@ Keys start with `doc.` (document metadata) or `chunk.` (chunk metadata); key seg
 letters, digits, `_` or `-`. Values only ever travel as bind parameters: nothing from a filter is
 spliced into SQL text. A missing key never matches (and `not` of a missing key matches), because
 every leaf is wrapped in COALESCE(..., false).
+
+`check_filter` measures a filter against every size limit without recursion before anything else
+touches it; the API runs `compile_filter` (which calls it) on each request and the worker runs the
+same function again, so a filter the API accepted is the filter the worker accepts.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +31,19 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from sluice.errors import QueryError
+from sluice.jsonwalk import walk
 
-MAX_DEPTH = 8
-MAX_NODES = 200
+MAX_DEPTH = 8  # and/or/not levels
+# Mappings and lists nested inside a filter of MAX_DEPTH levels: one per `not`, two per `and`/`or`
+# (the list and the mapping in it), two for the deepest condition ({"in": [...]}).
+MAX_NESTING = 2 * MAX_DEPTH + 1
+MAX_CONDITIONS = 200  # keys, counted over every mapping of the filter (and items of and/or lists)
+MAX_KEYS = 50  # keys in one mapping
 MAX_IN = 1000
 MAX_STRING = 2000
 MAX_SEGMENTS = 8
+MAX_KEY_CHARS = MAX_SEGMENTS * 65 + 6  # "chunk." plus MAX_SEGMENTS segments of 64 and their dots
+MAX_BYTES = 64 * 1024  # the filter as JSON text
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCOPES = {"doc": "d", "chunk": "c"}
 _RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -52,7 +64,6 @@ class _Compiler:
     def __init__(self, prefix: str):
         self.prefix = prefix
         self.params: dict[str, Any] = {}
-        self.nodes = 0
         self.uses_doc = False
 
     def bind(self, value: Any) -> sql.Placeholder:
@@ -61,9 +72,6 @@ class _Compiler:
         return sql.Placeholder(name)
 
     def node(self, spec: Any, depth: int) -> sql.Composable:
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise QueryError(f"filter has more than {MAX_NODES} conditions: simplify it")
         if depth > MAX_DEPTH:
             raise QueryError(f"filter is nested deeper than {MAX_DEPTH} levels: flatten it")
         if not isinstance(spec, dict) or not spec:
@@ -146,8 +154,8 @@ def _parse_key(key: Any) -> tuple[str, list[str]]:
 
 def _scalar(value: Any, key: str, op: str) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
-        if isinstance(value, float) and value != value:
-            raise QueryError(f"filter key {key!r}: {op!r} value is NaN")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise QueryError(f"filter key {key!r}: {op!r} value is NaN or infinite")
         return value
     if isinstance(value, str):
         if len(value) > MAX_STRING or "\x00" in value:
@@ -161,8 +169,76 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _Budget:
+    """Running totals of one filter, checked item by item as `walk` reaches them."""
+
+    def __init__(self) -> None:
+        self.conditions = 0
+        self.size = 0
+
+    def add(self, key: Any, item: Any) -> None:
+        if key is not None:
+            self.conditions += 1
+            if self.conditions > MAX_CONDITIONS:
+                raise QueryError(
+                    f"filter has more than {MAX_CONDITIONS} conditions (keys over all its mappings): simplify it"
+                )
+            self.size += _key_size(key)
+        self.size += _item_size(key, item)
+        if self.size > MAX_BYTES:
+            raise QueryError(f"filter is longer than {MAX_BYTES} characters as JSON: simplify it")
+
+
+def _key_size(key: Any) -> int:
+    if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
+        raise QueryError(f"filter key of {len(key)} characters is longer than {MAX_KEY_CHARS}: shorten it")
+    return len(str(key)) + 4
+
+
+def _item_size(key: Any, item: Any) -> int:
+    """Characters `item` adds to the filter's JSON text (containers: brackets and commas); raise past a limit."""
+    if isinstance(item, dict):
+        if len(item) > MAX_KEYS:
+            raise QueryError(f"a filter mapping has {len(item)} keys, more than {MAX_KEYS}: combine them with 'and'")
+        return 2
+    if isinstance(item, (list, tuple)):
+        return _list_size(key, item)
+    if isinstance(item, str):
+        if len(item) > MAX_STRING:
+            raise QueryError(f"filter string of {len(item)} characters is longer than {MAX_STRING}: shorten it")
+        return len(item) + 2
+    if isinstance(item, float) and not math.isfinite(item):
+        where = f" under {key!r}" if key is not None else ""
+        raise QueryError(f"filter value{where} is NaN or infinite (1e400 overflows to infinity): use a finite number")
+    return item.bit_length() // 3 + 1 if isinstance(item, int) else 24
+
+
+def _list_size(key: Any, item: list | tuple) -> int:
+    if key in ("and", "or") and len(item) > MAX_CONDITIONS:
+        raise QueryError(f"filter has more than {MAX_CONDITIONS} conditions (items of {key!r}): simplify it")
+    if len(item) > MAX_IN:
+        raise QueryError(f"filter operator {key!r} takes a list of 1 to {MAX_IN} values, got {len(item)}")
+    return 2 + len(item)
+
+
+def check_filter(spec: Any) -> None:
+    """Refuse a filter past any size limit, walking it without recursion; the QueryError names the limit."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise QueryError(f"filter must be a mapping of key to condition, got {_show(spec)}")
+    budget = _Budget()
+    for depth, key, item in walk(spec):
+        if depth > MAX_NESTING:
+            raise QueryError(
+                f"filter is nested deeper than {MAX_DEPTH} levels ({MAX_NESTING} mappings and lists): flatten it"
+            )
+        budget.add(key, item)
+
+
 def compile_filter(spec: dict[str, Any] | None, prefix: str = "f") -> CompiledFilter:
     """Compile a filter to a SQL condition over chunks `c` and documents `d`; raise QueryError if invalid."""
+    check_filter(spec)  # first: the compiler below recurses, and binds a parameter per condition
     if spec is None or spec == {}:
         return CompiledFilter(sql.SQL("TRUE"))
     compiler = _Compiler(prefix)

@@ -50,6 +50,13 @@ STAGE = Histogram(
     "sluice_stage_seconds", "Worker time per query stage (embed, retrieve, generate).", ["stage"], buckets=FAST
 )
 TASKS = Counter("sluice_tasks_total", "Tasks finished by workers.", ["task", "outcome"])
+DEAD_LETTERS = Counter(
+    "sluice_dead_letters_total",
+    "Tasks given up on (payload no pool process can take, worker lost or failed on every attempt): "
+    "acknowledged, recorded in dead_letters, never redelivered.",
+    ["task", "reason"],
+)
+JOBS_EXPIRED = Counter("sluice_jobs_expired_total", "Finished jobs deleted after SLUICE_JOB_RETENTION_S.")
 ROUTER = Counter("sluice_router_decisions_total", "Answers per model tier chosen.", ["tier"])
 TOKENS = Counter("sluice_tokens_total", "LLM tokens.", ["tenant", "model", "kind"])
 COST = Counter("sluice_cost_usd_total", "Generation cost in US dollars.", ["tenant", "model"])

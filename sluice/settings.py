@@ -178,6 +178,18 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(
         default=2.0, gt=0, description="Workers record a heartbeat this often; /readyz counts those seen recently."
     )
+    job_retention_s: int = Field(
+        default=24 * 3600,
+        ge=1,
+        description="Seconds a finished job (its row in `jobs` and its Celery result) is kept, then deleted by "
+        "the workers' periodic sweep; GET /v1/jobs/{id} answers 404 after that.",
+    )
+    task_max_retries: int = Field(
+        default=4,
+        ge=0,
+        description="Retries of a task after a transient database error or a lost worker process; a task that "
+        "fails once more is moved to `dead_letters` and never redelivered.",
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="serve/worker log lines: JSON or text.")
     log_level: str = Field(default="INFO", description="Root log level of serve and worker processes.")
     otlp_endpoint: str | None = Field(
