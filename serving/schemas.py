@@ -111,7 +111,7 @@ class QueryJob(QueryRequest):
 class IngestJob(_Body):
     kind: Literal["ingest"]
     source: str | None = Field(
-        default=None, min_length=1, max_length=1000, description="Folder or file relative to SLUICE_INGEST_ROOT."
+        default=None, min_length=1, max_length=1000, description="Folder or file in SLUICE_INGEST_ROOT/<tenant>."
     )
     files: list[UploadedFile] | None = Field(default=None, min_length=1, max_length=100)
 

@@ -234,8 +234,22 @@ class StreamPublisher:
             self.last = time.monotonic()
 
 
+def ingest_target(settings: Settings, payload: dict) -> tuple[Path, Path | None]:
+    """What to ingest, and the folder no file may be read outside of (None: the API's own upload folder).
+
+    A named source is resolved again here, under this worker's SLUICE_INGEST_ROOT: the folder may have
+    changed since the API accepted the job, and the API host may mount the root at another path.
+    """
+    from sluice.confine import resolve_named, tenant_folder
+
+    if payload.get("cleanup"):
+        return Path(payload["source"]), None
+    folder = tenant_folder(settings.ingest_root, payload["tenant"])
+    return resolve_named(folder, payload["source"]), folder
+
+
 def run_ingest(state: WorkerState, payload: dict) -> dict:
-    """Ingest a validated source (a folder under the allowed root, or an upload folder)."""
+    """Ingest a named source (confined to the tenant's folder) or an upload folder."""
     from tasks.ingest import ingest_source
     from tasks.parse import ArchiveLimits
 
@@ -244,9 +258,16 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     embedder = state.embedder(config)
     settings = state.settings
     limits = ArchiveLimits.from_settings(settings)
-    source, tenant = payload["source"], payload["tenant"]
+    source, folder = ingest_target(settings, payload)
     summary = ingest_source(
-        state.db, tenant, config, embedder.inner, source, settings.max_file_bytes, archive_limits=limits
+        state.db,
+        payload["tenant"],
+        config,
+        embedder.inner,
+        source,
+        settings.max_file_bytes,
+        archive_limits=limits,
+        confine_to=folder,
     )
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -128,7 +129,8 @@ def demo_api(
             key = create_key(db, "demo").secret
     except SluiceError as exc:
         _fail(exc)
-    env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
+    root = _demo_ingest_root(settings.data_dir, PROJECT_ROOT / "data" / "sample")
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(root))
     cli = [sys.executable, "-m", "sluice.cli"]
     logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
 
@@ -169,6 +171,15 @@ def demo_api(
                 proc.terminate()
             for proc in procs:
                 proc.wait(timeout=60)
+
+
+def _demo_ingest_root(data_dir: Path, sample: Path) -> Path:
+    """An ingest root whose folder for tenant `demo` is the sample (named sources are per tenant)."""
+    root = data_dir / "demo-ingest"
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "demo").is_symlink():
+        (root / "demo").symlink_to(sample, target_is_directory=True)
+    return root
 
 
 def _stop_detached(pid_file) -> None:
