@@ -187,11 +187,11 @@ def observe_answer(tenant: str, result) -> None:
     for stage in ("embed", "retrieve", "generate"):
         if stage in result.timings_ms:
             metrics.STAGE.labels(stage).observe(result.timings_ms[stage] / 1000)
-    answer = result.answer
+    answer, label = result.answer, metrics.tenant(tenant)
     metrics.ROUTER.labels(answer.tier).inc()
-    metrics.TOKENS.labels(tenant, answer.model, "prompt").inc(answer.usage.prompt_tokens)
-    metrics.TOKENS.labels(tenant, answer.model, "completion").inc(answer.usage.completion_tokens)
-    metrics.COST.labels(tenant, answer.model).inc(answer.cost_usd)
+    metrics.TOKENS.labels(label, answer.model, "prompt").inc(answer.usage.prompt_tokens)
+    metrics.TOKENS.labels(label, answer.model, "completion").inc(answer.usage.completion_tokens)
+    metrics.COST.labels(label, answer.model).inc(answer.cost_usd)
     if answer.tokens_per_s > 0:
         metrics.TOKENS_PER_S.labels(answer.model).observe(answer.tokens_per_s)
     metrics.GEN_TTFT.labels(answer.model).observe(answer.ttft_ms / 1000)
@@ -360,6 +360,7 @@ def _bind_task_context(task: Task, args: tuple = (), **_: Any) -> None:
 def create_worker_app(settings: Settings) -> Celery:
     """The Celery app with tasks registered and per-process start-up and shut-down hooks."""
     app = create_celery(settings)
+    metrics.configure(settings)
     state = WorkerState(settings)
     register_tasks(app, state)
     app.steps["consumer"].add(heartbeat_step(settings))

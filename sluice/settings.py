@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(
         default=2.0, gt=0, description="Workers record a heartbeat this often; /readyz counts those seen recently."
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires (a scrape credential, not a tenant key); unset = /metrics "
+        "answers only clients on this host that no proxy forwarded (loopback, no Forwarded/X-Forwarded-For).",
+    )
+    metrics_tenant_labels: bool = Field(
+        default=True, description="Label per-tenant series with the tenant id; false = the label is 'all'."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="serve/worker log lines: JSON or text.")
     log_level: str = Field(default="INFO", description="Root log level of serve and worker processes.")
     otlp_endpoint: str | None = Field(
@@ -149,6 +157,16 @@ class Settings(BaseSettings):
     def _pool_size(cls, value: int) -> int:
         if value < 1:
             raise ValueError("pool_max_size must be at least 1")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "SLUICE_METRICS_TOKEN must be at least 16 characters: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
+            )
         return value
 
     @property

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from serving import metrics
 from serving.api import health, jobs, query
 from serving.api.errors import install_handlers
 from serving.api.middleware import LimitBody, Observe, max_body_bytes
@@ -21,6 +22,7 @@ log = logging.getLogger("sluice.api")
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for these settings (nothing connects until the first request)."""
     tracing.setup_tracing(settings, "sluice-api")
+    metrics.configure(settings)
     state = ApiState(settings)
     app = FastAPI(
         title="Sluice",
