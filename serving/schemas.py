@@ -51,7 +51,7 @@ class QueryRequest(_Body):
 
 class Citation(BaseModel):
     document: str
-    document_id: int
+    document_id: str = Field(description="The document's public id: a random UUID, stable across re-ingestion.")
     span: tuple[int, int]
     score: float
 
