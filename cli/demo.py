@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -76,7 +77,8 @@ def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
 
     from sluice.settings import PROJECT_ROOT
 
-    env = dict(os.environ, SLUICE_INGEST_ROOT=str(PROJECT_ROOT / "data" / "sample"))
+    root = _demo_ingest_root(settings.data_dir, PROJECT_ROOT / "data" / "sample")
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(root))
     cli = [sys.executable, "-m", "cli"]
     logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
 
@@ -89,6 +91,15 @@ def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
 
     procs = [spawn("worker", ["worker", "--loglevel", "WARNING"]), spawn("serve", ["serve", "--port", str(port)])]
     return procs, f"see {logs['worker']} and {logs['serve']}" if detach else "see the output above"
+
+
+def _demo_ingest_root(data_dir: Path, sample: Path) -> Path:
+    """An ingest root whose folder for tenant `demo` is the sample (named sources are per tenant)."""
+    root = data_dir / "demo-ingest"
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "demo").is_symlink():
+        (root / "demo").symlink_to(sample, target_is_directory=True)
+    return root
 
 
 def _print_try(settings, port: int, key: str, detach: bool) -> None:

@@ -99,11 +99,12 @@ def summarize(before: Samples, after: Samples, seconds: float, workers: str) -> 
     )
 
 
-def fetch(url: str, interval: float) -> Status:
-    """Scrape `url`/metrics twice, `interval` seconds apart, and ask /readyz for live workers."""
+def fetch(url: str, interval: float, token: str | None = None) -> Status:
+    """Scrape `url`/metrics twice, `interval` s apart (with the scrape token, if any); ask /readyz for live workers."""
     import httpx
 
-    with httpx.Client(base_url=url, timeout=10) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         t0 = time.monotonic()
         before = parse(client.get("/metrics").raise_for_status().text)
         time.sleep(interval)
@@ -138,8 +139,17 @@ def status(
 
     settings = load_settings()
     base = url or f"http://{settings.api_host}:{settings.api_port}"
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     try:
-        console.print(render(fetch(base, interval)))
+        console.print(render(fetch(base, interval, token)))
     except httpx.HTTPError as exc:
-        say_error(f"cannot read {base}/metrics ({exc}): is `sluice serve` running there? pass --url")
+        say_error(_why(base, exc))
         raise typer.Exit(code=2) from exc
+
+
+def _why(base: str, exc: Exception) -> str:
+    """What went wrong reading the API, and the fix."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return f"{base}/metrics refused the scrape ({status}): set SLUICE_METRICS_TOKEN to the server's scrape token"
+    return f"cannot read {base}/metrics ({exc}): is `sluice serve` running there? pass --url"

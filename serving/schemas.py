@@ -63,7 +63,7 @@ class QueryRequest(_Body):
 
 class Citation(BaseModel):
     document: str
-    document_id: int
+    document_id: str = Field(description="The document's public id: a random UUID, stable across re-ingestion.")
     span: tuple[int, int]
     score: float
 
@@ -123,7 +123,7 @@ class QueryJob(QueryRequest):
 class IngestJob(_Body):
     kind: Literal["ingest"]
     source: str | None = Field(
-        default=None, min_length=1, max_length=1000, description="Folder or file relative to SLUICE_INGEST_ROOT."
+        default=None, min_length=1, max_length=1000, description="Folder or file in SLUICE_INGEST_ROOT/<tenant>."
     )
     files: list[UploadedFile] | None = Field(default=None, min_length=1, max_length=100)
 

@@ -196,11 +196,11 @@ def observe_answer(tenant: str, result) -> None:
     for stage in ("embed", "retrieve", "generate"):
         if stage in result.timings_ms:
             metrics.STAGE.labels(stage).observe(result.timings_ms[stage] / 1000)
-    answer = result.answer
+    answer, label = result.answer, metrics.tenant(tenant)
     metrics.ROUTER.labels(answer.tier).inc()
-    metrics.TOKENS.labels(tenant, answer.model, "prompt").inc(answer.usage.prompt_tokens)
-    metrics.TOKENS.labels(tenant, answer.model, "completion").inc(answer.usage.completion_tokens)
-    metrics.COST.labels(tenant, answer.model).inc(answer.cost_usd)
+    metrics.TOKENS.labels(label, answer.model, "prompt").inc(answer.usage.prompt_tokens)
+    metrics.TOKENS.labels(label, answer.model, "completion").inc(answer.usage.completion_tokens)
+    metrics.COST.labels(label, answer.model).inc(answer.cost_usd)
     if answer.tokens_per_s is not None:
         metrics.TOKENS_PER_S.labels(answer.model).observe(answer.tokens_per_s)
     metrics.GEN_TTFT.labels(answer.model).observe(answer.ttft_ms / 1000)
@@ -243,8 +243,22 @@ class StreamPublisher:
             self.last = time.monotonic()
 
 
+def ingest_target(settings: Settings, payload: dict) -> tuple[Path, Path | None]:
+    """What to ingest, and the folder no file may be read outside of (None: the API's own upload folder).
+
+    A named source is resolved again here, under this worker's SLUICE_INGEST_ROOT: the folder may have
+    changed since the API accepted the job, and the API host may mount the root at another path.
+    """
+    from sluice.confine import resolve_named, tenant_folder
+
+    if payload.get("cleanup"):
+        return Path(payload["source"]), None
+    folder = tenant_folder(settings.ingest_root, payload["tenant"])
+    return resolve_named(folder, payload["source"]), folder
+
+
 def run_ingest(state: WorkerState, payload: dict) -> dict:
-    """Ingest a validated source (a folder under the allowed root, or an upload folder)."""
+    """Ingest a named source (confined to the tenant's folder) or an upload folder."""
     from tasks.ingest import ingest_source
     from tasks.parse import ArchiveLimits
 
@@ -254,9 +268,16 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     embedder = state.embedder(config)
     settings = state.settings
     limits = ArchiveLimits.from_settings(settings)
-    source, tenant = payload["source"], payload["tenant"]
+    source, folder = ingest_target(settings, payload)
     summary = ingest_source(
-        state.db, tenant, config, embedder.inner, source, settings.max_file_bytes, archive_limits=limits
+        state.db,
+        payload["tenant"],
+        config,
+        embedder.inner,
+        source,
+        settings.max_file_bytes,
+        archive_limits=limits,
+        confine_to=folder,
     )
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))
@@ -379,6 +400,7 @@ def _bind_task_context(task: Task, args: tuple = (), **_: Any) -> None:
 def create_worker_app(settings: Settings) -> Celery:
     """The Celery app with tasks registered and per-process start-up and shut-down hooks."""
     app = create_celery(settings)
+    metrics.configure(settings)
     state = WorkerState(settings)
     register_tasks(app, state)
     record_failures(settings)

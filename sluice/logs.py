@@ -3,6 +3,8 @@
 `configure_logging(settings)` is called at each long-running entry point (`sluice serve`, `sluice worker`).
 Every line carries the request id, tenant, config id and trace id of the request being served, when
 there is one: the API binds them per request, the worker per task (from the Celery message headers).
+No line carries what a task was asked or answered (`HidePayloads`): questions, filters and answers
+quoting documents stay out of logs at every level.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
@@ -23,6 +25,10 @@ FIELDS = ("request_id", "tenant", "config_id", "trace_id")
 _CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("sluice_log_context", default=None)
 # Attributes every LogRecord has; anything else passed through `extra=` is written as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# Celery's task lines ("Task … received", "… succeeded in 0.2s: <result>", failures, retries) put the
+# task's arguments and return value in their format arguments and again in an extra `data` field.
+PAYLOAD_KEYS = frozenset({"args", "kwargs", "return_value"})
+HIDDEN = "<hidden>"
 
 
 def context() -> dict[str, str]:
@@ -68,6 +74,22 @@ def scope(**values: str | None) -> Iterator[None]:
         end(token)
 
 
+class HidePayloads(logging.Filter):
+    """Hide task arguments and return values in every record; name, id, timing and outcome stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping) and PAYLOAD_KEYS & record.args.keys():
+            record.args = _hidden(record.args)
+        data = getattr(record, "data", None)
+        if isinstance(data, Mapping):
+            record.data = _hidden(data)
+        return True
+
+
+def _hidden(values: Mapping) -> dict:
+    return {k: HIDDEN if k in PAYLOAD_KEYS else v for k, v in values.items()}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request context, extras, exception."""
 
@@ -89,6 +111,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Settings, level: str | int | None = None) -> None:
     """Route the root logger to stderr with the configured format (replaces existing root handlers)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(HidePayloads())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

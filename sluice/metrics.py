@@ -12,10 +12,17 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sluice.settings import Settings
+
+# Whether per-tenant series carry the tenant id (SLUICE_METRICS_TENANT_LABELS); set by `configure`.
+_TENANT_LABELS = True
 
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Celery message headers set by the API: wall-clock enqueue time, and the request's ids for the logs.
@@ -74,6 +81,17 @@ INGEST_DOCS = Counter("sluice_ingest_documents_total", "Documents by ingestion o
 INGEST_CHUNKS = Counter("sluice_ingest_chunks_total", "Chunks written by ingestion.")
 INGEST_ERRORS = Counter("sluice_ingest_errors_total", "Per-document ingestion errors.")
 EVAL_RUNS = Counter("sluice_eval_runs_total", "Evaluation flow runs.", ["outcome"])
+
+
+def configure(settings: Settings) -> None:
+    """Apply this process's metric settings (each entry point: the API app, the worker app)."""
+    global _TENANT_LABELS
+    _TENANT_LABELS = settings.metrics_tenant_labels
+
+
+def tenant(tenant_id: str) -> str:
+    """The value of a `tenant` label: the tenant id, or "all" when tenant labels are off."""
+    return tenant_id if _TENANT_LABELS else "all"
 
 
 class QueueCollector(Collector):

@@ -190,6 +190,14 @@ class Settings(BaseSettings):
         description="Retries of a task after a transient database error or a lost worker process; a task that "
         "fails once more is moved to `dead_letters` and never redelivered.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires (a scrape credential, not a tenant key); unset = /metrics "
+        "answers only clients on this host that no proxy forwarded (loopback, no Forwarded/X-Forwarded-For).",
+    )
+    metrics_tenant_labels: bool = Field(
+        default=True, description="Label per-tenant series with the tenant id; false = the label is 'all'."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="serve/worker log lines: JSON or text.")
     log_level: str = Field(default="INFO", description="Root log level of serve and worker processes.")
     otlp_endpoint: str | None = Field(
@@ -224,6 +232,16 @@ class Settings(BaseSettings):
                 "or point SLUICE_DATASETS_DIR at the folder that holds it"
             )
         return path
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "SLUICE_METRICS_TOKEN must be at least 16 characters: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
+            )
+        return value
 
     @property
     def tracking_uri(self) -> str:

@@ -29,7 +29,7 @@ NO_ANSWER = "No relevant passage was found in the indexed documents."
 @dataclass(frozen=True)
 class Citation:
     source_id: str
-    document_id: int
+    document_id: str  # public id (UUID), never the internal key
     start: int
     end: int
     score: float

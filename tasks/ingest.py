@@ -22,6 +22,7 @@ import numpy as np
 import psycopg
 
 from sluice.config import PipelineConfig
+from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
 from sluice.errors import DocumentError, SourceError
 from tasks.chunk import Chunk, make_chunker
@@ -92,10 +93,16 @@ class Prepared:
 
 
 # ---------------------------------------------------------------- listing
-def list_source(source: str | Path) -> list[SourceFile]:
-    """List the files of a folder (recursively), a single file, or a glob; source ids are relative paths."""
+def list_source(source: str | Path, confine_to: Path | None = None) -> list[SourceFile]:
+    """List the files of a folder (recursively), a single file, or a glob; source ids are relative paths.
+
+    With `confine_to` (a real path: a tenant's folder, for sources named through the API) the source
+    must resolve inside it and is a literal path, never a glob; each file is checked when it is read.
+    """
     text = str(source)
-    if any(ch in text for ch in "*?["):
+    if confine_to is not None and not inside(Path(os.path.realpath(text)), confine_to):
+        raise SourceError(f"source {text!r} resolves outside this tenant's ingest folder")
+    if confine_to is None and any(ch in text for ch in "*?["):
         root = Path(glob.escape(text).split("*")[0]).parent if "*" in text else Path(text).parent
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if not Path(p).is_dir())
         if not paths:
@@ -130,14 +137,14 @@ def _source_id(path: Path, root: Path) -> str:
 
 
 # ---------------------------------------------------------------- per-document steps
-def read_file(item: SourceFile, max_bytes: int) -> bytes:
-    """Read a file's bytes; DocumentError naming it when it is too big, gone, or unreadable."""
+def read_file(item: SourceFile, max_bytes: int, confine_to: Path | None = None) -> bytes:
+    """Read a file's bytes; DocumentError naming it when it is too big, gone, unreadable or (confined) outside."""
     try:
+        if confine_to is not None:
+            return read_inside(item.path, item.source_id, confine_to, max_bytes)
         size = item.path.stat().st_size
         if size > max_bytes:
-            raise DocumentError(
-                item.source_id, "read", f"file is {size} bytes, above the limit of {max_bytes} (SLUICE_MAX_FILE_BYTES)"
-            )
+            raise too_big(item.source_id, size, max_bytes)
         return item.path.read_bytes()
     except FileNotFoundError as exc:
         raise DocumentError(item.source_id, "read", "the file vanished after listing: re-run the ingest") from exc
@@ -154,9 +161,10 @@ def prepare_file(
     max_bytes: int,
     collection: str = "default",
     limits: ArchiveLimits | None = None,
+    confine_to: Path | None = None,
 ) -> Prepared | None:
     """Read, parse and chunk one file; None when this index already holds this exact version."""
-    data = read_file(item, max_bytes)
+    data = read_file(item, max_bytes, confine_to)
     digest = content_hash(data)
     with db.tenant(tenant) as conn:
         state = document_state(conn, item.source_id, config.index_id)
@@ -164,7 +172,11 @@ def prepare_file(
         with db.tenant(tenant) as conn:
             set_collection(conn, item.source_id, collection)
         return None
-    doc = parse_file(item.path, item.source_id, config.parser, data, limits)
+    if confine_to is None:
+        doc = parse_file(item.path, item.source_id, config.parser, data, limits)
+    else:  # parsers may re-open the file by name: give them the bytes that passed the check
+        with private_copy(item.path.name, data) as copy:
+            doc = parse_file(copy, item.source_id, config.parser, data, limits)
     try:
         chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     except Exception as exc:
@@ -267,6 +279,7 @@ class Run:
     summary: IngestSummary = field(default_factory=lambda: IngestSummary(run_id=uuid.uuid4().hex))
     collection: str = "default"
     archive_limits: ArchiveLimits | None = None  # None = the Settings defaults
+    confine_to: Path | None = None  # a tenant's folder (API-named sources): no file read outside it
 
     def fail(self, err: DocumentError, item: SourceFile) -> None:
         self.summary.failed += 1
@@ -289,7 +302,7 @@ def begin(run: Run, source: str | Path) -> list[SourceFile]:
     """Check the tenant, list the source, register the index (cheap failures first)."""
     with run.db.tenant(run.tenant):
         pass  # UnknownTenantError before listing or loading anything
-    files = list_source(source)
+    files = list_source(source, run.confine_to)
     with run.db.tenant(run.tenant) as conn:
         register_index(conn, run.config, run.embedder.identity)
     return files
@@ -347,7 +360,15 @@ def ingest_files(run: Run, files: Iterable[SourceFile]) -> IngestSummary:
     for item in files:
         try:
             prep = prepare_file(
-                run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.archive_limits
+                run.db,
+                run.tenant,
+                run.config,
+                run.embedder,
+                item,
+                run.max_bytes,
+                run.collection,
+                run.archive_limits,
+                run.confine_to,
             )
         except DocumentError as err:
             run.fail(err, item)
@@ -386,11 +407,16 @@ def ingest_source(
     on_embed: Callable[[int], None] | None = None,
     collection: str = "default",
     archive_limits: ArchiveLimits | None = None,
+    confine_to: Path | None = None,
 ) -> IngestSummary:
-    """Ingest every file of a source into a collection; failures are recorded per document, the run goes on."""
+    """Ingest every file of a source into a collection; failures are recorded per document, the run goes on.
+
+    `confine_to` (a tenant's real folder) keeps every file read inside it: a file resolving elsewhere
+    is recorded as failed, not read. The operator's own local paths (CLI, flows) pass None.
+    """
     validate_collection(collection)
     run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, collection=collection)
-    run.archive_limits = archive_limits
+    run.archive_limits, run.confine_to = archive_limits, confine_to
     files = begin(run, source)
     ingest_files(run, files)
     if sync:

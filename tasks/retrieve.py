@@ -30,7 +30,7 @@ from sluice.filters import compile_filter
 @dataclass(frozen=True)
 class Hit:
     chunk_id: int
-    document_id: int
+    document_id: str  # the document's public id (a random UUID); the internal integer key stays in the database
     source_id: str
     start: int
     end: int
@@ -42,7 +42,7 @@ class Hit:
     config_id: str = ""
 
 
-_COLUMNS = "c.chunk_id, c.document_id, d.source_id, c.char_start, c.char_end, c.text, c.metadata"
+_COLUMNS = "c.chunk_id, d.public_id::text AS document_id, d.source_id, c.char_start, c.char_end, c.text, c.metadata"
 _FROM = "FROM chunks c JOIN documents d ON d.document_id = c.document_id"
 _WHERE = "WHERE c.index_id = %(index_id)s AND {filter}"
 

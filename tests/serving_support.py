@@ -65,6 +65,25 @@ def start_worker(
     raise RuntimeError(f"worker not ready in time: {log.read_text()[-2000:]}")
 
 
+def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `sluice serve` on a free loopback port with `env`; wait until /healthz answers: (process, base URL)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"API did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
 def _warm(log: Path, concurrency: int) -> bool:
     return log.read_text().count("worker process warm") >= concurrency
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from serving.auth import create_key
 from serving.backpressure import oldest_age
 from serving.celery_app import QUERY_QUEUE, create_celery
 from sluice.metrics import ENQUEUED_AT, oldest_age_redis
-from tests.serving_support import free_port, start_worker, stop_worker, wait_job, worker_env
+from tests.serving_support import free_port, start_api, start_worker, stop_worker, wait_job, worker_env
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
 
@@ -44,23 +42,7 @@ def stack(mp_settings, tmp_path_factory):
     env = {**worker_env(mp_settings), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
     env.update(SLUICE_RATE_LIMIT_PER_S="1000", SLUICE_RATE_LIMIT_BURST="1000", SLUICE_TRACE_CONSOLE="true")
     worker = start_worker(mp_settings, tmp / "worker.log", extra_env=env)
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=(tmp / "api.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert api.poll() is None and time.monotonic() < deadline, (tmp / "api.log").read_text()[-2000:]
-        time.sleep(0.2)
+    api, url = start_api(env, tmp / "api.log")
     yield Stack(url, tmp / "api.log", tmp / "worker.log")
     api.terminate()
     api.wait(timeout=20)

@@ -26,7 +26,7 @@ def serving_settings(migrated, private_redis, tmp_path_factory):
     config.write_text("name: serving-test\n")  # the default config (the name is not part of the id)
     update = {
         "broker_url": private_redis.url,
-        "ingest_root": SAMPLE,
+        "ingest_root": tmp_path_factory.mktemp("ingest-root"),  # tenant A's folder is the sample (`tenants`)
         "rate_limit_per_s": 1000.0,
         "rate_limit_burst": 1000.0,
         "config_path": config,
@@ -48,8 +48,8 @@ def api(serving_settings, worker):
 
 
 @pytest.fixture(scope="module")
-def tenants(db, api):
-    """Tenant A holds the sample corpus (ingested through the API), tenant B one uploaded file."""
+def tenants(db, api, serving_settings):
+    """Tenant A holds the sample corpus (its ingest folder is the sample), tenant B one uploaded file."""
     from sluice.db import create_tenant
 
     out = {}
@@ -57,6 +57,7 @@ def tenants(db, api):
         tenant = f"srv{name}-{uuid.uuid4().hex[:8]}"
         create_tenant(db, tenant)
         out[name] = (tenant, create_key(db, tenant).secret)
+    (serving_settings.ingest_root / out["a"][0]).symlink_to(SAMPLE, target_is_directory=True)
     with api.client(out["a"][1]) as client:
         job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"})
         assert job.status_code == 202, job.text

@@ -12,7 +12,7 @@ from serving.api import health, jobs, query
 from serving.api.errors import install_handlers
 from serving.api.middleware import LimitBody, Observe, max_body_bytes
 from serving.api.state import ApiState
-from sluice import tracing
+from sluice import metrics, tracing
 from sluice.settings import Settings
 
 log = logging.getLogger("sluice.api")
@@ -21,6 +21,7 @@ log = logging.getLogger("sluice.api")
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for these settings (nothing connects until the first request)."""
     tracing.setup_tracing(settings, "sluice-api")
+    metrics.configure(settings)
     state = ApiState(settings)
     app = FastAPI(
         title="Sluice",

@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from serving.api.scrape import Scrape
 from serving.api.state import ApiState, State
 from serving.backpressure import oldest_age
 from serving.celery_app import INGEST_QUEUE, QUERY_QUEUE
 from serving.heartbeat import live_workers
+from serving.schemas import Problem
 from sluice import metrics
 
 router = APIRouter()
@@ -55,9 +57,12 @@ def readyz(state: State) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-def prometheus(state: State) -> Response:
-    """Prometheus exposition (all API and worker processes), with queue depth read from the broker now."""
+@router.get("/metrics", responses={401: {"model": Problem}, 403: {"model": Problem}})
+def prometheus(state: State, _: Scrape) -> Response:
+    """Prometheus exposition (all API and worker processes), with queue depth read from the broker now.
+
+    Needs the scrape token (SLUICE_METRICS_TOKEN), or, when none is set, a client on this host.
+    """
     queues = metrics.QueueCollector(state.depth, lambda q: oldest_age(state.celery, q), (QUERY_QUEUE, INGEST_QUEUE))
     body, ctype = metrics.render([queues])
     return Response(body, media_type=ctype)

@@ -21,6 +21,8 @@ from serving.api.responses import json_response
 from serving.api.state import ApiState, State
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
 from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, QueryRequest
+from sluice.confine import resolve_named, tenant_folder
+from sluice.errors import SourceError
 from sluice.settings import Settings
 
 router = APIRouter()
@@ -41,19 +43,15 @@ def get_job(job_id: str, state: State, tenant: Tenant) -> JobStatus:
     return job_status(state, tenant, job_id)
 
 
-def resolve_source(settings: Settings, name: str) -> Path:
-    """A named source inside the allowed ingest root; traversal and escapes are refused."""
-    if settings.ingest_root is None:
-        raise ApiError(422, "named sources are disabled: set SLUICE_INGEST_ROOT on the server, or upload `files`")
-    root, rel = settings.ingest_root.resolve(), Path(name)
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in name:
-        raise ApiError(422, f"source {name!r} must be a relative path inside the ingest root, without '..'")
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError(422, f"source {name!r} resolves outside the ingest root")
-    if not path.exists():
-        raise ApiError(422, f"source {name!r} does not exist under the ingest root")
-    return path
+def resolve_source(settings: Settings, tenant: str, name: str) -> Path:
+    """A named source inside the tenant's folder `<SLUICE_INGEST_ROOT>/<tenant>`; anything else is a 422.
+
+    Another tenant's folder is outside it: refused exactly like a source that does not exist.
+    """
+    try:
+        return resolve_named(tenant_folder(settings.ingest_root, tenant), name)
+    except SourceError as exc:
+        raise ApiError(422, str(exc)) from exc
 
 
 def save_uploads(settings: Settings, tenant: str, job: IngestJob) -> Path:
@@ -81,13 +79,14 @@ def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
         req = QueryRequest(**job.model_dump(exclude={"kind"}))
         job_id = enqueue(state, tenant, QUERY_TASK, QUERY_QUEUE, query_payload(tenant, req, False), job.model_dump())
         return 202, {"job_id": job_id, "kind": "query", "status": "queued"}
-    if job.source is not None:
-        source, cleanup = resolve_source(state.settings, job.source), False
+    if job.source is not None:  # checked now for a 422; the worker resolves the name again, under its own root
+        resolve_source(state.settings, tenant, job.source)
+        source, cleanup = job.source, False
     else:
         check_capacity(state, INGEST_QUEUE)
-        source, cleanup = save_uploads(state.settings, tenant, job), True
+        source, cleanup = str(save_uploads(state.settings, tenant, job)), True
     record = {"kind": "ingest", "source": job.source, "files": [f.name for f in job.files or []]}
-    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup}
+    payload = {"tenant": tenant, "source": source, "cleanup": cleanup}
     job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
     return 202, {"job_id": job_id, "kind": "ingest", "status": "queued"}
 

@@ -84,9 +84,9 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
 
 def _observe_query(tenant: str, body: dict, t0: float, *, cached: bool, stream: bool, first: float = 0.0) -> None:
     """Latency of an answered query; time to first token is the whole latency unless streamed."""
-    elapsed, tier = time.perf_counter() - t0, body.get("model_tier", "unknown")
-    metrics.QUERY_LATENCY.labels("/v1/query", tenant, tier, str(cached).lower()).observe(elapsed)
-    metrics.TTFT.labels(tenant, tier, str(stream).lower()).observe((first - t0) if first else elapsed)
+    elapsed, tier, label = time.perf_counter() - t0, body.get("model_tier", "unknown"), metrics.tenant(tenant)
+    metrics.QUERY_LATENCY.labels("/v1/query", label, tier, str(cached).lower()).observe(elapsed)
+    metrics.TTFT.labels(label, tier, str(stream).lower()).observe((first - t0) if first else elapsed)
 
 
 def _ms(t0: float, t1: float | None = None) -> float:

@@ -69,13 +69,14 @@ def hive_tenant(db, rel_api):
 
 
 @pytest.fixture(scope="module")
-def ingest_root(tmp_path_factory) -> Path:
+def ingest_root(tmp_path_factory, hive_tenant) -> Path:
+    """An ingest root where the hive tenant's folder holds `docs` and a symlink out of the folder."""
     root = tmp_path_factory.mktemp("ingest-root")
-    (root / "docs").mkdir()
-    (root / "docs" / "ok.md").write_text("# ok\n\nfine\n")
+    (root / hive_tenant[0] / "docs").mkdir(parents=True)
+    (root / hive_tenant[0] / "docs" / "ok.md").write_text("# ok\n\nfine\n")
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.md").write_text("# secret\n")
-    (root / "link-out").symlink_to(outside)
+    (root / hive_tenant[0] / "link-out").symlink_to(outside)
     return root
 
 
