@@ -55,16 +55,19 @@ def serve(
     """Run the HTTP API (uvicorn). Work is done by `sluice worker` processes."""
     import uvicorn
 
+    from serving.http_deadlines import deadline_protocol
     from sluice.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings)
     # log_config=None: uvicorn keeps the root handler above (JSON lines) instead of installing its own.
+    # http: uvicorn's h11 protocol with header and body read deadlines (uvicorn itself has none).
     options = {
         "host": host or settings.api_host,
         "port": port or settings.api_port,
         "log_config": None,
         "timeout_keep_alive": settings.keep_alive_s,
+        "http": deadline_protocol(settings),
     }
     if workers > 1:
         uvicorn.run("serving.asgi:app", factory=True, workers=workers, **options)
