@@ -150,3 +150,4 @@ def test_uploads_of_a_request_that_fails_after_writing_them_are_removed(edge):
         state.close()
     folder = settings.data_dir / "uploads" / tenant
     assert folder.is_dir() and not any(folder.iterdir()), list(folder.rglob("*"))  # written, then removed
+    folder.rmdir()
