@@ -55,6 +55,7 @@ def serve(
     """Run the HTTP API (uvicorn). Work is done by `sluice worker` processes."""
     import uvicorn
 
+    from serving.http_deadlines import deadline_protocol
     from sluice.logs import configure_logging
 
     settings = load_settings()
@@ -65,6 +66,7 @@ def serve(
         "port": port or settings.api_port,
         "log_config": None,
         "timeout_keep_alive": settings.keep_alive_s,
+        "http": deadline_protocol(settings),  # uvicorn's h11 protocol with header and body read deadlines
     }
     if workers > 1:
         uvicorn.run("serving.asgi:app", factory=True, workers=workers, **options)

@@ -1,9 +1,9 @@
 """Authentication and the per-tenant token bucket in one statement (SQL function `authorize_request`).
 
-One round trip per request: the key hash resolves to its tenant and that tenant's bucket is refilled
-and spent atomically in Postgres. There is no in-process key cache, so a revoked key is refused from
-the very next request (revocation latency 0): with the rate limit needing a database write anyway,
-a cache would save no round trip.
+One round trip per admitted request: the key hash resolves to its tenant and that tenant's bucket is
+refilled and spent atomically in Postgres. The API's key cache (serving/api/keys.py) only lets
+refusals for capacity skip the database; every admitted request still passes through this statement,
+so a revoked key is refused from its very next admitted request (revocation latency 0).
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ async def authorize(pool: AsyncConnectionPool, token_hash: str, rate: float, bur
     if tenant is None or allowed:
         return Authorized(tenant, 0.0)
     return Authorized(tenant, max(0.001, (1 - tokens) / rate))
+
+
+async def resolve(pool: AsyncConnectionPool, token_hash: str) -> str | None:
+    """The tenant of a key hash; None for an unknown or revoked key (a read: no token is spent)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT resolve_api_key(%s)", (token_hash,))
+        return (await cur.fetchone())[0]
 
 
 async def _reset(conn: AsyncConnection) -> None:

@@ -143,6 +143,24 @@ class Settings(BaseSettings):
         "idle timeouts (httpx 5 s, AWS ALB 60 s): a server that closes first races the client's next request "
         "on that connection, which the client sees as a reset (httpx.ReadError).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers, from its first byte (or from "
+        "connecting); then `sluice serve` closes the connection (slow-header clients, idle new connections).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client has to send a request's whole body after its headers; then `sluice serve` "
+        "answers 408 (or closes) and drops the connection. A near-limit upload needs ~1 MB/s: behind a proxy "
+        "that buffers request bodies, the API receives them at LAN speed.",
+    )
+    tenant_concurrency: int = Field(
+        default=100,
+        ge=1,
+        description="Requests of one tenant an API process handles at once; the next gets 429 + Retry-After.",
+    )
     query_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/query waits for a worker.")
     queue_limit: int = Field(
         default=200, ge=1, description="Queued query messages before POST /v1/query answers 503 + Retry-After."

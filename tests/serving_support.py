@@ -19,6 +19,7 @@ import redis
 import uvicorn
 
 from serving.api import create_app
+from serving.http_deadlines import deadline_protocol
 from sluice.settings import PROJECT_ROOT, Settings
 
 # A Redis database of its own on the shared server (1-14, by checkout path). Modules that start workers
@@ -183,6 +184,7 @@ class ApiServer:
             log_level="warning",
             lifespan="on",
             timeout_keep_alive=settings.keep_alive_s,
+            http=deadline_protocol(settings),  # as `sluice serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

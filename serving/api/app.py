@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from serving.api import health, jobs, query
+from serving.api.admit import Admit
+from serving.api.body import LimitBody, max_body_bytes
 from serving.api.errors import install_handlers
-from serving.api.middleware import LimitBody, Observe, max_body_bytes
+from serving.api.middleware import Observe
 from serving.api.state import ApiState
 from sluice import metrics, tracing
 from sluice.settings import Settings
@@ -36,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sluice = state
     install_handlers(app)
     app.add_middleware(LimitBody, limit=max_body_bytes(settings))
+    app.add_middleware(Admit, state=state)  # outside LimitBody: no key, no body read (and no 413 either)
     app.add_middleware(Observe)  # added last = outermost: refusals are observed too
     for module in (query, jobs, health):
         app.include_router(module.router)

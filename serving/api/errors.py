@@ -16,6 +16,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem},
     404: {"model": Problem},
     409: {"model": Problem},
+    413: {"model": Problem},
     429: {"model": Problem},
     502: {"model": Problem},
     503: {"model": Problem},
@@ -30,8 +31,13 @@ class ApiError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+def problem(exc: ApiError) -> JSONResponse:
+    """The JSON problem response of an ApiError (also sent by middleware, outside FastAPI's handlers)."""
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return problem(exc)
 
 
 async def _invalid(_: Request, exc: RequestValidationError) -> Response:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +16,9 @@ from serving.api.idempotent import idempotent
 from serving.api.query import payload as query_payload
 from serving.api.responses import json_response
 from serving.api.state import ApiState, State
+from serving.api.uploads import discard, save_uploads
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
-from serving.schemas import IngestJob, JobAccepted, JobRequest, JobStatus, QueryRequest
+from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
 from sluice.confine import resolve_named, tenant_folder
 from sluice.errors import SourceError
 from sluice.settings import Settings
@@ -54,25 +52,6 @@ def resolve_source(settings: Settings, tenant: str, name: str) -> Path:
         raise ApiError(422, str(exc)) from exc
 
 
-def save_uploads(settings: Settings, tenant: str, job: IngestJob) -> Path:
-    """Write uploaded files into a fresh folder the worker ingests (and then removes)."""
-    decoded: list[tuple[str, bytes]] = []
-    for f in job.files or []:
-        if Path(f.name).name != f.name or f.name.startswith(".") or "\x00" in f.name:
-            raise ApiError(422, f"file name {f.name!r} must be a plain base name such as report.pdf")
-        try:
-            decoded.append((f.name, base64.b64decode(f.content_base64, validate=True)))
-        except (binascii.Error, ValueError) as exc:
-            raise ApiError(422, f"file {f.name!r}: content_base64 is not valid base64") from exc
-    if sum(len(d) for _, d in decoded) > settings.max_upload_bytes:
-        raise ApiError(413, f"uploads exceed {settings.max_upload_bytes} bytes: split them over several jobs")
-    folder = settings.data_dir / "uploads" / tenant / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    for name, data in decoded:
-        (folder / name).write_bytes(data)
-    return folder
-
-
 def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
     """Enqueue a query or an ingestion; 202 with the job id."""
     if job.kind == "query":
@@ -86,8 +65,13 @@ def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
         check_capacity(state, INGEST_QUEUE)
         source, cleanup = str(save_uploads(state.settings, tenant, job)), True
     record = {"kind": "ingest", "source": job.source, "files": [f.name for f in job.files or []]}
-    payload = {"tenant": tenant, "source": source, "cleanup": cleanup}
-    job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
+    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup}
+    try:
+        job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
+    except BaseException:
+        if cleanup:
+            discard(source)  # no job names these uploads: nothing would ever remove them
+        raise
     return 202, {"job_id": job_id, "kind": "ingest", "status": "queued"}
 
 

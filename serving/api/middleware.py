@@ -1,4 +1,4 @@
-"""Plain-ASGI middleware: the body-size refusal and per-request observation (ids, span, metrics, access log)."""
+"""Plain-ASGI middleware: per-request observation (ids, span, metrics, access log)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,12 @@ import logging
 import time
 import uuid
 
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluice import logs, metrics, tracing
-from sluice.settings import Settings
 
 log = logging.getLogger("sluice.api")
-
-
-def max_body_bytes(settings: Settings) -> int:
-    """Largest request body read: the upload limit once base64-encoded (4/3), plus 1 MiB for the JSON around it."""
-    return settings.max_upload_bytes * 4 // 3 + 1024 * 1024
-
 
 QUIET_ROUTES = {"/healthz", "/metrics"}  # scraped every few seconds: not worth a log line each
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -30,27 +22,6 @@ def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and set(given) <= _REQUEST_ID_OK:
         return given
     return uuid.uuid4().hex
-
-
-class LimitBody:
-    """Refuse a request whose declared body exceeds the limit with 413, before reading any of it.
-
-    Plain ASGI like `Observe`: otherwise an oversized body is buffered whole and only then rejected.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        size = dict(scope.get("headers") or ()).get(b"content-length", b"") if scope["type"] == "http" else b""
-        if size.isdigit() and int(size) > self.limit:
-            detail = (
-                f"request body of {int(size)} bytes exceeds the limit of {self.limit} bytes (SLUICE_MAX_UPLOAD_BYTES "
-                "of files, base64-encoded): split the uploads over several jobs"
-            )
-            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 class Observe:

@@ -9,7 +9,7 @@ from celery import states
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
-from serving.api.deps import IdemKey, Shed, Tenant
+from serving.api.deps import IdemKey, Tenant
 from serving.api.enqueue import enqueue, new_job, send, wait_result, worker_error
 from serving.api.errors import ERRORS
 from serving.api.idempotent import idempotent
@@ -27,7 +27,7 @@ Event = tuple[str, dict]  # an SSE event name and its data; `sse()` writes it on
 
 
 @router.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 202: {"model": JobAccepted}})
-def query(req: QueryRequest, _: Shed, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
+def query(req: QueryRequest, state: State, tenant: Tenant, key: IdemKey = None) -> Response:
     """Answer a question (waits for a worker); `stream: true` answers as Server-Sent Events."""
     if req.stream:
         return _stream_response(state, tenant, req, key)

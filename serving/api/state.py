@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serving.api.keys import KeyCache
 from serving.backpressure import QueueDepth
 from serving.celery_app import INGEST_QUEUE, QUERY_QUEUE, create_celery
 from serving.ratelimit import auth_pool
@@ -34,6 +35,25 @@ class Slots:
             self.taken -= 1
 
 
+class TenantSlots:
+    """Requests in flight per tenant, each tenant at most `size` (event loop only: no lock)."""
+
+    def __init__(self, size: int):
+        self.size, self.taken = size, {}
+
+    def take(self, tenant: str) -> bool:
+        held = self.taken.get(tenant, 0)
+        if held >= self.size:
+            return False
+        self.taken[tenant] = held + 1
+        return True
+
+    def give_back(self, tenant: str) -> None:
+        held = self.taken.pop(tenant) - 1
+        if held:
+            self.taken[tenant] = held
+
+
 class ApiState:
     """What every request needs: settings, the app-role pool, the Celery client, queue depth, result waits."""
 
@@ -44,6 +64,9 @@ class ApiState:
         self.depth = QueueDepth(self.celery)
         self.results = ResultWaiter(self.celery)
         self.auth = auth_pool(settings)  # opened by the app's lifespan, inside the event loop
+        # Half the auth pool at most for keys not yet cached: a bogus-key flood leaves the rest to tenants.
+        self.keys = KeyCache(self.auth, lookups=max(1, settings.pool_max_size // 2))
+        self.tenant_slots = TenantSlots(settings.tenant_concurrency)
         # Queries this process holds open while a worker answers. Checked and taken atomically: the broker
         # depth alone let a whole thread pool's worth of simultaneous requests in before any was queued.
         self.waiting = Slots(settings.queue_limit)

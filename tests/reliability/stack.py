@@ -32,6 +32,9 @@ API_FIELDS = (
     "max_upload_bytes",
     "broker_key_prefix",
     "log_level",
+    "header_timeout_s",
+    "body_timeout_s",
+    "tenant_concurrency",
 )
 
 
@@ -74,6 +77,13 @@ def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[
 @contextmanager
 def api_process(settings: Settings, log: Path) -> Iterator[str]:
     """`sluice serve` as a subprocess (its own GIL, as deployed) on a free port; yields its base URL."""
+    with api_subprocess(settings, log) as (url, _):
+        yield url
+
+
+@contextmanager
+def api_subprocess(settings: Settings, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As `api_process`, yielding the process too (its pid, for memory readings)."""
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(
@@ -82,7 +92,7 @@ def api_process(settings: Settings, log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(proc, url, log)
-        yield url
+        yield url, proc
     finally:
         stop_worker(proc)  # any process group: SIGTERM, then SIGKILL after a grace period
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import statistics
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 
 from serving.auth import create_key
 from sluice.db import create_tenant
+from tests.reliability.raw_http import post_raw
 from tests.reliability.stack import api_process, drop_keys, metric, private_settings, worker_process
 from tests.serving_support import wait_job
 
@@ -54,28 +54,6 @@ def burst_stack(migrated, db, tmp_path_factory):
 
 def question(n: int) -> dict:
     return {"question": f"How do honeybees tell hive mates where flowers are? (asker {n})"}
-
-
-async def post_raw(host: str, port: int, key: str, body: dict) -> tuple[int, dict[str, str]]:
-    """One POST /v1/query over its own connection, HTTP/1.1 written by hand: (status, headers).
-
-    Not httpx: its pool spends ~2.5 s of this process's CPU on a 200-request burst (measured), which
-    the latencies would then charge to the server.
-    """
-    data = json.dumps(body).encode()
-    head = (
-        f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-    )
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(head.encode() + data)
-        response = await reader.read()  # Connection: close, so the server ends the stream
-    finally:
-        writer.close()
-    lines = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split(" ", 2)[1]), headers
 
 
 async def fire(url: str, key: str, n: int, start: int) -> list[tuple[int, float, str | None]]:
