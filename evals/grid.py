@@ -26,10 +26,14 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evals.metrics import PER_QUESTION_METRICS, Pricing
+from evals.metrics import SPAN_METRICS, Pricing
+from evals.ragas_metrics import RAGAS_METRICS
 from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from sluice.settings import PROJECT_ROOT
+
+# Metrics scored per question: the paired test needs one score per question (budgets cover cost and latency).
+PER_QUESTION_METRICS = (*SPAN_METRICS, *RAGAS_METRICS)
 
 
 class _Strict(BaseModel):
@@ -52,7 +56,6 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, value: str) -> str:
-        # The paired test needs a score per question; budgets cover cost and latency.
         if value not in PER_QUESTION_METRICS:
             raise ValueError(f"unknown objective metric {value!r}; use one of {', '.join(PER_QUESTION_METRICS)}")
         return value

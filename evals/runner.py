@@ -15,8 +15,8 @@ import numpy as np
 
 from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve_in_db
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
-from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise, zero_failed_answers
-from evals.ragas_metrics import JudgeConfig, score_ragas
+from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
+from evals.ragas_metrics import JudgeConfig, score_ragas, zero_failed_answers
 from evals.routing import routing_metrics
 from sluice import champion
 from sluice.config import EmbedderConfig, PipelineConfig
