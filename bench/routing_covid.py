@@ -34,8 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.grid import Grid, bootstrap_ci  # noqa: E402
+from evals.results import ConfigResult  # noqa: E402
 from evals.routing import routing_rows  # noqa: E402
-from evals.runner import ConfigResult, ensure_index, evaluate_config, load_items  # noqa: E402
+from evals.runner import ensure_index, evaluate_config, load_items  # noqa: E402
 from serving.embedding_cache import CachingEmbedder  # noqa: E402
 from sluice.cli_routing import train_routing  # noqa: E402
 from sluice.config import PipelineConfig, parse_config  # noqa: E402

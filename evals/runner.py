@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -17,6 +16,7 @@ from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
 from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise
 from evals.ragas_metrics import JudgeConfig, score_ragas, zero_failed_answers
+from evals.results import ConfigResult
 from evals.routing import routing_metrics
 from sluice import champion
 from sluice.config import EmbedderConfig, PipelineConfig
@@ -31,25 +31,6 @@ from tasks.routed import Answerer, answerer_for
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
 DISPLAY = ("hit_at_5", "mrr", "ndcg_at_10", "evidence_recall_at_5", "semantic_similarity", "rouge_l")
-
-
-@dataclass
-class ConfigResult:
-    config: PipelineConfig
-    records: list[QuestionRecord]
-    summary: dict[str, float]
-    cis: dict[str, tuple[float, float]]
-    skipped: list[str]
-    chunk_lengths: list[int] = field(default_factory=list)
-    run_id: str | None = None
-
-
-@dataclass
-class Report:
-    parent_run_id: str
-    results: list[ConfigResult]
-    decision: Decision
-    promoted: champion.ChampionEvent | None = None
 
 
 def judge_from(settings: Settings) -> JudgeConfig | None:
