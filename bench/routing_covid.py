@@ -43,7 +43,7 @@ from sluice.config import PipelineConfig, parse_config  # noqa: E402
 from sluice.db import Database  # noqa: E402
 from sluice.settings import load_settings  # noqa: E402
 from tasks.embed import get_embedder  # noqa: E402
-from tasks.generate import count_tokens  # noqa: E402
+from tasks.pricing import count_tokens  # noqa: E402
 from tasks.text import sentence_spans  # noqa: E402
 from tests.fake_openai import Behaviour, FakeOpenAI  # noqa: E402
 
@@ -74,7 +74,7 @@ def extractive_model(embedder, max_passages: int, max_sentences: int):
 
     def respond(messages: list[dict]) -> tuple[str, int]:
         question, passages = parse_prompt(messages)
-        prompt_tokens = sum(count_tokens(embedder.tokenizer, m["content"]) for m in messages)
+        prompt_tokens = count_tokens(embedder.tokenizer, *(m["content"] for m in messages))
         candidates = [
             (n, " ".join(p[s:e].split()))
             for n, p in enumerate(passages[:max_passages], 1)

@@ -129,7 +129,7 @@ def span_scores(hits: list[RetrievedSpan], item: GoldItem, cutoffs: tuple[int, .
     return scores
 
 
-# ---------------------------------------------------------------- latency and cost
+# ---------------------------------------------------------------- latency
 def latency_percentiles(records: list[QuestionRecord]) -> dict[str, float]:
     """p50/p95/p99 per stage (whatever stages the answerer timed, plus `total`), in milliseconds."""
     out: dict[str, float] = {}
@@ -140,25 +140,6 @@ def latency_percentiles(records: list[QuestionRecord]) -> dict[str, float]:
             for p in (50, 95, 99):
                 out[f"latency_{stage}_p{p}_ms"] = float(np.percentile(values, p))
     return out
-
-
-@dataclass(frozen=True)
-class Pricing:
-    """Estimated price of the tokens a generator would read and write, per 1,000 tokens."""
-
-    input_per_1k: float = 0.0005
-    output_per_1k: float = 0.0015
-
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        return tokens_in / 1000 * self.input_per_1k + tokens_out / 1000 * self.output_per_1k
-
-
-def count_tokens(tokenizer, texts: list[str]) -> int:
-    """Tokens in texts, by the embedder's own tokenizer (tiktoken would download its encodings)."""
-    if not texts:
-        return 0
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    return sum(len(ids) for ids in encoded)
 
 
 # ---------------------------------------------------------------- aggregation

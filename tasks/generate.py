@@ -20,6 +20,7 @@ import numpy as np
 from sluice.config import ExtractiveGenerator
 from sluice.registry import Registry
 from tasks.embed import Embedder
+from tasks.pricing import count_tokens
 from tasks.retrieve import Hit
 from tasks.text import sentence_spans
 
@@ -96,11 +97,6 @@ def rate(tokens: int, total_ms: float, ttft_ms: float) -> float:
     """Decode speed in tokens/s, measured after the first token."""
     decode_s = (total_ms - ttft_ms) / 1000
     return tokens / decode_s if decode_s > 0 and tokens else 0.0
-
-
-def count_tokens(tokenizer: Any, text: str) -> int:
-    """Count tokens with the embedder's own tokenizer (never tiktoken: it downloads its encodings)."""
-    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
 def extractive_answer(

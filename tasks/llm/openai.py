@@ -21,12 +21,11 @@ from tasks.generate import (
     Citation,
     Generator,
     Usage,
-    count_tokens,
     rate,
 )
 from tasks.llm.gateway import Gateway
 from tasks.llm.state import GatewayState
-from tasks.pricing import cost_usd
+from tasks.pricing import cost_usd, count_tokens
 from tasks.retrieve import Hit
 
 SYSTEM_PROMPT = (
@@ -118,5 +117,4 @@ class OpenAIChat(Generator):
         if reported and "prompt_tokens" in reported and "completion_tokens" in reported:
             return Usage(int(reported["prompt_tokens"]), int(reported["completion_tokens"]))
         tok = self.embedder.tokenizer
-        prompt = sum(count_tokens(tok, m["content"]) for m in messages)
-        return Usage(prompt, count_tokens(tok, text), estimated=True)
+        return Usage(count_tokens(tok, *(m["content"] for m in messages)), count_tokens(tok, text), estimated=True)
