@@ -35,14 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.routing import train_routing  # noqa: E402
 from evals.grid import Grid, bootstrap_ci  # noqa: E402
+from evals.results import ConfigResult  # noqa: E402
 from evals.routing import routing_rows  # noqa: E402
-from evals.runner import ConfigResult, ensure_index, evaluate_config, load_items  # noqa: E402
+from evals.runner import ensure_index, evaluate_config, load_items  # noqa: E402
 from serving.embedding_cache import CachingEmbedder  # noqa: E402
 from sluice.config import PipelineConfig, parse_config  # noqa: E402
 from sluice.db import Database  # noqa: E402
 from sluice.settings import load_settings  # noqa: E402
 from tasks.embed import get_embedder  # noqa: E402
-from tasks.generate import count_tokens  # noqa: E402
+from tasks.pricing import count_tokens  # noqa: E402
 from tasks.text import sentence_spans  # noqa: E402
 from tests.fake_openai import Behaviour, FakeOpenAI  # noqa: E402
 
@@ -73,7 +74,7 @@ def extractive_model(embedder, max_passages: int, max_sentences: int):
 
     def respond(messages: list[dict]) -> tuple[str, int]:
         question, passages = parse_prompt(messages)
-        prompt_tokens = sum(count_tokens(embedder.tokenizer, m["content"]) for m in messages)
+        prompt_tokens = count_tokens(embedder.tokenizer, *(m["content"] for m in messages))
         candidates = [
             (n, " ".join(p[s:e].split()))
             for n, p in enumerate(passages[:max_passages], 1)

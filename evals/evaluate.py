@@ -7,10 +7,9 @@ from collections.abc import Callable
 from evals.grid import Decision, Grid
 from evals.promotion import promote_run
 from evals.record import close_evaluation, fail_evaluation, log_result, open_evaluation
+from evals.results import ConfigResult, Report
 from evals.runner import (
-    ConfigResult,
     OnQuestion,
-    Report,
     decide_champion,
     ensure_index,
     evaluate_config,

@@ -11,7 +11,7 @@ A grid file (YAML):
     routing: [{policy: single}]                            # any RoutingConfig
     objective: {metric: ndcg_at_10, direction: maximise, max_cost_per_answer: 0.01, max_p95_latency_ms: 3000}
     promotion: {level: 0.05, n_boot: 2000, seed: 0, ci: 0.95}
-    pricing: {input_per_1k: 0.0005, output_per_1k: 0.0015}
+    pricing: {input_per_mtok: 0.5, output_per_mtok: 1.5}   # USD per million tokens, to price extractive answers
 A corpus names either `path` (relative to the project root) or `dataset`: an external corpus, relative to
 the folder SLUICE_DATASETS_DIR names (settings.datasets_dir), so no grid holds one machine's path.
 Each config is validated by the ordinary pipeline-config parser, so new chunkers, retrieval modes and
@@ -28,10 +28,14 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evals.metrics import PER_QUESTION_METRICS, Pricing
-from sluice.config import PipelineConfig, parse_config
+from evals.metrics import SPAN_METRICS
+from evals.ragas_metrics import RAGAS_METRICS
+from sluice.config import ModelPrice, PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from sluice.settings import PROJECT_ROOT, Settings
+
+# Metrics scored per question: the paired test needs one score per question (budgets cover cost and latency).
+PER_QUESTION_METRICS = (*SPAN_METRICS, *RAGAS_METRICS)
 
 
 class _Strict(BaseModel):
@@ -66,7 +70,6 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, value: str) -> str:
-        # The paired test needs a score per question; budgets cover cost and latency.
         if value not in PER_QUESTION_METRICS:
             raise ValueError(f"unknown objective metric {value!r}; use one of {', '.join(PER_QUESTION_METRICS)}")
         return value
@@ -82,14 +85,6 @@ class PromotionPolicy(_Strict):
     ci: float = Field(default=0.95, gt=0, lt=1)
 
 
-class PricingSpec(_Strict):
-    input_per_1k: float = Field(default=0.0005, ge=0)
-    output_per_1k: float = Field(default=0.0015, ge=0)
-
-    def pricing(self) -> Pricing:
-        return Pricing(self.input_per_1k, self.output_per_1k)
-
-
 class Grid(_Strict):
     name: str
     tenant: str = "eval"
@@ -101,8 +96,16 @@ class Grid(_Strict):
     routing: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
     objective: Objective = Objective()
     promotion: PromotionPolicy = PromotionPolicy()
-    pricing: PricingSpec = PricingSpec()
+    pricing: ModelPrice = ModelPrice(input_per_mtok=0.5, output_per_mtok=1.5)
     source: str = Field(default="grid", exclude=True)
+
+    @field_validator("pricing", mode="before")
+    @classmethod
+    def _per_million(cls, value: Any) -> Any:
+        # Grids written before prices had one model gave them per 1,000 tokens (`input_per_1k`).
+        if not isinstance(value, dict):
+            return value
+        return {k.replace("_per_1k", "_per_mtok"): v * 1000 if k.endswith("_per_1k") else v for k, v in value.items()}
 
     def resolve_path(self, value: str) -> Path:
         """Paths in a grid are relative to the project root."""

@@ -1,4 +1,4 @@
-"""Evaluation metrics: span-based retrieval metrics, RAGAS metrics, latency and cost.
+"""Evaluation metrics: the question record, span-based retrieval metrics, latency and cost.
 
 Span metrics judge a retrieved chunk relevant when its character span overlaps a gold evidence
 span of the same document (or, for items with only gold document ids, when it comes from one).
@@ -8,8 +8,8 @@ span of the same document (or, for items with only gold document ids, when it co
   without spans) that no higher-ranked chunk already covered, so overlapping chunks that repeat
   the same evidence earn nothing; the ideal ranking covers min(k, #gold units) units in a row.
 - evidence recall@k: the share of gold evidence characters covered by the union of the top k chunks.
-RAGAS metrics run per question; the ones needing an LLM judge run only when one is configured and are
-otherwise reported as skipped (absent), never as zero.
+RAGAS metrics (evals/ragas_metrics.py) run per question too; the ones needing an LLM judge run only when
+one is configured and are otherwise reported as skipped (absent), never as zero.
 """
 
 from __future__ import annotations
@@ -26,12 +26,7 @@ if TYPE_CHECKING:
     from tasks.generate import Answer
 
 CUTOFFS = (1, 3, 5, 10)
-OFFLINE_RAGAS = ("non_llm_context_precision", "non_llm_context_recall", "semantic_similarity", "rouge_l", "chrf")
-JUDGED_RAGAS = ("faithfulness", "answer_relevancy", "llm_context_precision")
-# Scores of the answer text (the rest score retrieval): a question no model could answer gets 0 on these.
-ANSWER_METRICS = ("semantic_similarity", "rouge_l", "chrf", "faithfulness", "answer_relevancy")
 SPAN_METRICS = ("mrr", *(f"{m}_at_{k}" for m in ("hit", "ndcg", "evidence_recall") for k in CUTOFFS))
-PER_QUESTION_METRICS = (*SPAN_METRICS, *OFFLINE_RAGAS, *JUDGED_RAGAS)
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,7 @@ def span_scores(hits: list[RetrievedSpan], item: GoldItem, cutoffs: tuple[int, .
     return scores
 
 
-# ---------------------------------------------------------------- latency and cost
+# ---------------------------------------------------------------- latency
 def latency_percentiles(records: list[QuestionRecord]) -> dict[str, float]:
     """p50/p95/p99 per stage (whatever stages the answerer timed, plus `total`), in milliseconds."""
     out: dict[str, float] = {}
@@ -145,25 +140,6 @@ def latency_percentiles(records: list[QuestionRecord]) -> dict[str, float]:
             for p in (50, 95, 99):
                 out[f"latency_{stage}_p{p}_ms"] = float(np.percentile(values, p))
     return out
-
-
-@dataclass(frozen=True)
-class Pricing:
-    """Estimated price of the tokens a generator would read and write, per 1,000 tokens."""
-
-    input_per_1k: float = 0.0005
-    output_per_1k: float = 0.0015
-
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        return tokens_in / 1000 * self.input_per_1k + tokens_out / 1000 * self.output_per_1k
-
-
-def count_tokens(tokenizer, texts: list[str]) -> int:
-    """Tokens in texts, by the embedder's own tokenizer (tiktoken would download its encodings)."""
-    if not texts:
-        return 0
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    return sum(len(ids) for ids in encoded)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -188,10 +164,3 @@ def summarise(records: list[QuestionRecord]) -> dict[str, float]:
     summary["questions"] = float(len(records))
     summary["generation_failures"] = float(sum(r.failure is not None for r in records))
     return summary
-
-
-def zero_failed_answers(records: list[QuestionRecord]) -> None:
-    """A question whose answer failed scores 0 on every answer metric (a missing score would flatter it)."""
-    for record in records:
-        if record.failure is not None:
-            record.scores.update({name: 0.0 for name in ANSWER_METRICS if name in record.scores})

@@ -1,5 +1,8 @@
 """RAGAS metrics over question records: offline ones always, LLM-judged ones only with a judge endpoint.
 
+Each metric is one row of `RAGAS_METRICS` (name, builder, and whether it needs the judge, scores the
+answer, needs reference contexts); adding a metric is adding a row, and every rule reads the row.
+
 RAGAS is imported lazily (seconds to import). Embeddings are our own local model through a small
 RAGAS embeddings adapter, so nothing is downloaded. The judge is any OpenAI-compatible endpoint.
 """
@@ -9,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
-from evals.metrics import JUDGED_RAGAS, QuestionRecord
+from evals.metrics import QuestionRecord
+from sluice.registry import Registry
 from tasks.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -65,38 +72,45 @@ def judge_llm(judge: JudgeConfig):
     return LangchainLLMWrapper(chat)
 
 
-def offline_metrics(embedder: Embedder) -> dict:
-    """The RAGAS metrics that need no LLM, by our metric name."""
-    from ragas.metrics import (
-        ChrfScore,
-        NonLLMContextPrecisionWithReference,
-        NonLLMContextRecall,
-        RougeScore,
-        SemanticSimilarity,
-    )
+@dataclass(frozen=True)
+class MetricSpec:
+    """One RAGAS metric: how to build it and which questions it can score."""
 
-    return {
-        "non_llm_context_precision": NonLLMContextPrecisionWithReference(),
-        "non_llm_context_recall": NonLLMContextRecall(),
-        "semantic_similarity": SemanticSimilarity(embeddings=ragas_embeddings(embedder)),
-        "rouge_l": RougeScore(rouge_type="rougeL"),
-        "chrf": ChrfScore(),
-    }
+    name: str
+    build: Callable[[ModuleType, Any, Any], Any]  # (ragas.metrics, our embeddings, judge LLM or None) -> metric
+    judged: bool = False  # needs the LLM judge: skipped (absent, never 0) without one
+    scores_answer: bool = False  # scores the answer text: 0 when no tier answered the question
+    reference_contexts: bool = False  # needs the gold item's reference texts: NaN on items without them
 
 
-def judged_metrics(judge: JudgeConfig, embedder: Embedder) -> dict:
-    """The LLM-judged RAGAS metrics, by our metric name."""
-    from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, ResponseRelevancy
+RAGAS_METRICS: Registry[MetricSpec] = Registry("RAGAS metric", key="name")
+for _spec in (
+    MetricSpec(
+        "non_llm_context_precision", lambda m, e, j: m.NonLLMContextPrecisionWithReference(), reference_contexts=True
+    ),
+    MetricSpec("non_llm_context_recall", lambda m, e, j: m.NonLLMContextRecall(), reference_contexts=True),
+    MetricSpec("semantic_similarity", lambda m, e, j: m.SemanticSimilarity(embeddings=e), scores_answer=True),
+    MetricSpec("rouge_l", lambda m, e, j: m.RougeScore(rouge_type="rougeL"), scores_answer=True),
+    MetricSpec("chrf", lambda m, e, j: m.ChrfScore(), scores_answer=True),
+    MetricSpec("faithfulness", lambda m, e, j: m.Faithfulness(llm=j), judged=True, scores_answer=True),
+    MetricSpec(
+        "answer_relevancy", lambda m, e, j: m.ResponseRelevancy(llm=j, embeddings=e), judged=True, scores_answer=True
+    ),
+    MetricSpec("llm_context_precision", lambda m, e, j: m.LLMContextPrecisionWithReference(llm=j), judged=True),
+):
+    RAGAS_METRICS.register(_spec.name, _spec)
 
-    llm = judge_llm(judge)
-    return {
-        "faithfulness": Faithfulness(llm=llm),
-        "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=ragas_embeddings(embedder)),
-        "llm_context_precision": LLMContextPrecisionWithReference(llm=llm),
-    }
+ANSWER_METRICS = tuple(name for name, spec in RAGAS_METRICS.items() if spec.scores_answer)
 
 
-_NEEDS_REFERENCE_CONTEXTS = {"non_llm_context_precision", "non_llm_context_recall"}
+def build_metrics(embedder: Embedder, judge: JudgeConfig | None) -> dict[str, tuple[MetricSpec, Any]]:
+    """Every RAGAS metric that can run (the judged ones only with a judge), by our metric name."""
+    import ragas.metrics
+
+    embeddings = ragas_embeddings(embedder)
+    llm = judge_llm(judge) if judge is not None else None
+    specs = [spec for _, spec in RAGAS_METRICS.items() if llm is not None or not spec.judged]
+    return {spec.name: (spec, spec.build(ragas.metrics, embeddings, llm)) for spec in specs}
 
 
 def _sample(record: QuestionRecord):
@@ -111,32 +125,34 @@ def _sample(record: QuestionRecord):
     )
 
 
-async def _score_one(name: str, metric, record: QuestionRecord, gate: asyncio.Semaphore) -> float:
-    if name in _NEEDS_REFERENCE_CONTEXTS and not record.item.reference_contexts:
+async def _score_one(spec: MetricSpec, metric, record: QuestionRecord, gate: asyncio.Semaphore) -> float:
+    if spec.reference_contexts and not record.item.reference_contexts:
         return math.nan  # gold items with document ids only have no reference text
     async with gate:
         try:
             return float(await metric.single_turn_ascore(_sample(record)))
         except Exception as exc:  # a judge failure leaves the score missing, never zero
-            log.warning("ragas %s failed on question %s: %s", name, record.item.id, exc)
+            log.warning("ragas %s failed on question %s: %s", spec.name, record.item.id, exc)
             return math.nan
 
 
-async def _score_all(metrics: dict, records: list[QuestionRecord]) -> None:
+async def _score_all(metrics: dict[str, tuple[MetricSpec, Any]], records: list[QuestionRecord]) -> None:
     gate = asyncio.Semaphore(CONCURRENCY)
-    for name, metric in metrics.items():
-        values = await asyncio.gather(*(_score_one(name, metric, r, gate) for r in records))
+    for name, (spec, metric) in metrics.items():
+        values = await asyncio.gather(*(_score_one(spec, metric, r, gate) for r in records))
         for record, value in zip(records, values, strict=True):
             record.scores[name] = value
 
 
 def score_ragas(records: list[QuestionRecord], embedder: Embedder, judge: JudgeConfig | None) -> list[str]:
     """Add RAGAS scores to each record in place; return the names of the metrics skipped."""
-    metrics = offline_metrics(embedder)
-    skipped: list[str] = []
-    if judge is not None:
-        metrics.update(judged_metrics(judge, embedder))
-    else:
-        skipped = list(JUDGED_RAGAS)
+    metrics = build_metrics(embedder, judge)
     asyncio.run(_score_all(metrics, records))
-    return skipped
+    return [name for name in RAGAS_METRICS if name not in metrics]
+
+
+def zero_failed_answers(records: list[QuestionRecord]) -> None:
+    """A question whose answer failed scores 0 on every answer metric (a missing score would flatter it)."""
+    for record in records:
+        if record.failure is not None:
+            record.scores.update({name: 0.0 for name in ANSWER_METRICS if name in record.scores})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from evals import plots, routing, tracking
 from evals.grid import Decision, Grid, budget_violation
-from evals.runner import DISPLAY, ConfigResult
+from evals.results import ConfigResult
+from evals.runner import DISPLAY
 from sluice.settings import Settings
 
 

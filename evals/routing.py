@@ -9,14 +9,12 @@ headline such as "rules: 70% small, cost −55%, nDCG unchanged, answer similari
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from evals.results import ConfigResult
 from sluice.config import OpenAIGenerator, PipelineConfig, SingleRouting
 from tasks.generate import Answer
 from tasks.routed import routing_summary
-
-if TYPE_CHECKING:
-    from evals.runner import ConfigResult
 
 TIER_SHARE = "tier_share_"
 QUALITY = ("semantic_similarity", "rouge_l")  # answer quality next to the grid's objective metric

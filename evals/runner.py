@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve_in_db
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
-from evals.metrics import QuestionRecord, RetrievedSpan, count_tokens, span_scores, summarise, zero_failed_answers
-from evals.ragas_metrics import JudgeConfig, score_ragas
+from evals.metrics import QuestionRecord, RetrievedSpan, span_scores, summarise
+from evals.ragas_metrics import JudgeConfig, score_ragas, zero_failed_answers
+from evals.results import ConfigResult
 from evals.routing import routing_metrics
 from sluice import champion
 from sluice.config import EmbedderConfig, PipelineConfig
@@ -26,30 +26,12 @@ from sluice.settings import Settings
 from tasks.embed import CachingEmbedder, get_embedder
 from tasks.generate import Answer
 from tasks.llm.state import MemoryState
+from tasks.pricing import count_tokens
 from tasks.routed import Answerer, answerer_for
 
 log = logging.getLogger(__name__)
 OnQuestion = Callable[[PipelineConfig, int, int], None]
 DISPLAY = ("hit_at_5", "mrr", "ndcg_at_10", "evidence_recall_at_5", "semantic_similarity", "rouge_l")
-
-
-@dataclass
-class ConfigResult:
-    config: PipelineConfig
-    records: list[QuestionRecord]
-    summary: dict[str, float]
-    cis: dict[str, tuple[float, float]]
-    skipped: list[str]
-    chunk_lengths: list[int] = field(default_factory=list)
-    run_id: str | None = None
-
-
-@dataclass
-class Report:
-    parent_run_id: str
-    results: list[ConfigResult]
-    decision: Decision
-    promoted: champion.ChampionEvent | None = None
 
 
 def judge_from(settings: Settings) -> JudgeConfig | None:
@@ -156,9 +138,9 @@ def _price(record: QuestionRecord, grid: Grid, embedder, answer: Answer) -> None
         record.cost = answer.cost_usd
         return
     # No model ran: price what an LLM would have read (question + contexts) and written.
-    record.tokens_in = count_tokens(embedder.tokenizer, [record.item.question, *(h.text for h in record.hits)])
-    record.tokens_out = count_tokens(embedder.tokenizer, [answer.text])
-    record.cost = grid.pricing.pricing().cost(record.tokens_in, record.tokens_out)
+    record.tokens_in = count_tokens(embedder.tokenizer, record.item.question, *(h.text for h in record.hits))
+    record.tokens_out = count_tokens(embedder.tokenizer, answer.text)
+    record.cost = grid.pricing.cost(record.tokens_in, record.tokens_out)
 
 
 def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:

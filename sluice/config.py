@@ -208,6 +208,10 @@ class ModelPrice(_Frozen):
     input_per_mtok: float = Field(default=0.0, ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
 
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """US dollars for reading `input_tokens` and writing `output_tokens`."""
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
+
 
 class TierConfig(_Frozen):
     """One model deployed on one or more OpenAI-compatible replicas (base URLs ending in /v1)."""

@@ -25,6 +25,7 @@ from sluice.config import (
     StructureChunker,
 )
 from sluice.errors import ConfigError
+from sluice.registry import Registry
 from tasks.parse import ParsedDocument
 from tasks.text import sentence_spans
 
@@ -53,12 +54,11 @@ class Chunk:
 class Chunker(ABC):
     """Split a parsed document into chunks with exact source spans."""
 
-    kind: ClassVar[str]
     needs_embedder: ClassVar[bool] = False
 
     def __init__(self, config: Any, embedder: EncoderLike | None = None):
         if self.needs_embedder and embedder is None:
-            raise ConfigError(f"chunker {self.kind!r} needs the embedder: pass make_chunker(config, embedder=...)")
+            raise ConfigError(f"chunker {config.kind!r} needs the embedder: pass make_chunker(config, embedder=...)")
         self.config = config
         self.embedder = embedder
 
@@ -67,22 +67,12 @@ class Chunker(ABC):
         """Return the document's chunks in order."""
 
 
-REGISTRY: dict[str, type[Chunker]] = {}
-
-
-def register(cls: type[Chunker]) -> type[Chunker]:
-    """Class decorator: make a chunker selectable by its `kind`."""
-    REGISTRY[cls.kind] = cls
-    return cls
+CHUNKERS: Registry[type[Chunker]] = Registry("chunker kind", key="kind")
 
 
 def make_chunker(config: ChunkerConfig, embedder: EncoderLike | None = None) -> Chunker:
     """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode)."""
-    try:
-        cls = REGISTRY[config.kind]
-    except KeyError:
-        raise ConfigError(f"unknown chunker kind {config.kind!r}; known: {sorted(REGISTRY)}") from None
-    return cls(config, embedder)
+    return CHUNKERS.build(config, embedder)
 
 
 def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) -> list[Chunk]:
@@ -155,11 +145,10 @@ def to_chunks(text: str, spans: list[Span], metadata: list[dict[str, Any]] | Non
     ]
 
 
-@register
+@CHUNKERS.register("recursive")
 class RecursiveCharacterChunker(Chunker):
     """LangChain's recursive character splitter: paragraphs, then lines, then words."""
 
-    kind = "recursive"
     config: RecursiveChunker
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:
@@ -173,11 +162,10 @@ class RecursiveCharacterChunker(Chunker):
         return spans_to_chunks(doc.text, splitter.split_text(doc.text), self.config.chunk_overlap)
 
 
-@register
+@CHUNKERS.register("fixed_tokens")
 class FixedTokenChunker(Chunker):
     """Windows of N tokens of the embedding model's own tokenizer, with overlap; spans from offset mapping."""
 
-    kind = "fixed_tokens"
     needs_embedder = True
     config: FixedTokensChunker
 
@@ -221,11 +209,10 @@ def sections(doc: ParsedDocument, min_chars: int) -> list[Span]:
     return merged
 
 
-@register
+@CHUNKERS.register("structure")
 class StructureAwareChunker(Chunker):
     """Sections from markdown headers and unstructured titles; long sections split recursively."""
 
-    kind = "structure"
     config: StructureChunker
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:
@@ -235,11 +222,10 @@ class StructureAwareChunker(Chunker):
         return to_chunks(doc.text, spans, meta)
 
 
-@register
+@CHUNKERS.register("sentence")
 class SentenceWindowChunker(Chunker):
     """Windows of N sentences sharing `overlap` sentences with the previous window."""
 
-    kind = "sentence"
     config: SentenceChunker
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:
@@ -266,11 +252,10 @@ def sentence_windows(text: str, cfg: SentenceChunker) -> list[Span]:
     return spans
 
 
-@register
+@CHUNKERS.register("semantic")
 class SemanticBreakChunker(Chunker):
     """Group sentences; start a new chunk where neighbour embedding distance jumps above a percentile."""
 
-    kind = "semantic"
     needs_embedder = True
     config: SemanticChunker
 
@@ -306,11 +291,10 @@ def group_sentences(sents: list[Span], breaks: set[int], min_sentences: int, max
     return spans
 
 
-@register
+@CHUNKERS.register("parent_child")
 class ParentChildSplitter(Chunker):
     """Small child chunks for retrieval, each naming its parent section's span for context."""
 
-    kind = "parent_child"
     config: ParentChildChunker
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:

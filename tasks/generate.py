@@ -2,23 +2,25 @@
 
 Iterating the stream yields text as it is produced; once exhausted, `stream.answer` carries the
 whole result (text, citations, token usage, model, tier, TTFT, tokens/s, cost). The built-in
-`extractive` generator needs no LLM; `openai` (tasks/llm/openai.py) calls chat-completions replicas.
+`extractive` generator needs no LLM; `openai` (tasks/llm/openai.py, imported only when a config names
+it) calls chat-completions replicas.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
 from collections.abc import Generator as Gen
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from sluice.config import ExtractiveGenerator
-from sluice.errors import ConfigError
+from sluice.registry import Registry
 from tasks.embed import Embedder
+from tasks.pricing import count_tokens
 from tasks.retrieve import Hit
 from tasks.text import sentence_spans
 
@@ -78,9 +80,7 @@ class AnswerStream:
 
 
 class Generator(ABC):
-    """One answer-generation strategy."""
-
-    kind: ClassVar[str]
+    """One answer-generation strategy (`generator.kind`), built with `(config, embedder, **deps)`."""
 
     @abstractmethod
     def generate(
@@ -99,11 +99,6 @@ def rate(tokens: int, total_ms: float, ttft_ms: float, pieces: int) -> float | N
     # interval would be a rate of millions, measured on nothing.
     decode_s = (total_ms - ttft_ms) / 1000
     return tokens / decode_s if pieces > 1 and decode_s > 0 and tokens else None
-
-
-def count_tokens(tokenizer: Any, text: str) -> int:
-    """Count tokens with the embedder's own tokenizer (never tiktoken: it downloads its encodings)."""
-    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
 def extractive_answer(
@@ -140,12 +135,16 @@ def _extract(
     return parts, tuple(citations)
 
 
+GENERATORS: Registry[type[Generator]] = Registry("generator kind", key="kind")
+# Imported on first use: keeps httpx out of extractive-only processes, and openai.py imports this module.
+GENERATORS.register("openai", "tasks.llm.openai:OpenAIChat")
+
+
+@GENERATORS.register("extractive")
 class ExtractiveAnswerer(Generator):
     """No LLM: streams the retrieved sentences most similar to the question, each cited."""
 
-    kind = "extractive"
-
-    def __init__(self, config: ExtractiveGenerator, embedder: Embedder):
+    def __init__(self, config: ExtractiveGenerator, embedder: Embedder, **_: Any):
         self.config = config
         self.embedder = embedder
 
@@ -170,23 +169,6 @@ class ExtractiveAnswerer(Generator):
         return Answer(text, citations, usage, "extractive", tier, "", ttft_ms, total_ms)
 
 
-GENERATORS: dict[str, Callable[..., Generator]] = {}
-
-
-def register_generator(kind: str, factory: Callable[..., Generator]) -> None:
-    """Make a generator kind buildable from config."""
-    GENERATORS[kind] = factory
-
-
 def build_generator(config: Any, embedder: Embedder, **deps: Any) -> Generator:
     """Build the generator a config names; `deps` go to kinds that need them (gateway state, API key)."""
-    if config.kind == "openai" and "openai" not in GENERATORS:
-        import tasks.llm.openai  # noqa: F401  (registers itself; keeps httpx out of extractive-only imports)
-    try:
-        factory = GENERATORS[config.kind]
-    except KeyError:
-        raise ConfigError(f"generator kind {config.kind!r} is unknown: use one of {sorted(GENERATORS)}") from None
-    return factory(config, embedder, **deps)
-
-
-register_generator("extractive", lambda config, embedder, **_: ExtractiveAnswerer(config, embedder))
+    return GENERATORS.build(config, embedder, **deps)

@@ -14,7 +14,7 @@ planner must apply the tenant policy first; it reads the tenant's rows through t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from psycopg import sql
 from sluice.config import RetrievalConfig
 from sluice.errors import QueryError
 from sluice.filters import compile_filter
+from sluice.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -183,11 +184,44 @@ def hybrid_search(
     return rrf_fuse([(dense, config.dense_weight), (lexical, config.lexical_weight)], config.rrf_k, config.k)
 
 
-_MODES: dict[str, Callable[..., list[Hit]]] = {
-    "dense": lambda conn, i, t, v, c, f: dense_search(conn, i, v, c, f),
-    "lexical": lambda conn, i, t, v, c, f: lexical_search(conn, i, t, c, f),
-    "hybrid": hybrid_search,
-}
+class RetrievalMode(ABC):
+    """One way to rank an index's chunks for a query (`retrieval.mode`)."""
+
+    def __init__(self, config: RetrievalConfig):
+        self.config = config
+
+    @abstractmethod
+    def search(
+        self, conn: psycopg.Connection, index_id: str, query_text: str, query_vector: np.ndarray, filters: dict | None
+    ) -> list[Hit]:
+        """Top `config.k` chunks of `index_id` for the query, restricted by an optional metadata filter."""
+
+
+MODES: Registry[type[RetrievalMode]] = Registry("retrieval mode", key="mode")
+
+
+@MODES.register("dense")
+class DenseMode(RetrievalMode):
+    """Cosine similarity of the query embedding (pgvector HNSW, exact scan under selective filters)."""
+
+    def search(self, conn, index_id, query_text, query_vector, filters) -> list[Hit]:
+        return dense_search(conn, index_id, query_vector, self.config, filters)
+
+
+@MODES.register("lexical")
+class LexicalMode(RetrievalMode):
+    """PostgreSQL full-text rank of the query's terms."""
+
+    def search(self, conn, index_id, query_text, query_vector, filters) -> list[Hit]:
+        return lexical_search(conn, index_id, query_text, self.config, filters)
+
+
+@MODES.register("hybrid")
+class HybridMode(RetrievalMode):
+    """Dense and lexical rankings fused by weighted reciprocal rank."""
+
+    def search(self, conn, index_id, query_text, query_vector, filters) -> list[Hit]:
+        return hybrid_search(conn, index_id, query_text, query_vector, self.config, filters)
 
 
 def retrieve(
@@ -199,4 +233,4 @@ def retrieve(
     filters: dict | None = None,
 ) -> list[Hit]:
     """Top-k chunks of `index_id` for a query, by the config's mode, restricted by an optional metadata filter."""
-    return _MODES[config.mode](conn, index_id, query_text, query_vector, config, filters)
+    return MODES.build(config).search(conn, index_id, query_text, query_vector, filters)

@@ -14,12 +14,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from sluice.config import ClassifierRouting, RulesRouting, SingleRouting
 from sluice.errors import ConfigError, RouterError
+from sluice.registry import Registry
 from tasks.retrieve import Hit
 
 log = logging.getLogger("sluice.route")
@@ -64,9 +65,10 @@ class RouteDecision:
 
 
 class Router(ABC):
-    """One routing policy."""
+    """One routing policy (`routing.policy`), built from its config."""
 
-    policy: ClassVar[str]
+    def __init__(self, config: Any, embedder: Any = None, data_dir: Path | None = None):
+        self.config = config
 
     @abstractmethod
     def decide(
@@ -85,27 +87,28 @@ class Router(ABC):
         t0 = time.perf_counter()
         decision = self.decide(question, hits or [], filters, vector)
         elapsed = (time.perf_counter() - t0) * 1000
-        log.info("route %s -> %s (%s) in %.3f ms", self.policy, decision.tier, decision.reason, elapsed)
+        log.info("route %s -> %s (%s) in %.3f ms", self.config.policy, decision.tier, decision.reason, elapsed)
         return RouteDecision(decision.tier, decision.policy, decision.reason, elapsed, decision.score)
 
 
-class SingleRouter(Router):
-    policy = "single"
+ROUTERS: Registry[type[Router]] = Registry("routing policy", key="policy")
 
-    def __init__(self, config: SingleRouting):
-        self.config = config
+
+@ROUTERS.register("single")
+class SingleRouter(Router):
+    """Every question to the one configured tier."""
+
+    config: SingleRouting
 
     def decide(self, question, hits, filters, vector) -> RouteDecision:
-        return RouteDecision(self.config.tier, self.policy, "single tier configured")
+        return RouteDecision(self.config.tier, self.config.policy, "single tier configured")
 
 
+@ROUTERS.register("rules")
 class RulesRouter(Router):
     """Large tier when the question type, length or spread over documents calls for it."""
 
-    policy = "rules"
-
-    def __init__(self, config: RulesRouting):
-        self.config = config
+    config: RulesRouting
 
     def decide(self, question, hits, filters, vector) -> RouteDecision:
         c = self.config
@@ -115,13 +118,13 @@ class RulesRouter(Router):
         narrowed = bool(filters) and c.filters_to_small
         facts = f"type={kind}, {words} words, {documents} documents{', filtered' if filters else ''}"
         if kind in c.large_question_types:
-            return RouteDecision(c.large, self.policy, f"question type {kind!r} needs reasoning; {facts}")
+            return RouteDecision(c.large, c.policy, f"question type {kind!r} needs reasoning; {facts}")
         if words > c.max_small_words:
-            return RouteDecision(c.large, self.policy, f"long question (> {c.max_small_words} words); {facts}")
+            return RouteDecision(c.large, c.policy, f"long question (> {c.max_small_words} words); {facts}")
         if documents > c.max_small_documents and not narrowed:
             why = f"top-k spans {documents} documents (> {c.max_small_documents}); {facts}"
-            return RouteDecision(c.large, self.policy, why)
-        return RouteDecision(c.small, self.policy, f"no rule fired; {facts}")
+            return RouteDecision(c.large, c.policy, why)
+        return RouteDecision(c.small, c.policy, f"no rule fired; {facts}")
 
 
 @dataclass(frozen=True)
@@ -161,51 +164,36 @@ def load_router_model(path: Path, sha256: str) -> RouterModel:
         return RouterModel(data["coef"], float(data["intercept"]), float(data["threshold"]), meta["embedder"], meta)
 
 
+@ROUTERS.register("classifier")
 class ClassifierRouter(Router):
     """Large tier when the classifier doubts the small tier (P(small suffices) below the calibrated threshold)."""
 
-    policy = "classifier"
+    config: ClassifierRouting
 
-    def __init__(self, config: ClassifierRouting, model: RouterModel, encode: Callable[[list[str]], np.ndarray]):
-        self.config = config
-        self.model = model
-        self.encode = encode
+    def __init__(self, config: ClassifierRouting, embedder: Any = None, data_dir: Path | None = None):
+        super().__init__(config)
+        path = Path(config.model_path)
+        if not path.is_absolute() and data_dir is not None:
+            path = Path(data_dir) / path
+        self.model = load_router_model(path, config.model_sha256)
+        if embedder is None:
+            raise ConfigError("routing policy 'classifier' needs the embedder: pass it to build_router")
+        if self.model.embedder_key != embedder.identity.key:
+            raise RouterError(
+                f"router model {str(path)!r} was trained on embedder {self.model.embedder_key}, "
+                f"the pipeline uses {embedder.identity.key}: retrain with `sluice router train`"
+            )
+        self.encode: Callable[[list[str]], np.ndarray] = embedder.encode
 
     def decide(self, question, hits, filters, vector) -> RouteDecision:
         x = self.encode([question])[0] if vector is None else vector
         p = float(self.model.p_small(x[None, :])[0])
         tier = self.config.small if p >= self.model.threshold else self.config.large
         return RouteDecision(
-            tier, self.policy, f"P(small suffices)={p:.2f} vs threshold {self.model.threshold:.2f}", 0.0, p
+            tier, self.config.policy, f"P(small suffices)={p:.2f} vs threshold {self.model.threshold:.2f}", 0.0, p
         )
-
-
-def _classifier(config: ClassifierRouting, embedder: Any = None, data_dir: Path | None = None) -> Router:
-    path = Path(config.model_path)
-    if not path.is_absolute() and data_dir is not None:
-        path = Path(data_dir) / path
-    model = load_router_model(path, config.model_sha256)
-    if embedder is None:
-        raise ConfigError("routing policy 'classifier' needs the embedder: pass it to build_router")
-    if model.embedder_key != embedder.identity.key:
-        raise RouterError(
-            f"router model {str(path)!r} was trained on embedder {model.embedder_key}, "
-            f"the pipeline uses {embedder.identity.key}: retrain with `sluice router train`"
-        )
-    return ClassifierRouter(config, model, embedder.encode)
-
-
-ROUTERS: dict[str, Callable[..., Router]] = {
-    "single": lambda config, **_: SingleRouter(config),
-    "rules": lambda config, **_: RulesRouter(config),
-    "classifier": _classifier,
-}
 
 
 def build_router(config: Any, embedder: Any = None, data_dir: Path | None = None) -> Router:
     """Build the router a routing config names (the classifier needs the embedder it was trained with)."""
-    try:
-        factory = ROUTERS[config.policy]
-    except KeyError:
-        raise ConfigError(f"routing policy {config.policy!r} is unknown: use one of {sorted(ROUTERS)}") from None
-    return factory(config, embedder=embedder, data_dir=data_dir)
+    return ROUTERS.build(config, embedder=embedder, data_dir=data_dir)

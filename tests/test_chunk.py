@@ -15,7 +15,7 @@ from sluice.config import (
     StructureChunker,
 )
 from sluice.errors import ConfigError
-from tasks.chunk import REGISTRY, group_sentences, make_chunker, parent_text, semantic_breaks
+from tasks.chunk import CHUNKERS, group_sentences, make_chunker, parent_text, semantic_breaks
 from tasks.parse import assemble
 
 WORDS = st.sampled_from(["river", "Otter", "déjà", "42", "naïve", "東京", "e.g.", "x", "well-known", "ship's", "🙂"])
@@ -46,7 +46,7 @@ CONFIGS = {
 
 
 def test_every_registered_kind_is_tested():
-    assert set(REGISTRY) == set(CONFIGS)
+    assert set(CHUNKERS) == set(CONFIGS)
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))

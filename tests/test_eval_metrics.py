@@ -174,3 +174,11 @@ def test_objective_must_be_a_per_question_metric(tmp_path):
     path.write_text("name: g\ncorpus: {path: x}\nchunkers: [{}]\nobjective: {metric: cost_per_answer}\n")
     with pytest.raises(ConfigError, match="objective.metric.*ndcg_at_10"):
         load_grid(path)
+
+
+def test_grid_prices_are_per_million_tokens_and_older_per_1k_grids_still_load(tmp_path):
+    path = tmp_path / "g.yaml"
+    for pricing in ("{input_per_mtok: 2, output_per_mtok: 8}", "{input_per_1k: 0.002, output_per_1k: 0.008}"):
+        path.write_text(f"name: g\ncorpus: {{path: x}}\nchunkers: [{{}}]\npricing: {pricing}\n")
+        assert load_grid(path).pricing.cost(1000, 500) == pytest.approx((1000 * 2 + 500 * 8) / 1e6), pricing
+    assert load_grid(SAMPLE.parent.parent / "evals/grids/sample.yaml").pricing.cost(1000, 1000) == pytest.approx(0.002)

@@ -124,7 +124,7 @@ def test_a_question_no_tier_can_answer_is_recorded_and_the_evaluation_goes_on(mi
     """The large tier fails the first question (500, no fallback): that question is recorded as failed with
     its retrieval still scored and 0 on every answer metric; the other questions are answered as usual."""
     from evals.evaluate import run_evaluation
-    from evals.metrics import ANSWER_METRICS
+    from evals.ragas_metrics import ANSWER_METRICS
 
     small, large = tiers
     large.behaviour.fail_next = 1

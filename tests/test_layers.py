@@ -1,4 +1,4 @@
-"""The code's shape: layers point one way (the import-linter contract in pyproject.toml)."""
+"""The code's shape: layers point one way (the import-linter contract in pyproject.toml) and no import cycles."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import grimp
 
 from sluice.settings import PROJECT_ROOT
 
@@ -18,3 +20,20 @@ def test_layer_contract_is_kept():
     assert exe, "lint-imports is missing: `make setup` installs the dev extra (import-linter)"
     run = subprocess.run([exe, "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def _cycles() -> list[tuple[str, str]]:
+    graph = grimp.build_graph(*PACKAGES)
+    found = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            # A package's __init__ re-exporting its own submodule is not a cycle between modules.
+            if module.startswith(imported + ".") or imported.startswith(module + "."):
+                continue
+            if graph.chain_exists(importer=imported, imported=module):
+                found.append((module, imported))
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles() == []

@@ -1,17 +1,19 @@
-"""Load balancers: pick one replica of a tier among the healthy candidates."""
+"""Load balancers: pick one replica of a tier among the healthy candidates (one class, one registration each)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
 
+from sluice.config import TierConfig
+from sluice.registry import Registry
 from tasks.llm.state import GatewayState
 
 
 class Balancer(ABC):
-    """One strategy for spreading a tier's requests over its replicas."""
+    """One strategy for spreading a tier's requests over its replicas (`tiers.<name>.balancer`)."""
 
-    name: ClassVar[str]
+    def __init__(self, config: TierConfig):
+        self.config = config
 
     @abstractmethod
     def choose(self, tier: str, candidates: list[str], state: GatewayState) -> str:
@@ -26,22 +28,26 @@ def _rotated_argmin(tier: str, candidates: list[str], scores: list[float], state
     return order[min(range(len(order)), key=ranked.__getitem__)]
 
 
+BALANCERS: Registry[type[Balancer]] = Registry("balancer", key="balancer")
+
+
+@BALANCERS.register("round_robin")
 class RoundRobin(Balancer):
-    name = "round_robin"
+    """Each replica in turn."""
 
     def choose(self, tier: str, candidates: list[str], state: GatewayState) -> str:
         return candidates[state.next_index(tier) % len(candidates)]
 
 
+@BALANCERS.register("least_outstanding")
 class LeastOutstanding(Balancer):
     """Fewest requests in flight (least connections)."""
-
-    name = "least_outstanding"
 
     def choose(self, tier: str, candidates: list[str], state: GatewayState) -> str:
         return _rotated_argmin(tier, candidates, [float(n) for n in state.inflight(candidates)], state)
 
 
+@BALANCERS.register("latency_ewma")
 class LatencyEWMA(Balancer):
     """Lowest expected wait: latency EWMA × (in flight + 1), with slow outliers ejected.
 
@@ -50,7 +56,6 @@ class LatencyEWMA(Balancer):
     slow replica would otherwise still take a few percent of requests, and those set the p99.
     """
 
-    name = "latency_ewma"
     OUTLIER_FACTOR = 3.0
     EXPLORE_EVERY = 100
 
@@ -69,6 +74,3 @@ class LatencyEWMA(Balancer):
         prior = min((lat for lat in latencies if lat is not None), default=1.0)
         scores = [(prior if lat is None else lat) * (n + 1) for lat, n in zip(latencies, inflight, strict=True)]
         return _rotated_argmin(tier, candidates, scores, state)
-
-
-BALANCERS: dict[str, Balancer] = {b.name: b for b in (RoundRobin(), LeastOutstanding(), LatencyEWMA())}

@@ -56,6 +56,7 @@ class Gateway:
         self.http = http or make_http_client()
         keys = api_keys or {}
         self.headers = {name: auth_headers(keys.get(name), spec.key_header) for name, spec in config.tiers.items()}
+        self.balancers = {name: BALANCERS.build(spec) for name, spec in config.tiers.items()}
         self.clock = clock
 
     def close(self) -> None:
@@ -103,7 +104,7 @@ class Gateway:
         closed = [r for r, c in zip(candidates, circuits, strict=True) if c == "closed"]
         if not closed:
             return None
-        return BALANCERS[spec.balancer].choose(tier, closed, self.state)
+        return self.balancers[tier].choose(tier, closed, self.state)
 
     def _attempt(
         self, tier: str, replica: str, messages: list[dict[str, str]], deadline: float

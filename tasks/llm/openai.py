@@ -1,4 +1,7 @@
-"""The `openai` generator: a cited-answer prompt sent through the gateway to a tier's replicas."""
+"""The `openai` generator: a cited-answer prompt sent through the gateway to a tier's replicas.
+
+Registered in tasks/generate.py as a lazy entry, so this module is imported only when a config names it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import re
 import time
 from collections.abc import Generator as Gen
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -17,13 +21,11 @@ from tasks.generate import (
     Citation,
     Generator,
     Usage,
-    count_tokens,
     rate,
-    register_generator,
 )
 from tasks.llm.gateway import Gateway
 from tasks.llm.state import GatewayState
-from tasks.pricing import cost_usd
+from tasks.pricing import cost_usd, count_tokens
 from tasks.retrieve import Hit
 
 SYSTEM_PROMPT = (
@@ -62,12 +64,18 @@ def cited(text: str, contexts: list[Hit]) -> tuple[Citation, ...]:
 class OpenAIChat(Generator):
     """Chat completions on OpenAI-compatible replicas (vLLM, Ollama, llama.cpp, OpenAI, Azure OpenAI)."""
 
-    kind = "openai"
-
-    def __init__(self, config: OpenAIGenerator, embedder: Embedder, gateway: Gateway):
+    def __init__(
+        self,
+        config: OpenAIGenerator,
+        embedder: Embedder,
+        state: GatewayState | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        gateway: Gateway | None = None,
+        **_: Any,
+    ):
         self.config = config
         self.embedder = embedder  # its tokenizer counts tokens when a server reports no usage
-        self.gateway = gateway
+        self.gateway = gateway or Gateway(config, state, api_keys=api_keys)
 
     def generate(
         self, question: str, contexts: list[Hit], tier: str | None = None, vector: np.ndarray | None = None
@@ -111,19 +119,4 @@ class OpenAIChat(Generator):
         if reported and "prompt_tokens" in reported and "completion_tokens" in reported:
             return Usage(int(reported["prompt_tokens"]), int(reported["completion_tokens"]))
         tok = self.embedder.tokenizer
-        prompt = sum(count_tokens(tok, m["content"]) for m in messages)
-        return Usage(prompt, count_tokens(tok, text), estimated=True)
-
-
-def _build(
-    config: OpenAIGenerator,
-    embedder: Embedder,
-    state: GatewayState | None = None,
-    api_keys: Mapping[str, str] | None = None,
-    gateway: Gateway | None = None,
-    **_: object,
-) -> OpenAIChat:
-    return OpenAIChat(config, embedder, gateway or Gateway(config, state, api_keys=api_keys))
-
-
-register_generator("openai", _build)
+        return Usage(count_tokens(tok, *(m["content"] for m in messages)), count_tokens(tok, text), estimated=True)
