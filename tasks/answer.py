@@ -18,6 +18,7 @@ from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer
 from tasks.indexes import active_index
+from tasks.parents import with_parents
 from tasks.retrieve import Hit, retrieve
 from tasks.route import RouteDecision
 from tasks.routed import Answerer, build_answerer
@@ -51,6 +52,8 @@ def answer_question(
 ) -> QueryResult:
     """Retrieve the top-k chunks (of the collection's active index, else the config's), route, and answer.
 
+    parent_child: the answerer gets each retrieved child's parent section, once, citing the child inside it.
+
     `filters` is a metadata filter (sluice.filters); `collection` restricts the search to one collection.
     `answerer` is the config's router and generator, built once by long-lived callers (a worker, an
     evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
@@ -68,7 +71,7 @@ def answer_question(
     with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
         index_id = active_index(conn, collection or "default") or config.index_id
         check_embedder(conn, index_id, embedder.identity)
-        hits = retrieve(conn, index_id, question, qvec, config.retrieval, filters)
+        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, config.retrieval, filters))
         span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
     hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000
