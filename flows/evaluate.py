@@ -1,6 +1,7 @@
 """Prefect flow `evaluate`: index every config of a grid, answer the gold set, score, track, promote.
 
-Thin: each task is one step of `evals.runner` / `evals.evaluate`; nothing here computes anything.
+Thin: each task is one step of `evals.runner` / `evals.evaluate`; nothing here computes anything. A run
+that fails after its MLflow parent run was opened marks that run FAILED, as `sluice eval` does.
 """
 
 from __future__ import annotations
@@ -48,13 +49,11 @@ def _evaluate(grid_path: str, gold_path: str | None, promote_winner: bool) -> di
             ensure_index(settings, db, grid, config, docs)
         items = runner.resolve_items(db, grid, items)
         parent = open_evaluation(settings, grid, gold_path or grid.gold or grid.corpus.path)
-        results = []
-        for config in configs:
-            results.append(evaluate_config(settings, db, grid, config, items))
-            # Set here too: Prefect may hand the task a rebuilt copy of its arguments.
-            results[-1].run_id = log_result(settings, parent, grid, results[-1])
-        decision = runner.decide_champion(db, grid, results)
-        close_evaluation(settings, parent, grid, results, decision)
+        try:
+            results, decision = _score(settings, db, grid, configs, items, parent)
+        except BaseException:
+            record.fail_evaluation(settings, parent)  # not a task: it must run even when the task engine failed
+            raise
         promoted = promote(settings, db, grid, results, decision) if promote_winner else None
     logger.info("decision: %s", decision.reason)
     return {
@@ -65,3 +64,15 @@ def _evaluate(grid_path: str, gold_path: str | None, promote_winner: bool) -> di
         "metric": grid.objective.metric,
         "scores": {r.config.config_id: r.summary.get(grid.objective.metric) for r in results},
     }
+
+
+def _score(settings, db: Database, grid, configs, items, parent: str):
+    """Answer and score every config, log each run under `parent`, decide, and close the parent run."""
+    results = []
+    for config in configs:
+        results.append(evaluate_config(settings, db, grid, config, items))
+        # Set here too: Prefect may hand the task a rebuilt copy of its arguments.
+        results[-1].run_id = log_result(settings, parent, grid, results[-1])
+    decision = runner.decide_champion(db, grid, results)
+    close_evaluation(settings, parent, grid, results, decision)
+    return results, decision
