@@ -1,4 +1,4 @@
-"""Promote a run's config to champion (MLflow alias + Postgres record), or roll back."""
+"""Promote a run's config to champion (MLflow alias + Postgres record), globally or for one tenant, or roll back."""
 
 from __future__ import annotations
 
@@ -18,10 +18,17 @@ def promote_run(
     reason: str,
     evaluated_on: str | None = None,
     metrics: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> champion.ChampionEvent:
-    """Register the run's config as a model version, point `champion` at it, record it in Postgres."""
+    """Register the run's config as a model version, point the scope's alias at it, record it in Postgres.
+
+    `tenant` makes it that tenant's champion (overriding the global one for it); None, every tenant's.
+    """
     from mlflow.exceptions import MlflowException
 
+    if tenant is not None:
+        with db.tenant(tenant):
+            pass  # UnknownTenantError names the fix before anything is registered
     mlc = tracking.client(settings)
     try:
         run = mlc.get_run(run_id)
@@ -33,7 +40,7 @@ def promote_run(
         raise ConfigError(f"run {run_id}: config_id tag {tagged!r} does not match its config ({config.config_id})")
     champion.store_config(db, config)
     version = tracking.register_config_version(mlc, settings.registered_model, run_id, config.config_id)
-    tracking.set_champion_alias(mlc, settings.registered_model, version)
+    tracking.set_champion_alias(mlc, settings.registered_model, version, tenant)
     return champion.record_promotion(
         db,
         config.config_id,
@@ -42,12 +49,19 @@ def promote_run(
         evaluated_on=evaluated_on,
         reason=reason,
         metrics=metrics,
+        tenant=tenant,
     )
 
 
-def rollback(settings: Settings, db: Database, reason: str = "manual rollback") -> champion.ChampionEvent:
-    """Restore the previous champion in Postgres and move the MLflow alias back to its version."""
-    target = champion.record_rollback(db, reason)
-    if target.model_version:
-        tracking.set_champion_alias(tracking.client(settings), settings.registered_model, target.model_version)
+def rollback(
+    settings: Settings, db: Database, reason: str = "manual rollback", tenant: str | None = None
+) -> champion.ChampionEvent | None:
+    """Restore a scope's previous champion in Postgres and move its MLflow alias back (None: the tenant
+    follows the global champion again, and its alias is removed)."""
+    target = champion.record_rollback(db, reason, tenant)
+    mlc = tracking.client(settings)
+    if target is None:
+        tracking.delete_champion_alias(mlc, settings.registered_model, tenant)
+    elif target.model_version:
+        tracking.set_champion_alias(mlc, settings.registered_model, target.model_version, tenant)
     return target

@@ -1,7 +1,8 @@
-"""Prefect flow `evaluate`: index every config of a grid, answer the gold set, score, track, promote.
+"""Prefect flow `evaluate`: index every config of a grid, answer the gold set, score, track, promote, roll out.
 
 Thin: each task is one step of `evals.runner` / `evals.evaluate`; nothing here computes anything. A run
-that fails after its MLflow parent run was opened marks that run FAILED, as `sluice eval` does.
+that fails after its MLflow parent run was opened marks that run FAILED (as `sluice eval` does), and a
+promotion starts the `rollout` flow as a subflow, so every tenant gets the new champion's index.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from evals import record, runner
 from evals.evaluate import apply_decision
 from evals.grid import load_grid
+from flows.rollout import rollout
 from serving.metrics import EVAL_RUNS
 from sluice.db import Database
 from sluice.settings import load_settings
@@ -27,10 +29,14 @@ promote = step(apply_decision)
 
 
 @flow(name="evaluate")
-def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool = True) -> dict:
-    """Compare the grid's configs on the gold set in MLflow and promote a significantly better one."""
+def evaluate(grid_path: str, gold_path: str | None = None, promote_winner: bool = True, roll_out: bool = True) -> dict:
+    """Compare the grid's configs on the gold set in MLflow, promote a significantly better one, roll it out."""
     try:
         out = _evaluate(grid_path, gold_path, promote_winner)
+        if out["promoted"] and roll_out:
+            out["rollout"] = rollout(
+                reason=f"promotion by evaluation {out['parent_run_id']}", return_state=True
+            ).message
     except BaseException:
         EVAL_RUNS.labels("failed").inc()
         raise

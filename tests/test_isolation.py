@@ -23,6 +23,7 @@ TENANT_TABLES = (
     "answer_cache",
     "corpus_versions",
     "rate_buckets",
+    "rollout_tenants",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)
