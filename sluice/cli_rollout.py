@@ -1,15 +1,16 @@
-"""`sluice champion status`: what each tenant is served, what it should be, and how far its rollout is."""
+"""`sluice champion status`: what each tenant is served, what it should be, and how far its rollout is.
+
+One line per tenant (smallest first), never wrapped inside an id: greppable, and readable with many tenants.
+"""
 
 from __future__ import annotations
-
-from rich.table import Table
 
 from sluice.cli_common import console
 from sluice.settings import Settings
 
 
 def print_status(settings: Settings, tenant: str | None) -> None:
-    """The newest rollout, then one row per tenant (in scope): served, target, progress, rate, ETA, failures."""
+    """The newest rollout, then one line per tenant (in scope): served, target, progress, rate, ETA, failures."""
     from sluice.db import Database
     from sluice.served import Resolver
     from tasks.rollout import tenants_in_scope
@@ -27,30 +28,23 @@ def print_status(settings: Settings, tenant: str | None) -> None:
         scope = latest.tenant_scope or "every tenant"
         console.print(
             f"rollout {latest.rollout_id} of config {latest.target_config} to {scope}: {latest.status}{cancel}, "
-            f"started {latest.created_at:%Y-%m-%d %H:%M:%S}, updated {latest.updated_at:%H:%M:%S}"
+            f"started {latest.created_at:%Y-%m-%d %H:%M:%S}, updated {latest.updated_at:%H:%M:%S}",
+            soft_wrap=True,
         )
     else:
         console.print("no rollout yet")
-    console.print(_table(rows))
-
-
-def _table(rows: list) -> Table:
-    table = Table(title="tenants (smallest first)")
-    columns = ("tenant", "served config", "served index", "target config", "target index", "rollout", "done/total")
-    for col in (*columns, "docs/s", "ETA", "failed"):
-        table.add_column(col, overflow="fold")
     for name, served, progress in rows:
-        target = served.target
-        same = "=" if not served.pending else target.index_id
-        cells = [name, served.config.config_id, served.index_id, target.config_id, same]
-        cells += _progress_cells(progress)
-        table.add_row(*cells)
-    return table
+        console.print(_line(name, served, progress), soft_wrap=True)
 
 
-def _progress_cells(row) -> list[str]:
+def _line(name: str, served, row) -> str:
+    """One tenant: served config and index, target (when another), the rollout's progress."""
+    target = served.target
+    aim = "on target" if not served.pending else f"target config {target.config_id} index {target.index_id}"
+    text = f"{name}: served config {served.config.config_id} index {served.index_id}, {aim}"
     if row is None:
-        return ["—", "—", "—", "—", "—"]
+        return text + "; not in this rollout"
     eta = "—" if row.eta_s is None else f"{row.eta_s:.0f} s"
-    status = f"{row.status}: {row.error}" if row.error else row.status
-    return [status, f"{row.docs_done}/{row.docs_total}", f"{row.rate:.1f}", eta, str(row.docs_failed)]
+    text += f"; rollout {row.status} {row.docs_done}/{row.docs_total} documents, {row.rate:.1f}/s, ETA {eta}"
+    text += f", {row.docs_failed} failed"
+    return text + (f": {row.error}" if row.error else "")

@@ -190,3 +190,54 @@ def _kill_when_started(db: Database, tenant: str, proc: subprocess.Popen) -> int
             return done
         time.sleep(0.05)
     raise AssertionError("the rollout built nothing in 300 s")
+
+
+def test_the_nightly_deployment_ingests_into_the_served_index_after_a_promotion(rs, rdb, tmp_path, monkeypatch):
+    import yaml
+    from prefect.testing.utilities import prefect_test_harness
+    from prefect.utilities.importtools import import_object
+
+    from flows.rollout import rollout
+    from sluice.settings import PROJECT_ROOT
+
+    spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    nightly = next(d for d in spec if d["name"] == "ingest-sample-nightly")
+    assert nightly["parameters"]["config_path"] is None  # the served config, not a file's
+    flow_fn = import_object(nightly["entrypoint"])
+    tenant = _tenant(rdb, "r-nightly")
+    params = {**nightly["parameters"], "source": str(tmp_path / "docs"), "tenant": tenant}
+    write_docs(tmp_path / "docs", 3)
+    monkeypatch.setenv("SLUICE_DB_NAME", rs.db_name)
+    with prefect_test_harness(server_startup_timeout=120):
+        assert flow_fn(**params, return_state=True).result()["index_id"] == DEFAULT.index_id
+        target = promote(rdb, SMALL)
+        rolled = rollout(tenant=tenant, reason="test", return_state=True)
+        assert rolled.is_completed() and rolled.result()["tenants"] == {tenant: "switched"}, rolled.message
+        write_docs(tmp_path / "docs", 1, first=3)  # a new note for tonight's run
+        tonight = flow_fn(**params, return_state=True).result()
+    assert tonight["index_id"] == target.index_id and (tonight["ingested"], tonight["unchanged"]) == (1, 3)
+    assert index_counts(rdb, tenant, target.index_id)[0] == 4
+    assert index_counts(rdb, tenant, DEFAULT.index_id)[0] == 3  # the old index got nothing new
+
+
+def test_status_cancel_and_gc_commands(rs, rdb, tmp_path):
+    from typer.testing import CliRunner
+
+    from sluice.cli import app
+
+    def run(*args: str):
+        return CliRunner(env={"SLUICE_DB_NAME": rs.db_name}).invoke(app, list(args))
+
+    tenant = _tenant(rdb, "r-cli")
+    ingest(rs, rdb, tenant, write_docs(tmp_path / "docs", 2)[0].parent)
+    target = promote(rdb, SMALL)
+    rolled = run("champion", "rollout", "--tenant", tenant)
+    assert rolled.exit_code == 0 and f"tenant {tenant} switched" in rolled.output, rolled.output
+    status = run("champion", "status", "--tenant", tenant)
+    assert status.exit_code == 0, status.output
+    line = next(row for row in status.output.splitlines() if row.startswith(f"{tenant}:"))
+    assert target.index_id in status.output and "switched" in line and "2/2" in line
+    assert "no running rollout" in run("champion", "cancel").output
+    dry = run("index", "gc", "--tenant", tenant, "--dry-run")
+    assert dry.exit_code == 0 and f"would drop {DEFAULT.index_id}" in dry.output
+    assert index_counts(rdb, tenant, DEFAULT.index_id)[0] == 2

@@ -98,3 +98,10 @@ def test_cli_ingest_and_query_use_the_served_index_and_say_when_config_is_an_exp
     assert "served only after a rollout" in result.output
     experiment = run("query", "How do bees dance?", "--tenant", "served-cli", "--config", str(config), "--json")
     assert experiment.exit_code == 0 and f"experiment: answering from index {small.index_id}" in experiment.output
+    # Activating it by hand is a switch like a rollout's: served at once, the tenant's answer cache invalidated.
+    version = served(migrated, db, "served-cli").version
+    assert run("index", "activate", small.index_id, "--tenant", "served-cli").exit_code == 0
+    now = served(migrated, db, "served-cli")
+    assert now.index_id == small.index_id and now.version > version
+    answer = run("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
+    assert json.loads(answer.stdout)["index_id"] == small.index_id
