@@ -8,6 +8,7 @@ from evals import tracking
 from sluice import champion
 from sluice.db import Database
 from sluice.errors import ConfigError
+from sluice.served import all_tenants, pin_unpinned
 from sluice.settings import Settings
 
 
@@ -20,10 +21,7 @@ def promote_run(
     metrics: dict[str, Any] | None = None,
     tenant: str | None = None,
 ) -> champion.ChampionEvent:
-    """Register the run's config as a model version, point the scope's alias at it, record it in Postgres.
-
-    `tenant` makes it that tenant's champion (overriding the global one for it); None, every tenant's.
-    """
+    """Register the run's config as a model version; make it the champion of every tenant, or of `tenant`."""
     from mlflow.exceptions import MlflowException
 
     if tenant is not None:
@@ -39,6 +37,7 @@ def promote_run(
     if tagged != config.config_id:
         raise ConfigError(f"run {run_id}: config_id tag {tagged!r} does not match its config ({config.config_id})")
     champion.store_config(db, config)
+    pin_unpinned(settings, db, [tenant] if tenant else all_tenants(db))
     version = tracking.register_config_version(mlc, settings.registered_model, run_id, config.config_id)
     tracking.set_champion_alias(mlc, settings.registered_model, version, tenant)
     return champion.record_promotion(
@@ -56,8 +55,8 @@ def promote_run(
 def rollback(
     settings: Settings, db: Database, reason: str = "manual rollback", tenant: str | None = None
 ) -> champion.ChampionEvent | None:
-    """Restore a scope's previous champion in Postgres and move its MLflow alias back (None: the tenant
-    follows the global champion again, and its alias is removed)."""
+    """Restore a scope's previous champion and its MLflow alias (None: the tenant follows the global one again)."""
+    pin_unpinned(settings, db, [tenant] if tenant else all_tenants(db))
     target = champion.record_rollback(db, reason, tenant)
     mlc = tracking.client(settings)
     if target is None:

@@ -24,7 +24,6 @@ from serving.metrics import observe_rollout
 from sluice.db import Database
 from sluice.settings import load_settings
 from tasks import rollout_state as state
-from tasks.indexes import collect_garbage
 from tasks.rollout import Rollout, begin, finish, roll_tenant, tenants_in_scope
 
 MAX_PARALLEL = 64  # threads of the task runner; SLUICE_ROLLOUT_CONCURRENCY bounds how many are used
@@ -53,8 +52,6 @@ def rollout(tenant: str | None = None, reason: str = "", force: bool = False) ->
         get_run_logger().info("rollout %s: %d tenant(s), smallest first", ro.rollout_id, len(tenants))
         _run_window(ro, tenants, settings.rollout_concurrency)
         status = finish(ro)
-        if settings.index_retention_days is not None:
-            collect_garbage(settings, db, tenants, settings.index_retention_days)
     counts = ", ".join(f"{o} {sum(v == o for v in ro.outcomes.values())}" for o in sorted(set(ro.outcomes.values())))
     message = f"rollout {ro.rollout_id} {status}: {counts or 'no tenant'}"
     data = {"rollout_id": ro.rollout_id, "status": status, "tenants": ro.outcomes}

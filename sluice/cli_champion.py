@@ -123,11 +123,13 @@ def roll_out(settings: Settings, db, tenant: str | None, reason: str, **options)
     """Run the rollout driver, printing each tenant's progress every few seconds, then its outcome."""
     import time
 
+    from serving.metrics import observe_rollout
     from tasks.rollout import run_rollout
 
     last: dict[str, float] = {}
 
     def said(name: str, done: int, total: int, failed: int) -> None:
+        observe_rollout(name, done, total, failed)  # merged by the API's /metrics with PROMETHEUS_MULTIPROC_DIR
         if done + failed >= total or time.monotonic() - last.get(name, 0.0) > PROGRESS_EVERY_S:
             last[name] = time.monotonic()
             console.print(f"  {name}: {done}/{total} documents in the target index, {failed} failed")

@@ -120,7 +120,7 @@ def index_list(tenant: TenantOpt) -> None:
 def index_gc(
     tenant: Annotated[Optional[str], typer.Option("--tenant", "-t", help="One tenant (default: every tenant).")] = None,
     older_than_days: Annotated[
-        Optional[float], typer.Option(help="Only where the last switch is at least this old (default: any).")
+        Optional[float], typer.Option(help="Keep an index a tenant left less than this many days ago.")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be dropped.")] = False,
 ) -> None:

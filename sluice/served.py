@@ -165,3 +165,28 @@ def pin(conn, config: PipelineConfig) -> bool:
         ).rowcount
         == 1
     )
+
+
+def all_tenants(db: Database) -> list[str]:
+    """Every tenant id (through `list_tenants()`, the one way to list them: ids only, no data)."""
+    with db.statement() as conn:
+        return [r[0] for r in conn.execute("SELECT * FROM list_tenants()").fetchall()]
+
+
+def pin_unpinned(settings: Settings, db: Database, tenants: list[str]) -> list[str]:
+    """Pin each tenant that has documents in the index it is served but no row; return them.
+
+    Called before a promotion or rollback changes targets: a tenant stored before rows were kept (or only
+    ever ingested by an evaluation) would otherwise follow the new target onto an index not built for it.
+    """
+    resolver, pinned = Resolver(), []
+    for tenant in tenants:
+        now = resolver.served(settings, db, tenant)
+        if now.pinned:
+            continue
+        champion.store_config(db, now.config)
+        with db.tenant(tenant) as conn:
+            found = conn.execute("SELECT 1 FROM indexed_documents WHERE index_id = %s LIMIT 1", (now.index_id,))
+            if found.fetchone() and pin(conn, now.config):
+                pinned.append(tenant)
+    return pinned

@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     index_retention_days: float | None = Field(
         default=None,
         gt=0,
-        description="After a rollout, drop indexes a tenant stopped being served this many days ago; "
-        "unset = keep them (instant rollback) until `sluice index gc`.",
+        description="When a rollout ends, drop the indexes its tenants were switched away from at least this many "
+        "days ago; unset = keep them (instant rollback) until `sluice index gc`.",
     )
     serve_champion: bool = Field(
         default=True, description="Serve the promoted champion config; false = always the configured default."

@@ -108,14 +108,14 @@ def switch_served(conn: psycopg.Connection, config: PipelineConfig) -> str | Non
 
 
 def collectable(conn: psycopg.Connection, keep: set[str], min_age_days: float | None = None) -> list[str]:
-    """The tenant's indexes no collection serves, `keep` aside (with an age: only if its last switch is older)."""
+    """The tenant's indexes no collection serves, `keep` aside (and, given an age, any a row left more recently)."""
     if min_age_days is not None:
-        recent = conn.execute(
-            "SELECT 1 FROM active_indexes WHERE switched_at > now() - make_interval(secs => %s)",
+        left = conn.execute(
+            "SELECT previous_index FROM active_indexes WHERE previous_index IS NOT NULL "
+            "AND switched_at > now() - make_interval(secs => %s)",
             (min_age_days * 86400,),
-        ).fetchone()
-        if recent:
-            return []
+        ).fetchall()
+        keep = keep | {r[0] for r in left}
     rows = conn.execute(
         "SELECT DISTINCT index_id FROM indexed_documents WHERE index_id NOT IN (SELECT index_id FROM active_indexes)"
     ).fetchall()

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from sluice.champion import store_config
 from sluice.db import Database
 from sluice.errors import SluiceError
-from sluice.served import Resolver
+from sluice.served import Resolver, all_tenants
 from sluice.settings import Settings
 from tasks import rollout_state as state
 from tasks.embed import get_embedder
-from tasks.indexes import hold_switch_lock, switch_served
+from tasks.indexes import collect_garbage, hold_switch_lock, switch_served
 from tasks.parse import ArchiveLimits
 from tasks.rebuild import Builder, count_lacking, lacking
 from tasks.store import record_error, register_index
@@ -60,6 +60,9 @@ class Rollout:
 
 def begin(settings: Settings, db: Database, scope: str | None, reason: str = "", force: bool = False) -> Rollout:
     """Open (or resume) the rollout of a scope towards its current champion."""
+    if scope is not None:
+        with db.tenant(scope):
+            pass  # UnknownTenantError names the fix before anything is recorded
     target = Resolver().target(settings, db, scope)
     store_config(db, target)
     return Rollout(settings, db, state.open_rollout(db, scope, target, reason), scope, force)
@@ -69,8 +72,7 @@ def tenants_in_scope(db: Database, scope: str | None) -> list[str]:
     """The tenants a rollout visits, smallest (fewest documents) first."""
     if scope is not None:
         return [scope]
-    with db.statement() as conn:
-        tenants = [r[0] for r in conn.execute("SELECT * FROM list_tenants()").fetchall()]
+    tenants = all_tenants(db)
     sizes = {t: db.execute_as(t, "SELECT count(*) FROM documents")[0][0] for t in tenants}
     return sorted(tenants, key=lambda t: (sizes[t], t))
 
@@ -93,10 +95,10 @@ def roll_tenant(ro: Rollout, tenant: str) -> str:
 def _roll(ro: Rollout, tenant: str) -> str:
     served = Resolver().served(ro.settings, ro.db, tenant)
     target = served.target
+    state.start_tenant(ro.db, tenant, ro.rollout_id, served.index_id if served.pinned else None, target)
     embedder = get_embedder(target.embedder, ro.settings.embed_batch_size)
     with ro.db.tenant(tenant) as conn:
         register_index(conn, target, embedder.identity)
-    state.start_tenant(ro.db, tenant, ro.rollout_id, served.index_id if served.pinned else None, target)
     limits = ArchiveLimits.from_settings(ro.settings)
     reparse = served.config.parser != target.parser
     builder = Builder(ro.db, tenant, target, embedder, reparse, limits, ro.settings.max_file_bytes)
@@ -162,10 +164,12 @@ def _tell(ro: Rollout, tenant: str, done: int, total: int, failed: int) -> None:
 
 
 def finish(ro: Rollout) -> str:
-    """Close the rollout with an overall status from its tenants' outcomes."""
+    """Close the rollout with an overall status from its tenants' outcomes; apply the index retention."""
     outcomes = set(ro.outcomes.values())
     status = "cancelled" if "cancelled" in outcomes else "completed" if outcomes <= {"switched"} else "partial"
     state.close_rollout(ro.db, ro.rollout_id, status)
+    if ro.settings.index_retention_days is not None:
+        collect_garbage(ro.settings, ro.db, sorted(ro.outcomes), ro.settings.index_retention_days)
     return status
 
 

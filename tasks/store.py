@@ -130,12 +130,8 @@ def upsert_document(
         "SELECT document_id, content_hash FROM documents WHERE source_id = %s FOR UPDATE", (doc.source_id,)
     ).fetchone()
     set_collection(conn, doc.source_id, collection)
-    if stored_hash == doc.content_hash:  # same bytes: fill what rows stored before 0008 lack, follow a moved file
-        conn.execute(
-            "UPDATE documents SET elements = coalesce(elements, %s), source_uri = coalesce(%s, source_uri) "
-            "WHERE document_id = %s",
-            (elements, source_uri, document_id),
-        )
+    if stored_hash == doc.content_hash:
+        _refresh(conn, document_id, elements, source_uri)
         return document_id, False
     # New content: every index's chunks of the old text are stale (their spans point into it).
     conn.execute("DELETE FROM chunks WHERE document_id = %s", (document_id,))
@@ -146,6 +142,15 @@ def upsert_document(
         (doc.content_hash, doc.text, Jsonb(metadata), elements, source_uri, document_id),
     )
     return document_id, True
+
+
+def _refresh(conn: psycopg.Connection, document_id: int, elements: Jsonb, source_uri: str | None) -> None:
+    """Same bytes again: fill what a row stored before 0008 lacks, and follow a file that moved."""
+    conn.execute(
+        "UPDATE documents SET elements = coalesce(elements, %s), source_uri = coalesce(%s, source_uri) "
+        "WHERE document_id = %s",
+        (elements, source_uri, document_id),
+    )
 
 
 def element_spans(doc: ParsedDocument) -> list[list[Any]]:
@@ -209,11 +214,16 @@ def replace_chunks(
         "DELETE FROM chunks WHERE document_id = %s AND index_id = %s AND ordinal >= %s",
         (document_id, index_id, len(chunks)),
     )
+    _mark_indexed(conn, document_id, index_id, content, len(chunks))
+
+
+def _mark_indexed(conn: psycopg.Connection, document_id: int, index_id: str, content: str, chunks: int) -> None:
+    """Record which version of the document the index now holds, and in how many chunks."""
     conn.execute(
         "INSERT INTO indexed_documents (tenant_id, document_id, index_id, content_hash, chunk_count) "
         "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s) ON CONFLICT (tenant_id, document_id, index_id) "
         "DO UPDATE SET content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, indexed_at = now()",
-        (document_id, index_id, content, len(chunks)),
+        (document_id, index_id, content, chunks),
     )
 
 

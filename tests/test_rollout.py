@@ -76,7 +76,8 @@ def test_rollout_builds_beside_then_switches_each_tenant_smallest_first(rs, rdb,
     version = served(rs, rdb, big).version
     again = run_rollout(rs, rdb, big, "rerun")
     assert again.outcomes == {big: "switched"} and served(rs, rdb, big).version == version
-    # gc drops the index nobody is served any more, never the served one.
+    # gc drops the index nobody is served any more, never the served one; a retention keeps the one just left.
+    assert collect_garbage(rs, rdb, [big], min_age_days=1, dry_run=True) == {big: []}
     assert collect_garbage(rs, rdb, [big], dry_run=True) == {big: [DEFAULT.index_id]}
     collect_garbage(rs, rdb, [big])
     assert index_counts(rdb, big, DEFAULT.index_id)[0] == 0 and index_counts(rdb, big, target.index_id)[0] == 6
@@ -233,6 +234,10 @@ def test_status_cancel_and_gc_commands(rs, rdb, tmp_path):
     target = promote(rdb, SMALL)
     rolled = run("champion", "rollout", "--tenant", tenant)
     assert rolled.exit_code == 0 and f"tenant {tenant} switched" in rolled.output, rolled.output
+    from prometheus_client import REGISTRY
+
+    for state, value in (("done", 2), ("total", 2), ("failed", 0)):
+        assert REGISTRY.get_sample_value("sluice_rollout_documents", {"tenant": tenant, "state": state}) == value
     status = run("champion", "status", "--tenant", tenant)
     assert status.exit_code == 0, status.output
     line = next(row for row in status.output.splitlines() if row.startswith(f"{tenant}:"))
@@ -241,3 +246,45 @@ def test_status_cancel_and_gc_commands(rs, rdb, tmp_path):
     dry = run("index", "gc", "--tenant", tenant, "--dry-run")
     assert dry.exit_code == 0 and f"would drop {DEFAULT.index_id}" in dry.output
     assert index_counts(rdb, tenant, DEFAULT.index_id)[0] == 2
+
+
+def test_an_ingestion_that_a_switch_overtakes_is_repeated_for_the_new_index(rs, rdb, tmp_path):
+    from sluice.served import pin
+    from tasks.embed import get_embedder
+    from tasks.indexes import switch_served
+    from tasks.ingest import ingest_source
+    from tasks.ingest_served import ingest_served
+    from tasks.store import register_index
+
+    tenant = _tenant(rdb, "r-straggler")
+    folder = write_docs(tmp_path / "docs", 2)[0].parent
+    target = promote(rdb, SMALL)
+    seen = []
+
+    def once(config, embedder):
+        seen.append(config.index_id)
+        summary = ingest_source(rdb, tenant, config, embedder, folder, rs.max_file_bytes)
+        if len(seen) == 1:  # a rollout's switch commits after this run's documents were stored in the old index
+            with rdb.tenant(tenant) as conn:
+                register_index(conn, target, get_embedder(target.embedder).identity)
+                switch_served(conn, target)
+        return summary
+
+    with rdb.tenant(tenant) as conn:  # pinned to the default index before the promotion
+        register_index(conn, DEFAULT, get_embedder(DEFAULT.embedder).identity)
+        pin(conn, DEFAULT)
+    run = ingest_served(rs, rdb, tenant, "default", once)
+    assert seen == run.indexes == [DEFAULT.index_id, target.index_id]
+    assert run.summary.ingested == 2 and index_counts(rdb, tenant, target.index_id)[0] == 2
+
+
+def test_one_tenants_failure_does_not_stop_the_others(rs, rdb, tmp_path):
+    broken, fine = _tenant(rdb, "r-broken"), _tenant(rdb, "r-fine")
+    for tenant in (broken, fine):
+        ingest(rs, rdb, tenant, write_docs(tmp_path / tenant, 2)[0].parent)
+    target = promote(rdb, SMALL)
+    promote(rdb, {"embedder": {"model": str(tmp_path / "no-such-model")}}, tenant=broken)
+    ro = run_rollout(rs, rdb, None, "test")
+    assert ro.outcomes[broken] == "failed" and ro.outcomes[fine] == "switched"
+    assert "no-such-model" in tenant_row(rdb, broken, ro.rollout_id).error
+    assert served(rs, rdb, broken).index_id == DEFAULT.index_id and served(rs, rdb, fine).index_id == target.index_id

@@ -105,3 +105,17 @@ def test_cli_ingest_and_query_use_the_served_index_and_say_when_config_is_an_exp
     assert now.index_id == small.index_id and now.version > version
     answer = run("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
     assert json.loads(answer.stdout)["index_id"] == small.index_id
+
+
+def test_a_tenant_stored_without_a_row_is_pinned_before_a_promotion(migrated, db, new_tenant, embedder, tmp_path):
+    from sluice.served import pin_unpinned
+    from tasks.ingest import ingest_source
+
+    legacy, empty = new_tenant("legacy"), new_tenant("empty")
+    (tmp_path / "bees.md").write_text(BEES)
+    ingest_source(db, legacy, PipelineConfig(), embedder, tmp_path, 1_000_000)  # no row: as before 0008
+    assert not served(migrated, db, legacy).pinned
+    assert pin_unpinned(migrated, db, [legacy, empty]) == [legacy]  # promote_run and rollback call this first
+    small = promote(db, SMALL)
+    assert served(migrated, db, legacy).index_id == PipelineConfig().index_id
+    assert served(migrated, db, empty).index_id == small.index_id
