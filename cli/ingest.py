@@ -20,38 +20,80 @@ COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "e
 def ingest(
     source: Annotated[str, typer.Argument(help="A folder, a file or a glob.")],
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="Build this config's index instead (an experiment: not served)."),
+    ] = None,
     sync: Annotated[bool, typer.Option("--sync", help="Delete stored documents missing from SOURCE.")] = False,
     collection: Annotated[str, typer.Option("--collection", help="Collection within the tenant.")] = "default",
 ) -> None:
-    """Parse, chunk, embed and store every file of SOURCE; exit 1 when any document failed."""
-    from sluice.config import load_config
+    """Parse, chunk, embed and store every file of SOURCE into the tenant's served index; exit 1 on any failure."""
     from sluice.db import Database
-    from tasks.embed import get_embedder
-    from tasks.ingest import Run, begin, ingest_files, sync_deletions
-    from tasks.parse import ArchiveLimits
+    from tasks.ingest_served import ingest_served
     from tasks.store import validate_collection
 
     settings = load_settings()
     try:
         validate_collection(collection)
-        pipeline = load_config(config or settings.config_path)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
         with Database(settings) as db:
-            run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
-            run.collection = collection
-            run.archive_limits = ArchiveLimits.from_settings(settings)
-            files = begin(run, source)
-            with _progress() as progress:
-                _track(run, progress, len(files))
-                ingest_files(run, files)
-                if sync:
-                    sync_deletions(run, files)
+            once = _once(settings, db, tenant, source, sync, collection)
+            if config is None:
+                run = ingest_served(settings, db, tenant, collection, once)
+                summary, index_id, note = run.summary, run.index_id, _served_note(run.indexes)
+            else:
+                summary, index_id, note = _experiment(settings, db, tenant, collection, config, once)
     except SluiceError as exc:
         fail(exc)
-    print_summary(run.summary, pipeline.index_id)
-    if run.summary.failed:
+    print_summary(summary, index_id)
+    if note:
+        console.print(note, soft_wrap=True)
+    if summary.failed:
         raise typer.Exit(code=1)
+
+
+def _once(settings, db, tenant: str, source: str, sync: bool, collection: str):
+    """One ingestion of SOURCE into one config's index, with a progress bar."""
+    from tasks.ingest import Run, begin, ingest_files, sync_deletions
+    from tasks.parse import ArchiveLimits
+
+    def once(pipeline, embedder):
+        run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
+        run.collection = collection
+        run.archive_limits = ArchiveLimits.from_settings(settings)
+        files = begin(run, source)
+        with _progress() as progress:
+            _track(run, progress, len(files))
+            ingest_files(run, files)
+            if sync:
+                sync_deletions(run, files)
+        return run.summary
+
+    return once
+
+
+def _experiment(settings, db, tenant: str, collection: str, path: Path, once):
+    """Ingest into a --config index; the note says it is not what the tenant is served."""
+    from sluice.config import load_config
+    from sluice.served import served
+    from tasks.embed import get_embedder
+
+    pipeline = load_config(path)
+    summary = once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size))
+    serving = served(settings, db, tenant, collection).index_id
+    if serving == pipeline.index_id:
+        return summary, pipeline.index_id, None
+    note = (
+        f"index {pipeline.index_id} ({path}) was built for experiments: tenant {tenant} is served by index "
+        f"{serving}. It is served only after a rollout (`sluice champion promote` / `sluice champion rollout`) "
+        f"or `sluice index activate {pipeline.index_id} --tenant {tenant}`."
+    )
+    return summary, pipeline.index_id, note
+
+
+def _served_note(indexes: list[str]) -> str | None:
+    if len(indexes) < 2:
+        return None
+    return f"the served index switched during the run: documents were also stored in {', '.join(indexes[1:])}"
 
 
 def _progress() -> Progress:

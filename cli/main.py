@@ -13,7 +13,7 @@ import typer
 from cli import demo as cli_demo_api
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
-from cli.common import console
+from cli.common import console, err_console
 from cli.common import fail as _fail
 from cli.eval import register_eval_commands
 from cli.ingest import ingest as ingest_command
@@ -41,7 +41,6 @@ SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"
 SAMPLE_GOLD = PROJECT_ROOT / "data" / "sample" / "gold.jsonl"
 
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline config YAML.")]
 
 
 def _settings() -> Settings:
@@ -100,12 +99,6 @@ def tenant_create(tenant: str, name: Annotated[str, typer.Option(help="Display n
     console.print(f"tenant {tenant!r} {'created' if created else 'already exists'}")
 
 
-def _load_pipeline(settings: Settings, config: Path | None):
-    from sluice.config import load_config
-
-    return load_config(config or settings.config_path)
-
-
 CollectionOpt = Annotated[Optional[str], typer.Option("--collection", help="Collection within the tenant.")]
 FilterOpt = Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. {"doc.lang": "en"}.')]
 
@@ -114,32 +107,52 @@ FilterOpt = Annotated[Optional[str], typer.Option("--filter", help='Metadata fil
 def query(
     question: str,
     tenant: TenantOpt,
-    config: ConfigOpt = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="Answer from this config's index (an experiment).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     collection: CollectionOpt = None,
     filter_json: FilterOpt = None,
 ) -> None:
-    """Answer QUESTION from the tenant's documents, with citations."""
+    """Answer QUESTION from the tenant's documents (its served config and index), with citations."""
     from tasks.answer import answer_question
     from tasks.embed import get_embedder
     from tasks.routed import answerer_for
 
     settings = _settings()
     try:
-        pipeline = _load_pipeline(settings, config)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        answerer = answerer_for(settings, pipeline, embedder)
-        with _database(settings) as db, closing(answerer):
-            filters = cli_retrieval.parse_filter(filter_json)
-            result = answer_question(
-                db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
-            )
+        with _database(settings) as db:
+            pipeline = _query_config(settings, db, tenant, collection, config)
+            embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+            with closing(answerer_for(settings, pipeline, embedder)) as answerer:
+                filters = cli_retrieval.parse_filter(filter_json)
+                result = answer_question(
+                    db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
+                )
     except SluiceError as exc:
         _fail(exc)
     if as_json:
         print(json.dumps(_result_json(result), indent=2))
     else:
         _print_answer(result)
+
+
+def _query_config(settings: Settings, db, tenant: str, collection: str | None, path: Path | None):
+    """The tenant's served config, or with --config that config (said on stderr: it is not what is served)."""
+    from sluice.config import load_config
+    from sluice.served import served
+
+    serving = served(settings, db, tenant, collection or "default")
+    if path is None:
+        return serving.config
+    pipeline = load_config(path)
+    if pipeline.index_id != serving.index_id:
+        err_console.print(
+            f"experiment: answering from index {pipeline.index_id} of {path}; tenant {tenant} is served by index "
+            f"{serving.index_id}",
+            soft_wrap=True,
+        )
+    return pipeline
 
 
 def _result_json(result) -> dict:
@@ -174,19 +187,25 @@ def _print_answer(result) -> None:
 def demo() -> None:
     """Start the database, ingest the sample corpus into tenant 'demo', answer the sample questions."""
     from sluice.db import Database, create_tenant, migrate
+    from sluice.served import served
     from tasks.answer import answer_question
     from tasks.embed import get_embedder
     from tasks.ingest import ingest_source
+    from tasks.ingest_served import ingest_served
 
     settings = _settings()
     try:
         migrate(settings)
-        pipeline = _load_pipeline(settings, None)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
         with Database(settings) as db:
             create_tenant(db, "demo", "Demo tenant")
-            summary = ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
-            print_summary(summary, pipeline.index_id)
+
+            def once(pipeline, embedder):
+                return ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
+
+            run = ingest_served(settings, db, "demo", "default", once)
+            print_summary(run.summary, run.index_id)
+            pipeline = served(settings, db, "demo").config
+            embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
             for line in SAMPLE_GOLD.read_text().splitlines():
                 item = json.loads(line)
                 _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))

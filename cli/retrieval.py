@@ -115,3 +115,29 @@ def index_list(tenant: TenantOpt) -> None:
     for row in rows:
         table.add_row(row[0], row[1], str(row[2]), ", ".join(row[3]) or "-")
     console.print(table)
+
+
+@index_app.command("gc")
+def index_gc(
+    tenant: Annotated[Optional[str], typer.Option("--tenant", "-t", help="One tenant (default: every tenant).")] = None,
+    older_than_days: Annotated[
+        Optional[float], typer.Option(help="Keep an index a tenant left less than this many days ago.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be dropped.")] = False,
+) -> None:
+    """Drop indexes a tenant is neither served nor rolling out to (kept after a rollout for instant rollback)."""
+    from sluice.db import Database
+    from tasks.indexes import collect_garbage
+    from tasks.rollout import tenants_in_scope
+
+    settings = load_settings()
+    try:
+        with Database(settings) as db:
+            dropped = collect_garbage(settings, db, tenants_in_scope(db, tenant), older_than_days, dry_run)
+    except SluiceError as exc:
+        _fail(exc)
+    verb = "would drop" if dry_run else "dropped"
+    for name, indexes in dropped.items():
+        if indexes:
+            console.print(f"tenant {name}: {verb} {', '.join(indexes)}")
+    console.print(f"{sum(len(i) for i in dropped.values())} index(es) {verb} over {len(dropped)} tenant(s)")

@@ -1,4 +1,4 @@
-"""Promote a run's config to champion (MLflow alias + Postgres record), or roll back."""
+"""Promote a run's config to champion (MLflow alias + Postgres record), globally or for one tenant, or roll back."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from evals import tracking
 from sluice import champion
 from sluice.db import Database
 from sluice.errors import ConfigError
+from sluice.served import all_tenants, pin_unpinned
 from sluice.settings import Settings
 
 
@@ -18,10 +19,14 @@ def promote_run(
     reason: str,
     evaluated_on: str | None = None,
     metrics: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> champion.ChampionEvent:
-    """Register the run's config as a model version, point `champion` at it, record it in Postgres."""
+    """Register the run's config as a model version; make it the champion of every tenant, or of `tenant`."""
     from mlflow.exceptions import MlflowException
 
+    if tenant is not None:
+        with db.tenant(tenant):
+            pass  # UnknownTenantError names the fix before anything is registered
     mlc = tracking.client(settings)
     try:
         run = mlc.get_run(run_id)
@@ -32,8 +37,9 @@ def promote_run(
     if tagged != config.config_id:
         raise ConfigError(f"run {run_id}: config_id tag {tagged!r} does not match its config ({config.config_id})")
     champion.store_config(db, config)
+    pin_unpinned(settings, db, [tenant] if tenant else all_tenants(db))
     version = tracking.register_config_version(mlc, settings.registered_model, run_id, config.config_id)
-    tracking.set_champion_alias(mlc, settings.registered_model, version)
+    tracking.set_champion_alias(mlc, settings.registered_model, version, tenant)
     return champion.record_promotion(
         db,
         config.config_id,
@@ -42,12 +48,19 @@ def promote_run(
         evaluated_on=evaluated_on,
         reason=reason,
         metrics=metrics,
+        tenant=tenant,
     )
 
 
-def rollback(settings: Settings, db: Database, reason: str = "manual rollback") -> champion.ChampionEvent:
-    """Restore the previous champion in Postgres and move the MLflow alias back to its version."""
-    target = champion.record_rollback(db, reason)
-    if target.model_version:
-        tracking.set_champion_alias(tracking.client(settings), settings.registered_model, target.model_version)
+def rollback(
+    settings: Settings, db: Database, reason: str = "manual rollback", tenant: str | None = None
+) -> champion.ChampionEvent | None:
+    """Restore a scope's previous champion and its MLflow alias (None: the tenant follows the global one again)."""
+    pin_unpinned(settings, db, [tenant] if tenant else all_tenants(db))
+    target = champion.record_rollback(db, reason, tenant)
+    mlc = tracking.client(settings)
+    if target is None:
+        tracking.delete_champion_alias(mlc, settings.registered_model, tenant)
+    elif target.model_version:
+        tracking.set_champion_alias(mlc, settings.registered_model, target.model_version, tenant)
     return target

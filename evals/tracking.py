@@ -106,16 +106,31 @@ def register_config_version(mlc, model_name: str, run_id: str, config_id: str) -
     return str(version.version)
 
 
-def set_champion_alias(mlc, model_name: str, version: str) -> None:
-    mlc.set_registered_model_alias(model_name, "champion", version)
+def champion_alias(tenant: str | None = None) -> str:
+    """The registry alias of a champion scope: `champion` (global) or `champion-<tenant>`."""
+    return "champion" if tenant is None else f"champion-{tenant}"
 
 
-def champion_alias_version(mlc, model_name: str) -> str | None:
-    """The version the `champion` alias points at, or None."""
+def set_champion_alias(mlc, model_name: str, version: str, tenant: str | None = None) -> None:
+    mlc.set_registered_model_alias(model_name, champion_alias(tenant), version)
+
+
+def delete_champion_alias(mlc, model_name: str, tenant: str | None = None) -> None:
+    """Remove a scope's alias (a tenant handed back to the global champion)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(mlc.get_model_version_by_alias(model_name, "champion").version)
+        mlc.delete_registered_model_alias(model_name, champion_alias(tenant))
+    except MlflowException:
+        pass  # already gone: the end state is the same
+
+
+def champion_alias_version(mlc, model_name: str, tenant: str | None = None) -> str | None:
+    """The version a scope's champion alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlc.get_model_version_by_alias(model_name, champion_alias(tenant)).version)
     except MlflowException:
         return None
 

@@ -25,6 +25,7 @@ from sluice.errors import DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
 from tasks.ingest import IngestSummary, Prepared, Run, SourceFile, begin, flush, prepare_file, sync_deletions
+from tasks.ingest_served import ingest_served
 from tasks.parse import ArchiveLimits
 from tasks.store import validate_collection
 
@@ -102,14 +103,33 @@ def ingest(
     concurrency: int | None = None,
     collection: str = "default",
 ) -> State:
-    """Ingest every file of `source` into `tenant`'s index for the given pipeline config."""
+    """Ingest every file of `source` into `tenant`'s served index (or, given `config_path`, that config's index).
+
+    Without `config_path` (the deployments' default) the index is the one `sluice.served` names, the same
+    one serving reads, and a switch during the run is followed (tasks/ingest_served.py). With it, the run
+    builds an experiment's index, which is served only after a rollout or `sluice index activate`.
+    """
     settings = load_settings()
-    pipeline = load_config(Path(config_path) if config_path else settings.config_path)
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
     width = concurrency or settings.ingest_concurrency
     with Database(settings) as db:
+        run_once = _once(settings, db, tenant, source, sync, width, validate_collection(collection))
+        if config_path is None:
+            served = ingest_served(settings, db, tenant, collection, run_once)
+            return final_state(served.summary, served.index_id)
+        pipeline = load_config(Path(config_path))
+        summary = run_once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size))
+        get_run_logger().warning(
+            "index %s of %s is an experiment: not served until rolled out", pipeline.index_id, config_path
+        )
+    return final_state(summary, pipeline.index_id)
+
+
+def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: int, collection: str):
+    """One pass over the source into one config's index, as Prefect tasks."""
+
+    def once(pipeline, embedder) -> IngestSummary:
         run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
-        run.collection = validate_collection(collection)
+        run.collection = collection
         run.archive_limits = ArchiveLimits.from_settings(settings)
         files = list_task(run, source)
         pending: list[Prepared] = []
@@ -122,7 +142,9 @@ def ingest(
         _store(run, pending)
         if sync:
             sync_task(run, files)
-    return final_state(run.summary, pipeline.index_id)
+        return run.summary
+
+    return once
 
 
 def _route(run: Run, item: SourceFile, result, pending: list[Prepared]) -> list[Prepared]:

@@ -3,8 +3,9 @@
 Each worker process builds its database pool, loads the embedder and builds the config's `Answerer`
 (router + generator, with the LLM gateway's state shared through Redis when
 `SLUICE_ROUTING_STATE_URL` is set) once (at process start, through `worker_process_init`), never per
-task. The pipeline config is re-checked per task through `serving.config_source.active_config`, so a
-new config is used without a restart.
+task. Each task asks `serving.config_source.served_config` which config and index serve its tenant, so
+a rollout's switch, a promotion or a rollback is used without a restart; a query is embedded with the
+embedder of the index it reads.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from celery import Celery, Task
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
-from serving.cache import answer_cache_key, cache_put, corpus_version_of
+from serving.cache import answer_cache_key, cache_put
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
-from serving.config_source import active_config
+from serving.config_source import active_config, served_config
 from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
@@ -59,6 +60,8 @@ RETRY = {
 # A query past its soft limit gets SoftTimeLimitExceeded; past the hard one its process is replaced.
 QUERY_SOFT_LIMIT_S, QUERY_LIMIT_S = 60, 90
 TOO_MANY_PARAMETERS = "number of parameters must be between 0 and 65535"
+# Tenants on different configs (during a rollout) each keep their answerer instead of rebuilding it per query.
+MAX_ANSWERERS = 4
 # Each publish rewrites the whole list of pieces in the result backend: coalesce tokens that
 # arrive closer together than this (an LLM can emit hundreds per second).
 PUBLISH_INTERVAL_S = 0.02
@@ -92,19 +95,19 @@ class WorkerState:
         return self._embedders[config.embedder]
 
     def answerer(self, config: PipelineConfig) -> Answerer:
-        """The config's router and generator, built once; a new config replaces (and closes) the old one."""
+        """The config's router and generator, built once; the least recently used of too many is closed."""
         from tasks.llm.state import make_state
         from tasks.routed import answerer_for
 
         if config.config_id not in self._answerers:
-            for old in self._answerers.values():
-                old.close()
-            self._answerers.clear()
+            while len(self._answerers) >= MAX_ANSWERERS:
+                self._answerers.pop(next(iter(self._answerers))).close()
             if self._gateway_state is None:
                 self._gateway_state = make_state(self.settings.routing_state_url)
             self._answerers[config.config_id] = answerer_for(
                 self.settings, config, self.embedder(config), self._gateway_state
             )
+        self._answerers[config.config_id] = self._answerers.pop(config.config_id)  # most recently used last
         return self._answerers[config.config_id]
 
     def warm_up(self) -> None:
@@ -167,12 +170,13 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     t0 = time.perf_counter()
     check_payload(payload, query=True)  # the API's own model and filter limits, before any work
     tenant, question = payload["tenant"], payload["question"]
-    config = active_config(state.settings, state.db)
+    # Config, index and corpus version in one snapshot (one pipelined round trip), before retrieval: a switch
+    # or ingest after it bumps the version past the entry cached below. An unknown tenant reads version 0
+    # here and is refused by answer_question's own tenant check.
+    served = served_config(state.settings, state.db, tenant, payload.get("collection"))
+    config, version = served.config, served.version
     logs.bind(config_id=config.config_id)
-    embedder = state.embedder(config)
-    # Read before retrieval (a concurrent ingest bumps past this entry). One pipelined round trip;
-    # an unknown tenant reads 0 here and is refused by answer_question's own tenant check.
-    version = corpus_version_of(state.db, tenant)
+    embedder = state.embedder(config)  # the served index's embedder
     extra = {k: payload[k] for k in ("filters", "collection") if payload.get(k) is not None}
     unsupported = set(extra) - _parameters(answer_question)
     if unsupported:
@@ -183,7 +187,10 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     response = result_json(result, version)
     observe_answer(tenant, result)
     if state.settings.answer_cache:
-        key = answer_cache_key(question, payload.get("filters"), payload.get("collection"), config.config_id, version)
+        # The API looks entries up under the global champion's config id (it does not resolve tenants).
+        key = answer_cache_key(
+            question, payload.get("filters"), payload.get("collection"), served.key_config_id, version
+        )
         with state.db.tenant(tenant) as conn:
             cache_put(conn, tenant, key, response)
     response["timings_ms"]["worker_total"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -258,27 +265,24 @@ def ingest_target(settings: Settings, payload: dict) -> tuple[Path, Path | None]
 
 
 def run_ingest(state: WorkerState, payload: dict) -> dict:
-    """Ingest a named source (confined to the tenant's folder) or an upload folder."""
+    """Ingest a named source (confined to the tenant's folder) or an upload folder into the served index."""
     from tasks.ingest import ingest_source
+    from tasks.ingest_served import ingest_served
     from tasks.parse import ArchiveLimits
 
     check_payload(payload, query=False)
-    config = active_config(state.settings, state.db)
-    logs.bind(config_id=config.config_id)
-    embedder = state.embedder(config)
     settings = state.settings
     limits = ArchiveLimits.from_settings(settings)
+    tenant = payload["tenant"]
     source, folder = ingest_target(settings, payload)
-    summary = ingest_source(
-        state.db,
-        payload["tenant"],
-        config,
-        embedder.inner,
-        source,
-        settings.max_file_bytes,
-        archive_limits=limits,
-        confine_to=folder,
-    )
+
+    def once(config: PipelineConfig, embedder) -> Any:
+        logs.bind(config_id=config.config_id)
+        cap = settings.max_file_bytes
+        return ingest_source(state.db, tenant, config, embedder, source, cap, archive_limits=limits, confine_to=folder)
+
+    served = ingest_served(settings, state.db, tenant, "default", once)
+    summary = served.summary
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))
     log.info("ingest finished", extra={"documents": summary.ingested, "chunks": summary.chunks})
@@ -288,7 +292,7 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
         metrics.INGEST_DOCS.labels(outcome).inc(out[outcome])
     metrics.INGEST_CHUNKS.inc(summary.chunks)
     metrics.INGEST_ERRORS.inc(len(summary.errors))
-    return {**out, "index_id": config.index_id, "errors": [str(e) for e in summary.errors]}
+    return {**out, "index_id": served.index_id, "errors": [str(e) for e in summary.errors]}
 
 
 def _remove_tree(path: Path) -> None:

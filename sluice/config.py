@@ -117,6 +117,7 @@ ChunkerConfig = Annotated[
 class EmbedderConfig(_Frozen):
     kind: Literal["sentence_transformers"] = "sentence_transformers"
     model: str = Field(default="all-MiniLM-L6-v2", description="Packaged model name or a local folder.")
+    # Below the model's own dimension: its vectors truncated to `dim` (and normalised again), another space.
     dim: int = Field(default=384, ge=8, le=4096)
     normalize: bool = True
     precision: Literal["float32"] = "float32"

@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -81,6 +89,20 @@ INGEST_DOCS = Counter("sluice_ingest_documents_total", "Documents by ingestion o
 INGEST_CHUNKS = Counter("sluice_ingest_chunks_total", "Chunks written by ingestion.")
 INGEST_ERRORS = Counter("sluice_ingest_errors_total", "Per-document ingestion errors.")
 EVAL_RUNS = Counter("sluice_eval_runs_total", "Evaluation flow runs.", ["outcome"])
+
+# ------------------------------------------------------------------ rollout (flow or CLI process)
+ROLLOUT_DOCS = Gauge(
+    "sluice_rollout_documents",
+    "Documents of a tenant's rollout: in the tenant (total), in the target index (done), not buildable (failed).",
+    ["tenant", "state"],
+    multiprocess_mode="mostrecent",
+)
+
+
+def observe_rollout(tenant: str, done: int, total: int, failed: int) -> None:
+    """Publish one tenant's rollout progress (the driver's `on_progress`)."""
+    for name, value in (("done", done), ("total", total), ("failed", failed)):
+        ROLLOUT_DOCS.labels(tenant, name).set(value)
 
 
 def configure(settings: Settings) -> None:

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     )
     ingest_concurrency: int = Field(default=2, ge=1, le=64, description="Documents parsed at once by the flow.")
     offline: bool = Field(default=True, description="Switch off every dependency's telemetry and model-hub access.")
+    rollout_concurrency: int = Field(default=2, ge=1, le=64, description="Tenants a rollout builds at once.")
+    rollout_batch_docs: int = Field(default=32, ge=1, description="Documents a rollout builds per step.")
+    index_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="When a rollout ends, drop the indexes its tenants were switched away from at least this many "
+        "days ago; unset = keep them (instant rollback) until `sluice index gc`.",
+    )
     serve_champion: bool = Field(
         default=True, description="Serve the promoted champion config; false = always the configured default."
     )

@@ -17,7 +17,7 @@ from sluice.db import Database
 from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer
-from tasks.indexes import active_index
+from tasks.parents import with_parents
 from tasks.retrieve import Hit, retrieve
 from tasks.route import RouteDecision
 from tasks.routed import Answerer, build_answerer
@@ -49,8 +49,10 @@ def answer_question(
     answerer: Answerer | None = None,
     on_piece: Callable[[str], None] | None = None,
 ) -> QueryResult:
-    """Retrieve the top-k chunks (of the collection's active index, else the config's), route, and answer.
+    """Retrieve the top-k chunks of `config`'s index (parent_child: their parent sections), route, and answer.
 
+    Pass the served config (`sluice.served`) to answer as the tenant is served, or any other config to
+    answer from its index (an experiment); `embedder` must be that index's embedder (checked).
     `filters` is a metadata filter (sluice.filters); `collection` restricts the search to one collection.
     `answerer` is the config's router and generator, built once by long-lived callers (a worker, an
     evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
@@ -66,9 +68,9 @@ def answer_question(
     if collection is not None:
         filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
     with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
-        index_id = active_index(conn, collection or "default") or config.index_id
+        index_id = config.index_id
         check_embedder(conn, index_id, embedder.identity)
-        hits = retrieve(conn, index_id, question, qvec, config.retrieval, filters)
+        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, config.retrieval, filters))
         span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
     hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000

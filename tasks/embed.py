@@ -130,6 +130,8 @@ class Embedder:
             path = resolve_model_path(self.config.model)
             model = SentenceTransformer(str(path), device="cpu")
             dim = model.get_embedding_dimension()
+            if self.config.dim < dim:  # Matryoshka-style: the first `dim` components, normalised again
+                model.truncate_dim = dim = self.config.dim
             if dim != self.config.dim:
                 raise ConfigError(
                     f"embedder {self.config.model!r} produces {dim}-d vectors but the config says dim={self.config.dim}"

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import psycopg
 
+from sluice.config import PipelineConfig
+from sluice.db import Database
 from sluice.errors import QueryError
+from sluice.served import Resolver, pin
+from sluice.settings import Settings
+
+# Class id of the per-tenant advisory lock between document stores (shared) and served-index switches
+# (exclusive): a switch's completeness check sees every store that committed before it, and none in between.
+_SERVING_LOCK = 0x5C1D0
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,60 @@ def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str
         "WHERE a.index_id = c.index_id), '{}') "
         "FROM chunks c JOIN indexes i USING (index_id) GROUP BY c.index_id, i.embedder_model ORDER BY c.index_id"
     ).fetchall()
+
+
+def hold_store_lock(conn: psycopg.Connection) -> None:
+    """Take the tenant's serving lock shared, until the transaction ends (every document store does)."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock_shared(%s, hashtext(current_setting('app.tenant_id')))", (_SERVING_LOCK,)
+    )
+
+
+def hold_switch_lock(conn: psycopg.Connection) -> None:
+    """Take the tenant's serving lock exclusively, until the transaction ends: no document store commits meanwhile."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_setting('app.tenant_id')))", (_SERVING_LOCK,))
+
+
+def switch_served(conn: psycopg.Connection, config: PipelineConfig) -> str | None:
+    """Serve every collection of the tenant with `config` and its index; return the index the default row had.
+
+    Runs in the caller's transaction (a rollout's switch, after its completeness check). Each changed row
+    keeps what it replaces (`previous_index`, `previous_config`) and bumps the tenant's corpus version.
+    """
+    before = active_index(conn, "default")
+    conn.execute(
+        "UPDATE active_indexes SET previous_index = index_id, previous_config = config_id, index_id = %s, "
+        "config_id = %s, switched_at = now() WHERE index_id <> %s OR config_id IS DISTINCT FROM %s",
+        (config.index_id, config.config_id, config.index_id, config.config_id),
+    )
+    pin(conn, config)  # a tenant without any row gets its default one
+    return before
+
+
+def collectable(conn: psycopg.Connection, keep: set[str], min_age_days: float | None = None) -> list[str]:
+    """The tenant's indexes no collection serves, `keep` aside (and, given an age, any a row left more recently)."""
+    if min_age_days is not None:
+        left = conn.execute(
+            "SELECT previous_index FROM active_indexes WHERE previous_index IS NOT NULL "
+            "AND switched_at > now() - make_interval(secs => %s)",
+            (min_age_days * 86400,),
+        ).fetchall()
+        keep = keep | {r[0] for r in left}
+    rows = conn.execute(
+        "SELECT DISTINCT index_id FROM indexed_documents WHERE index_id NOT IN (SELECT index_id FROM active_indexes)"
+    ).fetchall()
+    return sorted(r[0] for r in rows if r[0] not in keep)
+
+
+def collect_garbage(
+    settings: Settings, db: Database, tenants: list[str], min_age_days: float | None = None, dry_run: bool = False
+) -> dict[str, list[str]]:
+    """Drop each tenant's indexes that it is neither served nor rolling out to; return them per tenant."""
+    resolver, out = Resolver(), {}
+    for tenant in tenants:
+        served = resolver.served(settings, db, tenant)
+        with db.tenant(tenant) as conn:
+            out[tenant] = collectable(conn, {served.index_id, served.target.index_id}, min_age_days)
+            for index_id in [] if dry_run else out[tenant]:
+                drop_index(conn, index_id)
+    return out

@@ -27,6 +27,7 @@ from sluice.db import Database
 from sluice.errors import DocumentError, SourceError
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
+from tasks.indexes import hold_store_lock
 from tasks.parse import ArchiveLimits, ParsedDocument, content_hash, parse_file
 from tasks.store import (
     DocumentState,
@@ -238,6 +239,11 @@ class CachedEncoder:
         return np.vstack([vectors[text_hash(t)] for t in texts])
 
 
+def source_uri(item: SourceFile) -> str | None:
+    """The file's absolute path, kept so a rollout can re-read it when the parser changes (None: no file)."""
+    return str(item.path.resolve()) if item.path.is_file() else None
+
+
 def store_prepared(
     db: Database,
     tenant: str,
@@ -253,9 +259,10 @@ def store_prepared(
     matrix = np.vstack([vectors[h] for h in hashes])
     try:
         with db.tenant(tenant) as conn:
+            hold_store_lock(conn)  # first, before any row lock: a rollout's switch waits for this store
             cache_embeddings(conn, model_key, {h: fresh[h] for h in hashes if h in fresh})
             meta = {**prep.doc.metadata, "source": prep.item.source_id}
-            document_id, _ = upsert_document(conn, prep.doc, meta, collection)
+            document_id, _ = upsert_document(conn, prep.doc, meta, collection, source_uri(prep.item))
             replace_chunks(conn, document_id, config.index_id, prep.doc.content_hash, prep.chunks, matrix)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # this document's data, not the database
         raise DocumentError(prep.item.source_id, "store", f"{type(exc).__name__}: {exc}") from exc

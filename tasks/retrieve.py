@@ -41,6 +41,13 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     mode: str = "dense"
     config_id: str = ""
+    # parent_child: `text`/`start`/`end` are the parent section, and this the retrieved child's span inside it
+    cite: tuple[int, int] | None = None
+
+    @property
+    def citation(self) -> tuple[int, int]:
+        """The span an answer built from this hit cites: the child that matched, else the hit itself."""
+        return self.cite or (self.start, self.end)
 
 
 _COLUMNS = "c.chunk_id, d.public_id::text AS document_id, d.source_id, c.char_start, c.char_end, c.text, c.metadata"

@@ -19,6 +19,7 @@ from sluice.config import PipelineConfig
 from sluice.errors import ConfigError, EmbedderMismatchError
 from tasks.chunk import Chunk
 from tasks.embed import EmbedderIdentity
+from tasks.indexes import hold_store_lock
 from tasks.parse import ParsedDocument
 
 
@@ -109,13 +110,19 @@ def upsert_document(
     doc: ParsedDocument,
     metadata: dict[str, Any],
     collection: str = "default",
+    source_uri: str | None = None,
 ) -> tuple[int, bool]:
-    """Insert or update a document row (in `collection`); return (document_id, content_changed)."""
+    """Insert or update a document row (in `collection`); return (document_id, content_changed).
+
+    Element spans are kept so a rollout can re-chunk the stored text without re-parsing, and `source_uri`
+    (the file's absolute path) so it can re-read the original bytes when the parser changes.
+    """
+    elements = Jsonb(element_spans(doc))
     inserted = conn.execute(
-        "INSERT INTO documents (tenant_id, source_id, content_hash, metadata, text, collection) "
-        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s, %s) "
+        "INSERT INTO documents (tenant_id, source_id, content_hash, metadata, text, collection, elements, source_uri) "
+        "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (tenant_id, source_id) DO NOTHING RETURNING document_id",
-        (doc.source_id, doc.content_hash, Jsonb(metadata), doc.text, collection),
+        (doc.source_id, doc.content_hash, Jsonb(metadata), doc.text, collection, elements, source_uri),
     ).fetchone()
     if inserted:
         return inserted[0], True
@@ -124,16 +131,31 @@ def upsert_document(
     ).fetchone()
     set_collection(conn, doc.source_id, collection)
     if stored_hash == doc.content_hash:
+        _refresh(conn, document_id, elements, source_uri)
         return document_id, False
     # New content: every index's chunks of the old text are stale (their spans point into it).
     conn.execute("DELETE FROM chunks WHERE document_id = %s", (document_id,))
     conn.execute("DELETE FROM indexed_documents WHERE document_id = %s", (document_id,))
     conn.execute(
-        "UPDATE documents SET content_hash = %s, text = %s, metadata = %s, status = 'ingested', "
-        "updated_at = now() WHERE document_id = %s",
-        (doc.content_hash, doc.text, Jsonb(metadata), document_id),
+        "UPDATE documents SET content_hash = %s, text = %s, metadata = %s, status = 'ingested', elements = %s, "
+        "source_uri = %s, updated_at = now() WHERE document_id = %s",
+        (doc.content_hash, doc.text, Jsonb(metadata), elements, source_uri, document_id),
     )
     return document_id, True
+
+
+def _refresh(conn: psycopg.Connection, document_id: int, elements: Jsonb, source_uri: str | None) -> None:
+    """Same bytes again: fill what a row stored before 0008 lacks, and follow a file that moved."""
+    conn.execute(
+        "UPDATE documents SET elements = coalesce(elements, %s), source_uri = coalesce(%s, source_uri) "
+        "WHERE document_id = %s",
+        (elements, source_uri, document_id),
+    )
+
+
+def element_spans(doc: ParsedDocument) -> list[list[Any]]:
+    """The document's elements as [kind, start, end] rows (all a chunker reads of them)."""
+    return [[e.kind, e.start, e.end] for e in doc.elements]
 
 
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -166,6 +188,7 @@ def replace_chunks(
     vectors: np.ndarray,
 ) -> None:
     """Make `chunks` this index's chunks of the document, in the caller's transaction."""
+    hold_store_lock(conn)  # a rollout's switch never slips between this store and its completeness check
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS chunk_stage (ordinal int, char_start int, char_end int, text text, "
         "metadata jsonb, dim int, embedding vector) ON COMMIT DELETE ROWS"
@@ -191,11 +214,16 @@ def replace_chunks(
         "DELETE FROM chunks WHERE document_id = %s AND index_id = %s AND ordinal >= %s",
         (document_id, index_id, len(chunks)),
     )
+    _mark_indexed(conn, document_id, index_id, content, len(chunks))
+
+
+def _mark_indexed(conn: psycopg.Connection, document_id: int, index_id: str, content: str, chunks: int) -> None:
+    """Record which version of the document the index now holds, and in how many chunks."""
     conn.execute(
         "INSERT INTO indexed_documents (tenant_id, document_id, index_id, content_hash, chunk_count) "
         "VALUES (current_setting('app.tenant_id'), %s, %s, %s, %s) ON CONFLICT (tenant_id, document_id, index_id) "
         "DO UPDATE SET content_hash = EXCLUDED.content_hash, chunk_count = EXCLUDED.chunk_count, indexed_at = now()",
-        (document_id, index_id, content, len(chunks)),
+        (document_id, index_id, content, chunks),
     )
 
 

@@ -101,3 +101,17 @@ def test_a_long_encode_runs_in_slices_with_every_vector_in_its_place(embedder):
     whole = embedder._encode(texts)  # one model call over the whole list
     np.testing.assert_allclose(sliced, whole, atol=1e-5)
     assert not np.allclose(sliced[0], sliced[1], atol=1e-3)  # distinct texts, distinct rows
+
+
+def test_a_smaller_dim_is_the_packaged_model_truncated_another_space(embedder):
+    from sluice.config import EmbedderConfig
+    from tasks.embed import Embedder
+
+    short = Embedder(EmbedderConfig(dim=256))
+    texts = ["Masks reduce droplet spread.", "Ventilation matters indoors."]
+    vectors = short.encode(texts)
+    assert vectors.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # normalised after truncation
+    full = embedder.encode(texts)[:, :256]
+    np.testing.assert_allclose(vectors, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5)
+    assert short.identity.dim == 256 and short.identity.key != embedder.identity.key  # its own cache and index

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -64,7 +65,7 @@ def test_flow_logs_runs_metrics_and_artifacts(env, db):
     before = champion.current_champion_id(db)
     runs = REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) or 0
     with prefect_test_harness(server_startup_timeout=180):  # the ephemeral server starts slowly on a busy machine
-        out = evaluate(grid_path)
+        out = evaluate(grid_path, roll_out=False)  # a rollout to every tenant of the test database: tests/test_rollout*
     assert REGISTRY.get_sample_value("sluice_eval_runs_total", {"outcome": "ok"}) == runs + 1
     ids = [c.config_id for c in expand(load_grid(grid_path))]
     mlc = MlflowClient(settings.tracking_uri)
@@ -88,6 +89,29 @@ def test_flow_logs_runs_metrics_and_artifacts(env, db):
     assert len(table["data"]) == len(children)
     if out["promoted"]:
         assert champion.current_champion_id(db) == out["promoted"]
+
+
+def test_a_flow_run_that_fails_closes_its_mlflow_parent_run(env, db):
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.evaluate import evaluate
+
+    settings, tmp, gold = env
+    grid_path = write_grid(tmp, "broken", [{"kind": "recursive"}], [{"mode": "dense", "k": 5}], "ndcg_at_10", gold)
+    grid = json.loads(Path(grid_path).read_text())
+    # Answering needs a router model that is not there: the flow fails after the parent run was opened.
+    tiers = {t: {"model": "m", "replicas": ["http://127.0.0.1:9/v1"]} for t in ("small", "large")}
+    grid["base"] = {"generator": {"kind": "openai", "tiers": tiers}}
+    grid["routing"] = [{"policy": "classifier", "model_path": str(tmp / "missing.npz"), "model_sha256": "0" * 64}]
+    Path(grid_path).write_text(json.dumps(grid))
+    with prefect_test_harness(server_startup_timeout=120):
+        state = evaluate(grid_path, return_state=True)
+    assert state.is_failed() and "missing.npz" in state.message
+    mlc = MlflowClient(settings.tracking_uri)
+    experiment = mlc.get_experiment_by_name(settings.mlflow_experiment)
+    (parent,) = mlc.search_runs([experiment.experiment_id], "attributes.run_name = 'eval broken'")
+    assert parent.info.status == "FAILED" and parent.info.end_time is not None
 
 
 def _set_champion(db, config) -> None:

@@ -24,6 +24,7 @@ TENANT_TABLES = (
     "corpus_versions",
     "rate_buckets",
     "dead_letters",
+    "rollout_tenants",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)

@@ -158,11 +158,11 @@ def test_drop_only_on_request_and_never_the_active_index(db, new_tenant, run):
             activate_index(conn, SYNTHETIC.index_id)
 
 
-def test_query_against_an_active_space_of_another_embedder_is_refused(db, new_tenant, pipeline, embedder):
+def test_query_against_a_space_of_another_embedder_is_refused(db, new_tenant, embedder):
     tenant = new_tenant("mismatch")
     _two_spaces(db, tenant, n=20)
     with pytest.raises(EmbedderMismatchError, match="synthetic-random-unit"):
-        answer_question(db, tenant, pipeline, embedder, "anything")
+        answer_question(db, tenant, SYNTHETIC, embedder, "anything")
 
 
 # ---------------------------------------------------------------- eval-retrieval

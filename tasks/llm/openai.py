@@ -58,7 +58,8 @@ def cited(text: str, contexts: list[Hit]) -> tuple[Citation, ...]:
         n = int(match.group(1))
         if 1 <= n <= len(contexts) and n not in seen:
             seen.append(n)
-    return tuple(Citation(h.source_id, h.document_id, h.start, h.end, h.score) for h in (contexts[n - 1] for n in seen))
+    hits = (contexts[n - 1] for n in seen)
+    return tuple(Citation(h.source_id, h.document_id, *h.citation, h.score) for h in hits)
 
 
 class OpenAIChat(Generator):
