@@ -237,16 +237,16 @@ class StreamPublisher:
 def run_ingest(state: WorkerState, payload: dict) -> dict:
     """Ingest a validated source (a folder under the allowed root, or an upload folder)."""
     from tasks.ingest import ingest_source
-    from tasks.parse import ArchiveLimits
+    from tasks.parse_limits import ParseLimits
 
     config = active_config(state.settings, state.db)
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)
     settings = state.settings
-    limits = ArchiveLimits.from_settings(settings)
+    limits = ParseLimits.from_settings(settings)
     source, tenant = payload["source"], payload["tenant"]
     summary = ingest_source(
-        state.db, tenant, config, embedder.inner, source, settings.max_file_bytes, archive_limits=limits
+        state.db, tenant, config, embedder.inner, source, settings.max_file_bytes, parse_limits=limits
     )
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))

@@ -29,7 +29,7 @@ def ingest(
     from sluice.db import Database
     from tasks.embed import get_embedder
     from tasks.ingest import Run, begin, ingest_files, sync_deletions
-    from tasks.parse import ArchiveLimits
+    from tasks.parse_limits import ParseLimits
     from tasks.store import validate_collection
 
     settings = load_settings()
@@ -40,7 +40,7 @@ def ingest(
         with Database(settings) as db:
             run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
             run.collection = collection
-            run.archive_limits = ArchiveLimits.from_settings(settings)
+            run.parse_limits = ParseLimits.from_settings(settings)
             files = begin(run, source)
             with _progress() as progress:
                 _track(run, progress, len(files))

@@ -26,7 +26,9 @@ from sluice.db import Database
 from sluice.errors import DocumentError, SourceError
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
-from tasks.parse import ArchiveLimits, ParsedDocument, content_hash, parse_file
+from tasks.parse import ParsedDocument, content_hash
+from tasks.parse_limits import ParseLimits
+from tasks.parse_process import parse_bounded
 from tasks.store import (
     DocumentState,
     cache_embeddings,
@@ -153,9 +155,9 @@ def prepare_file(
     item: SourceFile,
     max_bytes: int,
     collection: str = "default",
-    limits: ArchiveLimits | None = None,
+    limits: ParseLimits | None = None,
 ) -> Prepared | None:
-    """Read, parse and chunk one file; None when this index already holds this exact version."""
+    """Read, parse (in a bounded child process) and chunk one file; None when this index already holds this version."""
     data = read_file(item, max_bytes)
     digest = content_hash(data)
     with db.tenant(tenant) as conn:
@@ -164,7 +166,7 @@ def prepare_file(
         with db.tenant(tenant) as conn:
             set_collection(conn, item.source_id, collection)
         return None
-    doc = parse_file(item.path, item.source_id, config.parser, data, limits)
+    doc = parse_bounded(item.path, item.source_id, config.parser, data, limits)
     try:
         chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     except Exception as exc:
@@ -266,7 +268,7 @@ class Run:
     on_embed: Callable[[int], None] | None = None
     summary: IngestSummary = field(default_factory=lambda: IngestSummary(run_id=uuid.uuid4().hex))
     collection: str = "default"
-    archive_limits: ArchiveLimits | None = None  # None = the Settings defaults
+    parse_limits: ParseLimits | None = None  # None = the Settings defaults
 
     def fail(self, err: DocumentError, item: SourceFile) -> None:
         self.summary.failed += 1
@@ -347,7 +349,7 @@ def ingest_files(run: Run, files: Iterable[SourceFile]) -> IngestSummary:
     for item in files:
         try:
             prep = prepare_file(
-                run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.archive_limits
+                run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.parse_limits
             )
         except DocumentError as err:
             run.fail(err, item)
@@ -385,12 +387,12 @@ def ingest_source(
     batch_chunks: int = 256,
     on_embed: Callable[[int], None] | None = None,
     collection: str = "default",
-    archive_limits: ArchiveLimits | None = None,
+    parse_limits: ParseLimits | None = None,
 ) -> IngestSummary:
     """Ingest every file of a source into a collection; failures are recorded per document, the run goes on."""
     validate_collection(collection)
     run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, collection=collection)
-    run.archive_limits = archive_limits
+    run.parse_limits = parse_limits
     files = begin(run, source)
     ingest_files(run, files)
     if sync:
