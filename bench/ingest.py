@@ -13,7 +13,10 @@ loaded and unstructured imported before the clock starts. Baseline (raw encode) 
                    scripts/bench-venv.sh): store alone (vectors given) and end to end (--e2e-limit docs)
     --peer-tuned   with --langchain: each round also runs PGVector with MALLOC_*_THRESHOLD_ set, the
                    allocator tuning Sluice's embedder applies to itself
+    --isolation    parsing in the ingesting process (as before bounded parsing) vs in the bounded parse
+                   process (tasks.parse_process), interleaved: cold ingests and warm-cache ones
     --skip-encode  skip the ingest vs raw encode comparison (e.g. to run only the above)
+    --data DIR     the shared data folder (covid_qa/, example-docs/); default ../shared/data
 Vectors for --warm/--langchain come from tenant 'bench-cache' (seeded from every bench tenant's cache),
 so the model only runs for chunk texts no earlier bench run embedded.
 """
@@ -35,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-COVID = ROOT.parent / "shared" / "data" / "covid_qa" / "docs.jsonl"
-EXAMPLES = ROOT.parent / "shared" / "data" / "example-docs"
+DATA = ROOT.parent / "shared" / "data"  # --data overrides (a worktree's parent has no shared/)
 BENCH_DB = "sluice_bench"
 LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")  # scripts/bench-venv.sh builds it
 
@@ -44,7 +46,7 @@ LANGCHAIN_PYTHON = Path("/work/bench-venv/bin/python")  # scripts/bench-venv.sh 
 def write_corpus(folder: Path, limit: int | None) -> int:
     """One .txt file per covid_qa document."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = COVID.read_text().splitlines()[:limit]
+    lines = (DATA / "covid_qa" / "docs.jsonl").read_text().splitlines()[:limit]
     for line in lines:
         doc = json.loads(line)
         (folder / f"{doc['doc_id']}.txt").write_text(doc["text"])
@@ -54,11 +56,13 @@ def write_corpus(folder: Path, limit: int | None) -> int:
 # ---------------------------------------------------------------- child process
 def child(mode: str, source: str, tenant: str) -> dict:
     sys.path.insert(0, str(ROOT))
+    import tasks.ingest
     from sluice.db import Database
     from sluice.settings import load_settings
     from tasks.embed import get_embedder
     from tasks.ingest import ingest_source, list_source
     from tasks.parse import parse_file
+    from tasks.parse_process import parse_bounded
 
     settings = load_settings(db_name=BENCH_DB)
     from sluice.config import PipelineConfig
@@ -69,8 +73,15 @@ def child(mode: str, source: str, tenant: str) -> dict:
     files = list_source(source)
     from tasks.chunk import make_chunker
 
-    # Imports unstructured and the chunker's splitter library before the clock (PGVector's side too).
-    make_chunker(pipeline.chunker, embedder).split(parse_file(files[0].path, "warm-up", pipeline.parser))
+    # Imports unstructured (in the parse process for `ingest`) and the chunker's splitter library before the
+    # clock (PGVector's side too). `ingest-inproc` parses in this process, as ingestion did before bounded parsing.
+    warm_parse = parse_bounded if mode == "ingest" else parse_file
+    started = time.perf_counter()
+    warm_doc = warm_parse(files[0].path, "warm-up", pipeline.parser, files[0].path.read_bytes())
+    make_chunker(pipeline.chunker, embedder).split(warm_doc)
+    warm_up_s = time.perf_counter() - started
+    if mode == "ingest-inproc":
+        tasks.ingest.parse_bounded = parse_file
     if mode == "idle":  # the floor every ingest child starts from: model loaded, unstructured imported
         return {"mode": mode, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if mode in ("prep", "store", "parts"):
@@ -103,7 +114,18 @@ def child(mode: str, source: str, tenant: str) -> dict:
         out["cpu_seconds"] = time.process_time() - cpu  # this process only: Postgres' share is not in it
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = round(os.getloadavg()[1], 1)  # 5-minute load average at the end: the machine is shared
+    out = {**out, "warm_up_s": round(warm_up_s, 2), "parser_peak_mb": _parser_peak_mb()}
     return {"mode": mode, "seconds": seconds, "rss_mb": rss_mb, "docs": len(files), "load5": load, **out}
+
+
+def _parser_peak_mb() -> float | None:
+    """Peak RSS of this process's parse process (VmHWM), when it has one."""
+    from tasks.parse_process import parse_pool
+
+    for pid in parse_pool().pids():
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
+    return None
 
 
 def store_child(mode: str, files: list, data: Path, settings, pipeline, embedder) -> dict:
@@ -208,6 +230,7 @@ def new_tenant(prefix: str) -> str:
 
 
 def main() -> None:
+    global DATA
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="first N covid_qa documents only")
@@ -219,6 +242,8 @@ def main() -> None:
     parser.add_argument("--langchain", action="store_true", help=f"also compare PGVector ({LANGCHAIN_PYTHON})")
     parser.add_argument("--e2e-limit", type=int, default=10, help="documents in the end-to-end PGVector comparison")
     parser.add_argument("--peer-tuned", action="store_true", help="also run PGVector with malloc tuned by env vars")
+    parser.add_argument("--isolation", action="store_true", help="in-process parse vs the bounded parse process")
+    parser.add_argument("--data", type=Path, default=DATA, help="shared data folder (covid_qa/, example-docs/)")
     parser.add_argument(
         "--memory-files", nargs="*", default=["example-10k.html"], help="example-docs files ingested alone for peak RSS"
     )
@@ -226,6 +251,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
+    DATA = args.data
     sys.path.insert(0, str(ROOT))
     from sluice.db import migrate
     from sluice.settings import load_settings
@@ -242,6 +268,8 @@ def main() -> None:
             print(json.dumps(results["langchain"]), flush=True)
         if args.warm:
             results["warm"] = warm(Path(tmp), corpus, args.repeats)
+        if args.isolation:
+            results["isolation"] = isolation(corpus, args.repeats)
         if not args.skip_memory:
             results["memory"] = memory(Path(tmp), args.memory_files)
     print(json.dumps(results, indent=2))
@@ -330,6 +358,33 @@ def warm(tmp: Path, corpus: Path, repeats: int) -> dict:
     return {"rounds": rounds}
 
 
+def isolation(corpus: Path, repeats: int) -> dict:
+    """`ingest` (parse process) vs `ingest-inproc` (as before), who goes first alternating: a cold ingest (the
+    model runs) and a warm one (cache seeded: everything but the model) each, every one into a fresh tenant.
+    The overhead is the warm difference over the cold ingest: the model's noise is not in the numerator."""
+    rounds = []
+    for i in range(repeats):
+        got = {}
+        for mode in ("ingest-inproc", "ingest")[:: 1 if i % 2 == 0 else -1]:
+            cold = run_child(mode, corpus, new_tenant("iso"))
+            seeded_cache_tenant()  # now holds the vectors the cold run computed
+            tenant = new_tenant("iso-warm")
+            seed_cache(tenant)
+            warm_run = run_child(mode, corpus, tenant)
+            assert cold["failed"] == warm_run["failed"] == 0 and warm_run["embedded"] == 0
+            got[mode] = (cold["seconds"], warm_run["seconds"], cold["warm_up_s"])
+        (old_cold, old_warm, old_start), (new_cold, new_warm, new_start) = got["ingest-inproc"], got["ingest"]
+        rounds.append(
+            {
+                "cold_s": [round(old_cold, 2), round(new_cold, 2)],
+                "warm_s": [round(old_warm, 3), round(new_warm, 3)],
+                "start_s": [old_start, new_start],
+                "overhead_of_cold_ingest": round((new_warm - old_warm) / new_cold, 4),
+            }
+        )
+    return {"rounds": rounds, "median_overhead": statistics.median(r["overhead_of_cold_ingest"] for r in rounds)}
+
+
 # What Sluice's embedder does from inside (tasks.embed.keep_freed_tensor_memory), set from outside for PGVector.
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
@@ -412,14 +467,16 @@ def _ratios(pairs: list[tuple[dict, dict]]) -> dict:
 
 def memory(tmp: Path, names: list[str]) -> dict:
     """Peak RSS of one ingest of each large single file: it must not grow with corpus size."""
-    out = {"idle_rss_mb": round(run_child("idle", EXAMPLES / "README.md", "-")["rss_mb"])}
+    examples = DATA / "example-docs"
+    out = {"idle_rss_mb": round(run_child("idle", examples / "README.md", "-")["rss_mb"])}
     for name in names:
         folder = tmp / name.replace(".", "_")
         folder.mkdir()
-        (folder / name).symlink_to(EXAMPLES / name)
+        (folder / name).symlink_to(examples / name)
         result = run_child("ingest", folder, new_tenant("mem"))
         out[name] = {
             "rss_mb": round(result["rss_mb"]),
+            "parser_peak_mb": result["parser_peak_mb"] and round(result["parser_peak_mb"]),
             "seconds": round(result["seconds"], 1),
             "chunks": result["chunks"],
         }

@@ -64,10 +64,10 @@ class Settings(BaseSettings):
     )
     parse_memory_bytes: int = Field(
         default=2 * 1024**3,
-        ge=256 * 1024**2,
-        description="Resident memory of a parse process, its imports included (~0.4 GB, ~0.85 GB once a PDF "
-        "loaded unstructured's PDF stack): past it the process is killed and that document fails alone. Its data "
-        "segment is also capped (RLIMIT_DATA) at 1.5x this, so no allocation runs away between two checks.",
+        ge=1024**3,
+        description="Resident memory of a parse process, its imports included (~0.6 GB): past it the process is "
+        "killed and that document fails alone. Its data segment is also capped (RLIMIT_DATA) at 1.5x this, so no "
+        "allocation runs away between two checks.",
     )
     parse_timeout_s: float = Field(
         default=300.0, gt=0, description="Longest parse of one document; the parser process is then killed."

@@ -67,6 +67,8 @@ def answer(header: dict, data: bytes, limits: ParseLimits) -> tuple[bytes, bool]
         config = ParserConfig.model_validate(header["parser"])
         doc = parse_file(Path(header["path"]), header["source_id"], config, data, limits)
         reply = json.dumps({"doc": dataclasses.asdict(doc)}).encode()
+        if len(reply) > limits.max_unzipped_bytes:  # the parent never holds more of a document than this
+            raise DocumentError(header["source_id"], "parse", _too_large(len(reply), limits))
     except DocumentError as err:
         if isinstance(err.__cause__, MemoryError):
             return _out_of_memory(limits), True
@@ -76,6 +78,13 @@ def answer(header: dict, data: bytes, limits: ParseLimits) -> tuple[bytes, bool]
     if _peak() > limits.memory_bytes:  # past the limit between two of the parent's checks (a swallowed MemoryError?)
         return _out_of_memory(limits), True
     return reply, False
+
+
+def _too_large(size: int, limits: ParseLimits) -> str:
+    return (
+        f"the parsed document is {size} bytes, above the limit of {limits.max_unzipped_bytes} "
+        "(SLUICE_MAX_UNZIPPED_BYTES): split the file, or raise the limit if it is genuine"
+    )
 
 
 def _out_of_memory(limits: ParseLimits) -> bytes:

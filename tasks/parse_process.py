@@ -70,7 +70,7 @@ class ParseProcess:
         except (EOFError, OSError):
             raise ParserUnavailableError(
                 f"the parse process exited ({_how(self.stop())}) before it was ready: see its error output above "
-                f"(its imports alone need ~0.3 GB: is SLUICE_PARSE_MEMORY_BYTES={self.limits.memory_bytes} too low?)"
+                f"(its imports alone need ~0.6 GB: is SLUICE_PARSE_MEMORY_BYTES={self.limits.memory_bytes} too low?)"
             ) from None
         except BaseException:
             self.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ from sluice.config import ParserConfig
 from sluice.errors import DocumentError
 from tasks.ingest import ingest_source
 from tasks.parse import parse_file
+from tasks.parse_child import answer
 from tasks.parse_limits import ParseLimits
 from tasks.parse_process import ParsePool, parse_pool
 from tests.reliability.pdfbomb import font_bomb, text_pdf
@@ -247,3 +249,13 @@ def test_pages_and_elements_limits_name_their_setting(settings, tmp_path, name, 
     with pytest.raises(DocumentError, match=setting) as caught:
         parse_file(path, name, ParserConfig(), limits=dataclasses.replace(DEFAULTS, **limit))
     assert str(next(iter(limit.values()))) in caught.value.reason
+
+
+def test_a_parsed_document_larger_than_the_decompressed_limit_is_not_sent_back(settings, tmp_path):
+    path = tmp_path / "long.md"
+    path.write_text("# Long\n\n" + "Bees dance. " * 20_000)
+    header = {"path": str(path), "source_id": path.name, "parser": ParserConfig().model_dump(mode="json")}
+    limits = dataclasses.replace(DEFAULTS, max_unzipped_bytes=100_000, memory_bytes=1 << 40)
+    reply, spent = answer(header, path.read_bytes(), limits)  # the parse process's handler, run here
+    reason = json.loads(reply)["error"]["reason"]
+    assert not spent and "SLUICE_MAX_UNZIPPED_BYTES" in reason and "100000" in reason, reason
