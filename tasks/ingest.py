@@ -28,7 +28,7 @@ from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.parse import ParsedDocument, content_hash
 from tasks.parse_limits import ParseLimits
-from tasks.parse_process import parse_bounded
+from tasks.parse_process import parse_bounded, parse_pool
 from tasks.store import (
     DocumentState,
     cache_embeddings,
@@ -292,6 +292,7 @@ def begin(run: Run, source: str | Path) -> list[SourceFile]:
     with run.db.tenant(run.tenant):
         pass  # UnknownTenantError before listing or loading anything
     files = list_source(source)
+    parse_pool(run.parse_limits).prestart()  # its imports overlap the model's load (embedder.identity)
     with run.db.tenant(run.tenant) as conn:
         register_index(conn, run.config, run.embedder.identity)
     return files

@@ -60,7 +60,7 @@ class ParseProcess:
         with theirs:
             self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),), env=_child_env(), stdin=subprocess.DEVNULL)
         self.conn = Connection(ours.detach())
-        self._await_ready()
+        self.ready = False  # the first `ask` waits for the child's imports
 
     def _await_ready(self) -> None:
         try:
@@ -75,6 +75,7 @@ class ParseProcess:
         except BaseException:
             self.stop()
             raise
+        self.ready = True
 
     @property
     def alive(self) -> bool:
@@ -83,6 +84,8 @@ class ParseProcess:
     def ask(self, path: Path, source_id: str, config: ParserConfig, data: bytes) -> dict:
         """The child's reply for one document; _Overran when it passed a limit first, _Died when it died."""
         header = {"path": str(path), "source_id": source_id, "parser": config.model_dump(mode="json")}
+        if not self.ready:
+            self._await_ready()
         try:
             self.conn.send_bytes(json.dumps(header).encode())
             self.conn.send_bytes(data)
@@ -161,7 +164,13 @@ class ParsePool:
                 if child.alive:
                     return child
                 child.stop()
-        return ParseProcess(self.limits)  # outside the lock: other callers need not wait for this start
+        return ParseProcess(self.limits)
+
+    def prestart(self) -> None:
+        """Start a child now, without waiting for it, unless one is idle: its imports (~6 s) overlap the caller's."""
+        with self._lock:
+            if not self._idle:
+                self._idle.append(ParseProcess(self.limits))
 
     def close(self) -> None:
         """Stop every idle child (busy ones are stopped by their caller)."""
