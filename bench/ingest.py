@@ -14,6 +14,8 @@ loaded and unstructured imported before the clock starts. Baseline (raw encode) 
                    (vectors given) and end to end (--e2e-limit docs)
     --peer-tuned   with --langchain: each round also runs PGVector with MALLOC_*_THRESHOLD_ set, the
                    allocator tuning Sluice's embedder applies to itself
+    --isolation    parsing in the ingesting process (as before bounded parsing) vs in the bounded parse
+                   process (tasks.parse_process), interleaved: cold ingests and warm-cache ones
     --skip-encode  skip the ingest vs raw encode comparison (e.g. to run only the above)
 Vectors for --warm/--langchain come from tenant 'bench-cache' (seeded from every bench tenant's cache),
 so the model only runs for chunk texts no earlier bench run embedded.
@@ -43,11 +45,13 @@ BENCH_DB = "sluice_bench"
 # ---------------------------------------------------------------- child process
 def child(mode: str, source: str, tenant: str) -> dict:
     sys.path.insert(0, str(ROOT))
+    import tasks.ingest
     from sluice.db import Database
     from sluice.settings import load_settings
     from tasks.embed import get_embedder
     from tasks.ingest import ingest_source, list_source
     from tasks.parse import parse_file
+    from tasks.parse_process import parse_bounded
 
     settings = load_settings(db_name=BENCH_DB)
     from sluice.config import PipelineConfig
@@ -58,8 +62,15 @@ def child(mode: str, source: str, tenant: str) -> dict:
     files = list_source(source)
     from tasks.chunk import make_chunker
 
-    # Imports unstructured and the chunker's splitter library before the clock (PGVector's side too).
-    make_chunker(pipeline.chunker, embedder).split(parse_file(files[0].path, "warm-up", pipeline.parser))
+    # Imports unstructured (in the parse process for `ingest`) and the chunker's splitter library before the
+    # clock (PGVector's side too). `ingest-inproc` parses in this process, as ingestion did before bounded parsing.
+    warm_parse = parse_bounded if mode == "ingest" else parse_file
+    started = time.perf_counter()
+    warm_doc = warm_parse(files[0].path, "warm-up", pipeline.parser, files[0].path.read_bytes())
+    make_chunker(pipeline.chunker, embedder).split(warm_doc)
+    warm_up_s = time.perf_counter() - started
+    if mode == "ingest-inproc":
+        tasks.ingest.parse_bounded = parse_file
     if mode == "idle":  # the floor every ingest child starts from: model loaded, unstructured imported
         return {"mode": mode, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if mode in ("prep", "store", "parts"):
@@ -92,7 +103,18 @@ def child(mode: str, source: str, tenant: str) -> dict:
         out["cpu_seconds"] = time.process_time() - cpu  # this process only: Postgres' share is not in it
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = round(os.getloadavg()[1], 1)  # 5-minute load average at the end: the machine is shared
+    out = {**out, "warm_up_s": round(warm_up_s, 2), "parser_peak_mb": _parser_peak_mb()}
     return {"mode": mode, "seconds": seconds, "rss_mb": rss_mb, "docs": len(files), "load5": load, **out}
+
+
+def _parser_peak_mb() -> float | None:
+    """Peak RSS of this process's parse process (VmHWM), when it has one."""
+    from tasks.parse_process import parse_pool
+
+    for pid in parse_pool().pids():
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
+    return None
 
 
 def store_child(mode: str, files: list, data: Path, settings, pipeline, embedder) -> dict:
@@ -208,6 +230,7 @@ def main() -> None:
     parser.add_argument("--langchain", action="store_true", help="also compare PGVector (peer venv)")
     parser.add_argument("--e2e-limit", type=int, default=10, help="documents in the end-to-end PGVector comparison")
     parser.add_argument("--peer-tuned", action="store_true", help="also run PGVector with malloc tuned by env vars")
+    parser.add_argument("--isolation", action="store_true", help="in-process parse vs the bounded parse process")
     parser.add_argument(
         "--memory-files", nargs="*", default=["example-10k.html"], help="example-docs files ingested alone for peak RSS"
     )
@@ -232,6 +255,8 @@ def main() -> None:
             print(json.dumps(results["langchain"]), flush=True)
         if args.warm:
             results["warm"] = warm(Path(tmp), corpus, args.repeats)
+        if args.isolation:
+            results["isolation"] = isolation(corpus, args.repeats)
         if not args.skip_memory:
             results["memory"] = memory(Path(tmp), args.memory_files)
     print(json.dumps(results, indent=2))
@@ -318,6 +343,33 @@ def warm(tmp: Path, corpus: Path, repeats: int) -> dict:
             }
         )
     return {"rounds": rounds}
+
+
+def isolation(corpus: Path, repeats: int) -> dict:
+    """`ingest` (parse process) vs `ingest-inproc` (as before), who goes first alternating: a cold ingest (the
+    model runs) and a warm one (cache seeded: everything but the model) each, every one into a fresh tenant.
+    The overhead is the warm difference over the cold ingest: the model's noise is not in the numerator."""
+    rounds = []
+    for i in range(repeats):
+        got = {}
+        for mode in ("ingest-inproc", "ingest")[:: 1 if i % 2 == 0 else -1]:
+            cold = run_child(mode, corpus, new_tenant("iso"))
+            seeded_cache_tenant()  # now holds the vectors the cold run computed
+            tenant = new_tenant("iso-warm")
+            seed_cache(tenant)
+            warm_run = run_child(mode, corpus, tenant)
+            assert cold["failed"] == warm_run["failed"] == 0 and warm_run["embedded"] == 0
+            got[mode] = (cold["seconds"], warm_run["seconds"], cold["warm_up_s"])
+        (old_cold, old_warm, old_start), (new_cold, new_warm, new_start) = got["ingest-inproc"], got["ingest"]
+        rounds.append(
+            {
+                "cold_s": [round(old_cold, 2), round(new_cold, 2)],
+                "warm_s": [round(old_warm, 3), round(new_warm, 3)],
+                "start_s": [old_start, new_start],
+                "overhead_of_cold_ingest": round((new_warm - old_warm) / new_cold, 4),
+            }
+        )
+    return {"rounds": rounds, "median_overhead": statistics.median(r["overhead_of_cold_ingest"] for r in rounds)}
 
 
 # What Sluice's embedder does from inside (tasks.embed.keep_freed_tensor_memory), set from outside for PGVector.
@@ -416,6 +468,7 @@ def memory(tmp: Path, names: list[str]) -> dict:
         result = run_child("ingest", folder, new_tenant("mem"))
         out[name] = {
             "rss_mb": round(result["rss_mb"]),
+            "parser_peak_mb": result["parser_peak_mb"] and round(result["parser_peak_mb"]),
             "seconds": round(result["seconds"], 1),
             "chunks": result["chunks"],
         }

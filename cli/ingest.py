@@ -54,12 +54,12 @@ def ingest(
 def _once(settings, db, tenant: str, source: str, sync: bool, collection: str):
     """One ingestion of SOURCE into one config's index, with a progress bar."""
     from tasks.ingest import Run, begin, ingest_files, sync_deletions
-    from tasks.parse import ArchiveLimits
+    from tasks.parse_limits import ParseLimits
 
     def once(pipeline, embedder):
         run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
         run.collection = collection
-        run.archive_limits = ArchiveLimits.from_settings(settings)
+        run.parse_limits = ParseLimits.from_settings(settings)
         files = begin(run, source)
         with _progress() as progress:
             _track(run, progress, len(files))

@@ -26,7 +26,7 @@ from sluice.settings import load_settings
 from tasks.embed import get_embedder
 from tasks.ingest import IngestSummary, Prepared, Run, SourceFile, begin, flush, prepare_file, sync_deletions
 from tasks.ingest_served import ingest_served
-from tasks.parse import ArchiveLimits
+from tasks.parse_limits import ParseLimits
 from tasks.store import validate_collection
 
 # Connection-level failures are worth retrying; everything else is a bug or a bad document.
@@ -75,7 +75,7 @@ def prepare_task(run: Run, window: list[SourceFile], width: int, extra: int) -> 
 def _prepare(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
     try:
         return prepare_file(
-            run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.archive_limits
+            run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.parse_limits
         )
     except DocumentError as err:
         return err
@@ -129,8 +129,8 @@ def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: i
 
     def once(pipeline, embedder) -> IngestSummary:
         run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
-        run.collection = collection
-        run.archive_limits = ArchiveLimits.from_settings(settings)
+        run.collection = validate_collection(collection)
+        run.parse_limits = ParseLimits.from_settings(settings)
         files = list_task(run, source)
         pending: list[Prepared] = []
         size = width * WINDOW_PER_WORKER

@@ -268,18 +268,18 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     """Ingest a named source (confined to the tenant's folder) or an upload folder into the served index."""
     from tasks.ingest import ingest_source
     from tasks.ingest_served import ingest_served
-    from tasks.parse import ArchiveLimits
+    from tasks.parse_limits import ParseLimits
 
     check_payload(payload, query=False)
     settings = state.settings
-    limits = ArchiveLimits.from_settings(settings)
+    limits = ParseLimits.from_settings(settings)
     tenant = payload["tenant"]
     source, folder = ingest_target(settings, payload)
 
     def once(config: PipelineConfig, embedder) -> Any:
         logs.bind(config_id=config.config_id)
         cap = settings.max_file_bytes
-        return ingest_source(state.db, tenant, config, embedder, source, cap, archive_limits=limits, confine_to=folder)
+        return ingest_source(state.db, tenant, config, embedder, source, cap, parse_limits=limits, confine_to=folder)
 
     served = ingest_served(settings, state.db, tenant, "default", once)
     summary = served.summary

@@ -87,12 +87,27 @@ class Settings(BaseSettings):
     max_unzipped_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=1,
-        description="Total uncompressed size allowed inside one DOCX/XLSX/PPTX/EPUB (a zip) before parsing.",
+        description="Total decompressed size allowed in one document, checked before parsing: the members of a "
+        "DOCX/XLSX/PPTX/EPUB (a zip), or the Flate streams of a PDF but its images.",
     )
     max_zip_ratio: float = Field(
         default=200.0,
         gt=1,
         description="Largest uncompressed/compressed size ratio of one member of such a zip (zip-bomb guard).",
+    )
+    parse_memory_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024**3,
+        description="Resident memory of a parse process, its imports included (~0.6 GB): past it the process is "
+        "killed and that document fails alone. Its data segment is also capped (RLIMIT_DATA) at 1.5x this, so no "
+        "allocation runs away between two checks.",
+    )
+    parse_timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest parse of one document; the parser process is then killed."
+    )
+    max_pages: int = Field(default=5_000, ge=1, description="Pages (PDF pages, slides, sheets) allowed per document.")
+    max_elements: int = Field(
+        default=100_000, ge=1, description="Elements (paragraphs, titles, tables...) allowed per parsed document."
     )
     embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedding model call.")
     ingest_batch_chunks: int = Field(

@@ -28,7 +28,9 @@ from sluice.errors import DocumentError, SourceError
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.indexes import hold_store_lock
-from tasks.parse import ArchiveLimits, ParsedDocument, content_hash, parse_file
+from tasks.parse import ParsedDocument, content_hash
+from tasks.parse_limits import ParseLimits
+from tasks.parse_process import parse_bounded, parse_pool
 from tasks.store import (
     DocumentState,
     cache_embeddings,
@@ -161,10 +163,10 @@ def prepare_file(
     item: SourceFile,
     max_bytes: int,
     collection: str = "default",
-    limits: ArchiveLimits | None = None,
+    limits: ParseLimits | None = None,
     confine_to: Path | None = None,
 ) -> Prepared | None:
-    """Read, parse and chunk one file; None when this index already holds this exact version."""
+    """Read, parse (in a bounded child process) and chunk one file; None when this index already holds this version."""
     data = read_file(item, max_bytes, confine_to)
     digest = content_hash(data)
     with db.tenant(tenant) as conn:
@@ -174,10 +176,10 @@ def prepare_file(
             set_collection(conn, item.source_id, collection)
         return None
     if confine_to is None:
-        doc = parse_file(item.path, item.source_id, config.parser, data, limits)
+        doc = parse_bounded(item.path, item.source_id, config.parser, data, limits)
     else:  # parsers may re-open the file by name: give them the bytes that passed the check
         with private_copy(item.path.name, data) as copy:
-            doc = parse_file(copy, item.source_id, config.parser, data, limits)
+            doc = parse_bounded(copy, item.source_id, config.parser, data, limits)
     try:
         chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     except Exception as exc:
@@ -285,7 +287,7 @@ class Run:
     on_embed: Callable[[int], None] | None = None
     summary: IngestSummary = field(default_factory=lambda: IngestSummary(run_id=uuid.uuid4().hex))
     collection: str = "default"
-    archive_limits: ArchiveLimits | None = None  # None = the Settings defaults
+    parse_limits: ParseLimits | None = None  # None = the Settings defaults
     confine_to: Path | None = None  # a tenant's folder (API-named sources): no file read outside it
 
     def fail(self, err: DocumentError, item: SourceFile) -> None:
@@ -310,6 +312,7 @@ def begin(run: Run, source: str | Path) -> list[SourceFile]:
     with run.db.tenant(run.tenant):
         pass  # UnknownTenantError before listing or loading anything
     files = list_source(source, run.confine_to)
+    parse_pool(run.parse_limits).prestart()  # its imports overlap the model's load (embedder.identity)
     with run.db.tenant(run.tenant) as conn:
         register_index(conn, run.config, run.embedder.identity)
     return files
@@ -374,7 +377,7 @@ def ingest_files(run: Run, files: Iterable[SourceFile]) -> IngestSummary:
                 item,
                 run.max_bytes,
                 run.collection,
-                run.archive_limits,
+                run.parse_limits,
                 run.confine_to,
             )
         except DocumentError as err:
@@ -413,7 +416,7 @@ def ingest_source(
     batch_chunks: int = 256,
     on_embed: Callable[[int], None] | None = None,
     collection: str = "default",
-    archive_limits: ArchiveLimits | None = None,
+    parse_limits: ParseLimits | None = None,
     confine_to: Path | None = None,
 ) -> IngestSummary:
     """Ingest every file of a source into a collection; failures are recorded per document, the run goes on.
@@ -423,7 +426,7 @@ def ingest_source(
     """
     validate_collection(collection)
     run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, collection=collection)
-    run.archive_limits, run.confine_to = archive_limits, confine_to
+    run.parse_limits, run.confine_to = parse_limits, confine_to
     files = begin(run, source)
     ingest_files(run, files)
     if sync:

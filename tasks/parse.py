@@ -30,11 +30,10 @@ from typing import Any, NamedTuple
 
 from sluice.config import ParserConfig
 from sluice.errors import DocumentError
+from tasks.parse_limits import ParseLimits, check_before, check_elements
 from tasks.text import decode_text, repair_mojibake
 
 SEPARATOR = "\n\n"
-ZIP_CONTAINERS = frozenset({".docx", ".pptx", ".xlsx", ".epub"})
-RATIO_FLOOR = 1024 * 1024  # members smaller than this are not ratio-checked: tiny XML parts compress wildly
 PLAIN_TEXT = frozenset({".txt", ".text", ".md", ".markdown"})
 SUPPORTED = PLAIN_TEXT | frozenset(
     {".rst", ".html", ".htm", ".pdf", ".docx", ".pptx", ".xlsx", ".csv", ".tsv", ".epub", ".eml", ".json"}
@@ -54,27 +53,6 @@ _VERBS = frozenset(
     stay fall cut reach kill remain suggest raise pass sell require report decide pull says said""".split()
 )
 _VERB_SUFFIX = re.compile(r"[a-z]{3,}(ed|ing)$")
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """Zip-bomb guard for OOXML/EPUB containers; values come from Settings (see `from_settings`)."""
-
-    max_unzipped_bytes: int
-    max_ratio: float
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> ArchiveLimits:
-        """The limits configured by SLUICE_MAX_UNZIPPED_BYTES and SLUICE_MAX_ZIP_RATIO."""
-        return cls(settings.max_unzipped_bytes, settings.max_zip_ratio)
-
-    @classmethod
-    def default(cls) -> ArchiveLimits:
-        """The Settings defaults (for callers without Settings at hand)."""
-        from sluice.settings import Settings
-
-        fields = Settings.model_fields
-        return cls(fields["max_unzipped_bytes"].default, fields["max_zip_ratio"].default)
 
 
 @dataclass(frozen=True)
@@ -206,82 +184,11 @@ def _partition_plain(path: Path, text: str) -> list:
     return partition_text(text=text, languages=[""])
 
 
-def check_pdf(data: bytes) -> None:
-    """Raise ValueError naming the fix when the bytes are not a readable PDF."""
-    import io
-
-    import pypdf
-
-    if not data.lstrip().startswith(b"%PDF"):
-        raise ValueError("not a PDF (no %PDF header): the file is corrupt or has the wrong extension")
-    try:
-        pages = len(pypdf.PdfReader(io.BytesIO(data)).pages)
-    except Exception as exc:  # pypdf raises several types for broken files
-        raise ValueError(f"corrupt or truncated PDF ({exc}): re-export or re-download it") from exc
-    if pages == 0:
-        raise ValueError("the PDF has no pages: re-export or re-download it")
-
-
-def check_archive(data: bytes, limits: ArchiveLimits) -> None:
-    """Raise ValueError naming the limit when a zip container would expand too far (a zip bomb).
-
-    Declared sizes are checked first (cheap). Python's zipfile (python-docx, openpyxl) stops at a
-    member's declared size, but EPUB goes to pandoc, which may not: so every member is also inflated
-    in pieces, output discarded, until the real total passes the limit.
-    """
-    import io
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            _check_declared(members, limits)
-            total = 0
-            for member in members:
-                total += _inflated_size(zf, member, total, limits)
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"not a valid zip container ({exc}): the file is corrupt or has the wrong extension") from exc
-
-
-def _check_declared(members: list, limits: ArchiveLimits) -> None:
-    total = sum(m.file_size for m in members)
-    if total > limits.max_unzipped_bytes:
-        raise ValueError(
-            f"the zip container expands to {total} bytes, above the limit of {limits.max_unzipped_bytes} "
-            "(SLUICE_MAX_UNZIPPED_BYTES): a zip bomb, or raise the limit if the file is genuine"
-        )
-    for m in members:
-        ratio = m.file_size / max(m.compress_size, 1)
-        if m.file_size > RATIO_FLOOR and ratio > limits.max_ratio:
-            raise ValueError(
-                f"member {m.filename!r} expands {ratio:.0f}x ({m.compress_size} -> {m.file_size} bytes), above the "
-                f"limit of {limits.max_ratio:g}x (SLUICE_MAX_ZIP_RATIO): a zip bomb, or raise the limit if genuine"
-            )
-
-
-def _inflated_size(zf, member, before: int, limits: ArchiveLimits) -> int:
-    """Bytes `member` really inflates to, stopping (with ValueError) once the total passes the limit."""
-    size = 0
-    with zf.open(member) as fh:
-        while piece := fh.read(1024 * 1024):
-            size += len(piece)
-            if before + size > limits.max_unzipped_bytes:
-                raise ValueError(
-                    f"member {member.filename!r} (declared {member.file_size} bytes) inflates the container past "
-                    f"the limit of {limits.max_unzipped_bytes} bytes (SLUICE_MAX_UNZIPPED_BYTES): a zip bomb, "
-                    "or raise the limit if the file is genuine"
-                )
-    return size
-
-
-def _elements_from(path: Path, config: ParserConfig, data: bytes, limits: ArchiveLimits) -> list:
+def _elements_from(path: Path, config: ParserConfig, data: bytes, limits: ParseLimits) -> list:
     is_pdf = path.suffix.lower() == ".pdf"
-    if is_pdf:
-        check_pdf(data)
-    if path.suffix.lower() in ZIP_CONTAINERS:
-        check_archive(data, limits)
+    check_before(path.suffix.lower(), data, limits)
     strategy = None if config.pdf_strategy == "auto" else config.pdf_strategy
-    elements = [e for e in _partition(path, config, strategy, data) if (e.text or "").strip()]
+    elements = _kept(_partition(path, config, strategy, data), limits)
     if elements or not is_pdf or config.pdf_strategy != "auto":
         return elements
     if shutil.which("tesseract") is None:
@@ -289,7 +196,14 @@ def _elements_from(path: Path, config: ParserConfig, data: bytes, limits: Archiv
             "the PDF has no text layer (a scan?) and tesseract is not installed: "
             "install tesseract-ocr and poppler-utils to OCR it"
         )
-    return [e for e in _partition(path, config, "ocr_only", data) if (e.text or "").strip()]
+    return _kept(_partition(path, config, "ocr_only", data), limits)
+
+
+def _kept(elements: list, limits: ParseLimits) -> list:
+    """The elements that carry text, once they are known to be within the limits."""
+    kept = [e for e in elements if (e.text or "").strip()]
+    check_elements(kept, limits)
+    return kept
 
 
 def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, metadata: dict) -> ParsedDocument:
@@ -311,9 +225,12 @@ def assemble(source_id: str, pieces: list[tuple[str, str, dict]], digest: str, m
 
 
 def parse_file(
-    path: Path, source_id: str, config: ParserConfig, data: bytes | None = None, limits: ArchiveLimits | None = None
+    path: Path, source_id: str, config: ParserConfig, data: bytes | None = None, limits: ParseLimits | None = None
 ) -> ParsedDocument:
-    """Parse one file; raise DocumentError naming the file and the fix when it cannot give text."""
+    """Parse one file in this process; raise DocumentError naming the file and the fix when it cannot give text.
+
+    Ingestion calls it through `tasks.parse_process`, in a child process whose memory and time are bounded.
+    """
     install_offline_nlp()
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED:
@@ -331,7 +248,7 @@ def parse_file(
             "the file is empty or whitespace only (no text): add content or remove it from the source",
         )
     try:
-        raw = _elements_from(path, config, data, limits or ArchiveLimits.default())
+        raw = _elements_from(path, config, data, limits or ParseLimits.default())
     except DocumentError:
         raise
     except ValueError as exc:  # our own checks, worded for the user

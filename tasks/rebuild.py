@@ -29,7 +29,9 @@ from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.indexes import hold_store_lock
 from tasks.ingest import CachedEncoder, embed_texts
-from tasks.parse import ArchiveLimits, Element, ParsedDocument, content_hash, parse_file
+from tasks.parse import Element, ParsedDocument, content_hash
+from tasks.parse_limits import ParseLimits
+from tasks.parse_process import parse_bounded
 from tasks.store import cache_embeddings, replace_chunks
 from tasks.text import text_hash
 
@@ -77,7 +79,7 @@ class Builder:
     target: PipelineConfig
     embedder: Embedder
     reparse: bool  # the parser changed: every document is parsed again from its original bytes
-    limits: ArchiveLimits
+    limits: ParseLimits
     max_bytes: int
     failures: dict[int, DocumentError] = field(default_factory=dict)
 
@@ -115,7 +117,7 @@ class Builder:
             elements = tuple(Element(kind, start, end) for kind, start, end in spans)
             return ParsedDocument(stored.source_id, stored.text, elements, stored.content_hash, stored.metadata)
         path, data = Path(stored.source_uri or ""), self._bytes(stored)
-        doc = parse_file(path, stored.source_id, self.target.parser, data, self.limits)
+        doc = parse_bounded(path, stored.source_id, self.target.parser, data, self.limits)
         if doc.text != stored.text:
             raise DocumentError(
                 stored.source_id,

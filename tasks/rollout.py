@@ -31,7 +31,7 @@ from sluice.settings import Settings
 from tasks import rollout_state as state
 from tasks.embed import get_embedder
 from tasks.indexes import collect_garbage, hold_switch_lock, switch_served
-from tasks.parse import ArchiveLimits
+from tasks.parse_limits import ParseLimits
 from tasks.rebuild import Builder, count_lacking, lacking
 from tasks.store import record_error, register_index
 
@@ -99,7 +99,7 @@ def _roll(ro: Rollout, tenant: str) -> str:
     embedder = get_embedder(target.embedder, ro.settings.embed_batch_size)
     with ro.db.tenant(tenant) as conn:
         register_index(conn, target, embedder.identity)
-    limits = ArchiveLimits.from_settings(ro.settings)
+    limits = ParseLimits.from_settings(ro.settings)
     reparse = served.config.parser != target.parser
     builder = Builder(ro.db, tenant, target, embedder, reparse, limits, ro.settings.max_file_bytes)
     while True:

@@ -6,6 +6,7 @@ import pytest
 
 from sluice.errors import SourceError, UnknownTenantError
 from tasks.ingest import ingest_source
+from tasks.parse_process import parse_pool
 
 
 def _snapshot(db, tenant):
@@ -123,6 +124,7 @@ def test_scanned_pdf_without_tesseract(db, embedder, pipeline, stocked, tmp_path
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))  # shutil.which("tesseract") finds nothing
+    parse_pool().close()  # the parse process that takes this file starts with this PATH
     err = _ingest_bad(db, embedder, pipeline, tenant, folder, "scan.pdf", None)
     assert "no text layer" in err.reason and "install tesseract-ocr" in err.reason
 
