@@ -72,7 +72,7 @@ def test_progress_on_a_terminal_is_a_bar_not_lines():
 def _report():
     """An evaluation report of two configs, as `run_evaluation` returns it (scores made up)."""
     from evals.grid import Decision, Grid
-    from evals.runner import ConfigResult, Report
+    from evals.results import ConfigResult, Report
     from sluice.config import PipelineConfig
 
     spec = Grid.model_validate({"name": "render", "tenant": "t", "corpus": {"path": "x"}, "chunkers": [{}]})

@@ -58,7 +58,9 @@ def test_sigterm_stops_a_busy_then_an_idle_worker(broker_settings, db, new_tenan
     doc.parent.mkdir()
     doc.write_text(OWLS)
     first = start_worker(broker_settings, tmp_path / "first.log")
-    ingest = app.send_task(INGEST_TASK, args=[{"tenant": tenant, "source": str(doc.parent)}], queue="ingest")
+    ingest = app.send_task(
+        INGEST_TASK, args=[{"tenant": tenant, "source": str(doc.parent), "cleanup": True}], queue="ingest"
+    )
     assert ingest.get(timeout=120)["ingested"] == 1
     with psycopg.connect(admin_conninfo(broker_settings)) as locker:
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")  # the query waits inside retrieval
