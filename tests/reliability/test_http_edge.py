@@ -121,9 +121,23 @@ def test_kept_alive_connection_may_idle_past_the_header_deadline(edge):
     with connect(edge[0]) as sock:
         for _ in range(2):
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: sluice\r\n\r\n")
-            answer = sock.recv(65536)
+            answer = _response(sock)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
             time.sleep(HEADER_S + 1)  # idle between requests: SLUICE_KEEP_ALIVE_S governs, not the header deadline
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response (headers and a Content-Length body), however TCP split it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(v) for k, v in (h.split(b":", 1) for h in head.split(b"\r\n")[1:]) if k.lower() == b"content-length"
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
 
 
 def test_long_file_name_is_422_and_leaves_no_file(edge):
