@@ -1,7 +1,7 @@
 """A clone with nothing beside it collects every test module: no test reaches outside the repository.
 
 The clone is of the committed tree (HEAD), made in an empty temporary folder and collected by this
-interpreter with every SLUICE_* variable removed, so neither SLUICE_DATASETS_DIR nor a `../shared`
+interpreter with every SLUICE_* variable removed, so neither SLUICE_DATASETS_DIR nor a data folder beside the clone
 folder can be seen. Collection only: cheap, and enough to catch a module that opens an outside path
 at import or while parametrising.
 """
