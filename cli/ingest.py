@@ -53,20 +53,12 @@ def ingest(
 
 def _once(settings, db, tenant: str, source: str, sync: bool, collection: str):
     """One ingestion of SOURCE into one config's index, with a progress bar."""
-    from tasks.ingest import Run, begin, ingest_files, sync_deletions
-    from tasks.parse_limits import ParseLimits
+    from tasks.ingest import Run, run_ingest
 
     def once(pipeline, embedder):
-        run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
-        run.collection = collection
-        run.parse_limits = ParseLimits.from_settings(settings)
-        files = begin(run, source)
         with _progress() as progress:
-            _track(run, progress, len(files))
-            ingest_files(run, files)
-            if sync:
-                sync_deletions(run, files)
-        return run.summary
+            run = Run.configured(settings, db, tenant, pipeline, embedder, collection=collection, **_track(progress))
+            return run_ingest(run, source, sync=sync)
 
     return once
 
@@ -107,18 +99,25 @@ def _progress() -> Progress:
     )
 
 
-def _track(run, progress: Progress, total: int) -> None:
-    """Point the run's callbacks at one progress task."""
-    task = progress.add_task("ingest", total=total, chunks=0, rate=0.0)
-    started = time.perf_counter()
+def _track(progress: Progress) -> dict:
+    """A run's display callbacks, all on one progress task added once the source is listed."""
+    task = progress.add_task("ingest", start=False, total=None, chunks=0, rate=0.0, visible=False)
+    counts = {"chunks": 0, "embedded": 0, "started": time.perf_counter()}
+
+    def on_list(total: int) -> None:
+        counts["started"] = time.perf_counter()
+        progress.start_task(task)
+        progress.update(task, total=total, visible=True)
 
     def on_file(item, outcome: str, chunks: int) -> None:
-        progress.update(task, advance=1, chunks=run.summary.chunks)
+        counts["chunks"] += chunks
+        progress.update(task, advance=1, chunks=counts["chunks"])
 
     def on_embed(n: int) -> None:
-        progress.update(task, rate=run.summary.embedded / max(time.perf_counter() - started, 1e-9))
+        counts["embedded"] += n
+        progress.update(task, rate=counts["embedded"] / max(time.perf_counter() - counts["started"], 1e-9))
 
-    run.on_file, run.on_embed = on_file, on_embed
+    return {"on_list": on_list, "on_file": on_file, "on_embed": on_embed}
 
 
 def print_summary(summary, index_id: str) -> None:

@@ -1,7 +1,7 @@
-"""Prefect flow `ingest`: a thin shell over `tasks.ingest` that reads like a table of contents.
+"""Prefect flow `ingest`: the ingest driver of `tasks.ingest` (`run_ingest`) with its steps as Prefect tasks.
 
-list → prepare (parse + chunk, windows of documents, `concurrency` at a time) → embed a batch of chunks
-across documents in one model call → store each document in its own transaction → sync.
+list → prepare (parse + chunk, one task run per window of documents, `concurrency` at a time) → embed a
+batch of chunks across documents in one model call → store each document in its own transaction → sync.
 Only transient database errors are retried, with exponential backoff; a bad document is
 recorded in `ingest_errors` and never retried. The run ends Completed, or Completed named
 "Partial" when some documents failed (Failed when all did), with the summary as its message.
@@ -9,8 +9,6 @@ recorded in `ingest_errors` and never retried. The run ends Completed, or Comple
 
 from __future__ import annotations
 
-import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -24,9 +22,19 @@ from sluice.db import Database
 from sluice.errors import DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
-from tasks.ingest import IngestSummary, Prepared, Run, SourceFile, begin, flush, prepare_file, sync_deletions
+from tasks.ingest import (
+    IngestSummary,
+    Prepared,
+    Run,
+    SourceFile,
+    Steps,
+    begin,
+    flush,
+    prepare_window,
+    run_ingest,
+    sync_deletions,
+)
 from tasks.ingest_served import ingest_served
-from tasks.parse_limits import ParseLimits
 from tasks.store import validate_collection
 
 # Connection-level failures are worth retrying; everything else is a bug or a bad document.
@@ -61,30 +69,20 @@ def list_task(run: Run, source: str) -> list[SourceFile]:
 
 
 @task(name="prepare-window", task_run_name="prepare {window[0].source_id} (+{extra})", **_retrying)
-def prepare_task(run: Run, window: list[SourceFile], width: int, extra: int) -> list[Prepared | DocumentError | None]:
-    """Parse and chunk a window of documents, `width` at a time: one Prefect task run per window.
+def prepare_task(run: Run, window: list[SourceFile], extra: int) -> list[Prepared | DocumentError | None]:
+    """Parse and chunk a window of documents, `run.concurrency` at a time: one Prefect task run per window.
 
     A task run per document cost 1–2 s of orchestration each (measured, docs/benchmarks.md "Ingestion"),
     more than parsing and chunking; per-document outcomes are still recorded (ingest_errors, summary).
     A retried window re-prepares its documents, which is idempotent.
     """
-    with ThreadPoolExecutor(max_workers=width) as pool:
-        return list(pool.map(lambda item: _prepare(run, item), window))
-
-
-def _prepare(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
-    try:
-        return prepare_file(
-            run.db, run.tenant, run.config, run.embedder, item, run.max_bytes, run.collection, run.parse_limits
-        )
-    except DocumentError as err:
-        return err
+    return prepare_window(run, window)
 
 
 @task(name="embed-and-store", **_retrying)
 def store_task(run: Run, batch: list[Prepared]) -> IngestSummary:
     # A private summary per attempt, merged by the flow: a retried batch is never counted twice.
-    part = dataclasses.replace(run, summary=IngestSummary(run.summary.run_id), on_file=None, on_embed=None)
+    part = run.part()
     flush(part, batch)
     return part.summary
 
@@ -92,6 +90,18 @@ def store_task(run: Run, batch: list[Prepared]) -> IngestSummary:
 @task(name="sync-deletions", **_retrying)
 def sync_task(run: Run, files: list[SourceFile]) -> int:
     return sync_deletions(run, files)
+
+
+def _prepare(run: Run, window: list[SourceFile]) -> list[Prepared | DocumentError | None]:
+    return prepare_task(run, window, len(window) - 1)
+
+
+def _store(run: Run, batch: list[Prepared]) -> None:
+    run.summary.merge(store_task(run, batch))
+
+
+# The driver's own steps (tasks/ingest.py), each run as a Prefect task.
+FLOW_STEPS = Steps(listing=list_task, prepare=_prepare, store=_store, sync=sync_task)
 
 
 @flow(name="ingest")
@@ -125,45 +135,16 @@ def ingest(
 
 
 def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: int, collection: str):
-    """One pass over the source into one config's index, as Prefect tasks."""
+    """One pass over the source into one config's index: the ingest driver with its steps as Prefect tasks."""
 
     def once(pipeline, embedder) -> IngestSummary:
-        run = Run(db, tenant, pipeline, embedder, settings.max_file_bytes, settings.ingest_batch_chunks)
-        run.collection = validate_collection(collection)
-        run.parse_limits = ParseLimits.from_settings(settings)
-        files = list_task(run, source)
-        pending: list[Prepared] = []
         size = width * WINDOW_PER_WORKER
-        for start in range(0, len(files), size):
-            window = files[start : start + size]
-            results = prepare_task(run, window, width, len(window) - 1)
-            for item, result in zip(window, results, strict=True):
-                pending = _route(run, item, result, pending)
-        _store(run, pending)
-        if sync:
-            sync_task(run, files)
-        return run.summary
+        run = Run.configured(
+            settings, db, tenant, pipeline, embedder, collection=collection, window=size, concurrency=width
+        )
+        return run_ingest(run, source, sync=sync, steps=FLOW_STEPS)
 
     return once
-
-
-def _route(run: Run, item: SourceFile, result, pending: list[Prepared]) -> list[Prepared]:
-    """Count a prepared file's outcome; store the pending batch once it holds enough chunks."""
-    if isinstance(result, DocumentError):
-        run.fail(result, item)
-    elif result is None:
-        run.done(item, "unchanged")
-    else:
-        pending.append(result)
-    if sum(len(p.chunks) for p in pending) >= run.batch_chunks:
-        _store(run, pending)
-        return []
-    return pending
-
-
-def _store(run: Run, batch: list[Prepared]) -> None:
-    if batch:
-        run.summary.merge(store_task(run, batch))
 
 
 def final_state(summary: IngestSummary, index_id: str) -> State:

@@ -6,17 +6,24 @@ run goes on. Unchanged documents (same bytes, already in this index) are skipped
 Embedding is batched across documents (`prepare` several, embed their chunks in one model call)
 so the model is never idle on small documents; each document is still stored in its own
 transaction, so a crash leaves every document either fully old or fully new.
+
+One driver, `run_ingest`, serves every entry point (`sluice ingest`, `sluice demo`, API uploads through
+the worker, evaluation indexes, the Prefect flow): list → prepare window by window → store batch by
+batch → sync. The flow passes the same four steps wrapped as Prefect tasks (`Steps`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -25,6 +32,7 @@ from sluice.config import PipelineConfig
 from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
 from sluice.errors import DocumentError, SourceError
+from sluice.settings import Settings
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.indexes import hold_store_lock
@@ -273,9 +281,16 @@ def store_prepared(
 
 
 # ---------------------------------------------------------------- the run
+Prepare = Callable[["Run", list[SourceFile]], list["Prepared | DocumentError | None"]]
+
+
 @dataclass
 class Run:
-    """Everything one ingest run shares; `on_file` and `on_embed` feed progress displays."""
+    """Everything one ingest run shares, built once; `on_list`, `on_file` and `on_embed` feed progress displays.
+
+    `window` documents are prepared per step, `concurrency` of them at once (the flow's prepare tasks);
+    the direct path prepares one document per step, so a batch is stored as soon as it is full.
+    """
 
     db: Database
     tenant: str
@@ -289,6 +304,25 @@ class Run:
     collection: str = "default"
     parse_limits: ParseLimits | None = None  # None = the Settings defaults
     confine_to: Path | None = None  # a tenant's folder (API-named sources): no file read outside it
+    on_list: Callable[[int], None] | None = None
+    window: int = 1
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        validate_collection(self.collection)
+
+    @classmethod
+    def configured(
+        cls, settings: Settings, db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, **options
+    ) -> Run:
+        """A run with the settings' file cap, embedding batch and parse limits."""
+        limits = ParseLimits.from_settings(settings)
+        cap, batch = settings.max_file_bytes, settings.ingest_batch_chunks
+        return cls(db, tenant, config, embedder, cap, batch, parse_limits=limits, **options)
+
+    def part(self) -> Run:
+        """The same run counting into a summary of its own, without displays: one retried step's share."""
+        return dataclasses.replace(self, summary=IngestSummary(self.summary.run_id), on_file=None, on_embed=None)
 
     def fail(self, err: DocumentError, item: SourceFile) -> None:
         self.summary.failed += 1
@@ -316,6 +350,31 @@ def begin(run: Run, source: str | Path) -> list[SourceFile]:
     with run.db.tenant(run.tenant) as conn:
         register_index(conn, run.config, run.embedder.identity)
     return files
+
+
+def prepare_window(run: Run, window: list[SourceFile]) -> list[Prepared | DocumentError | None]:
+    """Prepare a window of files, `run.concurrency` at a time; a file's DocumentError is its result."""
+    if run.concurrency <= 1:
+        return [_prepare(run, item) for item in window]
+    with ThreadPoolExecutor(max_workers=run.concurrency) as pool:
+        return list(pool.map(lambda item: _prepare(run, item), window))
+
+
+def _prepare(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
+    try:
+        return prepare_file(
+            run.db,
+            run.tenant,
+            run.config,
+            run.embedder,
+            item,
+            run.max_bytes,
+            run.collection,
+            run.parse_limits,
+            run.confine_to,
+        )
+    except DocumentError as err:
+        return err
 
 
 def flush(run: Run, batch: list[Prepared]) -> None:
@@ -363,44 +422,74 @@ def _count_embedded(run: Run, n: int) -> None:
         run.on_embed(n)
 
 
-def ingest_files(run: Run, files: Iterable[SourceFile]) -> IngestSummary:
-    """Prepare files, embedding whenever `batch_chunks` chunks are waiting; failures recorded per file."""
-    batch: list[Prepared] = []
-    waiting = 0
-    for item in files:
-        try:
-            prep = prepare_file(
-                run.db,
-                run.tenant,
-                run.config,
-                run.embedder,
-                item,
-                run.max_bytes,
-                run.collection,
-                run.parse_limits,
-                run.confine_to,
-            )
-        except DocumentError as err:
-            run.fail(err, item)
-            continue
-        if prep is None:
-            run.done(item, "unchanged")
-            continue
-        batch.append(prep)
-        waiting += len(prep.chunks)
-        if waiting >= run.batch_chunks:
-            flush(run, batch)
-            batch, waiting = [], 0
-    flush(run, batch)
-    return run.summary
-
-
 def sync_deletions(run: Run, files: list[SourceFile]) -> int:
     """Delete the collection's documents whose source ids are no longer in the listing."""
     with run.db.tenant(run.tenant) as conn:
         deleted = delete_documents_except(conn, [f.source_id for f in files], run.collection)
     run.summary.deleted += deleted
     return deleted
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The four steps of a run; the Prefect flow passes the same steps wrapped as tasks with retries."""
+
+    listing: Callable[[Run, str | Path], list[SourceFile]] = begin
+    prepare: Prepare = prepare_window
+    store: Callable[[Run, list[Prepared]], None] = flush  # counts into run.summary
+    sync: Callable[[Run, list[SourceFile]], int] = sync_deletions
+
+
+DIRECT = Steps()
+
+
+def windows(files: list[SourceFile], size: int) -> Iterator[list[SourceFile]]:
+    """The listing in windows of `size` files, in listing order."""
+    for start in range(0, len(files), size):
+        yield files[start : start + size]
+
+
+def prepared(run: Run, files: Iterable[SourceFile], prepare: Prepare) -> Iterator[tuple[SourceFile, Any]]:
+    """Each file with its prepare result (Prepared, DocumentError, or None when unchanged), window by window."""
+    for window in windows(list(files), run.window):
+        yield from zip(window, prepare(run, window), strict=True)
+
+
+def store_batches(run: Run, results: Iterable[tuple[SourceFile, Any]]) -> Iterator[list[Prepared]]:
+    """Count failed and unchanged files; yield the prepared ones whenever `batch_chunks` chunks wait, then the rest."""
+    batch: list[Prepared] = []
+    waiting = 0
+    for item, result in results:
+        if isinstance(result, DocumentError):
+            run.fail(result, item)
+        elif result is None:
+            run.done(item, "unchanged")
+        else:
+            batch.append(result)
+            waiting += len(result.chunks)
+        if waiting >= run.batch_chunks:
+            yield batch
+            batch, waiting = [], 0
+    if batch:
+        yield batch
+
+
+def ingest_files(run: Run, files: Iterable[SourceFile], steps: Steps = DIRECT) -> IngestSummary:
+    """Prepare files, storing a batch whenever `batch_chunks` chunks are waiting; failures recorded per file."""
+    for batch in store_batches(run, prepared(run, files, steps.prepare)):
+        steps.store(run, batch)
+    return run.summary
+
+
+def run_ingest(run: Run, source: str | Path, *, sync: bool = False, steps: Steps = DIRECT) -> IngestSummary:
+    """The ingest driver: list the source, prepare and store its files, then (with `sync`) delete the vanished."""
+    files = steps.listing(run, source)
+    if run.on_list:
+        run.on_list(len(files))
+    ingest_files(run, files, steps)
+    if sync:
+        steps.sync(run, files)
+    return run.summary
 
 
 def ingest_source(
@@ -424,11 +513,6 @@ def ingest_source(
     `confine_to` (a tenant's real folder) keeps every file read inside it: a file resolving elsewhere
     is recorded as failed, not read. The operator's own local paths (CLI, flows) pass None.
     """
-    validate_collection(collection)
-    run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, collection=collection)
-    run.parse_limits, run.confine_to = parse_limits, confine_to
-    files = begin(run, source)
-    ingest_files(run, files)
-    if sync:
-        sync_deletions(run, files)
-    return run.summary
+    options = {"collection": collection, "parse_limits": parse_limits, "confine_to": confine_to}
+    run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, **options)
+    return run_ingest(run, source, sync=sync)
