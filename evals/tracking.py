@@ -74,7 +74,7 @@ def log_params(mlc, run_id: str, params: dict[str, str]) -> None:
 
 def log_config(mlc, run_id: str, config: PipelineConfig) -> None:
     """Store the full config as params and as the JSON artifact a registered version points at."""
-    body = config.model_dump(mode="json", exclude={"name"})
+    body = config.body()
     log_params(mlc, run_id, flatten(body))
     mlc.log_dict(run_id, {**body, "name": config.name}, CONFIG_ARTIFACT)
 

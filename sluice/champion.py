@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from sluice.config import PipelineConfig, parse_config
@@ -105,13 +106,18 @@ def current_champion(db: Database, tenant: str | None = None) -> PipelineConfig 
     return config_body(db, config_id) if config_id else None
 
 
+def write_config(conn: psycopg.Connection, config: PipelineConfig) -> None:
+    """Store a config's body under its id (and index id), once: the one writer of `pipeline_configs`."""
+    conn.execute(
+        "INSERT INTO pipeline_configs (config_id, index_id, body) VALUES (%s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+        (config.config_id, config.index_id, config.canonical_json()),
+    )
+
+
 def store_config(db: Database, config: PipelineConfig) -> None:
     """Make sure a config is stored under its id (promotion references it)."""
     with db.shared() as conn:
-        conn.execute(
-            "INSERT INTO pipeline_configs (config_id, index_id, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (config.config_id, config.index_id, Jsonb(config.model_dump(mode="json", exclude={"name"}))),
-        )
+        write_config(conn, config)
 
 
 def record_promotion(

@@ -28,6 +28,7 @@ from pydantic import (
 from sluice.errors import ConfigError
 
 CONFIG_VERSION = 1
+INDEX_FIELDS = ("version", "parser", "chunker", "embedder")  # what an index_id hashes
 
 
 class _Frozen(BaseModel):
@@ -285,27 +286,35 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"routing names tiers {missing} that generator.tiers does not declare")
         return self
 
+    def body(self) -> dict[str, Any]:
+        """The config as hashed and stored: every field but its name."""
+        return self.model_dump(mode="json", exclude={"name"})
+
+    def index_body(self) -> dict[str, Any]:
+        """The stages that change stored vectors (`INDEX_FIELDS`): the index's identity."""
+        return self.model_dump(mode="json", include=set(INDEX_FIELDS))
+
+    def canonical_json(self) -> str:
+        """The body stored beside the config id, in the form its id hashes."""
+        return canonical_json(self.body())
+
     # Cached: the model is frozen, and serving reads the ids several times per query (a dump and a
     # hash cost ~0.3 ms each). `model_copy` drops them, since a copy with `update` is another config.
     @cached_property
     def config_id(self) -> str:
         """Hash of the whole config (its name excluded)."""
-        return _digest(self.model_dump(mode="json", exclude={"name"}))
+        return _digest(self.body())
 
     @cached_property
     def index_id(self) -> str:
         """Hash of the stages that change stored vectors."""
-        return _digest(self.model_dump(mode="json", include={"version", "parser", "chunker", "embedder"}))
+        return _digest(self.index_body())
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> PipelineConfig:
         copy = super().model_copy(update=update, deep=deep)
         for cached in ("config_id", "index_id"):
             copy.__dict__.pop(cached, None)
         return copy
-
-    def canonical_json(self) -> str:
-        """The body stored beside the config id."""
-        return canonical_json(self.model_dump(mode="json", exclude={"name"}))
 
 
 def canonical_json(value: Any) -> str:

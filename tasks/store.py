@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from sluice.champion import write_config
 from sluice.config import PipelineConfig
 from sluice.errors import ConfigError, EmbedderMismatchError
 from tasks.chunk import Chunk
@@ -25,15 +26,12 @@ from tasks.parse import ParsedDocument
 
 def register_index(conn: psycopg.Connection, config: PipelineConfig, identity: EmbedderIdentity) -> None:
     """Record the config and its embedding space; refuse an embedder that differs from the recorded one."""
-    body = config.model_dump(mode="json", include={"version", "parser", "chunker", "embedder"})
-    conn.execute(
-        "INSERT INTO pipeline_configs (config_id, index_id, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-        (config.config_id, config.index_id, Jsonb(config.model_dump(mode="json", exclude={"name"}))),
-    )
+    write_config(conn, config)
+    body = Jsonb(config.index_body())
     conn.execute(
         "INSERT INTO indexes (index_id, body, embedder_model, weights_hash, dim, normalize) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (config.index_id, Jsonb(body), identity.model, identity.weights_hash, identity.dim, identity.normalize),
+        (config.index_id, body, identity.model, identity.weights_hash, identity.dim, identity.normalize),
     )
     check_embedder(conn, config.index_id, identity)
     conn.execute("SELECT ensure_vector_index(%s)", (identity.dim,))
