@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evals.metrics import SPAN_METRICS
 from evals.ragas_metrics import RAGAS_METRICS
-from sluice.config import ModelPrice, PipelineConfig, parse_config
+from sluice.config import ModelPrice, PipelineConfig, parse_config, read_yaml_mapping, validated
 from sluice.errors import ConfigError
 from sluice.settings import PROJECT_ROOT, Settings
 
@@ -121,21 +120,8 @@ class Grid(_Strict):
 
 def load_grid(path: Path | str) -> Grid:
     """Read and validate a grid YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file {str(path)!r} does not exist: pass a YAML grid (see evals/grids/)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"grid file {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"grid file {str(path)!r} must be a mapping (name, corpus, chunkers, ...)")
-    try:
-        grid = Grid.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: field {where!r}: {first['msg']}") from exc
+    path, fix, shape = Path(path), "pass a YAML grid (see evals/grids/)", "a mapping (name, corpus, chunkers, ...)"
+    grid = validated(Grid, read_yaml_mapping(path, "grid file", fix, shape), str(path))
     grid.source = str(path)
     return grid
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
 from sluice.errors import ConfigError
 
 CONFIG_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
 INDEX_FIELDS = ("version", "parser", "chunker", "embedder")  # what an index_id hashes
 
 
@@ -35,9 +36,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _smaller(model: BaseModel, small: str, large: str) -> None:
-    if getattr(model, small) >= getattr(model, large):
-        raise ValueError(f"{small} ({getattr(model, small)}) must be smaller than {large} ({getattr(model, large)})")
+class _Overlapping(_Frozen):
+    """A chunker whose overlap must stay below its size: `overlap_below` names (overlap field, size field)."""
+
+    overlap_below: ClassVar[tuple[str, str]]
+
+    @model_validator(mode="after")
+    def _check(self):
+        small, large = self.overlap_below
+        if getattr(self, small) >= getattr(self, large):
+            raise ValueError(f"{small} ({getattr(self, small)}) must be smaller than {large} ({getattr(self, large)})")
+        return self
 
 
 class ParserConfig(_Frozen):
@@ -47,27 +56,19 @@ class ParserConfig(_Frozen):
     ocr_languages: str = "eng"
 
 
-class RecursiveChunker(_Frozen):
+class RecursiveChunker(_Overlapping):
+    overlap_below = ("chunk_overlap", "chunk_size")
     kind: Literal["recursive"] = "recursive"
     chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
     chunk_overlap: int = Field(default=150, ge=0, le=5000)
 
-    @model_validator(mode="after")
-    def _check(self):
-        _smaller(self, "chunk_overlap", "chunk_size")
-        return self
 
-
-class FixedTokensChunker(_Frozen):
+class FixedTokensChunker(_Overlapping):
+    overlap_below = ("overlap_tokens", "chunk_tokens")
     kind: Literal["fixed_tokens"] = "fixed_tokens"
     # Tokens of the embedding model's own tokenizer; 256 is all-MiniLM-L6-v2's input limit.
     chunk_tokens: int = Field(default=256, ge=8, le=8192, description="Tokens per chunk.")
     overlap_tokens: int = Field(default=32, ge=0, le=4096)
-
-    @model_validator(mode="after")
-    def _check(self):
-        _smaller(self, "overlap_tokens", "chunk_tokens")
-        return self
 
 
 class StructureChunker(_Frozen):
@@ -77,16 +78,12 @@ class StructureChunker(_Frozen):
     min_chars: int = Field(default=200, ge=0, le=10000, description="Shorter sections merge into the next.")
 
 
-class SentenceChunker(_Frozen):
+class SentenceChunker(_Overlapping):
+    overlap_below = ("overlap", "window")
     kind: Literal["sentence"] = "sentence"
     window: int = Field(default=5, ge=1, le=100, description="Sentences per chunk.")
     overlap: int = Field(default=1, ge=0, le=99, description="Sentences shared with the previous chunk.")
     max_chars: int = Field(default=2000, ge=100, le=50000)
-
-    @model_validator(mode="after")
-    def _check(self):
-        _smaller(self, "overlap", "window")
-        return self
 
 
 class SemanticChunker(_Frozen):
@@ -97,16 +94,12 @@ class SemanticChunker(_Frozen):
     max_chars: int = Field(default=2000, ge=100, le=50000)
 
 
-class ParentChildChunker(_Frozen):
+class ParentChildChunker(_Overlapping):
+    overlap_below = ("child_overlap", "child_chars")
     kind: Literal["parent_child"] = "parent_child"
     parent_max_chars: int = Field(default=3000, ge=200, le=100000, description="Parent (context) section size.")
     child_chars: int = Field(default=400, ge=50, le=10000, description="Child (retrieved) chunk size.")
     child_overlap: int = Field(default=50, ge=0, le=5000)
-
-    @model_validator(mode="after")
-    def _check(self):
-        _smaller(self, "child_overlap", "child_chars")
-        return self
 
 
 ChunkerConfig = Annotated[
@@ -328,25 +321,36 @@ def _digest(value: Any) -> str:
 
 def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
     """Validate a config mapping, naming the source and the offending field on error."""
+    return validated(PipelineConfig, data, source)
+
+
+def validated(model: type[M], data: Any, source: str) -> M:
+    """Validate `data` as `model`; ConfigError naming the source and the first offending field."""
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{source}: field {where!r}: {first['msg']}") from exc
 
 
+def read_yaml_mapping(path: Path, what: str, fix: str, shape: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; ConfigError naming the file (`what`) when it is missing, invalid or no mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist: {fix}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must be {shape}")
+    return data
+
+
 def load_config(path: Path | None) -> PipelineConfig:
     """Load a pipeline config from YAML, or the built-in default when no path is given."""
     if path is None:
         return PipelineConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline config {str(path)!r} does not exist: pass an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline config {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline config {str(path)!r} must be a mapping of stages")
+    data = read_yaml_mapping(path, "pipeline config", "pass an existing YAML file", "a mapping of stages")
     return parse_config(data, source=str(path))
