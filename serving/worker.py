@@ -34,6 +34,7 @@ from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
 from serving.jobs import mark_finished
+from serving.outcome import TaskOutcome
 from serving.poison import check_payload, guarded_strategy
 from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
@@ -133,10 +134,6 @@ class WorkerState:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _error(exc: SluiceError) -> dict:
-    return {"error": {"type": type(exc).__name__, "message": str(exc)}}
 
 
 def result_json(result, version: int) -> dict:
@@ -353,7 +350,7 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
 
 
 def _counted(task: str, work) -> dict:
-    """Run a task body: our errors become an error result; every outcome is counted."""
+    """Run a task body: its value, or our error, as a `TaskOutcome` on the wire; every outcome is counted."""
     try:
         out = work()
     except SluiceError as exc:
@@ -361,18 +358,19 @@ def _counted(task: str, work) -> dict:
             metrics.TASKS.labels(task, "retry").inc()
             raise
         metrics.TASKS.labels(task, "error").inc()
-        return _error(exc)
+        return TaskOutcome.failed(exc).to_wire()
     except psycopg.OperationalError as exc:
         if TOO_MANY_PARAMETERS not in str(exc):
             metrics.TASKS.labels(task, "failed").inc()
             raise
         metrics.TASKS.labels(task, "error").inc()
-        return _error(QueryError("the query needs more than 65,535 SQL parameters: narrow its filters"))
+        refused = QueryError("the query needs more than 65,535 SQL parameters: narrow its filters")
+        return TaskOutcome.failed(refused).to_wire()
     except Exception:
         metrics.TASKS.labels(task, "failed").inc()
         raise
     metrics.TASKS.labels(task, "ok").inc()
-    return out
+    return TaskOutcome.ok(out).to_wire()
 
 
 def _process_init(settings: Settings, state: WorkerState) -> None:
