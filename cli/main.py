@@ -121,7 +121,7 @@ def query(
                 db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
             )
     if as_json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(json.dumps({"question": result.question, **result.to_json()}, indent=2))
     else:
         _print_answer(result)
 
@@ -142,20 +142,6 @@ def _query_config(settings: Settings, db, tenant: str, collection: str | None, p
             soft_wrap=True,
         )
     return pipeline
-
-
-def _result_json(result) -> dict:
-    from tasks.answer import generation_json
-
-    return {
-        "question": result.question,
-        "answer": result.answer.text,
-        "citations": [c.__dict__ for c in result.answer.citations],
-        "config_id": result.config_id,
-        "index_id": result.index_id,
-        "timings_ms": result.timings_ms,
-        "generation": generation_json(result),
-    }
 
 
 def _print_answer(result) -> None:

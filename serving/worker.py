@@ -136,25 +136,6 @@ class WorkerState:
             self._db = None
 
 
-def result_json(result, version: int) -> dict:
-    """The wire form of a `QueryResult`."""
-    from tasks.answer import generation_json
-
-    return {
-        "answer": result.answer.text,
-        "citations": [
-            {"document": c.source_id, "document_id": c.document_id, "span": [c.start, c.end], "score": c.score}
-            for c in result.answer.citations
-        ],
-        "config_id": result.config_id,
-        "index_id": result.index_id,
-        "model_tier": result.answer.tier,  # the tier that answered: after a fallback, not the routed one
-        "corpus_version": version,
-        "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-        "generation": generation_json(result),
-    }
-
-
 @functools.cache
 def _parameters(fn) -> frozenset[str]:
     return frozenset(inspect.signature(fn).parameters)  # ~1 ms a call: once per process, not per query
@@ -181,7 +162,7 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     publish = StreamPublisher(task) if task is not None and payload.get("stream") else None
     answerer = state.answerer(config)
     result = answer_question(state.db, tenant, config, embedder, question, answerer=answerer, on_piece=publish, **extra)
-    response = result_json(result, version)
+    response = {**result.to_json(), "corpus_version": version}
     observe_answer(tenant, result)
     if state.settings.answer_cache:
         # The API looks entries up under the global champion's config id (it does not resolve tenants).

@@ -16,7 +16,7 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
-from tasks.generate import Answer
+from tasks.generate import Answer, Citation
 from tasks.parents import with_parents
 from tasks.retrieve import Hit, retrieve
 from tasks.route import RouteDecision
@@ -35,6 +35,28 @@ class QueryResult:
     index_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     route: RouteDecision | None = None
+
+    def to_json(self) -> dict:
+        """The public JSON of this answer (the API's QueryResponse fields; `sluice query --json` prints it too)."""
+        return {
+            "answer": self.answer.text,
+            "citations": [citation_json(c) for c in self.answer.citations],
+            "config_id": self.config_id,
+            "index_id": self.index_id,
+            "model_tier": self.answer.tier,  # the tier that answered: after a fallback, not the routed one
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "generation": generation_json(self),
+        }
+
+
+def citation_json(cite: Citation) -> dict:
+    """A citation as the API shows it: the document's source and public id, its character span, the score."""
+    return {
+        "document": cite.source_id,
+        "document_id": cite.document_id,
+        "span": [cite.start, cite.end],
+        "score": cite.score,
+    }
 
 
 def answer_question(
