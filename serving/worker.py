@@ -10,8 +10,6 @@ embedder of the index it reads.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 import signal
@@ -136,11 +134,6 @@ class WorkerState:
             self._db = None
 
 
-@functools.cache
-def _parameters(fn) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters)  # ~1 ms a call: once per process, not per query
-
-
 def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     """Answer one query for one tenant and fill the answer cache."""
     from tasks.answer import answer_question
@@ -148,32 +141,43 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     t0 = time.perf_counter()
     check_payload(payload, query=True)  # the API's own model and filter limits, before any work
     tenant, question = payload["tenant"], payload["question"]
+    filters, collection = payload.get("filters"), payload.get("collection")
     # Config, index and corpus version in one snapshot (one pipelined round trip), before retrieval: a switch
     # or ingest after it bumps the version past the entry cached below. An unknown tenant reads version 0
     # here and is refused by answer_question's own tenant check.
-    served = served_config(state.settings, state.db, tenant, payload.get("collection"))
+    served = served_config(state.settings, state.db, tenant, collection)
     config, version = served.config, served.version
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)  # the served index's embedder
-    extra = {k: payload[k] for k in ("filters", "collection") if payload.get(k) is not None}
-    unsupported = set(extra) - _parameters(answer_question)
-    if unsupported:
-        raise QueryError(f"{', '.join(sorted(unsupported))} not supported by this server's retrieval: omit them")
     publish = StreamPublisher(task) if task is not None and payload.get("stream") else None
     answerer = state.answerer(config)
-    result = answer_question(state.db, tenant, config, embedder, question, answerer=answerer, on_piece=publish, **extra)
+    result = answer_question(
+        state.db,
+        tenant,
+        config,
+        embedder,
+        question,
+        filters=filters,
+        collection=collection,
+        answerer=answerer,
+        on_piece=publish,
+    )
     response = {**result.to_json(), "corpus_version": version}
     observe_answer(tenant, result)
     if state.settings.answer_cache:
-        # The API looks entries up under the global champion's config id (it does not resolve tenants).
-        key = answer_cache_key(
-            question, payload.get("filters"), payload.get("collection"), served.key_config_id, version
-        )
-        with state.db.tenant(tenant) as conn:
-            cache_put(conn, tenant, key, response)
+        _cache_answer(state, payload, served, response)
     response["timings_ms"]["worker_total"] = round((time.perf_counter() - t0) * 1000, 3)
     log.info("query answered", extra={"tier": result.answer.tier, "ms": response["timings_ms"]["worker_total"]})
     return response
+
+
+def _cache_answer(state: WorkerState, payload: dict, served, response: dict) -> None:
+    """Store the answer under the key the API looks it up by: question, scope, config and corpus version."""
+    # The API looks entries up under the global champion's config id (it does not resolve tenants).
+    question, filters, collection = payload["question"], payload.get("filters"), payload.get("collection")
+    key = answer_cache_key(question, filters, collection, served.key_config_id, served.version)
+    with state.db.tenant(payload["tenant"]) as conn:
+        cache_put(conn, payload["tenant"], key, response)
 
 
 def observe_answer(tenant: str, result) -> None:
