@@ -283,52 +283,57 @@ def _remove_tree(path: Path) -> None:
     path.rmdir()
 
 
-def register_tasks(app: Celery, state: WorkerState) -> None:
-    """Register the two tasks on `app`, bound to this process's `state`."""
-    settings = state.settings
-    # Both tasks: the main process measures each message before a pool process is handed it, and a
-    # task that fails on its last attempt (SLUICE_TASK_MAX_RETRIES) is a dead letter, not a loop.
-    common = {
+# Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
+# re-sent at once (retry_on_worker_lost), counted against max_retries; requeued as before only if
+# that re-send fails. No STARTED state (task_track_started is for ingest): a query runs for tens of
+# milliseconds, and the extra read and write of the result key (plus a wake-up of the waiting API)
+# cost ~1 ms of each.
+QUERY_OPTIONS = {
+    "name": QUERY_TASK,
+    "track_started": False,
+    "acks_late": True,
+    "retry_on_worker_lost": True,
+    "reject_on_worker_lost": True,
+    "default_retry_delay": 0,
+    "soft_time_limit": QUERY_SOFT_LIMIT_S,
+    "time_limit": QUERY_LIMIT_S,
+}
+# Idempotent too (each document is stored in one transaction; unchanged ones are skipped by
+# content hash), so a lost worker's ingest is retried on another process, but counted against
+# max_retries: a document that kills every worker it meets (OOM in a parser) fails the job, not loops.
+INGEST_OPTIONS = {
+    "name": INGEST_TASK,
+    "acks_late": True,
+    "retry_on_worker_lost": True,
+    "default_retry_delay": 1,  # the delay of a retry after a lost worker
+    "soft_time_limit": 1800,
+    "time_limit": 1900,
+}
+
+
+def common_options(settings: Settings) -> dict:
+    """Both tasks' options: retries with backoff, and the guard that turns a poison message into a dead letter."""
+    # The main process measures each message before a pool process is handed it, and a task that fails
+    # on its last attempt (SLUICE_TASK_MAX_RETRIES) is a dead letter, not a loop.
+    return {
         **RETRY,
+        "bind": True,
         "max_retries": settings.task_max_retries,
         # staticmethod: Celery reads it as a class attribute and calls it with (task, app, consumer).
         "Strategy": staticmethod(guarded_strategy(lambda letter: record(settings, letter))),
     }
 
-    # Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
-    # re-sent at once (retry_on_worker_lost), counted against max_retries; requeued as before only if
-    # that re-send fails. No STARTED state (task_track_started is for ingest): a query runs for tens of
-    # milliseconds, and the extra read and write of the result key (plus a wake-up of the waiting API)
-    # cost ~1 ms of each.
-    @app.task(
-        name=QUERY_TASK,
-        bind=True,
-        track_started=False,
-        acks_late=True,
-        retry_on_worker_lost=True,
-        reject_on_worker_lost=True,
-        default_retry_delay=0,
-        soft_time_limit=QUERY_SOFT_LIMIT_S,
-        time_limit=QUERY_LIMIT_S,
-        **common,
-    )
+
+def register_tasks(app: Celery, state: WorkerState) -> None:
+    """Register the two tasks on `app`, bound to this process's `state`."""
+    common = common_options(state.settings)
+
+    @app.task(**QUERY_OPTIONS, **common)
     def query(self: Task, payload: dict) -> dict:
         with traced(self, QUERY_TASK, QUERY_QUEUE):
             return _counted(QUERY_TASK, lambda: run_query(state, self, payload))
 
-    # Idempotent too (each document is stored in one transaction; unchanged ones are skipped by
-    # content hash), so a lost worker's ingest is retried on another process, but counted against
-    # max_retries: a document that kills every worker it meets (OOM in a parser) fails the job, not loops.
-    @app.task(
-        name=INGEST_TASK,
-        bind=True,
-        acks_late=True,
-        retry_on_worker_lost=True,
-        default_retry_delay=1,  # the delay of a retry after a lost worker
-        soft_time_limit=1800,
-        time_limit=1900,
-        **common,
-    )
+    @app.task(**INGEST_OPTIONS, **common)
     def ingest(self: Task, payload: dict) -> dict:
         with traced(self, INGEST_TASK, INGEST_QUEUE):
             return _counted(INGEST_TASK, lambda: run_ingest(state, payload))
