@@ -8,8 +8,6 @@ import typer
 from rich.table import Table
 
 from cli.common import console
-from cli.common import fail as _fail
-from sluice.errors import SluiceError
 from sluice.settings import Settings, load_settings
 
 champion_app = typer.Typer(
@@ -36,11 +34,8 @@ def champion_show() -> None:
     from sluice.db import Database
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            events = champion.history(db)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        events = champion.history(db)
     table = Table(title="champion history (newest last)")
     for col in ("#", "scope", "action", "config id", "model version", "run", "evaluated on", "reason", "at"):
         table.add_column(col, overflow="fold")
@@ -72,14 +67,11 @@ def champion_promote(
     from sluice.db import Database
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            event = promote_run(settings, db, run, reason or "", evaluated_on=tenant, tenant=tenant)
-            console.print(f"champion {tenant or '(global)'}: config {event.config_id} (version {event.model_version})")
-            if rollout:
-                roll_out(settings, db, tenant, f"promotion {event.event_id}")
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        event = promote_run(settings, db, run, reason or "", evaluated_on=tenant, tenant=tenant)
+        console.print(f"champion {tenant or '(global)'}: config {event.config_id} (version {event.model_version})")
+        if rollout:
+            roll_out(settings, db, tenant, f"promotion {event.event_id}")
 
 
 @champion_app.command("rollback")
@@ -89,15 +81,12 @@ def champion_rollback(tenant: TenantScope = None, reason: ReasonOpt = "manual ro
     from sluice.db import Database
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            event = rollback(settings, db, reason or "", tenant)
-            restored = f"config {event.config_id} (version {event.model_version})" if event else "the global champion"
-            console.print(f"champion {tenant or '(global)'} restored: {restored}")
-            if rollout:
-                roll_out(settings, db, tenant, "rollback")
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        event = rollback(settings, db, reason or "", tenant)
+        restored = f"config {event.config_id} (version {event.model_version})" if event else "the global champion"
+        console.print(f"champion {tenant or '(global)'} restored: {restored}")
+        if rollout:
+            roll_out(settings, db, tenant, "rollback")
 
 
 @champion_app.command("rollout")
@@ -110,11 +99,8 @@ def champion_rollout(
     from sluice.db import Database
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            ro = roll_out(settings, db, tenant, "manual rollout", force=force, concurrency=concurrency)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        ro = roll_out(settings, db, tenant, "manual rollout", force=force, concurrency=concurrency)
     if any(outcome != "switched" for outcome in ro.outcomes.values()):
         raise typer.Exit(code=1)
 
@@ -147,10 +133,7 @@ def champion_status(tenant: TenantScope = None) -> None:
     """Per tenant: served config and index, target, and the latest rollout's progress (rate, ETA, failures)."""
     from cli.rollout import print_status
 
-    try:
-        print_status(load_settings(), tenant)
-    except SluiceError as exc:
-        _fail(exc)
+    print_status(load_settings(), tenant)
 
 
 @champion_app.command("cancel")
@@ -159,9 +142,6 @@ def champion_cancel(rollout_id: Annotated[Optional[str], typer.Argument(help="De
     from sluice.db import Database
     from tasks.rollout_state import request_cancel
 
-    try:
-        with Database(load_settings()) as db:
-            ids = request_cancel(db, rollout_id)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db:
+        ids = request_cancel(db, rollout_id)
     console.print(f"cancel requested: {', '.join(ids)}" if ids else "no running rollout")

@@ -1,14 +1,18 @@
-"""What every `sluice` command module shares: the consoles and the one way to fail."""
+"""What every `sluice` command module shares: the consoles, and the one place a SluiceError becomes exit code 2."""
 
 from __future__ import annotations
 
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
+from typer.core import TyperGroup
+
+from sluice.errors import SluiceError
 
 console = Console()
 err_console = Console(stderr=True)  # progress displays
@@ -26,6 +30,16 @@ def fail(exc: Exception) -> NoReturn:
     """Print the error (its message names the input and the fix) and exit with code 2."""
     say_error(str(exc))
     raise typer.Exit(code=2)
+
+
+class SluiceGroup(TyperGroup):
+    """The top command group: a SluiceError from any command is printed and exits with code 2, here only."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SluiceError as exc:
+            fail(exc)
 
 
 class StageProgress:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cli.common import console
-from cli.common import fail as _fail
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
@@ -60,13 +59,10 @@ def _demo_key(settings) -> str:
     from serving.auth import create_key
     from sluice.db import Database, create_tenant, migrate
 
-    try:
-        migrate(settings)
-        with Database(settings) as db:
-            create_tenant(db, "demo", "Demo tenant")
-            return create_key(db, "demo").secret
-    except SluiceError as exc:
-        _fail(exc)
+    migrate(settings)
+    with Database(settings) as db:
+        create_tenant(db, "demo", "Demo tenant")
+        return create_key(db, "demo").secret
 
 
 def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
@@ -190,11 +186,9 @@ def _demo_requests(base: str, key: str, gold, where: str) -> None:
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            _fail(
-                SluiceError(
-                    f"the demo API at {base} was not ready after 180 s (last /readyz: {last}); {where}, "
-                    "then re-run `sluice demo-api --detach` (a port in use: pass --port)"
-                )
+            raise SluiceError(
+                f"the demo API at {base} was not ready after 180 s (last /readyz: {last}); {where}, "
+                "then re-run `sluice demo-api --detach` (a port in use: pass --port)"
             )
         time.sleep(1)
     job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"}).json()["job_id"]

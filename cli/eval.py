@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from cli.common import StageProgress, console
-from cli.common import fail as _fail
 from cli.eval_report import print_comparison, verdict, write_full_table
 from sluice.errors import SluiceError
 from sluice.settings import load_settings
@@ -34,28 +33,23 @@ def _evaluate(grid: Path, gold: str | None, promote: bool, rollout: bool = True)
     from sluice.db import Database
 
     settings = load_settings()
-    try:
-        spec = load_grid(grid)
-        with Database(settings) as db, StageProgress() as progress:
-            stage: dict[str, str] = {}
+    spec = load_grid(grid)
+    with Database(settings) as db, StageProgress() as progress:
+        stage: dict[str, str] = {}
 
-            def on_config(config, step: str) -> None:
-                stage["now"] = f"{'indexing' if step == 'index' else 'answering with'} {config.name}"
-                progress.update(stage["now"])
+        def on_config(config, step: str) -> None:
+            stage["now"] = f"{'indexing' if step == 'index' else 'answering with'} {config.name}"
+            progress.update(stage["now"])
 
-            def on_question(config, n: int, total: int) -> None:
-                progress.update(stage["now"], n, total)
+        def on_question(config, n: int, total: int) -> None:
+            progress.update(stage["now"], n, total)
 
-            report = run_evaluation(
-                settings, db, spec, gold, promote=promote, on_config=on_config, on_question=on_question
-            )
-            champion_id = champion.current_champion_id(db)
-        _print_report(report, spec, settings, champion_id)
-        if report.promoted and rollout:
-            with Database(settings) as db:
-                roll_out(settings, db, None, f"promotion {report.promoted.event_id}")
-    except SluiceError as exc:
-        _fail(exc)
+        report = run_evaluation(settings, db, spec, gold, promote=promote, on_config=on_config, on_question=on_question)
+        champion_id = champion.current_champion_id(db)
+    _print_report(report, spec, settings, champion_id)
+    if report.promoted and rollout:
+        with Database(settings) as db:
+            roll_out(settings, db, None, f"promotion {report.promoted.event_id}")
 
 
 def _print_report(report, spec, settings, champion_id: str | None) -> None:
@@ -105,16 +99,13 @@ def _answer_with_champion(question: str, tenant: str) -> None:
     from tasks.routed import answerer_for
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            if champion.current_champion_id(db) is None:
-                raise SluiceError("no champion was promoted: see the decision above")
-            config = served(settings, db, tenant).config
-            embedder = get_embedder(config.embedder, settings.embed_batch_size)
-            with closing(answerer_for(settings, config, embedder)) as answerer:
-                result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        if champion.current_champion_id(db) is None:
+            raise SluiceError("no champion was promoted: see the decision above")
+        config = served(settings, db, tenant).config
+        embedder = get_embedder(config.embedder, settings.embed_batch_size)
+        with closing(answerer_for(settings, config, embedder)) as answerer:
+            result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
     # The evaluation's last line named the champion by id and parts: not again here.
     console.print(f"the champion answers:\n[bold]Q:[/] {question}\n[bold]A:[/] {result.answer.text}")
 

@@ -10,8 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import console, err_console, fail, say_error
-from sluice.errors import SluiceError
+from cli.common import console, err_console, say_error
 from sluice.settings import load_settings
 
 COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
@@ -33,17 +32,14 @@ def ingest(
     from tasks.store import validate_collection
 
     settings = load_settings()
-    try:
-        validate_collection(collection)
-        with Database(settings) as db:
-            once = _once(settings, db, tenant, source, sync, collection)
-            if config is None:
-                run = ingest_served(settings, db, tenant, collection, once)
-                summary, index_id, note = run.summary, run.index_id, _served_note(run.indexes)
-            else:
-                summary, index_id, note = _experiment(settings, db, tenant, collection, config, once)
-    except SluiceError as exc:
-        fail(exc)
+    validate_collection(collection)
+    with Database(settings) as db:
+        once = _once(settings, db, tenant, source, sync, collection)
+        if config is None:
+            run = ingest_served(settings, db, tenant, collection, once)
+            summary, index_id, note = run.summary, run.index_id, _served_note(run.indexes)
+        else:
+            summary, index_id, note = _experiment(settings, db, tenant, collection, config, once)
     print_summary(summary, index_id)
     if note:
         console.print(note, soft_wrap=True)

@@ -13,17 +13,15 @@ import typer
 from cli import demo as cli_demo_api
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
-from cli.common import console, err_console
-from cli.common import fail as _fail
+from cli.common import SluiceGroup, console, err_console
 from cli.eval import register_eval_commands
 from cli.ingest import ingest as ingest_command
 from cli.ingest import print_summary
 from cli.routing import router_app
 from cli.serving import app as serving_app
-from sluice.errors import SluiceError
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
-app = typer.Typer(help="Sluice: workflow-orchestrated RAG data pipeline.", no_args_is_help=True)
+app = typer.Typer(cls=SluiceGroup, help="Sluice: workflow-orchestrated RAG data pipeline.", no_args_is_help=True)
 db_app = typer.Typer(help="The database: start the embedded server, migrate, stop.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -59,11 +57,8 @@ def db_up() -> None:
     from sluice.db import app_conninfo, migrate, server_dsn_summary, tune_embedded
 
     settings = _settings()
-    try:
-        migrate(settings)
-        sizes = tune_embedded(settings)
-    except SluiceError as exc:
-        _fail(exc)
+    migrate(settings)
+    sizes = tune_embedded(settings)
     if sizes:
         console.print("embedded server sized to this machine: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     console.print(f"database ready: {server_dsn_summary(app_conninfo(settings))}", soft_wrap=True)
@@ -91,11 +86,8 @@ def tenant_create(tenant: str, name: Annotated[str, typer.Option(help="Display n
     """Create a tenant."""
     from sluice.db import create_tenant
 
-    try:
-        with _database(_settings()) as db:
-            created = create_tenant(db, tenant, name)
-    except SluiceError as exc:
-        _fail(exc)
+    with _database(_settings()) as db:
+        created = create_tenant(db, tenant, name)
     console.print(f"tenant {tenant!r} {'created' if created else 'already exists'}")
 
 
@@ -120,19 +112,16 @@ def query(
     from tasks.routed import answerer_for
 
     settings = _settings()
-    try:
-        with _database(settings) as db:
-            pipeline = _query_config(settings, db, tenant, collection, config)
-            embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-            with closing(answerer_for(settings, pipeline, embedder)) as answerer:
-                filters = cli_retrieval.parse_filter(filter_json)
-                result = answer_question(
-                    db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
-                )
-    except SluiceError as exc:
-        _fail(exc)
+    with _database(settings) as db:
+        pipeline = _query_config(settings, db, tenant, collection, config)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        with closing(answerer_for(settings, pipeline, embedder)) as answerer:
+            filters = cli_retrieval.parse_filter(filter_json)
+            result = answer_question(
+                db, tenant, pipeline, embedder, question, filters=filters, collection=collection, answerer=answerer
+            )
     if as_json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(json.dumps({"question": result.question, **result.to_json()}, indent=2))
     else:
         _print_answer(result)
 
@@ -153,20 +142,6 @@ def _query_config(settings: Settings, db, tenant: str, collection: str | None, p
             soft_wrap=True,
         )
     return pipeline
-
-
-def _result_json(result) -> dict:
-    from tasks.answer import generation_json
-
-    return {
-        "question": result.question,
-        "answer": result.answer.text,
-        "citations": [c.__dict__ for c in result.answer.citations],
-        "config_id": result.config_id,
-        "index_id": result.index_id,
-        "timings_ms": result.timings_ms,
-        "generation": generation_json(result),
-    }
 
 
 def _print_answer(result) -> None:
@@ -194,24 +169,21 @@ def demo() -> None:
     from tasks.ingest_served import ingest_served
 
     settings = _settings()
-    try:
-        migrate(settings)
-        with Database(settings) as db:
-            create_tenant(db, "demo", "Demo tenant")
+    migrate(settings)
+    with Database(settings) as db:
+        create_tenant(db, "demo", "Demo tenant")
 
-            def once(pipeline, embedder):
-                return ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
+        def once(pipeline, embedder):
+            return ingest_source(db, "demo", pipeline, embedder, SAMPLE_CORPUS, settings.max_file_bytes)
 
-            run = ingest_served(settings, db, "demo", "default", once)
-            print_summary(run.summary, run.index_id)
-            pipeline = served(settings, db, "demo").config
-            embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-            for line in SAMPLE_GOLD.read_text().splitlines():
-                item = json.loads(line)
-                _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))
-                console.print()
-    except SluiceError as exc:
-        _fail(exc)
+        run = ingest_served(settings, db, "demo", "default", once)
+        print_summary(run.summary, run.index_id)
+        pipeline = served(settings, db, "demo").config
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        for line in SAMPLE_GOLD.read_text().splitlines():
+            item = json.loads(line)
+            _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))
+            console.print()
 
 
 def main() -> None:

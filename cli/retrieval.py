@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.common import StageProgress, console
-from cli.common import fail as _fail
-from sluice.errors import QueryError, SluiceError
+from sluice.errors import QueryError
 from sluice.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -50,14 +49,11 @@ def eval_retrieval(
     from tasks.embed import get_embedder
 
     settings = load_settings()
-    try:
-        pipeline = load_config(config or settings.config_path)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        with Database(settings) as db, StageProgress() as progress:
-            progress.update("loading the embedding model")  # on first use, inside eval_beir
-            results = eval_beir(db, pipeline, embedder, beir, keep=keep, on_progress=progress.update)
-    except SluiceError as exc:
-        _fail(exc)
+    pipeline = load_config(config or settings.config_path)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    with Database(settings) as db, StageProgress() as progress:
+        progress.update("loading the embedding model")  # on first use, inside eval_beir
+        results = eval_beir(db, pipeline, embedder, beir, keep=keep, on_progress=progress.update)
     if as_json:
         print(json.dumps({"config_id": pipeline.config_id, "results": results}, indent=2))
         return
@@ -76,11 +72,8 @@ def index_activate(index_id: str, tenant: TenantOpt, collection: CollectionOpt =
     from sluice.db import Database
     from tasks.indexes import activate_index
 
-    try:
-        with Database(load_settings()) as db, db.tenant(tenant) as conn:
-            previous = activate_index(conn, index_id, collection)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db, db.tenant(tenant) as conn:
+        previous = activate_index(conn, index_id, collection)
     console.print(f"collection {collection!r} now served by {index_id} (was {previous or 'the config default'})")
 
 
@@ -90,11 +83,8 @@ def index_drop(index_id: str, tenant: TenantOpt) -> None:
     from sluice.db import Database
     from tasks.indexes import drop_index
 
-    try:
-        with Database(load_settings()) as db, db.tenant(tenant) as conn:
-            deleted = drop_index(conn, index_id)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db, db.tenant(tenant) as conn:
+        deleted = drop_index(conn, index_id)
     console.print(f"dropped {deleted} chunks of index {index_id}")
 
 
@@ -104,11 +94,8 @@ def index_list(tenant: TenantOpt) -> None:
     from sluice.db import Database
     from tasks.indexes import list_indexes
 
-    try:
-        with Database(load_settings()) as db, db.tenant(tenant) as conn:
-            rows = list_indexes(conn)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db, db.tenant(tenant) as conn:
+        rows = list_indexes(conn)
     table = Table(title=f"indexes of tenant {tenant}")
     for col in ("index_id", "embedder", "chunks", "active for"):
         table.add_column(col)
@@ -131,11 +118,8 @@ def index_gc(
     from tasks.rollout import tenants_in_scope
 
     settings = load_settings()
-    try:
-        with Database(settings) as db:
-            dropped = collect_garbage(settings, db, tenants_in_scope(db, tenant), older_than_days, dry_run)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(settings) as db:
+        dropped = collect_garbage(settings, db, tenants_in_scope(db, tenant), older_than_days, dry_run)
     verb = "would drop" if dry_run else "dropped"
     for name, indexes in dropped.items():
         if indexes:

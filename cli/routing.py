@@ -9,8 +9,6 @@ import typer
 import yaml
 
 from cli.common import console
-from cli.common import fail as _fail
-from sluice.errors import SluiceError
 
 router_app = typer.Typer(help="Model routing: train and inspect routers.", no_args_is_help=True)
 
@@ -31,13 +29,10 @@ def train(
     from tasks.embed import get_embedder
 
     settings = load_settings()
-    try:
-        pipeline = _base_config(config or settings.config_path)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-        routing = train_routing(results, embedder, large_share, budget_usd, tolerance, settings.data_dir)
-        body = _with_routing(pipeline, routing) if out else None
-    except SluiceError as exc:
-        _fail(exc)
+    pipeline = _base_config(config or settings.config_path)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    routing = train_routing(results, embedder, large_share, budget_usd, tolerance, settings.data_dir)
+    body = _with_routing(pipeline, routing) if out else None
     snippet = yaml.safe_dump({"routing": routing}, sort_keys=False)
     if out and body is not None:
         out.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -106,15 +101,12 @@ def explain(
     from tasks.route import build_router
 
     settings = load_settings()
-    try:
-        pipeline = _base_config(config or settings.config_path)
-        needs_embedder = tenant is not None or pipeline.routing.policy == "classifier"
-        embedder = _embedder(pipeline, settings) if needs_embedder else None
-        vector = embedder.encode([question])[0] if embedder else None
-        hits = _retrieve(settings, pipeline, tenant, vector) if tenant else []
-        decision = build_router(pipeline.routing, embedder, settings.data_dir).route(question, hits, None, vector)
-    except SluiceError as exc:
-        _fail(exc)
+    pipeline = _base_config(config or settings.config_path)
+    needs_embedder = tenant is not None or pipeline.routing.policy == "classifier"
+    embedder = _embedder(pipeline, settings) if needs_embedder else None
+    vector = embedder.encode([question])[0] if embedder else None
+    hits = _retrieve(settings, pipeline, tenant, vector) if tenant else []
+    decision = build_router(pipeline.routing, embedder, settings.data_dir).route(question, hits, None, vector)
     console.print(f"[bold]{decision.tier}[/] ({decision.policy}): {decision.reason}; {decision.elapsed_ms:.3f} ms")
 
 

@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 
 from cli.common import console
-from cli.common import fail as _fail
-from sluice.errors import SluiceError
 from sluice.settings import load_settings
 
 app = typer.Typer()
@@ -22,11 +20,8 @@ def key_create(tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenan
     from serving.auth import create_key
     from sluice.db import Database
 
-    try:
-        with Database(load_settings()) as db:
-            new = create_key(db, tenant)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db:
+        new = create_key(db, tenant)
     console.print(f"key id: {new.key_id}  tenant: {new.tenant}")
     console.print("secret (shown once, store it now):")
     print(new.secret)
@@ -38,11 +33,8 @@ def key_revoke(key_id: str) -> None:
     from serving.auth import revoke_key
     from sluice.db import Database
 
-    try:
-        with Database(load_settings()) as db:
-            tenant = revoke_key(db, key_id)
-    except SluiceError as exc:
-        _fail(exc)
+    with Database(load_settings()) as db:
+        tenant = revoke_key(db, key_id)
     console.print(f"revoked key {key_id} of tenant {tenant!r}")
 
 

@@ -52,68 +52,69 @@ def live_workers(db: Database, broker_url: str, interval_s: float) -> tuple[int,
     return int(nodes), int(processes)
 
 
-def heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep that beats for this worker node (register on `app.steps['consumer']`)."""
+class Heartbeat(bootsteps.StartStopStep):
+    """A consumer bootstep that beats for this worker node and sweeps expired jobs, on the consumer's timer."""
 
-    class Heartbeat(bootsteps.StartStopStep):
-        requires = ("celery.worker.consumer.tasks:Tasks",)  # beat only once tasks are being consumed
+    requires = ("celery.worker.consumer.tasks:Tasks",)  # beat only once tasks are being consumed
+    settings: Settings  # set by `heartbeat_step`: Celery builds the step itself, from the class
 
-        def __init__(self, parent, **kwargs):
-            super().__init__(parent, **kwargs)
-            self.conn: psycopg.Connection | None = None
-            self.trefs: list = []
-            self.worker_id = ""  # set by start(); stop() also runs after a start-up that failed earlier
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.conn: psycopg.Connection | None = None
+        self.trefs: list = []
+        self.worker_id = ""  # set by start(); stop() also runs after a start-up that failed earlier
 
-        def start(self, c) -> None:
-            self.worker_id = f"{c.hostname}:{os.getpid()}"
-            self.beat(c)
-            self.trefs = [
-                c.timer.call_repeatedly(settings.worker_heartbeat_s, self.beat, (c,), priority=10),
-                c.timer.call_repeatedly(sweep_interval(settings.job_retention_s), self.sweep, (), priority=10),
-            ]
+    def start(self, c) -> None:
+        self.worker_id = f"{c.hostname}:{os.getpid()}"
+        self.beat(c)
+        self.trefs = [
+            c.timer.call_repeatedly(self.settings.worker_heartbeat_s, self.beat, (c,), priority=10),
+            c.timer.call_repeatedly(sweep_interval(self.settings.job_retention_s), self.sweep, (), priority=10),
+        ]
 
-        def beat(self, c) -> None:
-            queues = sorted(q.name for q in c.task_consumer.queues) if c.task_consumer else []
-            row = {
-                "worker_id": self.worker_id,
-                "hostname": c.hostname,
-                "pid": os.getpid(),
-                "processes": c.pool.num_processes if c.pool else 0,
-                "queues": queues,
-                "broker": broker_id(c.app.conf.broker_url),
-            }
-            self._execute(UPSERT, row)
+    def beat(self, c) -> None:
+        queues = sorted(q.name for q in c.task_consumer.queues) if c.task_consumer else []
+        row = {
+            "worker_id": self.worker_id,
+            "hostname": c.hostname,
+            "pid": os.getpid(),
+            "processes": c.pool.num_processes if c.pool else 0,
+            "queues": queues,
+            "broker": broker_id(c.app.conf.broker_url),
+        }
+        self._execute(UPSERT, row)
 
-        def sweep(self) -> None:
-            self._run(lambda conn: expire(conn, settings.job_retention_s))
+    def sweep(self) -> None:
+        self._run(lambda conn: expire(conn, self.settings.job_retention_s))
 
-        def stop(self, c) -> None:
-            for tref in self.trefs:
-                tref.cancel()
-            self.trefs = []
-            self._execute(
-                "DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s", {"worker_id": self.worker_id}
-            )
+    def stop(self, c) -> None:
+        for tref in self.trefs:
+            tref.cancel()
+        self.trefs = []
+        self._execute("DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s", {"worker_id": self.worker_id})
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    shutdown = stop
+
+    def _execute(self, query: str, params: dict) -> None:
+        self._run(lambda conn: conn.execute(query, params))
+
+    def _run(self, work) -> None:
+        # A missed beat or sweep is not fatal (readiness turns red after a few beats; the next sweep
+        # catches up): log and reconnect next time.
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(app_conninfo(self.settings), autocommit=True, connect_timeout=2)
+            work(self.conn)
+        except psycopg.Error as exc:
+            log.warning("worker heartbeat or job sweep not done: %s", exc)
             if self.conn is not None:
                 self.conn.close()
-                self.conn = None
+            self.conn = None
 
-        shutdown = stop
 
-        def _execute(self, query: str, params: dict) -> None:
-            self._run(lambda conn: conn.execute(query, params))
-
-        def _run(self, work) -> None:
-            # A missed beat or sweep is not fatal (readiness turns red after a few beats; the next sweep
-            # catches up): log and reconnect next time.
-            try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = psycopg.connect(app_conninfo(settings), autocommit=True, connect_timeout=2)
-                work(self.conn)
-            except psycopg.Error as exc:
-                log.warning("worker heartbeat or job sweep not done: %s", exc)
-                if self.conn is not None:
-                    self.conn.close()
-                self.conn = None
-
-    return Heartbeat
+def heartbeat_step(settings: Settings) -> type[Heartbeat]:
+    """The heartbeat step bound to `settings` (register it on `app.steps['consumer']`)."""
+    return type("Heartbeat", (Heartbeat,), {"settings": settings, "__module__": __name__})

@@ -10,8 +10,6 @@ embedder of the index it reads.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 import signal
@@ -34,6 +32,7 @@ from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
 from serving.jobs import mark_finished
+from serving.outcome import TaskOutcome
 from serving.poison import check_payload, guarded_strategy
 from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
@@ -135,34 +134,6 @@ class WorkerState:
             self._db = None
 
 
-def _error(exc: SluiceError) -> dict:
-    return {"error": {"type": type(exc).__name__, "message": str(exc)}}
-
-
-def result_json(result, version: int) -> dict:
-    """The wire form of a `QueryResult`."""
-    from tasks.answer import generation_json
-
-    return {
-        "answer": result.answer.text,
-        "citations": [
-            {"document": c.source_id, "document_id": c.document_id, "span": [c.start, c.end], "score": c.score}
-            for c in result.answer.citations
-        ],
-        "config_id": result.config_id,
-        "index_id": result.index_id,
-        "model_tier": result.answer.tier,  # the tier that answered: after a fallback, not the routed one
-        "corpus_version": version,
-        "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-        "generation": generation_json(result),
-    }
-
-
-@functools.cache
-def _parameters(fn) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters)  # ~1 ms a call: once per process, not per query
-
-
 def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     """Answer one query for one tenant and fill the answer cache."""
     from tasks.answer import answer_question
@@ -170,32 +141,43 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
     t0 = time.perf_counter()
     check_payload(payload, query=True)  # the API's own model and filter limits, before any work
     tenant, question = payload["tenant"], payload["question"]
+    filters, collection = payload.get("filters"), payload.get("collection")
     # Config, index and corpus version in one snapshot (one pipelined round trip), before retrieval: a switch
     # or ingest after it bumps the version past the entry cached below. An unknown tenant reads version 0
     # here and is refused by answer_question's own tenant check.
-    served = served_config(state.settings, state.db, tenant, payload.get("collection"))
+    served = served_config(state.settings, state.db, tenant, collection)
     config, version = served.config, served.version
     logs.bind(config_id=config.config_id)
     embedder = state.embedder(config)  # the served index's embedder
-    extra = {k: payload[k] for k in ("filters", "collection") if payload.get(k) is not None}
-    unsupported = set(extra) - _parameters(answer_question)
-    if unsupported:
-        raise QueryError(f"{', '.join(sorted(unsupported))} not supported by this server's retrieval: omit them")
     publish = StreamPublisher(task) if task is not None and payload.get("stream") else None
     answerer = state.answerer(config)
-    result = answer_question(state.db, tenant, config, embedder, question, answerer=answerer, on_piece=publish, **extra)
-    response = result_json(result, version)
+    result = answer_question(
+        state.db,
+        tenant,
+        config,
+        embedder,
+        question,
+        filters=filters,
+        collection=collection,
+        answerer=answerer,
+        on_piece=publish,
+    )
+    response = {**result.to_json(), "corpus_version": version}
     observe_answer(tenant, result)
     if state.settings.answer_cache:
-        # The API looks entries up under the global champion's config id (it does not resolve tenants).
-        key = answer_cache_key(
-            question, payload.get("filters"), payload.get("collection"), served.key_config_id, version
-        )
-        with state.db.tenant(tenant) as conn:
-            cache_put(conn, tenant, key, response)
+        _cache_answer(state, payload, served, response)
     response["timings_ms"]["worker_total"] = round((time.perf_counter() - t0) * 1000, 3)
     log.info("query answered", extra={"tier": result.answer.tier, "ms": response["timings_ms"]["worker_total"]})
     return response
+
+
+def _cache_answer(state: WorkerState, payload: dict, served, response: dict) -> None:
+    """Store the answer under the key the API looks it up by: question, scope, config and corpus version."""
+    # The API looks entries up under the global champion's config id (it does not resolve tenants).
+    question, filters, collection = payload["question"], payload.get("filters"), payload.get("collection")
+    key = answer_cache_key(question, filters, collection, served.key_config_id, served.version)
+    with state.db.tenant(payload["tenant"]) as conn:
+        cache_put(conn, payload["tenant"], key, response)
 
 
 def observe_answer(tenant: str, result) -> None:
@@ -301,59 +283,64 @@ def _remove_tree(path: Path) -> None:
     path.rmdir()
 
 
-def register_tasks(app: Celery, state: WorkerState) -> None:
-    """Register the two tasks on `app`, bound to this process's `state`."""
-    settings = state.settings
-    # Both tasks: the main process measures each message before a pool process is handed it, and a
-    # task that fails on its last attempt (SLUICE_TASK_MAX_RETRIES) is a dead letter, not a loop.
-    common = {
+# Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
+# re-sent at once (retry_on_worker_lost), counted against max_retries; requeued as before only if
+# that re-send fails. No STARTED state (task_track_started is for ingest): a query runs for tens of
+# milliseconds, and the extra read and write of the result key (plus a wake-up of the waiting API)
+# cost ~1 ms of each.
+QUERY_OPTIONS = {
+    "name": QUERY_TASK,
+    "track_started": False,
+    "acks_late": True,
+    "retry_on_worker_lost": True,
+    "reject_on_worker_lost": True,
+    "default_retry_delay": 0,
+    "soft_time_limit": QUERY_SOFT_LIMIT_S,
+    "time_limit": QUERY_LIMIT_S,
+}
+# Idempotent too (each document is stored in one transaction; unchanged ones are skipped by
+# content hash), so a lost worker's ingest is retried on another process, but counted against
+# max_retries: a document that kills every worker it meets (OOM in a parser) fails the job, not loops.
+INGEST_OPTIONS = {
+    "name": INGEST_TASK,
+    "acks_late": True,
+    "retry_on_worker_lost": True,
+    "default_retry_delay": 1,  # the delay of a retry after a lost worker
+    "soft_time_limit": 1800,
+    "time_limit": 1900,
+}
+
+
+def common_options(settings: Settings) -> dict:
+    """Both tasks' options: retries with backoff, and the guard that turns a poison message into a dead letter."""
+    # The main process measures each message before a pool process is handed it, and a task that fails
+    # on its last attempt (SLUICE_TASK_MAX_RETRIES) is a dead letter, not a loop.
+    return {
         **RETRY,
+        "bind": True,
         "max_retries": settings.task_max_retries,
         # staticmethod: Celery reads it as a class attribute and calls it with (task, app, consumer).
         "Strategy": staticmethod(guarded_strategy(lambda letter: record(settings, letter))),
     }
 
-    # Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
-    # re-sent at once (retry_on_worker_lost), counted against max_retries; requeued as before only if
-    # that re-send fails. No STARTED state (task_track_started is for ingest): a query runs for tens of
-    # milliseconds, and the extra read and write of the result key (plus a wake-up of the waiting API)
-    # cost ~1 ms of each.
-    @app.task(
-        name=QUERY_TASK,
-        bind=True,
-        track_started=False,
-        acks_late=True,
-        retry_on_worker_lost=True,
-        reject_on_worker_lost=True,
-        default_retry_delay=0,
-        soft_time_limit=QUERY_SOFT_LIMIT_S,
-        time_limit=QUERY_LIMIT_S,
-        **common,
-    )
+
+def register_tasks(app: Celery, state: WorkerState) -> None:
+    """Register the two tasks on `app`, bound to this process's `state`."""
+    common = common_options(state.settings)
+
+    @app.task(**QUERY_OPTIONS, **common)
     def query(self: Task, payload: dict) -> dict:
         with traced(self, QUERY_TASK, QUERY_QUEUE):
             return _counted(QUERY_TASK, lambda: run_query(state, self, payload))
 
-    # Idempotent too (each document is stored in one transaction; unchanged ones are skipped by
-    # content hash), so a lost worker's ingest is retried on another process, but counted against
-    # max_retries: a document that kills every worker it meets (OOM in a parser) fails the job, not loops.
-    @app.task(
-        name=INGEST_TASK,
-        bind=True,
-        acks_late=True,
-        retry_on_worker_lost=True,
-        default_retry_delay=1,  # the delay of a retry after a lost worker
-        soft_time_limit=1800,
-        time_limit=1900,
-        **common,
-    )
+    @app.task(**INGEST_OPTIONS, **common)
     def ingest(self: Task, payload: dict) -> dict:
         with traced(self, INGEST_TASK, INGEST_QUEUE):
             return _counted(INGEST_TASK, lambda: run_ingest(state, payload))
 
 
 def _counted(task: str, work) -> dict:
-    """Run a task body: our errors become an error result; every outcome is counted."""
+    """Run a task body: its value, or our error, as a `TaskOutcome` on the wire; every outcome is counted."""
     try:
         out = work()
     except SluiceError as exc:
@@ -361,18 +348,19 @@ def _counted(task: str, work) -> dict:
             metrics.TASKS.labels(task, "retry").inc()
             raise
         metrics.TASKS.labels(task, "error").inc()
-        return _error(exc)
+        return TaskOutcome.failed(exc).to_wire()
     except psycopg.OperationalError as exc:
         if TOO_MANY_PARAMETERS not in str(exc):
             metrics.TASKS.labels(task, "failed").inc()
             raise
         metrics.TASKS.labels(task, "error").inc()
-        return _error(QueryError("the query needs more than 65,535 SQL parameters: narrow its filters"))
+        refused = QueryError("the query needs more than 65,535 SQL parameters: narrow its filters")
+        return TaskOutcome.failed(refused).to_wire()
     except Exception:
         metrics.TASKS.labels(task, "failed").inc()
         raise
     metrics.TASKS.labels(task, "ok").inc()
-    return out
+    return TaskOutcome.ok(out).to_wire()
 
 
 def _process_init(settings: Settings, state: WorkerState) -> None:

@@ -7,7 +7,8 @@ the config's router picks a tier and its generator answers on it (`tasks/routed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
@@ -16,7 +17,7 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
-from tasks.generate import Answer
+from tasks.generate import Answer, Citation
 from tasks.parents import with_parents
 from tasks.retrieve import Hit, retrieve
 from tasks.route import RouteDecision
@@ -35,6 +36,28 @@ class QueryResult:
     index_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     route: RouteDecision | None = None
+
+    def to_json(self) -> dict:
+        """The public JSON of this answer (the API's QueryResponse fields; `sluice query --json` prints it too)."""
+        return {
+            "answer": self.answer.text,
+            "citations": [citation_json(c) for c in self.answer.citations],
+            "config_id": self.config_id,
+            "index_id": self.index_id,
+            "model_tier": self.answer.tier,  # the tier that answered: after a fallback, not the routed one
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "generation": generation_json(self),
+        }
+
+
+def citation_json(cite: Citation) -> dict:
+    """A citation as the API shows it: the document's source and public id, its character span, the score."""
+    return {
+        "document": cite.source_id,
+        "document_id": cite.document_id,
+        "span": [cite.start, cite.end],
+        "score": cite.score,
+    }
 
 
 def answer_question(
@@ -57,43 +80,78 @@ def answer_question(
     `answerer` is the config's router and generator, built once by long-lived callers (a worker, an
     evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
     """
-    question = _checked(question)
-    timings: dict[str, float] = {}
-    tracer = trace.get_tracer("sluice")  # spans are no-ops unless the process installed a tracer provider
-    t0 = time.perf_counter()
-    with tracer.start_as_current_span("embed"):
+    question, timings = _checked(question), dict[str, float]()
+    with _stage(timings, "embed"):
         qvec = embedder.encode([question])[0]
-    timings["embed"] = (time.perf_counter() - t0) * 1000
-    t1 = time.perf_counter()
-    if collection is not None:
-        filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
-    with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
-        index_id = config.index_id
-        check_embedder(conn, index_id, embedder.identity)
-        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, config.retrieval, filters))
-        span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
-    hits = [replace(h, config_id=config.config_id) for h in hits]
-    timings["retrieve"] = (time.perf_counter() - t1) * 1000
-    own = answerer is None
-    answerer = answerer or build_answerer(config, embedder)
-    try:
-        t2 = time.perf_counter()
-        with tracer.start_as_current_span("generate") as span:
-            routed = answerer.answer(question, hits, qvec, filters)
-            for piece in routed.stream:
-                if on_piece is not None:
-                    on_piece(piece)
-            answer = routed.stream.answer
-            assert answer is not None
-            span.set_attributes({"sluice.model": answer.model, "sluice.tier": answer.tier})
-        timings["generate"] = (time.perf_counter() - t2) * 1000
-    except GenerationError as exc:
-        exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
-        raise
-    finally:
-        if own:
-            answerer.close()
-    return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision)
+    filters = _scoped(filters, collection)
+    with _stage(timings, "retrieve"):
+        hits = _retrieve(db, tenant, config, embedder, question, qvec, filters)
+    with _own_or(answerer, config, embedder) as using:
+        try:
+            with _stage(timings, "generate"):
+                answer, decision = _generate(using, question, hits, qvec, filters, on_piece)
+        except GenerationError as exc:
+            exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
+            raise
+    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings, decision)
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    """One stage as the current tracing span; its wall time goes into `timings` (ms)."""
+    t0 = time.perf_counter()
+    # Spans are no-ops unless the process installed a tracer provider.
+    with trace.get_tracer("sluice").start_as_current_span(name):
+        yield
+    timings[name] = (time.perf_counter() - t0) * 1000
+
+
+def _scoped(filters: dict | None, collection: str | None) -> dict | None:
+    """The metadata filter, restricted to one collection when one is named."""
+    if collection is None:
+        return filters
+    return {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
+
+
+def _retrieve(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    question: str,
+    qvec,
+    filters: dict | None,
+) -> list[Hit]:
+    """The top-k hits of the config's index (after checking it was built by this embedder), parents attached."""
+    with db.tenant(tenant) as conn:
+        check_embedder(conn, config.index_id, embedder.identity)
+        hits = with_parents(conn, retrieve(conn, config.index_id, question, qvec, config.retrieval, filters))
+    trace.get_current_span().set_attributes({"sluice.index_id": config.index_id, "sluice.hits": len(hits)})
+    return [replace(h, config_id=config.config_id) for h in hits]
+
+
+def _own_or(answerer: Answerer | None, config: PipelineConfig, embedder: Embedder) -> AbstractContextManager[Answerer]:
+    """The caller's answerer as it is, or one built for this call and closed after it."""
+    return nullcontext(answerer) if answerer is not None else closing(build_answerer(config, embedder))
+
+
+def _generate(
+    answerer: Answerer,
+    question: str,
+    hits: list[Hit],
+    qvec,
+    filters: dict | None,
+    on_piece: Callable[[str], None] | None,
+) -> tuple[Answer, RouteDecision | None]:
+    """Route and answer, handing each streamed piece to `on_piece`; the answer and the routing decision."""
+    routed = answerer.answer(question, hits, qvec, filters)
+    for piece in routed.stream:
+        if on_piece is not None:
+            on_piece(piece)
+    answer = routed.stream.answer
+    assert answer is not None
+    trace.get_current_span().set_attributes({"sluice.model": answer.model, "sluice.tier": answer.tier})
+    return answer, routed.decision
 
 
 def generation_json(result: QueryResult) -> dict:

@@ -232,6 +232,22 @@ def parse_file(
     Ingestion calls it through `tasks.parse_process`, in a child process whose memory and time are bounded.
     """
     install_offline_nlp()
+    data = _readable(path, source_id, data)
+    raw = _raw_elements(path, source_id, config, data, limits or ParseLimits.default())
+    repaired = 0
+    pieces = []
+    for e in raw:
+        text, n = repair_mojibake(e.text)
+        repaired += n
+        pieces.append((e.category, text, _element_meta(e)))
+    meta = {"filename": path.name, "filetype": path.suffix.lower().lstrip(".")}
+    if repaired:
+        meta["mojibake_repaired"] = repaired
+    return assemble(source_id, pieces, content_hash(data), meta)
+
+
+def _readable(path: Path, source_id: str, data: bytes | None) -> bytes:
+    """The file's bytes, once its type is one we parse and it holds more than whitespace."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED:
         raise DocumentError(
@@ -247,8 +263,13 @@ def parse_file(
             "parse",
             "the file is empty or whitespace only (no text): add content or remove it from the source",
         )
+    return data
+
+
+def _raw_elements(path: Path, source_id: str, config: ParserConfig, data: bytes, limits: ParseLimits) -> list:
+    """The parser's elements; any failure of the parser becomes a DocumentError naming the file."""
     try:
-        raw = _elements_from(path, config, data, limits or ParseLimits.default())
+        raw = _elements_from(path, config, data, limits)
     except DocumentError:
         raise
     except ValueError as exc:  # our own checks, worded for the user
@@ -257,16 +278,7 @@ def parse_file(
         raise DocumentError(source_id, "parse", f"{type(exc).__name__}: {exc}") from exc
     if not raw:
         raise DocumentError(source_id, "parse", "no text found in the file (empty, image-only or unsupported content)")
-    repaired = 0
-    pieces = []
-    for e in raw:
-        text, n = repair_mojibake(e.text)
-        repaired += n
-        pieces.append((e.category, text, _element_meta(e)))
-    meta = {"filename": path.name, "filetype": suffix.lstrip(".")}
-    if repaired:
-        meta["mojibake_repaired"] = repaired
-    return assemble(source_id, pieces, content_hash(data), meta)
+    return raw
 
 
 def _element_meta(element) -> dict[str, Any]:

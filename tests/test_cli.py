@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -29,7 +31,8 @@ def test_ingest_and_query_round_trip(run, tmp_path):
     assert result.exit_code == 0, result.output
     result = run("query", "How do bees tell each other where flowers are?", "--tenant", "cli-tenant", "--json")
     assert result.exit_code == 0, result.output
-    assert '"source_id": "bees.md"' in result.output
+    cite = json.loads(result.stdout)["citations"][0]  # the API's citation shape
+    assert cite["document"] == "bees.md" and cite["span"][0] < cite["span"][1] and cite["document_id"]
 
 
 def test_invalid_tenant_id(run):

@@ -203,7 +203,7 @@ def test_cli_ingest_and_query_with_collection_and_filter(run, tmp_path):
         "--json",
     )
     assert only_bees.exit_code == 0, only_bees.output
-    cited = {c["source_id"] for c in json.loads(only_bees.output)["citations"]}
+    cited = {c["document"] for c in json.loads(only_bees.output)["citations"]}
     assert cited == {"bees.md"}
     elsewhere = run("query", question, "-t", "cli-coll", "--collection", "plants", "--json")
     assert json.loads(elsewhere.output)["citations"] == []

@@ -89,7 +89,7 @@ def test_cli_ingest_and_query_use_the_served_index_and_say_when_config_is_an_exp
     assert result.exit_code == 0 and f"into index {PipelineConfig().index_id}" in result.output, result.output
     answer = run("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
     body = json.loads(answer.stdout)
-    assert body["index_id"] == PipelineConfig().index_id and body["citations"][0]["source_id"] == "bees.md"
+    assert body["index_id"] == PipelineConfig().index_id and body["citations"][0]["document"] == "bees.md"
     config = tmp_path / "small.yaml"
     config.write_text(json.dumps(SMALL))
     result = run("ingest", str(docs), "--tenant", "served-cli", "--config", str(config))

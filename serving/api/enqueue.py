@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 from serving.api.errors import ApiError
 from serving.api.state import ApiState
 from serving.celery_app import INGEST_QUEUE, QUERY_TASK
+from serving.outcome import TaskError, TaskOutcome
 from sluice import logs, metrics, tracing
 from sluice.settings import Settings
 
@@ -69,18 +70,18 @@ def send(state: ApiState, task: str, queue: str, job_id: str, payload: dict) -> 
     state.depth.added(queue)
 
 
-def wait_result(state: ApiState, job_id: str, timeout_s: float) -> dict | None:
-    """The task's result, or None on timeout (call inside `state.results.expect(job_id)`)."""
+def wait_result(state: ApiState, job_id: str, timeout_s: float) -> TaskOutcome | None:
+    """The task's outcome, or None on timeout (call inside `state.results.expect(job_id)`)."""
     meta = state.results.wait(job_id, timeout_s)
     if meta is None:
         return None
     if meta["status"] != states.SUCCESS:
         raise ApiError(502, f"job {job_id} failed in the worker: {meta['result']!r}")
-    return meta["result"]
+    return TaskOutcome.from_wire(meta["result"])
 
 
-def worker_error(body: dict) -> ApiError:
-    err = body["error"]
+def worker_error(err: TaskError) -> ApiError:
+    """The HTTP error for a task the worker refused."""
     # No model tier answered (all replicas and fallbacks failed): the upstream failed, not the request.
-    status = {"UnknownTenantError": 404, "GenerationError": 502}.get(err["type"], 422)
-    return ApiError(status, err["message"])
+    status = {"UnknownTenantError": 404, "GenerationError": 502}.get(err.type, 422)
+    return ApiError(status, err.message)

@@ -18,6 +18,7 @@ from serving.api.responses import json_response
 from serving.api.state import ApiState, State
 from serving.api.uploads import discard, save_uploads
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
+from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
 from sluice.confine import resolve_named, tenant_folder
 from sluice.errors import SourceError
@@ -84,10 +85,10 @@ def job_status(state: ApiState, tenant: str, job_id: str) -> JobStatus:
     result = state.celery.AsyncResult(job_id)
     status = result.state
     if status == states.SUCCESS:
-        body = result.result
-        if isinstance(body, dict) and "error" in body:
-            return JobStatus(job_id=job_id, kind=row[0], status="failed", error=body["error"]["message"])
-        return JobStatus(job_id=job_id, kind=row[0], status="succeeded", result=body)
+        outcome = TaskOutcome.from_wire(result.result)
+        if outcome.error is not None:
+            return JobStatus(job_id=job_id, kind=row[0], status="failed", error=outcome.error.message)
+        return JobStatus(job_id=job_id, kind=row[0], status="succeeded", result=outcome.value)
     if status in states.PROPAGATE_STATES:
         return JobStatus(job_id=job_id, kind=row[0], status="failed", error=repr(result.result))
     return JobStatus(job_id=job_id, kind=row[0], status="queued" if status == states.PENDING else "running")

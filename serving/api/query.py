@@ -18,6 +18,7 @@ from serving.api.state import ApiState, State
 from serving.cache import cache_lookup, question_key, versioned_key
 from serving.celery_app import QUERY_QUEUE, QUERY_TASK
 from serving.config_source import active_config
+from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, QueryRequest, QueryResponse
 from serving.stream import answer_pieces, sse
 from sluice import logs, metrics
@@ -72,11 +73,12 @@ def run_query(state: ApiState, tenant: str, req: QueryRequest) -> tuple[int, dic
     with state.results.expect(job_id):  # listen before sending: the answer cannot slip past
         send(state, QUERY_TASK, QUERY_QUEUE, job_id, payload(tenant, req, False))
         t2 = time.perf_counter()
-        body = wait_result(state, job_id, state.settings.query_timeout_s)
-    if body is None:
+        outcome = wait_result(state, job_id, state.settings.query_timeout_s)
+    if outcome is None:
         return 202, {"job_id": job_id, "kind": "query", "status": "running"}
-    if "error" in body:
-        raise worker_error(body)
+    if outcome.error is not None:
+        raise worker_error(outcome.error)
+    body = outcome.value
     _observe_query(tenant, body, t0, cached=False, stream=False)
     timings = {**body["timings_ms"], "api_prepare": _ms(t0, t1), "api_send": _ms(t1, t2), "api_total": _ms(t0)}
     return 200, {**body, "cached": False, "task_id": job_id, "timings_ms": timings}
@@ -122,7 +124,7 @@ def _follow(state: ApiState, job_id: str, tenant: str, t0: float) -> Iterator[Ev
                     yield "token", {"text": piece}
                     sent.append(piece)
             elif status == states.SUCCESS:
-                yield from _finish(info, sent, tenant, t0, first, job_id)
+                yield from _finish(TaskOutcome.from_wire(info), sent, tenant, t0, first, job_id)
                 return
             elif status in states.PROPAGATE_STATES:
                 yield "error", {"detail": f"job {job_id} failed in the worker"}
@@ -130,11 +132,14 @@ def _follow(state: ApiState, job_id: str, tenant: str, t0: float) -> Iterator[Ev
     yield "error", {"detail": f"job {job_id} still running: poll GET /v1/jobs/{job_id}"}
 
 
-def _finish(body: dict, sent: list[str], tenant: str, t0: float, first: float, job_id: str) -> Iterator[Event]:
+def _finish(
+    outcome: TaskOutcome, sent: list[str], tenant: str, t0: float, first: float, job_id: str
+) -> Iterator[Event]:
     """The rest of a finished answer's pieces, then `done` (or the worker's `error`)."""
-    if "error" in body:
-        yield "error", {"detail": body["error"]["message"]}
+    if outcome.error is not None:
+        yield "error", {"detail": outcome.error.message}
         return
+    body = outcome.value
     for piece in _unsent(body["answer"], "".join(sent)):
         first = first or time.perf_counter()
         yield "token", {"text": piece}
