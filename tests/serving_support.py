@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import redis
 import uvicorn
+from pydantic import SecretStr
 
 from serving.api import create_app
 from serving.http_deadlines import deadline_protocol
@@ -33,13 +34,32 @@ def guarded_pythonpath() -> str:
     return os.pathsep.join((str(PROJECT_ROOT / "tests" / "netguard"), str(PROJECT_ROOT)))
 
 
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """Every Settings field as its SLUICE_* variable, so that a subprocess reads `settings` back; None = unset."""
+    return {f"SLUICE_{name.upper()}": _env_value(getattr(settings, name)) for name in Settings.model_fields}
+
+
+def _env_value(value: object) -> str | None:
+    plain = _plain(value)
+    return plain if plain is None or isinstance(plain, str) else json.dumps(plain)
+
+
+def _plain(value: object) -> object:
+    """A field's value as pydantic-settings parses it from the environment: secrets revealed, paths as text."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=guarded_pythonpath(), SLUICE_DB_NAME=settings.db_name)
-    for name in ("broker_url", "result_backend", "ingest_root", "broker_db_name", "query_timeout_s", "config_path"):
-        value = getattr(settings, name)
-        env.pop(f"SLUICE_{name.upper()}", None)
+    """This process's environment with `settings` in place of any SLUICE_* value, for a worker or `sluice serve`."""
+    env = dict(os.environ, PYTHONPATH=guarded_pythonpath())
+    for name, value in settings_env(settings).items():
+        env.pop(name, None)
         if value is not None:
-            env[f"SLUICE_{name.upper()}"] = str(value)
+            env[name] = value
     return env
 
 

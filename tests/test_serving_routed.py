@@ -88,8 +88,7 @@ def routed_settings(migrated, tiers, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(routed_settings, tmp_path_factory):
-    env = {"SLUICE_ROUTING_STATE_URL": ROUTED_REDIS, "SLUICE_SERVE_CHAMPION": "false", "SLUICE_ANSWER_CACHE": "false"}
-    proc = start_worker(routed_settings, tmp_path_factory.mktemp("routed-worker") / "worker.log", extra_env=env)
+    proc = start_worker(routed_settings, tmp_path_factory.mktemp("routed-worker") / "worker.log")
     try:
         with ApiServer(routed_settings) as server:
             yield server

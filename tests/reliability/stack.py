@@ -22,22 +22,6 @@ import redis
 from sluice.settings import Settings
 from tests.serving_support import TEST_REDIS, free_port, start_worker, stop_worker, worker_env
 
-# API-side settings a `sluice serve` subprocess must see (the worker's come from worker_env).
-API_FIELDS = (
-    "queue_limit",
-    "ingest_queue_limit",
-    "rate_limit_per_s",
-    "rate_limit_burst",
-    "answer_cache",
-    "max_upload_bytes",
-    "broker_key_prefix",
-    "log_level",
-    "header_timeout_s",
-    "body_timeout_s",
-    "tenant_concurrency",
-)
-
-
 def private_settings(base: Settings, name: str, config_dir: Path, **update: object) -> Settings:
     """`base` with its own broker key prefix and config file; generous limits unless `update` says otherwise."""
     config = config_dir / "pipeline.yaml"
@@ -46,14 +30,6 @@ def private_settings(base: Settings, name: str, config_dir: Path, **update: obje
     defaults = {"rate_limit_per_s": 10_000.0, "rate_limit_burst": 10_000.0, "query_timeout_s": 120.0}
     fields = {"broker_url": TEST_REDIS, "broker_key_prefix": prefix, "config_path": config, **defaults, **update}
     return base.model_copy(update=fields)
-
-
-def stack_env(settings: Settings) -> dict[str, str]:
-    """Environment for a worker or API subprocess running with `settings`."""
-    env = worker_env(settings)
-    for name in API_FIELDS:
-        env[f"SLUICE_{name.upper()}"] = str(getattr(settings, name))
-    return env
 
 
 def drop_keys(settings: Settings) -> None:
@@ -67,7 +43,7 @@ def drop_keys(settings: Settings) -> None:
 @contextmanager
 def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[subprocess.Popen]:
     """A `sluice worker` on this stack's queues, warm on return, stopped on exit."""
-    proc = start_worker(settings, log, concurrency=concurrency, extra_env=stack_env(settings))
+    proc = start_worker(settings, log, concurrency=concurrency)
     try:
         yield proc
     finally:
@@ -87,7 +63,7 @@ def api_subprocess(settings: Settings, log: Path) -> Iterator[tuple[str, subproc
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(
-        cmd, env=stack_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd, env=worker_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
