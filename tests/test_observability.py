@@ -57,18 +57,9 @@ def test_queries_move_the_series(stack, db):
 
     tenant = f"met-{uuid.uuid4().hex[:8]}"
     create_tenant(db, tenant)
-    key = create_key(db, tenant).secret
     before = scrape(stack.url)
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        files = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
-        job = client.post("/v1/jobs", json={"kind": "ingest", "files": files})
-        assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
-        question = {"question": "How do honeybees tell hive mates where flowers are?"}
-        for _ in range(2):  # the second is an answer-cache hit
-            r = client.post("/v1/query", json=question)
-            assert r.status_code == 200 and "waggle" in r.json()["answer"], r.text
-        with client.stream("POST", "/v1/query", json={"question": "What do bees dance?", "stream": True}) as s:
-            assert s.status_code == 200 and "event: done" in s.read().decode()
+    with stack.client(create_key(db, tenant).secret) as client:
+        _ingest_then_ask_three_times(client)
     after = scrape(stack.url)
 
     def moved(name: str, by: float = 1, **labels: str) -> None:
@@ -93,6 +84,19 @@ def test_queries_move_the_series(stack, db):
     assert ("sluice_tokens_total", (("kind", "completion"), ("model", "extractive"), ("tenant", tenant))) in after
     assert total(after, "sluice_broker_up") == 1
     assert ("sluice_queue_depth", (("queue", "query"),)) in after
+
+
+def _ingest_then_ask_three_times(client: httpx.Client) -> None:
+    """Upload the bee note, ask about it twice (the second is an answer-cache hit), then once streamed."""
+    files = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
+    job = client.post("/v1/jobs", json={"kind": "ingest", "files": files})
+    assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
+    question = {"question": "How do honeybees tell hive mates where flowers are?"}
+    for _ in range(2):
+        r = client.post("/v1/query", json=question)
+        assert r.status_code == 200 and "waggle" in r.json()["answer"], r.text
+    with client.stream("POST", "/v1/query", json={"question": "What do bees dance?", "stream": True}) as s:
+        assert s.status_code == 200 and "event: done" in s.read().decode()
 
 
 def test_queue_depth_and_oldest_age_read_from_the_broker(stack, mp_settings):

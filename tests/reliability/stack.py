@@ -53,4 +53,4 @@ def blocked_on_lock(conninfo: str, role: str, timeout: float = 60) -> None:
             if row[0]:
                 return
             time.sleep(0.1)
-    raise AssertionError("no application session became blocked on the chunks lock")
+    raise AssertionError(f"no session of {role} became blocked on a lock in {timeout:.0f} s")
