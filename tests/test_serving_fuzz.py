@@ -15,7 +15,7 @@ from tests.conftest import SAMPLE
 
 @pytest.fixture(scope="module")
 def fuzz_env(db, stack_settings, start_stack):
-    server = start_stack(stack_settings("fuzz", ingest_root=SAMPLE, query_timeout_s=10.0))
+    server = start_stack(stack_settings("fuzz", ingest_root=SAMPLE, query_timeout_s=10.0, config_path=None))
     tenant = f"fuzz-{uuid.uuid4().hex[:8]}"
     create_tenant(db, tenant)
     return server, create_key(db, tenant).secret
