@@ -130,31 +130,35 @@ def main() -> None:
     print(
         "| case | status | sent MiB | seconds | resting RSS MiB | peak above resting MiB |\n|---|---|---|---|---|---|"
     )
-    log = Path("/tmp/sluice-bench-body.log")
     try:
         for _ in range(args.rounds):
             for case in ("upload", "chunked"):
-                api = start_api(args.port, log)
-                try:
-                    rest = warm(args.port, key, api.pid)
-                    if case == "upload":
-                        status, seconds = upload(args.port, key, near)
-                        sent, name = near / MIB, f"upload {near / MIB:.2f} MiB, with key"
-                    else:
-                        status, sent, seconds = chunked_without_key(args.port, args.chunked_mib)
-                        name = f"chunked {args.chunked_mib} MiB, no key"
-                    time.sleep(0.5)
-                    peak = kib(api.pid, "VmHWM") - rest
-                    print(f"| {name} | {status} | {sent:.0f} | {seconds:.2f} | {rest / 1024:.0f} | {peak / 1024:.0f} |")
-                finally:
-                    api.terminate()
-                    api.wait(timeout=30)
+                print(measure(case, args, key, near))
     finally:
         shutil.rmtree(settings.data_dir / "uploads" / tenant, ignore_errors=True)
         client = redis.Redis.from_url(REDIS)
         keys = list(client.scan_iter(match=f"{PREFIX}*"))
         if keys:
             client.delete(*keys)
+
+
+def measure(case: str, args: argparse.Namespace, key: str, near: int) -> str:
+    """One case on a freshly started API: its table row."""
+    api = start_api(args.port, Path("/tmp/sluice-bench-body.log"))
+    try:
+        rest = warm(args.port, key, api.pid)
+        if case == "upload":
+            status, seconds = upload(args.port, key, near)
+            sent, name = near / MIB, f"upload {near / MIB:.2f} MiB, with key"
+        else:
+            status, sent, seconds = chunked_without_key(args.port, args.chunked_mib)
+            name = f"chunked {args.chunked_mib} MiB, no key"
+        time.sleep(0.5)
+        peak = kib(api.pid, "VmHWM") - rest
+        return f"| {name} | {status} | {sent:.0f} | {seconds:.2f} | {rest / 1024:.0f} | {peak / 1024:.0f} |"
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
 
 
 if __name__ == "__main__":

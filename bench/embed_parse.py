@@ -129,8 +129,6 @@ def main() -> None:
         result = encode_child(variant, folder, int(rest[0]), rest[1]) if kind == "encode" else None
         print(json.dumps(result or parse_child(variant, folder, rest[0])))
         return
-    import numpy as np
-
     from bench.paths import write_covid_txt
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,23 +136,9 @@ def main() -> None:
         write_covid_txt(folder, args.docs)
         summary = {}
         if not args.skip_allocator:
-
-            def encode(variant: str) -> dict:
-                return run(["--child", "encode", variant, str(folder), str(args.chunks), f"{tmp}/{variant}.npy"])
-
-            def identical() -> bool:
-                return np.array_equal(np.load(f"{tmp}/glibc-default.npy"), np.load(f"{tmp}/keep-freed.npy"))
-
-            summary["allocator"] = alternate(("glibc-default", "keep-freed"), encode, identical, args.repeats)
+            summary["allocator"] = allocator(folder, tmp, args.chunks, args.repeats)
         if not args.skip_parse:
-
-            def parse(variant: str) -> dict:
-                return run(["--child", "parse", variant, str(folder), f"{tmp}/{variant}.json"])
-
-            def same() -> bool:
-                return Path(f"{tmp}/spacy-pipeline.json").read_text() == Path(f"{tmp}/offline-nlp.json").read_text()
-
-            summary["parse"] = alternate(("spacy-pipeline", "offline-nlp"), parse, same, args.repeats)
+            summary["parse"] = parsers(folder, tmp, args.repeats)
     print(json.dumps(summary, indent=2))
 
 
@@ -171,6 +155,31 @@ def alternate(pair: tuple[str, str], measure, same_output, repeats: int) -> dict
         "median_speedup": round(statistics.median(speedups), 2),
         "same_output": all(same),
     }
+
+
+def allocator(folder: Path, tmp: str, chunks: int, repeats: int) -> dict:
+    """glibc's default malloc against keep_freed_tensor_memory, alternated; are the vectors bit-identical?"""
+    import numpy as np
+
+    def encode(variant: str) -> dict:
+        return run(["--child", "encode", variant, str(folder), str(chunks), f"{tmp}/{variant}.npy"])
+
+    def identical() -> bool:
+        return np.array_equal(np.load(f"{tmp}/glibc-default.npy"), np.load(f"{tmp}/keep-freed.npy"))
+
+    return alternate(("glibc-default", "keep-freed"), encode, identical, repeats)
+
+
+def parsers(folder: Path, tmp: str, repeats: int) -> dict:
+    """The spaCy pipeline against the offline NLP stand-in, alternated; do both give the same elements?"""
+
+    def parse(variant: str) -> dict:
+        return run(["--child", "parse", variant, str(folder), f"{tmp}/{variant}.json"])
+
+    def same() -> bool:
+        return Path(f"{tmp}/spacy-pipeline.json").read_text() == Path(f"{tmp}/offline-nlp.json").read_text()
+
+    return alternate(("spacy-pipeline", "offline-nlp"), parse, same, repeats)
 
 
 if __name__ == "__main__":

@@ -46,29 +46,12 @@ BENCH_DB = "sluice_bench"
 def child(mode: str, source: str, tenant: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import tasks.ingest
-    from sluice.db import Database
-    from sluice.settings import load_settings
-    from tasks.embed import get_embedder
-    from tasks.ingest import ingest_source, list_source
+    from tasks.ingest import list_source
     from tasks.parse import parse_file
-    from tasks.parse_process import parse_bounded
 
-    settings = load_settings(db_name=BENCH_DB)
-    from sluice.config import PipelineConfig
-
-    pipeline = PipelineConfig()
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
-    embedder.warm_up()
+    settings, pipeline, embedder = _loaded()
     files = list_source(source)
-    from tasks.chunk import make_chunker
-
-    # Imports unstructured (in the parse process for `ingest`) and the chunker's splitter library before the
-    # clock (PGVector's side too). `ingest-inproc` parses in this process, as ingestion did before bounded parsing.
-    warm_parse = parse_bounded if mode == "ingest" else parse_file
-    started = time.perf_counter()
-    warm_doc = warm_parse(files[0].path, "warm-up", pipeline.parser, files[0].path.read_bytes())
-    make_chunker(pipeline.chunker, embedder).split(warm_doc)
-    warm_up_s = time.perf_counter() - started
+    warm_up_s = _warm_up(mode, files, pipeline, embedder)
     if mode == "ingest-inproc":
         tasks.ingest.parse_bounded = parse_file
     if mode == "idle":  # the floor every ingest child starts from: model loaded, unstructured imported
@@ -78,33 +61,72 @@ def child(mode: str, source: str, tenant: str) -> dict:
     if mode == "flow":
         return flow_child(source, tenant, settings)
     if mode == "encode":
-        chunker = make_chunker(pipeline.chunker, embedder)
-        texts = [c.text for f in files for c in chunker.split(parse_file(f.path, f.source_id, pipeline.parser))]
-        start, cpu = time.perf_counter(), time.process_time()
-        embedder._encode(texts)  # one raw model.encode call over every chunk (no slicing, no cache)
-        seconds = time.perf_counter() - start
-        out = {"chunks": len(texts), "cpu_seconds": time.process_time() - cpu}
+        seconds, out = _encode_only(files, pipeline, embedder)
     else:
-        model_seconds = _time_encode(embedder)
-        with Database(settings) as db:
-            start, cpu = time.perf_counter(), time.process_time()
-            summary = ingest_source(
-                db,
-                tenant,
-                pipeline,
-                embedder,
-                source,
-                settings.max_file_bytes,
-                batch_chunks=settings.ingest_batch_chunks,
-            )
-            seconds = time.perf_counter() - start
-        out = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
-        out["encode_seconds"] = model_seconds[0]
-        out["cpu_seconds"] = time.process_time() - cpu  # this process only: Postgres' share is not in it
+        seconds, out = _ingest_timed(settings, tenant, pipeline, embedder, source)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = round(os.getloadavg()[1], 1)  # 5-minute load average at the end: the machine is shared
     out = {**out, "warm_up_s": round(warm_up_s, 2), "parser_peak_mb": _parser_peak_mb()}
     return {"mode": mode, "seconds": seconds, "rss_mb": rss_mb, "docs": len(files), "load5": load, **out}
+
+
+def _loaded() -> tuple:
+    """(settings, default pipeline config, its embedder with the model loaded)."""
+    from sluice.config import PipelineConfig
+    from sluice.settings import load_settings
+    from tasks.embed import get_embedder
+
+    settings = load_settings(db_name=BENCH_DB)
+    pipeline = PipelineConfig()
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    embedder.warm_up()
+    return settings, pipeline, embedder
+
+
+def _warm_up(mode: str, files: list, pipeline, embedder) -> float:
+    """Import unstructured (in the parse process for `ingest`) and the chunker's splitter before the clock.
+
+    PGVector's side does the same. `ingest-inproc` parses in this process, as ingestion did before bounded parsing.
+    """
+    from tasks.chunk import make_chunker
+    from tasks.parse import parse_file
+    from tasks.parse_process import parse_bounded
+
+    warm_parse = parse_bounded if mode == "ingest" else parse_file
+    started = time.perf_counter()
+    warm_doc = warm_parse(files[0].path, "warm-up", pipeline.parser, files[0].path.read_bytes())
+    make_chunker(pipeline.chunker, embedder).split(warm_doc)
+    return time.perf_counter() - started
+
+
+def _encode_only(files: list, pipeline, embedder) -> tuple[float, dict]:
+    """One raw model.encode call over every chunk of the corpus (no slicing, no cache): (seconds, figures)."""
+    from tasks.chunk import make_chunker
+    from tasks.parse import parse_file
+
+    chunker = make_chunker(pipeline.chunker, embedder)
+    texts = [c.text for f in files for c in chunker.split(parse_file(f.path, f.source_id, pipeline.parser))]
+    start, cpu = time.perf_counter(), time.process_time()
+    embedder._encode(texts)
+    seconds = time.perf_counter() - start
+    return seconds, {"chunks": len(texts), "cpu_seconds": time.process_time() - cpu}
+
+
+def _ingest_timed(settings, tenant: str, pipeline, embedder, source: str) -> tuple[float, dict]:
+    """Ingest the corpus into `tenant`, timing the model's share: (seconds, the run's summary and figures)."""
+    from sluice.db import Database
+    from tasks.ingest import ingest_source
+
+    model_seconds = _time_encode(embedder)
+    with Database(settings) as db:
+        start, cpu = time.perf_counter(), time.process_time()
+        limit, batch = settings.max_file_bytes, settings.ingest_batch_chunks
+        summary = ingest_source(db, tenant, pipeline, embedder, source, limit, batch_chunks=batch)
+        seconds = time.perf_counter() - start
+    out = {k: v for k, v in summary.as_dict().items() if k != "run_id"}
+    out["encode_seconds"] = model_seconds[0]
+    out["cpu_seconds"] = time.process_time() - cpu  # this process only: Postgres' share is not in it
+    return seconds, out
 
 
 def _parser_peak_mb() -> float | None:
@@ -123,10 +145,8 @@ def store_child(mode: str, files: list, data: Path, settings, pipeline, embedder
     store: time parse, chunk and Sluice's store alone (vectors given) into the tenant in tenant.txt."""
     from sluice.db import Database
     from tasks.chunk import make_chunker
-    from tasks.ingest import CachedEncoder, Prepared, store_prepared
+    from tasks.ingest import CachedEncoder
     from tasks.parse import parse_file
-    from tasks.store import register_index
-    from tasks.text import text_hash
 
     chunker = make_chunker(pipeline.chunker, embedder)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -146,18 +166,27 @@ def store_child(mode: str, files: list, data: Path, settings, pipeline, embedder
             listing = [{"source": f.source_id, "texts": [c.text for c in cs]} for f, cs in pairs]
             (data / "chunks.json").write_text(json.dumps(listing))
             return {"mode": mode, "chunks": len(texts), "embedded": embedder.encoded}
-        vectors = np.load(data / "vectors.npy")
-        assert len(vectors) == len(texts), "chunks differ from the prepared ones: re-run prep"
-        tenant, key = (data / "tenant.txt").read_text(), embedder.identity.key
-        with db.tenant(tenant) as conn:
-            register_index(conn, pipeline, embedder.identity)
-        t3, row = time.perf_counter(), 0
-        for f, doc, cs in zip(files, docs, chunks, strict=True):
-            by_hash = {text_hash(c.text): vectors[row + i] for i, c in enumerate(cs)}
-            row += len(cs)
-            store_prepared(db, tenant, pipeline, key, Prepared(f, doc, cs, None), by_hash, by_hash)
-        t4 = time.perf_counter()
-    return {"mode": mode, "seconds": t4 - t3, "chunks": len(texts), "docs": len(files), **times}
+        seconds = _store_timed(db, data, list(zip(files, docs, chunks, strict=True)), len(texts), pipeline, embedder)
+    return {"mode": mode, "seconds": seconds, "chunks": len(texts), "docs": len(files), **times}
+
+
+def _store_timed(db, data: Path, parsed: list[tuple], count: int, pipeline, embedder) -> float:
+    """Seconds Sluice's store takes for the (file, document, chunks) in `parsed`, with the prepared vectors."""
+    from tasks.ingest import Prepared, store_prepared
+    from tasks.store import register_index
+    from tasks.text import text_hash
+
+    vectors = np.load(data / "vectors.npy")
+    assert len(vectors) == count, "chunks differ from the prepared ones: re-run prep"
+    tenant, key = (data / "tenant.txt").read_text(), embedder.identity.key
+    with db.tenant(tenant) as conn:
+        register_index(conn, pipeline, embedder.identity)
+    t3, row = time.perf_counter(), 0
+    for f, doc, cs in parsed:
+        by_hash = {text_hash(c.text): vectors[row + i] for i, c in enumerate(cs)}
+        row += len(cs)
+        store_prepared(db, tenant, pipeline, key, Prepared(f, doc, cs, None), by_hash, by_hash)
+    return time.perf_counter() - t3
 
 
 def flow_child(source: str, tenant: str, settings) -> dict:
@@ -199,9 +228,14 @@ def _time_encode(embedder) -> list[float]:
 
 def run_child(mode: str, source: Path, tenant: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, str(source), tenant]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    return last_json(f"child {mode}", cmd, cwd=ROOT)
+
+
+def last_json(what: str, cmd: list[str], **kw: object) -> dict:
+    """Run `cmd` to its end and return (and print) the JSON object on its last output line."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if done.returncode != 0:
-        raise SystemExit(f"child {mode} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(result), flush=True)
     return result
@@ -219,6 +253,20 @@ def new_tenant(prefix: str) -> str:
 
 
 def main() -> None:
+    args = _arguments().parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from sluice.db import migrate
+    from sluice.settings import load_settings
+
+    migrate(load_settings(db_name=BENCH_DB))
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(_measure(args, Path(tmp)), indent=2))
+
+
+def _arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="first N covid_qa documents only")
@@ -234,32 +282,28 @@ def main() -> None:
     parser.add_argument(
         "--memory-files", nargs="*", default=["example-10k.html"], help="example-docs files ingested alone for peak RSS"
     )
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(*args.child)))
-        return
-    sys.path.insert(0, str(ROOT))
-    from bench.paths import write_covid_txt
-    from sluice.db import migrate
-    from sluice.settings import load_settings
+    return parser
 
-    migrate(load_settings(db_name=BENCH_DB))
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "covid"
-        write_covid_txt(corpus, args.limit)
-        results = {} if args.skip_encode else compare(corpus, args.repeats)
-        if args.parts:
-            results["parts"] = run_child("parts", corpus, "-")
-        if args.langchain:
-            results["langchain"] = langchain(Path(tmp), corpus, args.repeats, args.e2e_limit, args.peer_tuned)
-            print(json.dumps(results["langchain"]), flush=True)
-        if args.warm:
-            results["warm"] = warm(Path(tmp), corpus, args.repeats)
-        if args.isolation:
-            results["isolation"] = isolation(corpus, args.repeats)
-        if not args.skip_memory:
-            results["memory"] = memory(Path(tmp), args.memory_files)
-    print(json.dumps(results, indent=2))
+
+def _measure(args: argparse.Namespace, tmp: Path) -> dict:
+    """Every comparison the arguments ask for, on the covid_qa text corpus written into `tmp`."""
+    from bench.paths import write_covid_txt
+
+    corpus = tmp / "covid"
+    write_covid_txt(corpus, args.limit)
+    results = {} if args.skip_encode else compare(corpus, args.repeats)
+    if args.parts:
+        results["parts"] = run_child("parts", corpus, "-")
+    if args.langchain:
+        results["langchain"] = langchain(tmp, corpus, args.repeats, args.e2e_limit, args.peer_tuned)
+        print(json.dumps(results["langchain"]), flush=True)
+    if args.warm:
+        results["warm"] = warm(tmp, corpus, args.repeats)
+    if args.isolation:
+        results["isolation"] = isolation(corpus, args.repeats)
+    if not args.skip_memory:
+        results["memory"] = memory(tmp, args.memory_files)
+    return results
 
 
 def compare(corpus: Path, repeats: int) -> dict:
@@ -384,12 +428,7 @@ def run_langchain(mode: str, data: Path, tuned: bool = False) -> dict:
     admin = admin_conninfo(load_settings(db_name=BENCH_DB))
     cmd = [str(peer_python()), str(ROOT / "bench" / "ingest_langchain.py"), mode, admin, str(data)]
     env = {**os.environ, **TUNED_MALLOC} if tuned else None
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"langchain {mode} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(result), flush=True)
-    return result
+    return last_json(f"langchain {mode}", cmd, env=env)
 
 
 def prepared(corpus: Path, folder: Path) -> Path:

@@ -125,45 +125,56 @@ def run(n: int, n_queries: int, langchain: bool) -> dict:
                 _timed(db, mode, spec, text, q)
         lc = LangChain(admin_conninfo(settings), n, n_queries) if langchain else None
         lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
-        names = [*CASES, "exact", "exact_filtered_1pct", "lexical_no_rls_gin", *lc_names]
-        if lc:
-            for i in range(20):
-                for case in LangChain.CASES:
-                    lc.search(case, i)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        admin = psycopg.connect(admin_conninfo(settings), autocommit=True)
-        recall: dict[str, list[float]] = {name: [] for name in [*CASES, *lc_names] if "lexical" not in name}
-        recall.pop("hybrid")
+        for i in range(20 if lc else 0):
+            for case in LangChain.CASES:
+                lc.search(case, i)
+        times: dict[str, list[float]] = {
+            name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_no_rls_gin", *lc_names]
+        }
+        recall: dict[str, list[float]] = {
+            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and name != "hybrid"
+        }
         counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
-        for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
-            exact = {None: _exact(db, q, None)}
-            for name, (mode, spec) in CASES.items():  # interleaved: every case sees the same load
-                ms, hits = _timed(db, mode, spec, text, q)
-                times[name].append(ms)
-                counts[name].append(len(hits))
-                if name in recall:
-                    key = json.dumps(spec)
-                    if key not in exact:
-                        exact[key] = _exact(db, q, spec)
-                    truth = {h.chunk_id for h in exact[key][1]}
-                    recall[name].append(len(truth & {h.chunk_id for h in hits}) / max(1, len(truth)))
-            times["lexical_no_rls_gin"].append(_lexical_without_rls(admin, text, TENANT))
-            for case in LangChain.CASES if lc else ():
-                ms, ids = lc.search(case, i)
-                key = json.dumps(CASES[case][1])
-                truth = {h.chunk_id for h in exact[key][1]}
-                times[f"langchain_{case}"].append(ms)
-                counts[f"langchain_{case}"].append(len(ids))
-                recall[f"langchain_{case}"].append(len(truth & ids) / max(1, len(truth)))
-            times["exact"].append(exact[None][0])
-            times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
-        admin.close()
+        with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
+            for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
+                exact = _measure_sluice(db, q, text, times, recall, counts)
+                times["lexical_no_rls_gin"].append(_lexical_without_rls(admin, text, TENANT))
+                if lc:
+                    _measure_langchain(lc, i, exact, times, recall, counts)
+                times["exact"].append(exact[None][0])
+                times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
         if lc:
             lc.close()
         default = {
             name: [_default_plan_count(db, q, spec) for q in queries[:50]] for name, (_, spec) in CASES.items() if spec
         }
     return _summary(n, n_queries, times, recall, counts, default)
+
+
+def _measure_sluice(db: Database, q: np.ndarray, text: str, times: dict, recall: dict, counts: dict) -> dict:
+    """Every case for one query, interleaved (every case sees the same load); the exact answers by filter."""
+    exact = {None: _exact(db, q, None)}
+    for name, (mode, spec) in CASES.items():
+        ms, hits = _timed(db, mode, spec, text, q)
+        times[name].append(ms)
+        counts[name].append(len(hits))
+        if name in recall:
+            key = json.dumps(spec)
+            if key not in exact:
+                exact[key] = _exact(db, q, spec)
+            truth = {h.chunk_id for h in exact[key][1]}
+            recall[name].append(len(truth & {h.chunk_id for h in hits}) / max(1, len(truth)))
+    return exact
+
+
+def _measure_langchain(lc: LangChain, i: int, exact: dict, times: dict, recall: dict, counts: dict) -> None:
+    """PGVector's cases for query `i`, scored against the exact answers Sluice's cases computed."""
+    for case in LangChain.CASES:
+        ms, ids = lc.search(case, i)
+        truth = {h.chunk_id for h in exact[json.dumps(CASES[case][1])][1]}
+        times[f"langchain_{case}"].append(ms)
+        counts[f"langchain_{case}"].append(len(ids))
+        recall[f"langchain_{case}"].append(len(truth & ids) / max(1, len(truth)))
 
 
 def _summary(n, n_queries, times, recall, counts, default) -> dict:

@@ -50,12 +50,8 @@ from tasks.embed import get_embedder  # noqa: E402
 from tasks.generate import NO_ANSWER  # noqa: E402
 from tasks.ingest import ingest_source  # noqa: E402
 from tasks.ingest_served import ingest_served  # noqa: E402
-from tests.reliability.stack import (  # noqa: E402
-    api_process,
-    drop_keys,
-    private_settings,
-    worker_process,
-)
+from tests.reliability.stack import drop_keys, private_settings  # noqa: E402
+from tests.serving_support import serving_stack  # noqa: E402
 
 DB = "sluice_bench_rollout"
 TENANTS = ("covid-a", "covid-b")
@@ -193,8 +189,8 @@ def run(settings, questions: dict, folders: dict[str, Path], work: Path, target_
         files = sum(len(list(f.glob("*.txt"))) for f in folders.values())
         print(f"cold ingest: {cold_s:.1f} s, {files} documents, {cold_chunks} chunks", flush=True)
         try:
-            with worker_process(settings, work / "worker.log", 1), api_process(settings, work / "api.log") as url:
-                client = Client(url, keys, questions)
+            with serving_stack(settings, work, api_process=True) as stack:
+                client = Client(stack.url, keys, questions)
                 client.thread.start()
                 client.window(until=client.warm)  # every question once: the worker's sentence cache is warm
                 idle = summary(client.window(idle_s))

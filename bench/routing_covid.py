@@ -45,7 +45,7 @@ from sluice.settings import load_settings  # noqa: E402
 from tasks.embed import get_embedder  # noqa: E402
 from tasks.pricing import count_tokens  # noqa: E402
 from tasks.text import sentence_spans  # noqa: E402
-from tests.fake_openai import Behaviour, FakeOpenAI  # noqa: E402
+from tests.fake_openai import Behaviour, FakeOpenAI, two_tiers  # noqa: E402
 
 MAX_DOCS, LARGE_SHARE, TOLERANCE = 5, 0.3, 0.02
 PRICES = {
@@ -103,17 +103,9 @@ def grid_spec() -> Grid:
 
 
 def config(small: FakeOpenAI, large: FakeOpenAI, routing: dict) -> PipelineConfig:
-    generator = {
-        "kind": "openai",
-        "tiers": {
-            "small": {"model": "small-extractive-2x1", "replicas": [small.url]},
-            "large": {"model": "large-extractive-10x3", "replicas": [large.url]},
-        },
-        "prices": PRICES,
-        # Generous: on 2 shared cores under other jobs' load one stand-in answer has taken > 30 s.
-        "deadline_s": 600,
-        "attempts_per_tier": 1,
-    }
+    generator = two_tiers(small, large, ("small-extractive-2x1", "large-extractive-10x3"), PRICES)
+    # Generous: on 2 shared cores under other jobs' load one stand-in answer has taken > 30 s.
+    generator.update(deadline_s=600, attempts_per_tier=1)
     for tier in generator["tiers"].values():
         tier["timeout_s"] = 300
     body = {

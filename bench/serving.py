@@ -208,6 +208,27 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     )
     wait_ready(client, args.workers, worker)
     answer_question(db, "bench", config, embedder, question())  # warm the in-process path
+    paths = measured_paths(db, config, embedder, client)
+    procs = {"API": [api.pid], "worker main": [worker.pid], "worker pool": children(worker.pid)}
+    breakdown(client, args.breakdown, procs)
+    print("| concurrency | path | p50 ms | p99 ms | req/s | CPU ms/request |")
+    print("|---|---|---|---|---|---|")
+    # CPU per request is what the machine's load cannot inflate: the in-process path's is this
+    # process's; the served path's is the API's plus the worker's (main process and pool children).
+    served_pids = [api.pid, worker.pid, *children(worker.pid)]
+    for conc in args.concurrency:
+        level = paths if conc == 1 else dict(list(paths.items())[:2])
+        level_rows(conc, level, served_pids, args.rounds)
+    procs = children(worker.pid)
+    print(
+        f"\nworker main RSS {rss_mb(worker.pid):.0f} MB; worker processes RSS: "
+        + ", ".join(f"{rss_mb(p):.0f} MB" for p in procs)
+    )
+    print(f"API process RSS {rss_mb(api.pid):.0f} MB")
+
+
+def measured_paths(db, config, embedder, client: httpx.Client) -> dict:
+    """The two paths compared, then (measured at c=1 only) the two floors of the served one."""
 
     def local():
         answer_question(db, "bench", config, embedder, question())
@@ -226,45 +247,38 @@ def bench(db, config, embedder, key, worker, api, args) -> None:
     def celery_floor():
         celery.send_task("celery.accumulate", args=[1], queue="query").get(timeout=30)
 
-    procs = {"API": [api.pid], "worker main": [worker.pid], "worker pool": children(worker.pid)}
-    breakdown(client, args.breakdown, procs)
-    print("| concurrency | path | p50 ms | p99 ms | req/s | CPU ms/request |")
-    print("|---|---|---|---|---|---|")
-    # CPU per request is what the machine's load cannot inflate: the in-process path's is this
-    # process's; the served path's is the API's plus the worker's (main process and pool children).
-    served_pids = [api.pid, worker.pid, *children(worker.pid)]
-    for conc in args.concurrency:
-        n = {1: 40, 8: 80, 32: 128}.get(conc, 64)
-        paths = [("in-process", local), ("API+Celery", served)]
-        if conc == 1:
-            paths += [("floor: HTTP GET /healthz", http_floor), ("floor: no-op Celery task", celery_floor)]
-        results = {name: ([], [], []) for name, _ in paths}
-        for _ in range(args.rounds):
-            for name, fn in paths:
-                pids = [os.getpid()] if name == "in-process" else served_pids
-                cpu0 = cpu_s(pids)
-                lat, tput = run(fn, conc, n)
-                results[name][0].extend(lat)
-                results[name][1].append(tput)
-                results[name][2].append((cpu_s(pids) - cpu0) * 1000 / n)
-        for name, (lat, tputs, cpu) in results.items():
-            print(
-                f"| {conc} | {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {statistics.median(tputs):.1f}"
-                f" | {statistics.median(cpu):.1f} |"
-            )
-        p50 = {k: pct(v[0], 50) for k, v in results.items()}
-        overhead = p50["API+Celery"] - p50["in-process"]
-        print(f"|   | serving overhead at p50 | {overhead:+.1f} ms | | | |")
-        if conc == 1:
-            floors = p50["floor: HTTP GET /healthz"] + p50["floor: no-op Celery task"]
-            print(f"|   | overhead above the two floors | {overhead - floors:+.1f} ms | | | |")
-        print(f"|   | load average (1 min) | {os.getloadavg()[0]:.1f} | | | |")
-    procs = children(worker.pid)
-    print(
-        f"\nworker main RSS {rss_mb(worker.pid):.0f} MB; worker processes RSS: "
-        + ", ".join(f"{rss_mb(p):.0f} MB" for p in procs)
-    )
-    print(f"API process RSS {rss_mb(api.pid):.0f} MB")
+    return {
+        "in-process": local,
+        "API+Celery": served,
+        "floor: HTTP GET /healthz": http_floor,
+        "floor: no-op Celery task": celery_floor,
+    }
+
+
+def level_rows(conc: int, paths: dict, served_pids: list[int], rounds: int) -> None:
+    """Measure every path at concurrency `conc`, alternating them over the rounds; print their rows."""
+    n = {1: 40, 8: 80, 32: 128}.get(conc, 64)
+    results = {name: ([], [], []) for name in paths}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            pids = [os.getpid()] if name == "in-process" else served_pids
+            cpu0 = cpu_s(pids)
+            lat, tput = run(fn, conc, n)
+            results[name][0].extend(lat)
+            results[name][1].append(tput)
+            results[name][2].append((cpu_s(pids) - cpu0) * 1000 / n)
+    for name, (lat, tputs, cpu) in results.items():
+        print(
+            f"| {conc} | {name} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} | {statistics.median(tputs):.1f}"
+            f" | {statistics.median(cpu):.1f} |"
+        )
+    p50 = {k: pct(v[0], 50) for k, v in results.items()}
+    overhead = p50["API+Celery"] - p50["in-process"]
+    print(f"|   | serving overhead at p50 | {overhead:+.1f} ms | | | |")
+    if conc == 1:
+        floors = p50["floor: HTTP GET /healthz"] + p50["floor: no-op Celery task"]
+        print(f"|   | overhead above the two floors | {overhead - floors:+.1f} ms | | | |")
+    print(f"|   | load average (1 min) | {os.getloadavg()[0]:.1f} | | | |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -72,6 +73,28 @@ def private_redis(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="module")
+def stack_settings(migrated, private_redis, tmp_path_factory):
+    """Settings for a module's serving stack: stack_settings(name, **update), on the module's own redis-server."""
+    from tests.serving_support import stack_settings as make
+
+    return lambda name, **update: make(migrated, name, tmp_path_factory.mktemp("config"), private_redis.url, **update)
+
+
+@pytest.fixture(scope="module")
+def start_stack(tmp_path_factory):
+    """Start an API and a worker: start_stack(settings, **options) -> Stack (tests.serving_support.serving_stack).
+
+    Every stack this module started is stopped at the module's end.
+    """
+    from tests.serving_support import serving_stack
+
+    with ExitStack() as stacks:
+        yield lambda settings, **options: stacks.enter_context(
+            serving_stack(settings, tmp_path_factory.mktemp("stack"), **options)
+        )
+
+
 # ---------------------------------------------------------------- database
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory):
@@ -113,6 +136,12 @@ def new_tenant(db):
     return make
 
 
+def tenant_rows(db: Database, tenant: str, query: str) -> list[tuple]:
+    """All rows of `query` as `tenant` sees them (under its row-level security)."""
+    with db.tenant(tenant) as conn:
+        return conn.execute(query).fetchall()
+
+
 @pytest.fixture(scope="session")
 def pipeline():
     return PipelineConfig()
@@ -130,6 +159,59 @@ def embedder(pipeline):
 @pytest.fixture(scope="session")
 def sample_corpus() -> Path:
     return SAMPLE / "corpus"
+
+
+# ---------------------------------------------------------------- command line
+class Cli:
+    """`sluice ARGS` with a test's settings: in this process (CliRunner), or as a `python -m cli` subprocess."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def __call__(self, *args: str, settings: Settings | None = None, env: dict[str, str | None] | None = None):
+        """Invoke the Typer app in this process; `env` adds variables (None unsets one)."""
+        from typer.testing import CliRunner
+
+        from cli.main import app
+        from tests.serving_support import settings_env
+
+        return CliRunner().invoke(app, list(args), env={**settings_env(settings or self.settings), **(env or {})})
+
+    def popen(self, *args: str, settings: Settings | None = None, env: dict[str, str | None] | None = None, **kw):
+        """Start `python -m cli ARGS` from the project root; `kw` goes to subprocess.Popen."""
+        import subprocess
+        import sys
+
+        from tests.serving_support import worker_env
+
+        full = {**worker_env(settings or self.settings), **(env or {})}
+        full = {name: value for name, value in full.items() if value is not None}
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=full, cwd=PROJECT_ROOT, **kw)
+
+    def run(self, *args: str, settings: Settings | None = None, env: dict[str, str | None] | None = None, timeout=300):
+        """Run `python -m cli ARGS` to its end: a CompletedProcess with its text output."""
+        import subprocess
+
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        with self.popen(*args, settings=settings, env=env, **pipes) as p:
+            out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.fixture()
+def cli(migrated) -> Cli:
+    """Run the command line with the test's settings: cli("ingest", path, "--tenant", t), cli.popen(...)."""
+    return Cli(migrated)
+
+
+@pytest.fixture()
+def eval_cli(migrated, tmp_path) -> Cli:
+    """As `cli`, with MLflow's tracking database and artifacts in the test's own folder."""
+    mlflow = {
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "mlflow_artifact_dir": tmp_path / "artifacts",
+    }
+    return Cli(migrated.model_copy(update=mlflow))
 
 
 # ---------------------------------------------------------------- documents

@@ -93,72 +93,85 @@ class FakeOpenAI:
             self.stats.in_flight -= 1
 
 
+def two_tiers(small: FakeOpenAI, large: FakeOpenAI, models: tuple[str, str], prices: dict) -> dict:
+    """An `openai` generator config whose tiers `small` and `large` are these fakes, serving `models`."""
+    tiers = {
+        "small": {"model": models[0], "replicas": [small.url]},
+        "large": {"model": models[1], "replicas": [large.url]},
+    }
+    return {"kind": "openai", "tiers": tiers, "prices": prices}
+
+
 def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    return type("Handler", (_Handler,), {"fake": fake})
 
-        def log_message(self, *args: object) -> None:  # keep test output clean
-            pass
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            b, fail = fake._enter()
-            try:
-                fake.stats.models.append(body.get("model", ""))
-                fake.stats.requests_seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                time.sleep(b.latency_s)
-                if b.respond is not None and not fail:
-                    text, prompt_tokens = b.respond(body.get("messages", []))
-                    b = replace(b, text=text, prompt_tokens=prompt_tokens)
-                if not self.path.split("?")[0].endswith("/chat/completions"):
-                    self._json(404, {"error": {"message": f"no route {self.path}"}})
-                elif fail:
-                    extra = {"Retry-After": b.retry_after} if b.retry_after else {}
-                    self._json(b.fail_status or 500, {"error": {"message": "injected failure"}}, extra)
-                elif body.get("stream"):
-                    self._stream(b, body)
-                else:
-                    self._json(200, _completion(b, body))
-            finally:
-                fake._leave()
+class _Handler(BaseHTTPRequestHandler):
+    """Chat completions for the FakeOpenAI in `fake` (set per server by _handler)."""
 
-        def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    fake: FakeOpenAI
+    protocol_version = "HTTP/1.1"
 
-        def _stream(self, b: Behaviour, body: dict) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            model = b.model or body.get("model", "")
-            tokens = _tokens(b.text)
-            for i, token in enumerate(tokens):
-                if i == b.drop_after:
-                    self.close_connection = True
-                    return  # no terminating chunk: the client sees a broken stream
-                if i:
-                    time.sleep(b.token_delay_s)
-                self._event({"model": model, "choices": [{"index": 0, "delta": {"content": token}}]})
-            if b.report_usage and (body.get("stream_options") or {}).get("include_usage"):
-                self._event({"model": model, "choices": [], "usage": _usage(b, len(tokens))})
-            self._chunk(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
 
-        def _event(self, payload: dict) -> None:
-            self._chunk(f"data: {json.dumps(payload)}\n\n".encode())
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        b, fail = self.fake._enter()
+        try:
+            self.fake.stats.models.append(body.get("model", ""))
+            self.fake.stats.requests_seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            time.sleep(b.latency_s)
+            if b.respond is not None and not fail:
+                text, prompt_tokens = b.respond(body.get("messages", []))
+                b = replace(b, text=text, prompt_tokens=prompt_tokens)
+            if not self.path.split("?")[0].endswith("/chat/completions"):
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+            elif fail:
+                extra = {"Retry-After": b.retry_after} if b.retry_after else {}
+                self._json(b.fail_status or 500, {"error": {"message": "injected failure"}}, extra)
+            elif body.get("stream"):
+                self._stream(b, body)
+            else:
+                self._json(200, _completion(b, body))
+        finally:
+            self.fake._leave()
 
-        def _chunk(self, data: bytes) -> None:
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
+    def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-    return Handler
+    def _stream(self, b: Behaviour, body: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        model = b.model or body.get("model", "")
+        tokens = _tokens(b.text)
+        for i, token in enumerate(tokens):
+            if i == b.drop_after:
+                self.close_connection = True
+                return  # no terminating chunk: the client sees a broken stream
+            if i:
+                time.sleep(b.token_delay_s)
+            self._event({"model": model, "choices": [{"index": 0, "delta": {"content": token}}]})
+        if b.report_usage and (body.get("stream_options") or {}).get("include_usage"):
+            self._event({"model": model, "choices": [], "usage": _usage(b, len(tokens))})
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _event(self, payload: dict) -> None:
+        self._chunk(f"data: {json.dumps(payload)}\n\n".encode())
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
 
 def _tokens(text: str) -> list[str]:

@@ -12,11 +12,16 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 import uvicorn
+from pydantic import SecretStr
 
 from serving.api import create_app
 from serving.http_deadlines import deadline_protocol
@@ -33,13 +38,32 @@ def guarded_pythonpath() -> str:
     return os.pathsep.join((str(PROJECT_ROOT / "tests" / "netguard"), str(PROJECT_ROOT)))
 
 
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """Every Settings field as its SLUICE_* variable, so that a subprocess reads `settings` back; None = unset."""
+    return {f"SLUICE_{name.upper()}": _env_value(getattr(settings, name)) for name in Settings.model_fields}
+
+
+def _env_value(value: object) -> str | None:
+    plain = _plain(value)
+    return plain if plain is None or isinstance(plain, str) else json.dumps(plain)
+
+
+def _plain(value: object) -> object:
+    """A field's value as pydantic-settings parses it from the environment: secrets revealed, paths as text."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=guarded_pythonpath(), SLUICE_DB_NAME=settings.db_name)
-    for name in ("broker_url", "result_backend", "ingest_root", "broker_db_name", "query_timeout_s", "config_path"):
-        value = getattr(settings, name)
-        env.pop(f"SLUICE_{name.upper()}", None)
+    """This process's environment with `settings` in place of any SLUICE_* value, for a worker or `sluice serve`."""
+    env = dict(os.environ, PYTHONPATH=guarded_pythonpath())
+    for name, value in settings_env(settings).items():
+        env.pop(name, None)
         if value is not None:
-            env[f"SLUICE_{name.upper()}"] = str(value)
+            env[name] = value
     return env
 
 
@@ -66,23 +90,35 @@ def start_worker(
     raise RuntimeError(f"worker not ready in time: {log.read_text()[-2000:]}")
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `sluice serve` on a free loopback port with `env`; wait until /healthz answers: (process, base URL)."""
+@contextmanager
+def api_subprocess(
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`sluice serve` as a subprocess (its own GIL, as deployed) on a free port: (URL, process); stopped on exit."""
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {**worker_env(settings), **(extra_env or {})}
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(proc, url, log)
+        yield url, proc
+    finally:
+        stop_worker(proc)  # any process group: SIGTERM, then SIGKILL after a grace period
+
+
+def _wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + 60
-    while True:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sluice serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"API did not start: {log.read_text()[-2000:]}")
         time.sleep(0.2)
+    raise RuntimeError(f"sluice serve did not come up: {log.read_text()[-2000:]}")
 
 
 def _warm(log: Path, concurrency: int) -> bool:
@@ -106,6 +142,19 @@ def assert_refused(response, allowed: set[int], says: str) -> None:
     if response.status_code >= 400:
         assert response.json()["detail"], response.text[:300]
         assert says in json.dumps(response.json(), ensure_ascii=False), response.text[:500]
+
+
+def refusal_cases(cases: list[tuple]) -> pytest.MarkDecorator:
+    """Parametrize over rows (id, method, path, request kwargs, allowed statuses, text an error must contain)."""
+    names = ("method", "path", "kwargs", "allowed", "says")
+    return pytest.mark.parametrize(names, [case[1:] for case in cases], ids=[case[0] for case in cases])
+
+
+def assert_request_refused(api: ApiServer | Stack, key: str, method: str, path: str, kwargs: dict, allowed, says):
+    """Send one request as the holder of `key`; its answer is one of `allowed`, an error saying `says`."""
+    with api.client(key, timeout=120) as client:
+        response = client.request(method, path, **kwargs)
+    assert_refused(response, allowed, says)
 
 
 def free_port() -> int:
@@ -211,6 +260,27 @@ class ApiServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
+class Background:
+    """Runs `_run` in a daemon thread from `with` to its end; `_run` loops until `_stop` is set."""
+
+    join_s = 30.0
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(timeout=self.join_s)
+
+
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
     """Poll GET /v1/jobs/{id} until it succeeds or fails."""
     deadline = time.monotonic() + timeout
@@ -220,3 +290,60 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
             return body
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+@dataclass
+class Stack:
+    """A running API and `sluice worker` for one Settings; `api` is None when the API runs in a thread here."""
+
+    settings: Settings
+    url: str
+    folder: Path
+    worker: subprocess.Popen | None
+    api: subprocess.Popen | None
+
+    @property
+    def worker_log(self) -> Path:
+        return self.folder / "worker.log"
+
+    @property
+    def api_log(self) -> Path:
+        return self.folder / "api.log"
+
+    def client(self, key: str | None = None, timeout: float = 60) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+
+@contextmanager
+def serving_stack(
+    settings: Settings,
+    folder: Path,
+    concurrency: int = 1,
+    api_process: bool = False,
+    worker_settings: Settings | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """A warm worker (`concurrency` processes, `worker_settings` or `settings`; none if 0) and an API for `settings`.
+
+    The API runs in a thread of this process, or as `sluice serve` with `api_process`; `extra_env` goes to
+    each subprocess; logs are written in `folder`. Everything is stopped on exit.
+    """
+    with ExitStack() as running:
+        worker = None
+        if concurrency:
+            worker = start_worker(worker_settings or settings, folder / "worker.log", concurrency, extra_env)
+            running.callback(stop_worker, worker)
+        if api_process:
+            url, api = running.enter_context(api_subprocess(settings, folder / "api.log", extra_env))
+        else:
+            url, api = running.enter_context(ApiServer(settings)).url, None
+        yield Stack(settings, url, folder, worker, api)
+
+
+def stack_settings(base: Settings, name: str, config_dir: Path, broker_url: str | None, **update: object) -> Settings:
+    """`base` on `broker_url` with a config file of its own (named `name`) and rate limits no test reaches."""
+    config = config_dir / "pipeline.yaml"
+    config.write_text(f"name: {name}\n")  # the default config: the name is not part of its id
+    fields = {"broker_url": broker_url, "config_path": config, "rate_limit_per_s": 1000.0, "rate_limit_burst": 1000.0}
+    return base.model_copy(update={**fields, **update})

@@ -7,14 +7,16 @@ import pytest
 from sluice.errors import SourceError, UnknownTenantError
 from tasks.ingest import ingest_source
 from tasks.parse_process import parse_pool
+from tests.conftest import tenant_rows
+
+COUNTS = (
+    "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
+    "(SELECT coalesce(max(updated_at)::text, '') FROM documents)"
+)
 
 
 def _snapshot(db, tenant):
-    with db.tenant(tenant) as conn:
-        return conn.execute(
-            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
-            "(SELECT coalesce(max(updated_at)::text, '') FROM documents)"
-        ).fetchone()
+    return tenant_rows(db, tenant, COUNTS)[0]
 
 
 @pytest.fixture()
@@ -34,20 +36,14 @@ def test_unknown_tenant(db, embedder, pipeline, tmp_path):
         ingest_source(db, "ghost", pipeline, embedder, tmp_path, 1_000_000)
 
 
-def test_empty_folder(db, embedder, pipeline, stocked, tmp_path):
+@pytest.mark.parametrize(("exists", "says"), [(True, "contains no files"), (False, "does not exist")])
+def test_empty_folder_or_missing_path(db, embedder, pipeline, stocked, tmp_path, exists, says):
     tenant, before = stocked
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(SourceError, match=f"{empty}.*contains no files"):
-        ingest_source(db, tenant, pipeline, embedder, empty, 1_000_000)
-    assert _snapshot(db, tenant) == before
-
-
-def test_missing_path(db, embedder, pipeline, stocked, tmp_path):
-    tenant, before = stocked
-    missing = tmp_path / "nope"
-    with pytest.raises(SourceError, match=f"{missing}.*does not exist"):
-        ingest_source(db, tenant, pipeline, embedder, missing, 1_000_000)
+    source = tmp_path / "source"
+    if exists:
+        source.mkdir()
+    with pytest.raises(SourceError, match=f"{source}.*{says}"):
+        ingest_source(db, tenant, pipeline, embedder, source, 1_000_000)
     assert _snapshot(db, tenant) == before
 
 

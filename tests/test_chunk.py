@@ -6,14 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.config import (
-    FixedTokensChunker,
-    ParentChildChunker,
-    RecursiveChunker,
-    SemanticChunker,
-    SentenceChunker,
-    StructureChunker,
-)
+from sluice import config as cfg
 from sluice.errors import ConfigError
 from tasks.chunk import CHUNKERS, group_sentences, make_chunker, parent_text, semantic_breaks
 from tasks.parse import assemble
@@ -36,12 +29,12 @@ DOCS = st.builds(
 )
 
 CONFIGS = {
-    "recursive": RecursiveChunker(chunk_size=120, chunk_overlap=20),
-    "fixed_tokens": FixedTokensChunker(chunk_tokens=16, overlap_tokens=4),
-    "structure": StructureChunker(max_chars=150, min_chars=40),
-    "sentence": SentenceChunker(window=3, overlap=1, max_chars=200),
-    "semantic": SemanticChunker(breakpoint_percentile=70, min_sentences=1, max_chars=200),
-    "parent_child": ParentChildChunker(parent_max_chars=300, child_chars=80, child_overlap=10),
+    "recursive": cfg.RecursiveChunker(chunk_size=120, chunk_overlap=20),
+    "fixed_tokens": cfg.FixedTokensChunker(chunk_tokens=16, overlap_tokens=4),
+    "structure": cfg.StructureChunker(max_chars=150, min_chars=40),
+    "sentence": cfg.SentenceChunker(window=3, overlap=1, max_chars=200),
+    "semantic": cfg.SemanticChunker(breakpoint_percentile=70, min_sentences=1, max_chars=200),
+    "parent_child": cfg.ParentChildChunker(parent_max_chars=300, child_chars=80, child_overlap=10),
 }
 
 
@@ -75,7 +68,7 @@ def test_chunks_are_exact_spans(kind, embedder):
 
 def test_fixed_tokens_respects_the_token_budget(embedder):
     doc = assemble("d", [("NarrativeText", "The otters of the river hold hands while sleeping. " * 40, {})], "h", {})
-    chunks = make_chunker(FixedTokensChunker(chunk_tokens=32, overlap_tokens=8), embedder).split(doc)
+    chunks = make_chunker(cfg.FixedTokensChunker(chunk_tokens=32, overlap_tokens=8), embedder).split(doc)
     tok = embedder.tokenizer
     counts = [len(tok(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
     assert len(chunks) > 5 and max(counts) <= 32 and min(counts[:-1]) >= 30
@@ -94,19 +87,19 @@ def test_structure_sections_start_at_titles():
         "h",
         {},
     )
-    chunks = make_chunker(StructureChunker(max_chars=1000, min_chars=10)).split(doc)
+    chunks = make_chunker(cfg.StructureChunker(max_chars=1000, min_chars=10)).split(doc)
     assert [c.text.split("\n")[0] for c in chunks] == ["Brakes", "Tyres"]
 
 
 def test_structure_uses_markdown_headers_without_elements():
     doc = assemble("d", [("NarrativeText", "# One\nalpha beta gamma\n## Two\ndelta epsilon zeta", {})], "h", {})
-    chunks = make_chunker(StructureChunker(max_chars=1000, min_chars=0)).split(doc)
+    chunks = make_chunker(cfg.StructureChunker(max_chars=1000, min_chars=0)).split(doc)
     assert [c.text for c in chunks] == ["# One\nalpha beta gamma", "## Two\ndelta epsilon zeta"]
 
 
 def test_sentence_windows_overlap_by_one_sentence():
     doc = assemble("d", [("NarrativeText", "One a. Two b. Three c. Four d. Five e.", {})], "h", {})
-    chunks = make_chunker(SentenceChunker(window=2, overlap=1)).split(doc)
+    chunks = make_chunker(cfg.SentenceChunker(window=2, overlap=1)).split(doc)
     assert [c.text for c in chunks] == ["One a. Two b.", "Two b. Three c.", "Three c. Four d.", "Four d. Five e."]
 
 
@@ -114,7 +107,7 @@ def test_semantic_breaks_where_the_topic_changes(embedder):
     bikes = "Bicycle brakes need new pads. Brake cables stretch over time. Disc brakes stop bicycles well."
     cakes = "Bake the cake at 180 degrees. Whisk eggs with sugar for the sponge. Frost the cake when cool."
     doc = assemble("d", [("NarrativeText", f"{bikes} {cakes}", {})], "h", {})
-    chunks = make_chunker(SemanticChunker(breakpoint_percentile=75, min_sentences=2), embedder).split(doc)
+    chunks = make_chunker(cfg.SemanticChunker(breakpoint_percentile=75, min_sentences=2), embedder).split(doc)
     assert [c.text for c in chunks] == [bikes, cakes]
 
 
@@ -141,7 +134,7 @@ def test_parent_child_children_point_at_their_parent():
         "h",
         {},
     )
-    chunks = make_chunker(ParentChildChunker(parent_max_chars=2000, child_chars=100, child_overlap=0)).split(doc)
+    chunks = make_chunker(cfg.ParentChildChunker(parent_max_chars=2000, child_chars=100, child_overlap=0)).split(doc)
     parents = {(c.metadata["parent_start"], c.metadata["parent_end"]) for c in chunks}
     assert len(parents) == 2 and len(chunks) > 4
     for c in chunks:
@@ -153,13 +146,13 @@ def test_parent_child_children_point_at_their_parent():
 
 def test_model_aware_chunker_without_embedder_names_the_fix():
     with pytest.raises(ConfigError, match="fixed_tokens.*embedder"):
-        make_chunker(FixedTokensChunker())
+        make_chunker(cfg.FixedTokensChunker())
 
 
 def test_repeated_text_maps_to_the_right_spans():
     text = " ".join(["River"] + ["river"] * 10) + ". " + " ".join(["River"] + ["river"] * 5) + ". River river."
     doc = assemble("d", [("NarrativeText", text, {})], "h", {})
-    chunks = make_chunker(RecursiveChunker(chunk_size=80, chunk_overlap=10)).split(doc)
+    chunks = make_chunker(cfg.RecursiveChunker(chunk_size=80, chunk_overlap=10)).split(doc)
     assert chunks[-1].end == len(doc.text)
 
 
@@ -167,7 +160,7 @@ def test_model_aware_chunkers_are_thread_safe(embedder):
     from concurrent.futures import ThreadPoolExecutor
 
     doc = assemble("d", [("NarrativeText", "Herons stand still in shallow water and wait. " * 200, {})], "h", {})
-    chunker = make_chunker(FixedTokensChunker(chunk_tokens=64, overlap_tokens=8), embedder)
+    chunker = make_chunker(cfg.FixedTokensChunker(chunk_tokens=64, overlap_tokens=8), embedder)
     with ThreadPoolExecutor(4) as pool:
         splits = [pool.submit(chunker.split, doc) for _ in range(6)]
         encodes = [pool.submit(embedder.encode, ["a short sentence"] * 8) for _ in range(3)]
@@ -201,7 +194,7 @@ def test_semantic_rechunk_embeds_no_sentence_twice(db, new_tenant, embedder):
 
     tenant = new_tenant()
     doc = assemble("d", [("NarrativeText", f"{BIKES} {CAKES}", {})], "h", {})
-    config = SemanticChunker(breakpoint_percentile=75, min_sentences=2)
+    config = cfg.SemanticChunker(breakpoint_percentile=75, min_sentences=2)
     model = RecordingEmbedder(embedder)
     first = make_chunker(config, CachedEncoder(db, tenant, model)).split(doc)
     assert sorted(model.seen) == sorted(s.strip() for s in f"{BIKES} {CAKES}".replace(". ", ".|").split("|"))
@@ -240,11 +233,11 @@ def test_reingest_with_new_semantic_settings_embeds_only_new_chunk_texts(db, new
     trains = "Trains run on rails. Rails need steel. Steel is made of iron."
     (tmp_path / "notes.txt").write_text(f"{BIKES} {CAKES}\n\n{trains}")
     model = RecordingEmbedder(embedder)
-    first = PipelineConfig(chunker=SemanticChunker(breakpoint_percentile=60, min_sentences=1))
+    first = PipelineConfig(chunker=cfg.SemanticChunker(breakpoint_percentile=60, min_sentences=1))
     assert ingest_source(db, tenant, first, model, tmp_path, 1_000_000).ingested == 1
     before, n = set(model.seen), len(model.seen)
 
-    second = PipelineConfig(chunker=SemanticChunker(breakpoint_percentile=60, min_sentences=3))
+    second = PipelineConfig(chunker=cfg.SemanticChunker(breakpoint_percentile=60, min_sentences=3))
     summary = ingest_source(db, tenant, second, model, tmp_path, 1_000_000)
     assert summary.failed == 0 and summary.chunks > 0
     again = model.seen[n:]

@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 
 from rich.console import Console
 
 from cli.common import StageProgress
-from sluice.settings import PROJECT_ROOT, QUIET_ENV
-from tests.serving_support import guarded_pythonpath
+from sluice.settings import QUIET_ENV
 
 
-def _sluice(migrated, tmp_path, *args: str) -> subprocess.CompletedProcess:
+def test_commands_print_no_warning_a_user_cannot_act_on(migrated, cli, new_tenant, tmp_path):
     """`sluice ARGS` as a user runs it into a log: no terminal, nothing of ours in its environment."""
-    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV and k != "XDG_RUNTIME_DIR"}
-    env.update(PYTHONPATH=guarded_pythonpath(), SLUICE_DB_NAME=migrated.db_name)
-    env["SLUICE_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # new: MLflow creates its tables
-    cmd = [sys.executable, "-m", "cli", *args]
-    return subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def test_commands_print_no_warning_a_user_cannot_act_on(migrated, new_tenant, tmp_path):
+    unquiet = {name: None for name in (*QUIET_ENV, "XDG_RUNTIME_DIR")}
+    # A new MLflow database: MLflow creates its tables (and would say so).
+    fresh = migrated.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     (tmp_path / "bees.md").write_text("# Bees\n\nHoneybees tell their hive mates where flowers are by dancing.\n")
-    ingest = _sluice(migrated, tmp_path, "ingest", str(tmp_path / "bees.md"), "--tenant", new_tenant("quiet"))
+    ingest = cli.run("ingest", str(tmp_path / "bees.md"), "--tenant", new_tenant("quiet"), settings=fresh, env=unquiet)
     assert ingest.returncode == 0, ingest.stderr
-    show = _sluice(migrated, tmp_path, "champion", "show")
+    show = cli.run("champion", "show", settings=fresh, env=unquiet)
     assert show.returncode == 0, show.stderr
     for result in (ingest, show):
         output = result.stdout + result.stderr

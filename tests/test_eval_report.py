@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 from evals.grid import expand, load_grid
 from sluice import champion
 from tests.conftest import SAMPLE
@@ -24,11 +22,8 @@ LABELS = ("nDCG@10", "hit@5", "mrr", "ev.rec@5", "sem.sim", "ROUGE-L", "p95 ms",
 
 
 @pytest.fixture()
-def grid(migrated, admin, monkeypatch, tmp_path) -> Iterator[Path]:
+def grid(migrated, admin, tmp_path) -> Iterator[Path]:
     """A two-config grid (one index, k=1 and k=10) with MLflow in tmp_path, and no champion yet."""
-    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
-    monkeypatch.setenv("SLUICE_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("SLUICE_MLFLOW_ARTIFACT_DIR", str(tmp_path / "artifacts"))
     admin.execute("TRUNCATE champion_history")
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps(g) + "\n" for g in GOLD))
@@ -49,8 +44,8 @@ def grid(migrated, admin, monkeypatch, tmp_path) -> Iterator[Path]:
         table.unlink()
 
 
-def test_eval_in_a_log_prints_blocks_a_full_table_file_and_one_champion_line(grid, db):
-    result = CliRunner().invoke(app, ["eval", str(grid)])
+def test_eval_in_a_log_prints_blocks_a_full_table_file_and_one_champion_line(grid, db, eval_cli):
+    result = eval_cli("eval", str(grid))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     configs = expand(load_grid(grid))
@@ -76,12 +71,11 @@ def _index(lines: list[str], prefix: str) -> int:
     return next(i for i, line in enumerate(lines) if line.startswith(prefix))
 
 
-def test_a_second_eval_names_the_unchanged_champion_once(grid, db):
-    runner = CliRunner()
-    assert runner.invoke(app, ["eval", str(grid)]).exit_code == 0
+def test_a_second_eval_names_the_unchanged_champion_once(grid, db, eval_cli):
+    assert eval_cli("eval", str(grid)).exit_code == 0
     held = champion.current_champion_id(db)
     name = next(c.name for c in expand(load_grid(grid)) if c.config_id == held)
-    result = runner.invoke(app, ["eval", str(grid)])
+    result = eval_cli("eval", str(grid))
     assert result.exit_code == 0, result.output
     verdicts = [line for line in result.output.splitlines() if "champion" in line]
     assert verdicts == [

@@ -11,7 +11,7 @@ import pytest
 
 from evals.grid import load_grid
 from tests.conftest import SAMPLE
-from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI, two_tiers
 
 pytestmark = pytest.mark.usefixtures("no_champion_left")
 
@@ -37,14 +37,7 @@ def tiers():
 def _grid(tmp_path, small: FakeOpenAI, large: FakeOpenAI):
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps(g) + "\n" for g in GOLD))
-    generator = {
-        "kind": "openai",
-        "tiers": {
-            "small": {"model": "small-m", "replicas": [small.url]},
-            "large": {"model": "large-m", "replicas": [large.url]},
-        },
-        "prices": PRICES,
-    }
+    generator = two_tiers(small, large, ("small-m", "large-m"), PRICES)
     rules = {"policy": "rules", "max_small_words": MAX_SMALL_WORDS, "max_small_documents": 20}
     rules["large_question_types"] = []
     grid = {
@@ -65,8 +58,6 @@ def _grid(tmp_path, small: FakeOpenAI, large: FakeOpenAI):
 
 
 def test_grid_compares_routing_policies_on_quality_share_cost_and_latency(migrated, db, tmp_path, tiers):
-    from mlflow import MlflowClient
-
     from evals import routing
     from evals.evaluate import run_evaluation
 
@@ -79,25 +70,10 @@ def test_grid_compares_routing_policies_on_quality_share_cost_and_latency(migrat
     n = len(GOLD)
     long_questions = sum(len(g["question"].split()) > MAX_SMALL_WORDS for g in GOLD)
     assert 0 < long_questions < n, "the gold set must exercise both tiers"
-    # Each policy's share per tier is what its router decided and what the servers actually saw.
-    assert by_policy["all-large"].summary["tier_share_large"] == 1.0
-    assert by_policy["rules"].summary["tier_share_large"] == pytest.approx(long_questions / n)
-    assert by_policy["rules"].summary["tier_share_small"] == pytest.approx(1 - long_questions / n)
-    assert (small.stats.requests, large.stats.requests) == (n - long_questions, n + long_questions)
-    tiers_seen = [r.generation.tier for r in by_policy["rules"].records]
-    assert tiers_seen == ["large" if len(g["question"].split()) > MAX_SMALL_WORDS else "small" for g in GOLD]
-
+    tiers_seen = _assert_tier_shares(by_policy, small, large, long_questions)
     rows = {row["policy"]: row for row in routing.routing_rows(report.results, "ndcg_at_10")}
     rules = rows["rules"]
-    # Cost: the servers' usage at each model's price, so routing to small must save exactly this much.
-    words = {t: len(text.split(" ")) for t, text in (("small", small.behaviour.text), ("large", large.behaviour.text))}
-    cost = {
-        t: (200 * PRICES[f"{t}-m"]["input_per_mtok"] + words[t] * PRICES[f"{t}-m"]["output_per_mtok"]) / 1e6
-        for t in words
-    }
-    expected = ((n - long_questions) * cost["small"] + long_questions * cost["large"]) / n
-    assert rules["cost_per_answer"] == pytest.approx(expected)
-    assert rules["cost_change_vs_all_large"] == pytest.approx(expected / cost["large"] - 1)
+    _assert_cost(rules, small, large, long_questions)
     assert rows["all-large"]["cost_change_vs_all_large"] == 0.0
     # Retrieval is the same under both policies; the answers (and so answer similarity) are the same
     # exactly where both sent the question to the large tier.
@@ -109,12 +85,43 @@ def test_grid_compares_routing_policies_on_quality_share_cost_and_latency(migrat
     assert rules["latency_ttft_p50_ms"] > 0 and rules["latency_total_p95_ms"] >= rules["latency_total_p50_ms"]
     line = routing.describe(rules, "ndcg_at_10")
     assert line.startswith(f"rules: {long_questions / n:.0%} large, {(n - long_questions) / n:.0%} small, cost -")
+    _assert_tracked(uri, report, by_policy["rules"], line, 1 - long_questions / n)
+
+
+def _assert_tier_shares(by_policy: dict, small: FakeOpenAI, large: FakeOpenAI, long_questions: int) -> list[str]:
+    """Each policy's share per tier is what its router decided and what the servers saw; the rules' tiers."""
+    n = len(GOLD)
+    assert by_policy["all-large"].summary["tier_share_large"] == 1.0
+    assert by_policy["rules"].summary["tier_share_large"] == pytest.approx(long_questions / n)
+    assert by_policy["rules"].summary["tier_share_small"] == pytest.approx(1 - long_questions / n)
+    assert (small.stats.requests, large.stats.requests) == (n - long_questions, n + long_questions)
+    tiers_seen = [r.generation.tier for r in by_policy["rules"].records]
+    assert tiers_seen == ["large" if len(g["question"].split()) > MAX_SMALL_WORDS else "small" for g in GOLD]
+    return tiers_seen
+
+
+def _assert_cost(rules: dict, small: FakeOpenAI, large: FakeOpenAI, long_questions: int) -> None:
+    """Cost: the servers' usage at each model's price, so routing to small must save exactly this much."""
+    n = len(GOLD)
+    words = {t: len(text.split(" ")) for t, text in (("small", small.behaviour.text), ("large", large.behaviour.text))}
+    cost = {
+        t: (200 * PRICES[f"{t}-m"]["input_per_mtok"] + words[t] * PRICES[f"{t}-m"]["output_per_mtok"]) / 1e6
+        for t in words
+    }
+    expected = ((n - long_questions) * cost["small"] + long_questions * cost["large"]) / n
+    assert rules["cost_per_answer"] == pytest.approx(expected)
+    assert rules["cost_change_vs_all_large"] == pytest.approx(expected / cost["large"] - 1)
+
+
+def _assert_tracked(uri: str, report, rules_result, line: str, small_share: float) -> None:
+    """The parent run carries the summary line and the routing table; the rules run its share and policy."""
+    from mlflow import MlflowClient
 
     mlc = MlflowClient(uri)
     parent = mlc.get_run(report.parent_run_id)
     assert line in parent.data.tags["routing.summary"].splitlines()
-    run = mlc.get_run(by_policy["rules"].run_id)
-    assert run.data.metrics["tier_share_small"] == pytest.approx(1 - long_questions / n)
+    run = mlc.get_run(rules_result.run_id)
+    assert run.data.metrics["tier_share_small"] == pytest.approx(small_share)
     assert run.data.params["routing.policy"] == "rules"
     artifacts = {a.path for a in mlc.list_artifacts(report.parent_run_id)}
     assert "routing.json" in artifacts

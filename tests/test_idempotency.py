@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 from sluice.config import parse_config
-from sluice.settings import PROJECT_ROOT
 from tasks.ingest import ingest_source
-from tests.serving_support import guarded_pythonpath
+from tests.conftest import tenant_rows
 
 
 def _write_corpus(folder, n, words=40):
@@ -68,12 +66,14 @@ def test_changed_document_is_replaced_atomically(db, embedder, pipeline, new_ten
     assert new in seen
 
 
+TEXTS = (
+    "SELECT d.text, array_agg(c.text ORDER BY c.ordinal) FROM documents d JOIN chunks c USING (document_id) "
+    "GROUP BY d.text"
+)
+
+
 def _snapshot(db, tenant):
-    with db.tenant(tenant) as conn:
-        return conn.execute(
-            "SELECT d.text, array_agg(c.text ORDER BY c.ordinal) FROM documents d "
-            "JOIN chunks c USING (document_id) GROUP BY d.text"
-        ).fetchall()
+    return tenant_rows(db, tenant, TEXTS)
 
 
 def test_sync_deletes_vanished_documents_only(db, embedder, pipeline, new_tenant, tmp_path):
@@ -111,23 +111,13 @@ def test_rechunking_reuses_the_embedding_cache(db, embedder, new_tenant, tmp_pat
     assert embedder.calls == calls, "identical texts must come from the cache"
 
 
-def test_sigkill_mid_run_then_rerun_equals_a_clean_run(db, embedder, pipeline, new_tenant, tmp_path, migrated):
+def test_sigkill_mid_run_then_rerun_equals_a_clean_run(db, embedder, pipeline, new_tenant, tmp_path, migrated, cli):
     crashed, clean = new_tenant("crash"), new_tenant("clean")
     corpus = tmp_path / "c"
     _write_corpus(corpus, 40, words=80)
-    env = {
-        **os.environ,
-        "SLUICE_DB_NAME": migrated.db_name,
-        "SLUICE_INGEST_BATCH_CHUNKS": "2",
-        "PYTHONPATH": guarded_pythonpath(),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "ingest", str(corpus), "--tenant", crashed],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    small_batches = migrated.model_copy(update={"ingest_batch_chunks": 2})
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = cli.popen("ingest", str(corpus), "--tenant", crashed, settings=small_batches, **quiet)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:

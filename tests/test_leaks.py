@@ -20,13 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
+from pydantic import SecretStr
 
-from cli.main import app as cli
 from serving.auth import create_key
 from serving.celery_app import INGEST_QUEUE, create_celery
 from sluice.db import create_tenant
-from tests.serving_support import ApiServer, start_api, start_worker, stop_worker, wait_job, worker_env
+from tests.serving_support import ApiServer, wait_job
 
 TOKEN = "scrape-" + uuid.uuid4().hex
 SECRET = f"SECRET-{uuid.uuid4().hex[:8]}"  # only in files outside every tenant's folder
@@ -51,33 +50,22 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(migrated, db, private_redis, tmp_path_factory):
+def stack(db, stack_settings, start_stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("leaks")
     root, outside, prom = tmp / "root", tmp / "outside", tmp / "prom"
     for folder in (root, outside, prom):
         folder.mkdir()
     (outside / "secret.md").write_text(f"# Secret\n\nThe vault code of the other side is {SECRET}.\n")
-    config = tmp / "pipeline.yaml"
-    config.write_text("name: leaks-test\n")
-    settings = migrated.model_copy(update={"broker_url": private_redis.url, "ingest_root": root, "config_path": config})
-    env = {**worker_env(settings), "PROMETHEUS_MULTIPROC_DIR": str(prom), "SLUICE_METRICS_TOKEN": TOKEN}
-    env.update(SLUICE_METRICS_TENANT_LABELS="false", SLUICE_RATE_LIMIT_PER_S="1000", SLUICE_RATE_LIMIT_BURST="1000")
+    scrape = {"metrics_token": SecretStr(TOKEN), "metrics_tenant_labels": False}
+    settings = stack_settings("leaks-test", ingest_root=root, **scrape)
     tenants = {}
     for who in "abc":
         tenant = f"leak{who}-{uuid.uuid4().hex[:8]}"
         create_tenant(db, tenant)
         tenants[who] = (tenant, create_key(db, tenant).secret)
         (root / tenant).mkdir()
-    worker = start_worker(settings, tmp / "worker.log", extra_env=env)
-    try:
-        api, url = start_api(env, tmp / "api.log")
-        try:
-            yield Stack(url, root, outside, tmp / "api.log", tmp / "worker.log", settings, tenants)
-        finally:
-            api.terminate()
-            api.wait(timeout=20)
-    finally:
-        stop_worker(worker)
+    running = start_stack(settings, api_process=True, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(prom)})
+    return Stack(running.url, root, outside, running.api_log, running.worker_log, settings, tenants)
 
 
 def ingest(client: httpx.Client, source: str) -> dict:
@@ -188,16 +176,15 @@ def scrape(url: str, **headers: str) -> httpx.Response:
     return httpx.get(f"{url}/metrics", headers=headers, timeout=30)
 
 
-def test_metrics_need_the_scrape_token(stack):
+def test_metrics_need_the_scrape_token(stack, cli):
     assert scrape(stack.url).status_code == 401
     assert scrape(stack.url, Authorization=f"Bearer {stack.tenants['a'][1]}").status_code == 401  # not a scrape key
     assert scrape(stack.url, Authorization=f"Bearer {TOKEN}x").status_code == 401
     ok = scrape(stack.url, Authorization=f"Bearer {TOKEN}")
     assert ok.status_code == 200 and "sluice_http_requests_total" in ok.text
-    env = {"SLUICE_METRICS_TOKEN": TOKEN}
-    status = CliRunner().invoke(cli, ["status", "--url", stack.url, "--interval", "0.2"], env=env)
+    status = cli("status", "--url", stack.url, "--interval", "0.2", env={"SLUICE_METRICS_TOKEN": TOKEN})
     assert status.exit_code == 0 and "workers" in status.output, status.output
-    refused = CliRunner().invoke(cli, ["status", "--url", stack.url, "--interval", "0.2"])
+    refused = cli("status", "--url", stack.url, "--interval", "0.2")
     assert refused.exit_code == 2 and "SLUICE_METRICS_TOKEN" in refused.output, refused.output
 
 

@@ -9,7 +9,6 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,42 +20,22 @@ from serving.auth import create_key
 from serving.backpressure import oldest_age
 from serving.celery_app import QUERY_QUEUE, create_celery
 from sluice.metrics import ENQUEUED_AT, oldest_age_redis
-from tests.serving_support import free_port, start_api, start_worker, stop_worker, wait_job, worker_env
+from tests.serving_support import free_port, wait_job
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
 
 
 @pytest.fixture(scope="module")
-def mp_settings(migrated, private_redis, tmp_path_factory):
+def mp_settings(stack_settings):
     """This module's own redis-server as broker: `sluice status` must count this module's worker only."""
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: metrics-test\n")
-    return migrated.model_copy(update={"broker_url": private_redis.url, "config_path": config})
+    return stack_settings("metrics-test", trace_console=True)
 
 
 @pytest.fixture(scope="module")
-def stack(mp_settings, tmp_path_factory):
+def stack(mp_settings, start_stack, tmp_path_factory):
     """Worker and API as separate processes, one multiprocess metrics folder."""
-    tmp = tmp_path_factory.mktemp("metrics")
-    (tmp / "prom").mkdir()
-    env = {**worker_env(mp_settings), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
-    env.update(SLUICE_RATE_LIMIT_PER_S="1000", SLUICE_RATE_LIMIT_BURST="1000", SLUICE_TRACE_CONSOLE="true")
-    worker = start_worker(mp_settings, tmp / "worker.log", extra_env=env)
-    api, url = start_api(env, tmp / "api.log")
-    yield Stack(url, tmp / "api.log", tmp / "worker.log")
-    api.terminate()
-    api.wait(timeout=20)
-    stop_worker(worker)
-
-
-@dataclass
-class Stack:
-    url: str
-    api_log: Path
-    worker_log: Path
-
-    def __str__(self) -> str:
-        return self.url
+    prom = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prom"))}
+    return start_stack(mp_settings, api_process=True, extra_env=prom)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -78,18 +57,9 @@ def test_queries_move_the_series(stack, db):
 
     tenant = f"met-{uuid.uuid4().hex[:8]}"
     create_tenant(db, tenant)
-    key = create_key(db, tenant).secret
     before = scrape(stack.url)
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        files = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
-        job = client.post("/v1/jobs", json={"kind": "ingest", "files": files})
-        assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
-        question = {"question": "How do honeybees tell hive mates where flowers are?"}
-        for _ in range(2):  # the second is an answer-cache hit
-            r = client.post("/v1/query", json=question)
-            assert r.status_code == 200 and "waggle" in r.json()["answer"], r.text
-        with client.stream("POST", "/v1/query", json={"question": "What do bees dance?", "stream": True}) as s:
-            assert s.status_code == 200 and "event: done" in s.read().decode()
+    with stack.client(create_key(db, tenant).secret) as client:
+        _ingest_then_ask_three_times(client)
     after = scrape(stack.url)
 
     def moved(name: str, by: float = 1, **labels: str) -> None:
@@ -114,6 +84,19 @@ def test_queries_move_the_series(stack, db):
     assert ("sluice_tokens_total", (("kind", "completion"), ("model", "extractive"), ("tenant", tenant))) in after
     assert total(after, "sluice_broker_up") == 1
     assert ("sluice_queue_depth", (("queue", "query"),)) in after
+
+
+def _ingest_then_ask_three_times(client: httpx.Client) -> None:
+    """Upload the bee note, ask about it twice (the second is an answer-cache hit), then once streamed."""
+    files = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
+    job = client.post("/v1/jobs", json={"kind": "ingest", "files": files})
+    assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
+    question = {"question": "How do honeybees tell hive mates where flowers are?"}
+    for _ in range(2):
+        r = client.post("/v1/query", json=question)
+        assert r.status_code == 200 and "waggle" in r.json()["answer"], r.text
+    with client.stream("POST", "/v1/query", json={"question": "What do bees dance?", "stream": True}) as s:
+        assert s.status_code == 200 and "event: done" in s.read().decode()
 
 
 def test_queue_depth_and_oldest_age_read_from_the_broker(stack, mp_settings):
@@ -241,13 +224,10 @@ def test_logs_are_json_with_request_context_carried_to_the_worker(stack, db):
     assert worker_text and all(ln.startswith("{") for ln in worker_text), worker_text
 
 
-def test_sluice_status_reads_the_live_api(stack, db):
+def test_sluice_status_reads_the_live_api(stack, db, cli):
     """`sluice status` against the running API while queries arrive during its interval."""
     import threading
 
-    from typer.testing import CliRunner
-
-    from cli.main import app
     from sluice.db import create_tenant
 
     tenant = f"sts-{uuid.uuid4().hex[:8]}"
@@ -262,7 +242,7 @@ def test_sluice_status_reads_the_live_api(stack, db):
 
     thread = threading.Thread(target=traffic)
     thread.start()
-    result = CliRunner().invoke(app, ["status", "--url", stack.url, "--interval", "3"])
+    result = cli("status", "--url", stack.url, "--interval", "3")
     thread.join()
     assert result.exit_code == 0, result.output
     assert codes and all(c in (200, 404, 422) for c in codes), codes  # empty corpus: answered or refused, never 5xx
@@ -274,10 +254,6 @@ def test_sluice_status_reads_the_live_api(stack, db):
     assert re.search(r"p99 latency\s*│\s*\d+ ms", out) and "error rate (5xx) │ 0.0%" in out.replace("  ", " "), out
 
 
-def test_sluice_status_names_the_fix_when_the_api_is_down():
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
-    result = CliRunner().invoke(app, ["status", "--url", f"http://127.0.0.1:{free_port()}", "--interval", "0.1"])
+def test_sluice_status_names_the_fix_when_the_api_is_down(cli):
+    result = cli("status", "--url", f"http://127.0.0.1:{free_port()}", "--interval", "0.1")
     assert result.exit_code == 2 and "is `sluice serve` running there?" in result.output

@@ -8,10 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from bench.synthetic import DIM, IDENTITY, SYNTHETIC, make_records, unit_vectors
-from cli.main import app
 from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
 from sluice.db import create_tenant
 from sluice.errors import ConfigError, EmbedderMismatchError, QueryError
@@ -25,13 +23,6 @@ from tasks.store import register_index
 from tests.conftest import PROJECT_ROOT
 
 TINY_BEIR = PROJECT_ROOT / "tests" / "data" / "beir-tiny"
-
-
-@pytest.fixture()
-def run(migrated, monkeypatch):
-    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)  # the CLI reads Settings from the environment
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +132,7 @@ def test_switch_is_atomic_for_a_concurrent_reader(db, new_tenant):
     assert all(n == 10 and ids == {index_id} for index_id, n, ids in seen), [s for s in seen if s[1] != 10][:3]
 
 
-def test_drop_only_on_request_and_never_the_active_index(db, new_tenant, run):
+def test_drop_only_on_request_and_never_the_active_index(db, new_tenant, cli):
     tenant = new_tenant("drop")
     _two_spaces(db, tenant, n=50)
     with db.tenant(tenant) as conn:
@@ -149,7 +140,7 @@ def test_drop_only_on_request_and_never_the_active_index(db, new_tenant, run):
         assert index_stats(conn, SYNTHETIC.index_id).chunks == 50  # the old space still serves nothing but exists
         with pytest.raises(QueryError, match="active for collection"):
             drop_index(conn, OTHER.index_id)
-    result = run("index", "drop", SYNTHETIC.index_id, "--tenant", tenant)
+    result = cli("index", "drop", SYNTHETIC.index_id, "--tenant", tenant)
     assert result.exit_code == 0, result.output
     with db.tenant(tenant) as conn:
         assert index_stats(conn, SYNTHETIC.index_id).chunks == 0
@@ -166,8 +157,8 @@ def test_query_against_a_space_of_another_embedder_is_refused(db, new_tenant, em
 
 
 # ---------------------------------------------------------------- eval-retrieval
-def test_eval_retrieval_on_a_tiny_beir_dataset(run, admin):
-    result = run("eval-retrieval", "--beir", str(TINY_BEIR), "--json")
+def test_eval_retrieval_on_a_tiny_beir_dataset(cli, admin):
+    result = cli("eval-retrieval", "--beir", str(TINY_BEIR), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     scores = report["results"]
@@ -181,17 +172,17 @@ def test_eval_retrieval_on_a_tiny_beir_dataset(run, admin):
     assert "embedding the corpus: 12/12" in result.output and "hybrid retrieval: 6/6" in result.output
     gone = admin.execute("SELECT count(*) FROM documents WHERE tenant_id LIKE 'beir-%'").fetchone()[0]
     assert gone == 0 and admin.execute("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'beir-%'").fetchone()[0] == 0
-    bad = run("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))
+    bad = cli("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))
     assert bad.exit_code == 2 and "corpus.jsonl" in bad.output
 
 
-def test_cli_ingest_and_query_with_collection_and_filter(run, tmp_path):
+def test_cli_ingest_and_query_with_collection_and_filter(cli, tmp_path):
     (tmp_path / "bees.md").write_text("# Bees\n\nHoneybees communicate the location of flowers with a waggle dance.\n")
     (tmp_path / "ants.md").write_text("# Ants\n\nAnts lay pheromone trails to tell nestmates where food is.\n")
-    assert run("tenant", "create", "cli-coll").exit_code == 0
-    assert run("ingest", str(tmp_path), "--tenant", "cli-coll", "--collection", "insects").exit_code == 0
+    assert cli("tenant", "create", "cli-coll").exit_code == 0
+    assert cli("ingest", str(tmp_path), "--tenant", "cli-coll", "--collection", "insects").exit_code == 0
     question = "How do insects tell each other where food is?"
-    only_bees = run(
+    only_bees = cli(
         "query",
         question,
         "-t",
@@ -205,8 +196,8 @@ def test_cli_ingest_and_query_with_collection_and_filter(run, tmp_path):
     assert only_bees.exit_code == 0, only_bees.output
     cited = {c["document"] for c in json.loads(only_bees.output)["citations"]}
     assert cited == {"bees.md"}
-    elsewhere = run("query", question, "-t", "cli-coll", "--collection", "plants", "--json")
+    elsewhere = cli("query", question, "-t", "cli-coll", "--collection", "plants", "--json")
     assert json.loads(elsewhere.output)["citations"] == []
-    bad = run("query", question, "-t", "cli-coll", "--filter", '{"doc.source": {"regex": "."}}')
+    bad = cli("query", question, "-t", "cli-coll", "--filter", '{"doc.source": {"regex": "."}}')
     assert bad.exit_code == 2 and "'regex'" in bad.output
-    assert run("query", question, "-t", "cli-coll", "--filter", "[1]").exit_code == 2
+    assert cli("query", question, "-t", "cli-coll", "--filter", "[1]").exit_code == 2

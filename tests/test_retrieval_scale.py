@@ -162,18 +162,17 @@ def _query_text(records, rng) -> str:
     return " ".join([*picks, VOCAB[int(rng.integers(len(VOCAB)))]])
 
 
+EXHAUSTIVE = settings(
+    max_examples=1000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+
+
 def test_isolation_property(db, small):
     data, owner = small
     recalls: list[float] = []
     cases = [0]
 
-    @settings(
-        max_examples=1000,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @EXHAUSTIVE
     @given(CASES)
     def check(case):
         tenant, spec, seed, mode, k = case
@@ -207,29 +206,18 @@ def test_isolation_property(db, small):
     assert min(recalls) >= 0.5, sorted(recalls)[:10]
 
 
+def _in_private_a(conn, data: dict, retrieval: RetrievalConfig) -> list:
+    """Hits for tenant iso-a's first record, filtered to iso-a's private collection."""
+    records, vectors = data["iso-a"]
+    return R.retrieve(conn, SYNTHETIC.index_id, records[0].text, vectors[0], retrieval, {"collection": "private-iso-a"})
+
+
 def test_other_tenants_collection_returns_nothing(db, small):
     data, _ = small
-    records, vectors = data["iso-a"]
     with db.tenant("iso-b") as conn:
-        hits = R.retrieve(
-            conn,
-            SYNTHETIC.index_id,
-            records[0].text,
-            vectors[0],
-            RetrievalConfig(mode="hybrid", k=10),
-            {"collection": "private-iso-a"},
-        )
-        assert hits == []
+        assert _in_private_a(conn, data, RetrievalConfig(mode="hybrid", k=10)) == []
         # No count leaks either: the tenant sees zero documents of that collection, not "some, hidden".
         seen = conn.execute("SELECT count(*) FROM documents WHERE collection = 'private-iso-a'").fetchone()[0]
         assert seen == 0
     with db.tenant("iso-a") as conn:
-        hits = R.retrieve(
-            conn,
-            SYNTHETIC.index_id,
-            records[0].text,
-            vectors[0],
-            RetrievalConfig(k=10),
-            {"collection": "private-iso-a"},
-        )
-        assert len(hits) == 10
+        assert len(_in_private_a(conn, data, RetrievalConfig(k=10))) == 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +16,6 @@ from tasks.indexes import collect_garbage
 from tasks.rollout import run_rollout, tenants_in_scope
 from tasks.rollout_state import request_cancel, tenant_row
 from tests.rollout_support import SMALL, index_counts, ingest, private_database, promote, write_docs
-from tests.serving_support import worker_env
 
 DEFAULT = PipelineConfig()
 
@@ -154,13 +152,13 @@ def test_a_document_whose_file_is_gone_blocks_a_parser_change_and_is_reported(rs
     assert index_counts(rdb, tenant, DEFAULT.index_id)[0] == 3
 
 
-def test_kill_9_mid_tenant_then_rerun_builds_every_document_once(rs, rdb, tmp_path):
+def test_kill_9_mid_tenant_then_rerun_builds_every_document_once(rs, rdb, cli, tmp_path):
     tenant = _tenant(rdb, "r-kill")
     ingest(rs, rdb, tenant, write_docs(tmp_path / "docs", 40)[0].parent)
     target = promote(rdb, SMALL)
-    env = {**worker_env(rs), "SLUICE_ROLLOUT_BATCH_DOCS": "1"}
-    cmd = [sys.executable, "-m", "cli", "champion", "rollout", "--tenant", tenant]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    one_by_one = rs.model_copy(update={"rollout_batch_docs": 1})
+    proc = cli.popen("champion", "rollout", "--tenant", tenant, settings=one_by_one, **quiet)
     try:
         killed_at = _kill_when_started(rdb, tenant, proc)
     finally:
@@ -221,13 +219,9 @@ def test_the_nightly_deployment_ingests_into_the_served_index_after_a_promotion(
     assert index_counts(rdb, tenant, DEFAULT.index_id)[0] == 3  # the old index got nothing new
 
 
-def test_status_cancel_and_gc_commands(rs, rdb, tmp_path):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
+def test_status_cancel_and_gc_commands(rs, rdb, cli, tmp_path):
     def run(*args: str):
-        return CliRunner(env={"SLUICE_DB_NAME": rs.db_name}).invoke(app, list(args))
+        return cli(*args, settings=rs)
 
     tenant = _tenant(rdb, "r-cli")
     ingest(rs, rdb, tenant, write_docs(tmp_path / "docs", 2)[0].parent)

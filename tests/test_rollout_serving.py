@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import threading
 import time
 
 import pytest
@@ -26,7 +25,7 @@ from sluice.served import served
 from tasks.generate import NO_ANSWER
 from tasks.rollout import run_rollout
 from tests.rollout_support import SMALL, fact, private_database, promote, write_docs
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import Background, wait_job
 
 DOCS = {"one": 12, "two": 6}
 EMBEDDER_256 = {**SMALL, "embedder": {"dim": 256}}  # the packaged model truncated to 256-d: another space
@@ -49,13 +48,8 @@ def rdb(rs):
 
 
 @pytest.fixture(scope="module")
-def api(rs, tmp_path_factory):
-    worker = start_worker(rs, tmp_path_factory.mktemp("worker") / "worker.log")
-    try:
-        with ApiServer(rs) as server:
-            yield server
-    finally:
-        stop_worker(worker)
+def api(rs, start_stack):
+    return start_stack(rs)
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +76,14 @@ def _upload(api, key: str, paths, timeout: float = 300, wait: bool = True) -> st
     return job_id
 
 
-class Asker:
+class Asker(Background):
     """Asks the tenants' questions in turn, without pause, in a thread; keeps every (tenant, status, body)."""
+
+    join_s = 300.0
 
     def __init__(self, api, keys: dict[str, str]):
         self.api, self.keys, self.seen = api, keys, []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         clients = {name: self.api.client(key, timeout=180) for name, key in self.keys.items()}
@@ -99,14 +94,6 @@ class Asker:
             self.seen.append((name, r.status_code, r.json() if r.status_code < 500 else {"detail": r.text}))
         for client in clients.values():
             client.close()
-
-    def __enter__(self) -> Asker:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.thread.join(timeout=300)
 
     def failures(self) -> list:
         """Answers that failed, were not ready, or found nothing."""

@@ -8,8 +8,10 @@ from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from tasks.llm.state import MemoryState, RedisState, make_state
 from tasks.routed import build_answerer, routing_summary
-from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI, two_tiers
 from tests.test_generate import HITS
+
+PRICES = {"small-m": {"output_per_mtok": 1}, "large-m": {"output_per_mtok": 10}}
 
 
 @pytest.fixture()
@@ -26,14 +28,7 @@ def test_rules_route_each_question_to_its_tier_and_the_answer_says_so(tiers, emb
     config = parse_config(
         {
             "routing": {"policy": "rules"},
-            "generator": {
-                "kind": "openai",
-                "tiers": {
-                    "small": {"model": "small-m", "replicas": [small.url]},
-                    "large": {"model": "large-m", "replicas": [large.url]},
-                },
-                "prices": {"small-m": {"output_per_mtok": 1}, "large-m": {"output_per_mtok": 10}},
-            },
+            "generator": two_tiers(small, large, ("small-m", "large-m"), PRICES),
         }
     )
     answerer = build_answerer(config, embedder, state=MemoryState())

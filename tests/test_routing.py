@@ -8,7 +8,6 @@ import random
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from sluice.config import ClassifierRouting, RulesRouting, parse_config
 from sluice.errors import RouterError
@@ -136,10 +135,8 @@ def test_calibration_helpers():
         large_share_for_budget(1, 2, 1)
 
 
-def test_cli_trains_a_router_and_pins_it_in_a_new_config(embedder, tmp_path, monkeypatch):
-    from cli.main import app
-
-    monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
+def test_cli_trains_a_router_and_pins_it_in_a_new_config(cli, migrated, embedder, tmp_path):
+    here = migrated.model_copy(update={"data_dir": tmp_path})
     results = tmp_path / "eval.jsonl"
     lines = [{"question": q, "small_score": 0.9, "large_score": 0.9 if _label(q) else 1.0} for q in _questions()[:60]]
     results.write_text("\n".join(json.dumps(x) for x in lines))
@@ -147,9 +144,8 @@ def test_cli_trains_a_router_and_pins_it_in_a_new_config(embedder, tmp_path, mon
     base = tmp_path / "base.yaml"
     base.write_text(json.dumps({"generator": {"kind": "openai", "tiers": tiers}, "routing": {"tier": "small"}}))
     out = tmp_path / "routed.yaml"
-    res = CliRunner().invoke(
-        app, ["router", "train", str(results), "--large-share", "0.4", "-c", str(base), "--out", str(out)]
-    )
+    args = ["router", "train", str(results), "--large-share", "0.4", "-c", str(base), "--out", str(out)]
+    res = cli(*args, settings=here)
     assert res.exit_code == 0, res.output
     from sluice.config import load_config
 
@@ -158,7 +154,7 @@ def test_cli_trains_a_router_and_pins_it_in_a_new_config(embedder, tmp_path, mon
     assert routed.config_id != load_config(base).config_id
     router = build_router(routed.routing, embedder, data_dir=tmp_path)
     assert router.route("Why does the carbon frame warranty matter?").tier in ("small", "large")
-    bad = CliRunner().invoke(app, ["router", "train", str(results), "--budget-usd", "0.01"])
+    bad = cli("router", "train", str(results), "--budget-usd", "0.01", settings=here)
     assert bad.exit_code == 2 and "small_cost_usd" in bad.output
 
 
@@ -170,11 +166,9 @@ def test_rules_config_parses_from_yaml_shape():
     assert isinstance(config.routing, RulesRouting) and config.routing.max_small_words == 10
 
 
-def test_cli_explains_a_routing_decision(tmp_path):
-    from cli.main import app
-
+def test_cli_explains_a_routing_decision(cli, tmp_path):
     tiers = {t: {"model": t, "replicas": ["http://127.0.0.1:9/v1"]} for t in ("small", "large")}
     path = tmp_path / "rules.yaml"
     path.write_text(json.dumps({"routing": {"policy": "rules"}, "generator": {"kind": "openai", "tiers": tiers}}))
-    res = CliRunner().invoke(app, ["router", "explain", "Compare the two warranties", "-c", str(path)])
+    res = cli("router", "explain", "Compare the two warranties", "-c", str(path))
     assert res.exit_code == 0 and "large (rules)" in res.output and "'compare'" in res.output

@@ -71,39 +71,32 @@ def test_a_tenant_scoped_promotion_bumps_that_tenants_corpus_version_only(migrat
     assert served(migrated, db, other).version == before[other]
 
 
-def test_cli_ingest_and_query_use_the_served_index_and_say_when_config_is_an_experiment(migrated, db, tmp_path):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
-    def run(*args: str):
-        return CliRunner(env={"SLUICE_DB_NAME": migrated.db_name}).invoke(app, list(args))
-
+def test_cli_ingest_and_query_use_the_served_index_and_say_when_config_is_an_experiment(cli, migrated, db, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "bees.md").write_text(BEES)
-    assert run("tenant", "create", "served-cli").exit_code == 0
-    assert run("ingest", str(docs), "--tenant", "served-cli").exit_code == 0
+    assert cli("tenant", "create", "served-cli").exit_code == 0
+    assert cli("ingest", str(docs), "--tenant", "served-cli").exit_code == 0
     small = promote(db, SMALL)  # a new champion with another index: not built for this tenant yet
-    result = run("ingest", str(docs), "--tenant", "served-cli")
+    result = cli("ingest", str(docs), "--tenant", "served-cli")
     assert result.exit_code == 0 and f"into index {PipelineConfig().index_id}" in result.output, result.output
-    answer = run("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
+    answer = cli("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
     body = json.loads(answer.stdout)
     assert body["index_id"] == PipelineConfig().index_id and body["citations"][0]["document"] == "bees.md"
     config = tmp_path / "small.yaml"
     config.write_text(json.dumps(SMALL))
-    result = run("ingest", str(docs), "--tenant", "served-cli", "--config", str(config))
+    result = cli("ingest", str(docs), "--tenant", "served-cli", "--config", str(config))
     assert result.exit_code == 0, result.output
     assert f"index {small.index_id} ({config}) was built for experiments" in result.output
     assert "served only after a rollout" in result.output
-    experiment = run("query", "How do bees dance?", "--tenant", "served-cli", "--config", str(config), "--json")
+    experiment = cli("query", "How do bees dance?", "--tenant", "served-cli", "--config", str(config), "--json")
     assert experiment.exit_code == 0 and f"experiment: answering from index {small.index_id}" in experiment.output
     # Activating it by hand is a switch like a rollout's: served at once, the tenant's answer cache invalidated.
     version = served(migrated, db, "served-cli").version
-    assert run("index", "activate", small.index_id, "--tenant", "served-cli").exit_code == 0
+    assert cli("index", "activate", small.index_id, "--tenant", "served-cli").exit_code == 0
     now = served(migrated, db, "served-cli")
     assert now.index_id == small.index_id and now.version > version
-    answer = run("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
+    answer = cli("query", "How do bees tell each other where flowers are?", "--tenant", "served-cli", "--json")
     assert json.loads(answer.stdout)["index_id"] == small.index_id
 
 

@@ -6,21 +6,11 @@ import hashlib
 import re
 
 import pytest
-from typer.testing import CliRunner
-
-from cli.main import app
 
 
-@pytest.fixture()
-def run(migrated, monkeypatch):
-    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args))
-
-
-def test_key_create_stores_only_the_hash_and_revoke(run, admin, db, new_tenant):
+def test_key_create_stores_only_the_hash_and_revoke(cli, admin, db, new_tenant):
     tenant = new_tenant("key")
-    result = run("key", "create", "--tenant", tenant)
+    result = cli("key", "create", "--tenant", tenant)
     assert result.exit_code == 0, result.output
     secret = re.search(r"^(sk_\w+_\S+)$", result.output, re.M).group(1)
     key_id = re.search(r"key id: (\w+)", result.output).group(1)
@@ -28,7 +18,7 @@ def test_key_create_stores_only_the_hash_and_revoke(run, admin, db, new_tenant):
     assert rows == [(hashlib.sha256(secret.encode()).hexdigest(),)]
     with db.shared() as conn:
         assert conn.execute("SELECT resolve_api_key(%s)", (rows[0][0],)).fetchone()[0] == tenant
-    assert run("key", "revoke", key_id).exit_code == 0
+    assert cli("key", "revoke", key_id).exit_code == 0
     with db.shared() as conn:
         assert conn.execute("SELECT resolve_api_key(%s)", (rows[0][0],)).fetchone()[0] is None
 
@@ -40,9 +30,9 @@ def test_app_role_cannot_read_the_key_table(db):
         conn.execute("SELECT * FROM api_keys")
 
 
-def test_key_for_unknown_tenant_and_unknown_id_exit_2(run):
-    assert run("key", "create", "--tenant", "no-such-tenant").exit_code == 2
-    result = run("key", "revoke", "nope")
+def test_key_for_unknown_tenant_and_unknown_id_exit_2(cli):
+    assert cli("key", "create", "--tenant", "no-such-tenant").exit_code == 2
+    result = cli("key", "revoke", "nope")
     assert result.exit_code == 2 and "no API key with id 'nope'" in result.output
 
 
@@ -56,7 +46,7 @@ def test_create_key_cannot_target_another_tenant(db, new_tenant):
         assert conn.execute("SELECT create_api_key('x2', %s)", ("1" * 64,)).fetchone()[0] == tenant
 
 
-def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(tmp_path, monkeypatch):
+def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(cli, migrated, tmp_path, monkeypatch):
     """`demo-api --stop` returns only once both process groups are gone: SIGTERM, then SIGKILL after its grace."""
     import signal
     import subprocess
@@ -69,9 +59,8 @@ def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(tmp_path, monkeypat
     stubborn = subprocess.Popen([sys.executable, "-c", stubborn_code], stdout=subprocess.PIPE, start_new_session=True)
     stubborn.stdout.readline()  # its SIGTERM is ignored from here on
     (tmp_path / "demo-api.pids").write_text(f"{polite.pid} {stubborn.pid}")
-    monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(cli_demo_api, "STOP_GRACE_S", 3)
-    result = CliRunner().invoke(app, ["demo-api", "--stop"])
+    result = cli("demo-api", "--stop", settings=migrated.model_copy(update={"data_dir": tmp_path}))
     assert result.exit_code == 0, result.output
     assert polite.poll() == -signal.SIGTERM and stubborn.poll() == -signal.SIGKILL  # both gone on return
     assert f"process group {stubborn.pid} still running 3 s after SIGTERM: killed" in result.output

@@ -11,28 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.conftest import SAMPLE
-from tests.serving_support import ApiServer, start_worker, stop_worker
 
 
 @pytest.fixture(scope="module")
-def fuzz_env(migrated, db, private_redis, tmp_path_factory):
-    fuzz = migrated.model_copy(
-        update={
-            "broker_url": private_redis.url,
-            "ingest_root": SAMPLE,
-            "rate_limit_per_s": 1000.0,
-            "rate_limit_burst": 1000.0,
-            "query_timeout_s": 10.0,
-        }
-    )
-    proc = start_worker(fuzz, tmp_path_factory.mktemp("fuzzworker") / "worker.log")
-    try:
-        with ApiServer(fuzz) as server:
-            tenant = f"fuzz-{uuid.uuid4().hex[:8]}"
-            create_tenant(db, tenant)
-            yield server, create_key(db, tenant).secret
-    finally:
-        stop_worker(proc)
+def fuzz_env(db, stack_settings, start_stack):
+    server = start_stack(stack_settings("fuzz", ingest_root=SAMPLE, query_timeout_s=10.0, config_path=None))
+    tenant = f"fuzz-{uuid.uuid4().hex[:8]}"
+    create_tenant(db, tenant)
+    return server, create_key(db, tenant).secret
 
 
 def test_no_server_errors(fuzz_env):

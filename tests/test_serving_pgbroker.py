@@ -9,7 +9,7 @@ import pytest
 
 from serving.auth import create_key
 from serving.celery_app import broker_url, result_backend
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import stop_worker, wait_job
 
 DOC = "# Otters\n\nSea otters hold hands while they sleep so that they do not drift apart.\n"
 
@@ -25,16 +25,8 @@ def pg_settings(migrated):
 
 
 @pytest.fixture(scope="module")
-def pg_worker(pg_settings, tmp_path_factory):
-    proc = start_worker(pg_settings, tmp_path_factory.mktemp("pgworker") / "worker.log")
-    yield proc
-    stop_worker(proc)
-
-
-@pytest.fixture(scope="module")
-def pg_api(pg_settings, pg_worker):
-    with ApiServer(pg_settings) as server:
-        yield server
+def pg_api(pg_settings, start_stack):
+    return start_stack(pg_settings)
 
 
 def test_upload_ingest_then_sync_and_streamed_query(pg_api, db, new_tenant):
@@ -52,13 +44,13 @@ def test_upload_ingest_then_sync_and_streamed_query(pg_api, db, new_tenant):
         assert ready["ready"] and ready["checks"]["broker"] == "ok"
 
 
-def test_readyz_sees_workers_by_heartbeat_without_broadcast(pg_api, pg_worker):
+def test_readyz_sees_workers_by_heartbeat_without_broadcast(pg_api):
     """Celery pings need a broadcast exchange this broker lacks: heartbeat rows work (runs last: stops the worker)."""
     with pg_api.client() as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["workers"] == "ok: 1 worker(s), 1 process(es)"
-        stop_worker(pg_worker)  # a clean shutdown removes its heartbeat at once
+        stop_worker(pg_api.worker)  # a clean shutdown removes its heartbeat at once
         gone = client.get("/readyz")
     assert gone.status_code == 503
     assert gone.json()["checks"]["workers"].startswith("error: no worker heartbeat on this broker")

@@ -22,7 +22,7 @@ from sluice.config import load_config
 from sluice.settings import PROJECT_ROOT
 from tests.conftest import SAMPLE
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.serving_support import TEST_REDIS, ApiServer, start_worker, stop_worker
+from tests.serving_support import TEST_REDIS
 
 
 def _own_redis() -> str:
@@ -87,14 +87,8 @@ def routed_settings(migrated, tiers, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(routed_settings, tmp_path_factory):
-    env = {"SLUICE_ROUTING_STATE_URL": ROUTED_REDIS, "SLUICE_SERVE_CHAMPION": "false", "SLUICE_ANSWER_CACHE": "false"}
-    proc = start_worker(routed_settings, tmp_path_factory.mktemp("routed-worker") / "worker.log", extra_env=env)
-    try:
-        with ApiServer(routed_settings) as server:
-            yield server
-    finally:
-        stop_worker(proc)
+def api(routed_settings, start_stack):
+    return start_stack(routed_settings)
 
 
 @pytest.fixture(scope="module")
@@ -193,16 +187,11 @@ def test_failing_small_tier_falls_back_to_large_and_cools_down_in_redis(api, key
             fake.behaviour.fail_status = None
 
 
-def test_cli_query_answers_through_the_same_routed_path(routed_settings, key, tiers, monkeypatch):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
+def test_cli_query_answers_through_the_same_routed_path(routed_settings, key, tiers, cli):
     _, large = tiers
-    monkeypatch.setenv("SLUICE_DB_NAME", routed_settings.db_name)
     before = large.stats.requests
     args = ["query", WHY, "--tenant", key[0], "--config", str(routed_settings.config_path), "--json"]
-    out = CliRunner().invoke(app, args)
+    out = cli(*args)
     assert out.exit_code == 0, out.output
     body = json.loads(out.stdout)
     assert body["answer"] == LARGE_TEXT and body["generation"]["model"] == "large-m"

@@ -12,25 +12,29 @@ from cli.status import parse, quantile, summarize
 from sluice import metrics
 from sluice.settings import PROJECT_ROOT
 
-BEFORE = """
-sluice_http_requests_total{route="/v1/query",method="POST",status="200"} 10
-sluice_http_requests_total{route="/metrics",method="GET",status="200"} 50
-sluice_http_request_seconds_bucket{route="/v1/query",le="0.1"} 10
-sluice_http_request_seconds_bucket{route="/v1/query",le="1.0"} 10
-sluice_http_request_seconds_bucket{route="/v1/query",le="+Inf"} 10
-sluice_cost_usd_total{tenant="t",model="m"} 0.5
-"""
-AFTER = """
-sluice_http_requests_total{route="/v1/query",method="POST",status="200"} 108
-sluice_http_requests_total{route="/v1/query",method="POST",status="503"} 2
-sluice_http_requests_total{route="/metrics",method="GET",status="200"} 51
-sluice_http_request_seconds_bucket{route="/v1/query",le="0.1"} 60
-sluice_http_request_seconds_bucket{route="/v1/query",le="1.0"} 110
-sluice_http_request_seconds_bucket{route="/v1/query",le="+Inf"} 110
-sluice_cost_usd_total{tenant="t",model="m"} 0.75
-sluice_queue_depth{queue="query"} 7
-sluice_queue_oldest_age_seconds{queue="query"} 1.5
-"""
+
+def _exposition(query_ok: int, scrapes: int, fast: int, total: int, cost: float, more: str = "") -> str:
+    """Query and scrape counts, the query latency histogram (within 0.1 s, all), spend, and `more` lines."""
+    return f"""
+sluice_http_requests_total{{route="/v1/query",method="POST",status="200"}} {query_ok}
+sluice_http_requests_total{{route="/metrics",method="GET",status="200"}} {scrapes}
+sluice_http_request_seconds_bucket{{route="/v1/query",le="0.1"}} {fast}
+sluice_http_request_seconds_bucket{{route="/v1/query",le="1.0"}} {total}
+sluice_http_request_seconds_bucket{{route="/v1/query",le="+Inf"}} {total}
+sluice_cost_usd_total{{tenant="t",model="m"}} {cost}
+{more}"""
+
+
+BEFORE = _exposition(10, 50, 10, 10, 0.5)
+AFTER = _exposition(
+    108,
+    51,
+    60,
+    110,
+    0.75,
+    more='sluice_http_requests_total{route="/v1/query",method="POST",status="503"} 2\n'
+    'sluice_queue_depth{queue="query"} 7\nsluice_queue_oldest_age_seconds{queue="query"} 1.5\n',
+)
 
 
 def test_quantile_interpolates_like_prometheus():

@@ -12,32 +12,26 @@ import uuid
 import pytest
 
 from serving.auth import create_key
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import wait_job
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
 
 
 @pytest.fixture(scope="module")
-def rel_settings(migrated, private_redis, tmp_path_factory):
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: reliability\n")
-    update = {"broker_url": private_redis.url, "config_path": config, "query_timeout_s": 120.0}
-    return migrated.model_copy(update={**update, "rate_limit_per_s": 1000.0, "rate_limit_burst": 1000.0})
+def rel_settings(stack_settings):
+    return stack_settings("reliability", query_timeout_s=120.0)
 
 
 @pytest.fixture(scope="module")
-def two_process_worker(rel_settings, tmp_path_factory):
-    """The log file of a running `sluice worker --concurrency 2`."""
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = start_worker(rel_settings, log, concurrency=2)
-    yield log
-    stop_worker(proc)
+def rel_api(rel_settings, start_stack):
+    """An API in front of a running `sluice worker --concurrency 2`."""
+    return start_stack(rel_settings, concurrency=2)
 
 
 @pytest.fixture(scope="module")
-def rel_api(rel_settings, two_process_worker):
-    with ApiServer(rel_settings) as server:
-        yield server
+def two_process_worker(rel_api):
+    """The log file of the running `sluice worker --concurrency 2`."""
+    return rel_api.worker_log
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,6 @@ from tests.serving_support import ApiServer, start_worker, stop_worker
 QUESTIONS = ("How do honeybees tell hive mates where flowers are?", "What dance do bees do?", "Why do bees dance?")
 
 
-@pytest.fixture(scope="module")
-def broker_settings(migrated, private_redis, tmp_path_factory):
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: broker-restart\n")
-    update = {"broker_url": private_redis.url, "config_path": config, "rate_limit_per_s": 1000.0}
-    return migrated.model_copy(update={**update, "rate_limit_burst": 1000.0, "query_timeout_s": 120.0})
-
-
 def _bee_corpus(db, pipeline, embedder, tmp_path) -> tuple[str, str]:
     """A tenant whose bee document is ingested in this process (no worker may run before the restart)."""
     from tasks.ingest import ingest_source
@@ -64,11 +56,11 @@ def _finish(client: httpx.Client, jobs: list[str], timeout: float = 240) -> dict
 
 
 def test_jobs_queued_across_a_broker_kill_9_all_complete(
-    broker_settings, private_redis, db, pipeline, embedder, tmp_path, tmp_path_factory
+    rel_settings, private_redis, db, pipeline, embedder, tmp_path, tmp_path_factory
 ):
     tenant, key = _bee_corpus(db, pipeline, embedder, tmp_path)
     notes = [(f"note{n}.md", f"# Note {n}\n\nHerons number {n} wait motionless in the shallows.\n") for n in range(4)]
-    with ApiServer(broker_settings) as api, api.client(key, timeout=60) as client:
+    with ApiServer(rel_settings) as api, api.client(key, timeout=60) as client:
         jobs = []
         for name, text in notes:  # no worker is running: every job waits in Redis
             files = [{"name": name, "content_base64": base64.b64encode(text.encode()).decode()}]
@@ -88,7 +80,7 @@ def test_jobs_queued_across_a_broker_kill_9_all_complete(
         private_redis.start()
         assert (broker.llen(INGEST_QUEUE), broker.llen(QUERY_QUEUE)) == (len(notes), len(QUESTIONS))
 
-        worker = start_worker(broker_settings, tmp_path_factory.mktemp("worker") / "worker.log")
+        worker = start_worker(rel_settings, tmp_path_factory.mktemp("worker") / "worker.log")
         try:
             done = _finish(client, jobs)
         finally:

@@ -20,8 +20,8 @@ import pytest
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.reliability.raw_http import post_raw
-from tests.reliability.stack import api_process, drop_keys, metric, private_settings, worker_process
-from tests.serving_support import wait_job
+from tests.reliability.stack import drop_keys, metric, private_settings
+from tests.serving_support import serving_stack, wait_job
 
 WORKERS = 2
 QUEUE_LIMIT = 6
@@ -42,12 +42,12 @@ def burst_stack(migrated, db, tmp_path_factory):
     create_tenant(db, tenant)
     key = create_key(db, tenant).secret
     try:
-        with worker_process(settings, tmp / "worker.log", WORKERS), api_process(settings, tmp / "api.log") as url:
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        with serving_stack(settings, tmp, WORKERS, api_process=True) as stack:
+            with stack.client(key, timeout=120) as client:
                 files = [{"name": "bees.md", "content_base64": base64.b64encode(HONEY.encode()).decode()}]
                 job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()["job_id"]
                 assert wait_job(client, job)["status"] == "succeeded"
-            yield url, key
+            yield stack.url, key
     finally:
         drop_keys(settings)
 

@@ -27,6 +27,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.ingest import ingest
 from sluice.db import admin_conninfo, create_tenant, embedded_server, migrate
 from sluice.settings import PROJECT_ROOT
+from tests.reliability.stack import blocked_on_lock
 
 DOCS = 8
 BLOCKED = "doc5.md"  # the flow stores documents in listing (name) order: five are stored before this one
@@ -104,17 +105,6 @@ def _chunk_sets(conninfo: str, tenant: str) -> dict[str, tuple]:
         return {s: (h, *t) for s, h, t in conn.execute(Reader.QUERY, (tenant,)).fetchall()}
 
 
-def _wait_blocked(conninfo: str, role: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            sql = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'"
-            if conn.execute(sql, (role,)).fetchone()[0]:
-                return
-            time.sleep(0.1)
-    raise AssertionError("the flow never reached the locked document")
-
-
 def test_flow_survives_a_database_restart_and_readers_never_see_half_a_document(
     private_pg, prefect_harness, monkeypatch, tmp_path
 ):
@@ -123,15 +113,7 @@ def test_flow_survives_a_database_restart_and_readers_never_see_half_a_document(
     monkeypatch.setenv("SLUICE_DATA_DIR", str(private_pg.data_dir))
     monkeypatch.setenv("SLUICE_DB_NAME", private_pg.db_name)
     monkeypatch.setenv("SLUICE_INGEST_BATCH_CHUNKS", "1")  # one document per embed-and-store task
-    from sluice.db import Database
-
-    tenant = f"pgr-{uuid.uuid4().hex[:8]}"
-    with Database(private_pg) as db:
-        assert create_tenant(db, tenant)
-    conninfo = admin_conninfo(private_pg)
-    for n in range(DOCS - 2):  # version 1: six documents
-        (tmp_path / f"doc{n}.md").write_text(_text(n, 1))
-    assert ingest(str(tmp_path), tenant, return_state=True).is_completed()
+    tenant, conninfo = _version_one(private_pg, tmp_path), admin_conninfo(private_pg)
     old = _chunk_sets(conninfo, tenant)
     assert len(old) == DOCS - 2 and all(len(chunks) >= 1 + 3 for chunks in old.values())  # hash + 3 chunks
 
@@ -139,22 +121,12 @@ def test_flow_survives_a_database_restart_and_readers_never_see_half_a_document(
         (tmp_path / f"doc{n}.md").write_text(_text(n, 2))
     reader = Reader(conninfo, tenant)
     reader.start()
-    states: list = []
-    locker = psycopg.connect(conninfo)
-    locker.execute("SELECT 1 FROM documents WHERE tenant_id = %s AND source_id = %s FOR UPDATE", (tenant, BLOCKED))
-    flow = threading.Thread(target=lambda: states.append(ingest(str(tmp_path), tenant, return_state=True)))
-    flow.start()
-    _wait_blocked(conninfo, private_pg.app_role)
-    before = _chunk_sets(conninfo, tenant)
-    _restart(private_pg)  # ends the locker's session, and its lock, too
-    locker.close()
-    reads_at_restart = reader.reads
-    flow.join(timeout=300)
+    state, before, reads_at_restart = _ingest_across_a_restart(private_pg, tenant, tmp_path, reader)
     reader.stop.set()
     reader.join(timeout=30)
 
-    assert states and states[0].is_completed(), states and states[0].message
-    result = states[0].result()
+    assert state is not None and state.is_completed(), state and state.message
+    result = state.result()
     assert (result["updated"], result["ingested"], result["failed"]) == (DOCS - 2, 2, 0), result
     new = _chunk_sets(conninfo, tenant)
     assert len(new) == DOCS and all(new[s] != old[s] for s in old)
@@ -164,8 +136,41 @@ def test_flow_survives_a_database_restart_and_readers_never_see_half_a_document(
     assert reader.failures >= 1 and reader.reads > reads_at_restart  # it read across the restart
     mixed = [(s, len(t)) for s, t in reader.seen if t not in (old.get(s), new[s])]
     assert not mixed, f"a reader saw a half-ingested document: {mixed}"
-    flow_run = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[states[0].state_details.flow_run_id]))
+    assert _retried_tasks(state), "no task of the flow needed a retry: the restart did not hit it"
+
+
+def _version_one(settings, folder) -> str:
+    """A new tenant holding six documents (version 1) written into `folder` and ingested by the flow."""
+    from sluice.db import Database
+
+    tenant = f"pgr-{uuid.uuid4().hex[:8]}"
+    with Database(settings) as db:
+        assert create_tenant(db, tenant)
+    for n in range(DOCS - 2):
+        (folder / f"doc{n}.md").write_text(_text(n, 1))
+    assert ingest(str(folder), tenant, return_state=True).is_completed()
+    return tenant
+
+
+def _ingest_across_a_restart(settings, tenant: str, folder, reader: Reader) -> tuple:
+    """Run the flow; restart the server while it waits on a locked document: (its state, chunk sets, reads then)."""
+    conninfo, states = admin_conninfo(settings), []
+    locker = psycopg.connect(conninfo)
+    locker.execute("SELECT 1 FROM documents WHERE tenant_id = %s AND source_id = %s FOR UPDATE", (tenant, BLOCKED))
+    flow = threading.Thread(target=lambda: states.append(ingest(str(folder), tenant, return_state=True)))
+    flow.start()
+    blocked_on_lock(conninfo, settings.app_role, timeout=120)
+    before = _chunk_sets(conninfo, tenant)
+    _restart(settings)  # ends the locker's session, and its lock, too
+    locker.close()
+    reads_at_restart = reader.reads
+    flow.join(timeout=300)
+    return (states[0] if states else None), before, reads_at_restart
+
+
+def _retried_tasks(state) -> list[str]:
+    """Names of the flow run's task runs that ran more than once."""
+    flow_run = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=flow_run)
-    retried = [r.name for r in runs if r.run_count > 1]
-    assert retried, "no task of the flow needed a retry: the restart did not hit it"
+    return [r.name for r in runs if r.run_count > 1]

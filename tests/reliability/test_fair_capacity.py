@@ -21,8 +21,8 @@ import pytest
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.reliability.raw_http import connect, head, post_raw
-from tests.reliability.stack import api_process, drop_keys, private_settings, worker_process
-from tests.serving_support import wait_job
+from tests.reliability.stack import drop_keys, private_settings
+from tests.serving_support import serving_stack, wait_job
 
 QUEUE_LIMIT, TENANT_CAP, FLOOD = 4, 2, 64
 BEES = "# Bees\n\nHoneybees tell hive mates where flowers are with a waggle dance.\n"
@@ -40,12 +40,12 @@ def fair(migrated, db, tmp_path_factory):
         create_tenant(db, tenant)
         keys.append(create_key(db, tenant).secret)
     try:
-        with worker_process(settings, tmp / "worker.log", 1), api_process(settings, tmp / "api.log") as url:
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[0]}"}, timeout=120) as client:
+        with serving_stack(settings, tmp, api_process=True) as stack:
+            with stack.client(keys[0], timeout=120) as client:
                 files = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
                 job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()["job_id"]
                 assert wait_job(client, job)["status"] == "succeeded"
-            yield url, keys[0], keys[1]
+            yield stack.url, keys[0], keys[1]
     finally:
         drop_keys(settings)
 

@@ -30,7 +30,6 @@ from sluice.metrics import ENQUEUED_AT
 from tests.filter_strategies import filters, nested, nested_text
 from tests.reliability.conftest import make_bee_tenant
 from tests.reliability.test_worker_kill import _active, _all_warm, _gone
-from tests.serving_support import ApiServer, start_worker, stop_worker
 
 Q, J = "/v1/query", "/v1/jobs"
 JSON = {"content-type": "application/json"}
@@ -38,17 +37,13 @@ QUESTION = "How do honeybees tell hive mates where flowers are?"
 
 
 @pytest.fixture(scope="module")
-def stack(rel_settings, tmp_path_factory):
+def stack(rel_settings, start_stack, tmp_path_factory):
     """(worker process, its log, its metrics folder, API server): one retry after a lost worker process."""
-    folder = tmp_path_factory.mktemp("hostile")
-    (folder / "prom").mkdir()
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder / "prom"), "SLUICE_TASK_MAX_RETRIES": "1"}
-    proc = start_worker(rel_settings, folder / "worker.log", concurrency=2, extra_env=env)
-    try:
-        with ApiServer(rel_settings) as api:
-            yield proc, folder / "worker.log", folder / "prom", api
-    finally:
-        stop_worker(proc)
+    prom = tmp_path_factory.mktemp("prom")
+    once = rel_settings.model_copy(update={"task_max_retries": 1})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    api = start_stack(rel_settings, concurrency=2, worker_settings=once, extra_env=env)
+    return api.worker, api.worker_log, prom, api
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ from tests.reliability.raw_http import (
     status,
     upload_pieces,
 )
-from tests.reliability.stack import api_subprocess, drop_keys, private_settings
+from tests.reliability.stack import drop_keys, private_settings
+from tests.serving_support import api_subprocess
 
 MAX_UPLOAD = MIB  # the body limit is then 1 MiB * 4/3 + 1 MiB
 HEADER_S, BODY_S = 2.0, 3.0

@@ -9,22 +9,15 @@ import uuid
 import pytest
 
 from tests.reliability.conftest import make_tenant
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import wait_job
 
 RETENTION_S = 5
 
 
 @pytest.fixture(scope="module")
-def short_retention(rel_settings, tmp_path_factory):
+def short_retention(rel_settings, start_stack):
     """An API and a worker that keep finished jobs for RETENTION_S seconds."""
-    settings = rel_settings.model_copy(update={"job_retention_s": RETENTION_S})
-    log = tmp_path_factory.mktemp("expiry") / "worker.log"
-    proc = start_worker(settings, log, extra_env={"SLUICE_JOB_RETENTION_S": str(RETENTION_S)})
-    try:
-        with ApiServer(settings) as api:
-            yield api
-    finally:
-        stop_worker(proc)
+    return start_stack(rel_settings.model_copy(update={"job_retention_s": RETENTION_S}))
 
 
 def _finished(db, tenant: str, job_id: str):

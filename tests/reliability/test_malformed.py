@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
-from tests.serving_support import assert_refused
+from tests.serving_support import assert_request_refused, refusal_cases
 
 Q = "/v1/query"
 J = "/v1/jobs"
@@ -99,13 +97,9 @@ API_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "kwargs", "allowed", "says"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
-)
+@refusal_cases(API_CASES)
 def test_api_refuses_malformed_input(rel_api, bee_tenant, method, path, kwargs, allowed, says):
-    with rel_api.client(bee_tenant[1], timeout=120) as client:
-        r = client.request(method, path, **kwargs)
-    assert_refused(r, allowed, says)
+    assert_request_refused(rel_api, bee_tenant[1], method, path, kwargs, allowed, says)
 
 
 def test_nothing_stored_was_lost_and_the_service_still_answers(rel_api, bee_tenant, db):
@@ -128,9 +122,9 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize(("args", "says"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
-def test_cli_refuses_malformed_input(migrated, new_tenant, args, says):
+def test_cli_refuses_malformed_input(cli, new_tenant, args, says):
     args = [new_tenant("cli") if a == "TENANT" else a for a in args]
-    result = CliRunner().invoke(app, args, env={"SLUICE_DB_NAME": migrated.db_name})
+    result = cli(*args)
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert says.lower() in result.output.lower(), result.output

@@ -15,13 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.reliability.zipbomb import bomb
-from tests.serving_support import ApiServer, assert_refused, wait_job
+from tests.serving_support import ApiServer, assert_request_refused, refusal_cases, wait_job
 
 Q, J = "/v1/query", "/v1/jobs"
 JSON = {"content-type": "application/json"}
@@ -135,13 +133,9 @@ API_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "kwargs", "allowed", "says"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
-)
+@refusal_cases(API_CASES)
 def test_api_refuses_malformed_input(root_api, hive_tenant, method, path, kwargs, allowed, says):
-    with root_api.client(hive_tenant[1], timeout=120) as client:
-        r = client.request(method, path, **kwargs)
-    assert_refused(r, allowed, says)
+    assert_request_refused(root_api, hive_tenant[1], method, path, kwargs, allowed, says)
 
 
 def test_request_id_header_with_control_characters_is_replaced(root_api):
@@ -192,20 +186,20 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize(("args", "says"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
-def test_cli_refuses_malformed_input(migrated, hive_tenant, tmp_path, args, says):
+def test_cli_refuses_malformed_input(cli, hive_tenant, tmp_path, args, says):
     (tmp_path / "a.md").write_text("# a\n\nan ordinary note\n")
     args = [{"TENANT": hive_tenant[0], "FOLDER": str(tmp_path)}.get(a, a) for a in args]
-    result = CliRunner().invoke(app, args, env={"SLUICE_DB_NAME": migrated.db_name})
+    result = cli(*args)
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert says.lower() in result.output.lower(), result.output
 
 
-def test_cli_ingest_of_a_zip_bomb_names_the_file_and_the_limit(migrated, hive_tenant, tmp_path):
+def test_cli_ingest_of_a_zip_bomb_names_the_file_and_the_limit(cli, migrated, hive_tenant, tmp_path):
     (tmp_path / "bomb.docx").write_bytes(bomb(SAMPLE_DOCX.read_bytes(), "word/media/bomb.xml", 1024))
     (tmp_path / "fine.md").write_text("# Fine\n\nDrones do not sting.\n")
-    env = {"SLUICE_DB_NAME": migrated.db_name, "SLUICE_MAX_UNZIPPED_BYTES": str(64 * 1024 * 1024)}
-    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--tenant", hive_tenant[0]], env=env)
+    limited = migrated.model_copy(update={"max_unzipped_bytes": 64 * 1024 * 1024})
+    result = cli("ingest", str(tmp_path), "--tenant", hive_tenant[0], settings=limited)
     assert result.exit_code == 1, result.output  # 1 = some documents failed, the others went in
     assert "bomb.docx" in result.output and "67108864" in result.output and "SLUICE_MAX_UNZIPPED_BYTES" in result.output
 

@@ -15,7 +15,7 @@ import pytest
 from serving.celery_app import create_celery
 from tests.reliability.conftest import make_tenant
 from tests.reliability.pdfbomb import font_bomb
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import wait_job
 
 MIB = 1024 * 1024
 PARSE_MEMORY = 1024 * MIB
@@ -27,16 +27,11 @@ def files(*named: tuple[str, bytes]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bomb_stack(rel_settings, tmp_path_factory):
+def bomb_stack(rel_settings, start_stack):
     """One worker process whose parser is held to 1 GiB and whose pre-check lets a 1 GiB font through."""
-    log = tmp_path_factory.mktemp("bomb-worker") / "worker.log"
-    env = {"SLUICE_MAX_UNZIPPED_BYTES": str(1 << 40), "SLUICE_PARSE_MEMORY_BYTES": str(PARSE_MEMORY)}
-    proc = start_worker(rel_settings, log, concurrency=1, extra_env=env)
-    try:
-        with ApiServer(rel_settings) as api:
-            yield api, log
-    finally:
-        stop_worker(proc)
+    bounds = {"max_unzipped_bytes": 1 << 40, "parse_memory_bytes": PARSE_MEMORY}
+    stack = start_stack(rel_settings, worker_settings=rel_settings.model_copy(update=bounds))
+    return stack, stack.worker_log
 
 
 def _pool_pid(settings) -> int:

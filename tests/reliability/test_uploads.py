@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import threading
 import time
 import uuid
 
@@ -20,7 +19,8 @@ import pytest
 
 from serving.auth import create_key
 from sluice.db import create_tenant
-from tests.reliability.stack import api_process, drop_keys, metric, private_settings, worker_process
+from tests.reliability.stack import drop_keys, metric, private_settings
+from tests.serving_support import Background, serving_stack
 
 DOCS = 500
 QUERY_QUEUE_LIMIT = 50
@@ -49,18 +49,18 @@ def upload_stack(migrated, db, tmp_path_factory):
     create_tenant(db, tenant)
     key = create_key(db, tenant).secret
     try:
-        with worker_process(settings, tmp / "worker.log", concurrency=2), api_process(settings, tmp / "api.log") as url:
-            yield url, key, tenant
+        with serving_stack(settings, tmp, concurrency=2, api_process=True) as stack:
+            yield stack.url, key, tenant
     finally:
         drop_keys(settings)
 
 
-class DepthProbe:
+class DepthProbe(Background):
     """Scrapes /metrics in a thread and keeps the ingest queue depth samples."""
 
     def __init__(self, url: str):
-        self.url, self.samples, self._stop = url, [], threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.url, self.samples = url, []
+        super().__init__()
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
@@ -69,13 +69,6 @@ class DepthProbe:
                 self.samples.append((time.monotonic(), depth))
                 self._stop.wait(0.25)
 
-    def __enter__(self) -> DepthProbe:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.thread.join(timeout=30)
 
 
 async def upload_all(url: str, key: str) -> tuple[list[httpx.Response], int]:
