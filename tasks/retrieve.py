@@ -74,7 +74,7 @@ _TERMS = "ARRAY(SELECT lexeme FROM unnest(to_tsvector('english', %(text)s)))"
 _BM25 = (
     "SELECT p.chunk_id, sum(ln(1 + (s.n - p.df + 0.5) / (p.df + 0.5)) * p.tf "  # noqa: S608 (constants only)
     "/ (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / s.avgdl))) AS score "
-    "FROM (SELECT term, chunk_id, tf, dl, count(*) OVER (PARTITION BY term) AS df FROM lexical_postings "
+    "FROM (SELECT term, chunk_id, tf, dl, count(*) OVER (PARTITION BY term)::float8 AS df FROM lexical_postings "
     f"WHERE index_id = %(index_id)s AND term = ANY({_TERMS})) p "
     "CROSS JOIN (SELECT chunks::float8 AS n, total_length::float8 / greatest(chunks, 1) AS avgdl "
     "FROM lexical_stats WHERE index_id = %(index_id)s) s GROUP BY p.chunk_id"
