@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from psycopg import sql
 
+from bench.bm25_reference import TS_RANK
 from bench.paths import peer_python
 from bench.synthetic import SYNTHETIC, VOCAB, load_synthetic, near_queries
 from sluice.config import RetrievalConfig
@@ -85,19 +86,11 @@ def _exact(db: Database, q: np.ndarray, spec: dict | None) -> tuple[float, list]
     return (time.perf_counter() - t0) * 1000, hits
 
 
-# Sluice's lexical search before BM25: ts_rank_cd over an OR of the query's stemmed terms.
-_TS_RANK = (
-    "SELECT c.chunk_id, ts_rank_cd(c.tsv, tq.q) AS score FROM chunks c CROSS JOIN "
-    "(SELECT replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | ')::tsquery AS q) tq "
-    "WHERE c.index_id = %(index_id)s AND c.tsv @@ tq.q ORDER BY score DESC, c.chunk_id LIMIT %(k)s"
-)
-
-
 def _lexical_ts_rank(db: Database, text: str) -> float:
     """The pre-BM25 lexical query, as the app role under RLS: the baseline of the lexical rows."""
     t0 = time.perf_counter()
     with db.tenant(TENANT) as conn:
-        conn.execute(_TS_RANK, {"text": text, "index_id": SYNTHETIC.index_id, "k": K}).fetchall()
+        conn.execute(TS_RANK, {"text": text, "index_id": SYNTHETIC.index_id, "k": K}).fetchall()
     return (time.perf_counter() - t0) * 1000
 
 

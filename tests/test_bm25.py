@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.bm25_reference import ReferenceBM25, position_agreement
+from bench.bm25_reference import compare
 from bench.synthetic import IDENTITY, SYNTHETIC, unit_vectors
-from evals.metrics import RetrievedSpan, ndcg_at_k
 from sluice.config import RetrievalConfig
 from tasks.chunk import Chunk
 from tasks.ingest_text import text_document
 from tasks.records import Record, store_records
-from tasks.retrieve import lexical_search, retrieve
+from tasks.retrieve import retrieve
 from tasks.store import register_index, replace_chunks, upsert_document
 
 K = 10
@@ -44,19 +43,9 @@ def _load(db, tenant: str, texts: list[str], seed: int) -> None:
 
 
 def _compare(conn, index_id: str, queries: list[str], config: RetrievalConfig) -> tuple[float, float]:
-    """(top-10 position agreement with bm25s, largest score difference on agreeing chunks) over the queries."""
-    rows = conn.execute("SELECT chunk_id, text FROM chunks WHERE index_id = %s ORDER BY chunk_id", (index_id,))
-    ids, texts = zip(*rows.fetchall(), strict=True)
-    reference = ReferenceBM25(conn, list(ids), list(texts), config.k1, config.b)
-    ours, theirs, worst = [], [], 0.0
-    for query in queries:
-        hits = lexical_search(conn, index_id, query, config, k=K)
-        ranked = reference.top_scored(query, K)
-        ours.append([h.chunk_id for h in hits])
-        theirs.append([cid for cid, _ in ranked])
-        expected = dict(ranked)
-        worst = max([worst, *(abs(h.score - expected[h.chunk_id]) for h in hits if h.chunk_id in expected)])
-    return position_agreement(ours, theirs, K), worst
+    """(top-10 position agreement with bm25s, largest score difference on chunks both rank) over the queries."""
+    result = compare(conn, index_id, queries, config)
+    return result.agreement, result.max_score_diff
 
 
 @pytest.mark.parametrize(("k1", "b"), [(1.2, 0.75), (2.0, 0.3)])
@@ -196,25 +185,8 @@ def test_bm25_equals_the_reference_on_covid_qa(db, new_tenant, embedder, pipelin
     tenant = new_tenant("bm25-covid")
     summary = ingest_texts(db, tenant, pipeline, embedder, [(d.source_id, d.text) for d in docs])
     assert summary.failed == 0
-    config = RetrievalConfig(mode="lexical", k=K)
     with db.tenant(tenant) as conn:
-        agreement, _ = _compare(conn, pipeline.index_id, [i.question for i in items], config)
-        ndcg_ours, ndcg_ref = _ndcg_both(conn, pipeline.index_id, items, config)
-    assert agreement >= 0.98, agreement
-    assert abs(ndcg_ours - ndcg_ref) <= 0.005, (ndcg_ours, ndcg_ref)
-
-
-def _ndcg_both(conn, index_id: str, items, config: RetrievalConfig) -> tuple[float, float]:
-    rows = conn.execute(
-        "SELECT c.chunk_id, c.text, d.source_id, c.char_start, c.char_end FROM chunks c JOIN documents d "
-        "USING (document_id) WHERE c.index_id = %s ORDER BY c.chunk_id",
-        (index_id,),
-    ).fetchall()
-    spans = {r[0]: RetrievedSpan(r[2], r[3], r[4]) for r in rows}
-    reference = ReferenceBM25(conn, [r[0] for r in rows], [r[1] for r in rows], config.k1, config.b)
-    ours, theirs = [], []
-    for item in items:
-        hits = lexical_search(conn, index_id, item.question, config, k=K)
-        ours.append(ndcg_at_k([spans[h.chunk_id] for h in hits], item, K))
-        theirs.append(ndcg_at_k([spans[c] for c in reference.top(item.question, K)], item, K))
-    return float(np.mean(ours)), float(np.mean(theirs))
+        result = compare(conn, pipeline.index_id, [], RetrievalConfig(mode="lexical", k=K), items)
+    assert result.queries == len(items) > 20
+    assert result.agreement >= 0.98, result
+    assert abs(result.ndcg_ours - result.ndcg_reference) <= 0.005, result
