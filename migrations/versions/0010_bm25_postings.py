@@ -88,6 +88,17 @@ CREATE TRIGGER chunks_lexical_update AFTER UPDATE ON chunks
 CREATE TRIGGER chunks_lexical_delete AFTER DELETE ON chunks
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION lexical_sync();
 
+-- TRUNCATE (an administrator's; the app role may not) empties chunks of every tenant: so go their postings.
+CREATE FUNCTION lexical_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    TRUNCATE lexical_postings, lexical_stats;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER chunks_lexical_truncate AFTER TRUNCATE ON chunks
+    FOR EACH STATEMENT EXECUTE FUNCTION lexical_truncate();
+
 DROP INDEX IF EXISTS chunks_tsv;
 """
 
@@ -138,7 +149,8 @@ def downgrade() -> None:
         "DROP TRIGGER IF EXISTS chunks_lexical_insert ON chunks;"
         "DROP TRIGGER IF EXISTS chunks_lexical_update ON chunks;"
         "DROP TRIGGER IF EXISTS chunks_lexical_delete ON chunks;"
-        "DROP FUNCTION IF EXISTS lexical_sync(), lexical_terms(tsvector);"
+        "DROP TRIGGER IF EXISTS chunks_lexical_truncate ON chunks;"
+        "DROP FUNCTION IF EXISTS lexical_sync(), lexical_truncate(), lexical_terms(tsvector);"
         "DROP TABLE IF EXISTS lexical_postings, lexical_stats;"
         "CREATE INDEX IF NOT EXISTS chunks_tsv ON chunks USING gin (tsv);"
     )
