@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sluice.config import RetrievalConfig
 from sluice.registry import Registry
 
-if TYPE_CHECKING:
-    from tasks.retrieve import Hit
 
-Rankings = list[tuple[list["Hit"], float]]  # (hits best first, weight)
+class Hit(Protocol):
+    """What fusion reads of a hit (tasks.retrieve.Hit, a frozen dataclass: `replace` sets the fused score)."""
+
+    chunk_id: int
+    score: float
+
+
+Rankings = list[tuple[list[Any], float]]  # (hits best first, weight)
 
 
 class Fusion(ABC):
