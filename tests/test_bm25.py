@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import numpy as np
+import psycopg
 import pytest
 
 from bench.bm25_reference import compare
 from bench.synthetic import IDENTITY, SYNTHETIC, unit_vectors
 from sluice.config import RetrievalConfig
+from sluice.db import Database, admin_conninfo, create_tenant, migrate
+from sluice.settings import load_settings
 from tasks.chunk import Chunk
 from tasks.ingest_text import text_document
 from tasks.records import Record, store_records
@@ -190,3 +195,27 @@ def test_bm25_equals_the_reference_on_covid_qa(db, new_tenant, embedder, pipelin
     assert result.queries == len(items) > 20
     assert result.agreement >= 0.98, result
     assert abs(result.ndcg_ours - result.ndcg_reference) <= 0.005, result
+
+
+def test_the_migration_backfills_chunks_stored_before_it(migrated):
+    """Chunks of several tenants stored at 0008 get their postings and statistics when 0010 runs."""
+    settings = load_settings(db_name="sluice_test_bm25_backfill")
+    if settings.database_url:
+        pytest.skip("needs the embedded server: the test creates and drops a database of its own")
+    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS sluice_test_bm25_backfill WITH (FORCE)")
+    migrate(settings, "0008")
+    rng = np.random.default_rng(13)
+    with Database(settings) as old:
+        for tenant in ("a", "b"):
+            create_tenant(old, tenant)
+            _load(old, tenant, _texts(150, rng), seed=8)
+    migrate(settings)
+    with Database(settings) as new:
+        for tenant in ("a", "b"):
+            with new.tenant(tenant) as conn:
+                assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id) == (150, ANY)
+                assert _postings_match_chunks(conn, SYNTHETIC.index_id)
+                assert _compare(conn, SYNTHETIC.index_id, _queries(20, rng), RetrievalConfig(k=K)) == (1.0, ANY)
+    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE sluice_test_bm25_backfill WITH (FORCE)")
