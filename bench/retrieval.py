@@ -2,10 +2,14 @@
 
 Loads (once; reused on later runs) 100k synthetic chunks with clustered 384-d unit vectors and
 realistic metadata into tenant `bench` of database `sluice_bench`, then, warm and interleaved per
-query, times dense, hybrid, lexical and filtered (1%, 0.1%) retrieval and the exact scan
-(baseline). Recall@10 is measured against the exact scan, untimed.
+query, times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%, 0.1%) retrieval and the
+exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before BM25 (ts_rank_cd over
+an OR tsquery, which RLS answers by scanning the tenant's rows), the baseline of the lexical rows.
+`--others N` loads N more tenants of `--other-n` chunks each into the same index first, so the measured
+tenant is one among several. Recall@10 is measured against the exact scan, untimed.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py [--n 100000] [--queries 200] [--langchain-load] [--langchain]
+    PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py [--n 100000] [--queries 200] [--others 2] \
+        [--other-n 20000] [--langchain-load] [--langchain]
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
+from bench.bm25_reference import TS_RANK
 from bench.paths import peer_python
 from bench.synthetic import SYNTHETIC, VOCAB, load_synthetic, near_queries
 from sluice.config import RetrievalConfig
@@ -32,25 +36,33 @@ K = 10
 CASES = {
     "dense": ("dense", None),
     "hybrid": ("hybrid", None),
+    "hybrid_convex": ("hybrid_convex", None),
     "lexical": ("lexical", None),
     "filtered_1pct": ("dense", {"doc.pct": 7}),
     "filtered_0.1pct": ("dense", {"doc.permille": 7}),
 }
 
 
-def ensure_data(db: Database, n: int) -> np.ndarray:
-    """Load n chunks unless the tenant already holds them; return the query-source vectors."""
-    global TENANT
-    TENANT = f"bench-{n}"
-    create_tenant(db, TENANT)
-    with db.tenant(TENANT) as conn:
+def _ensure_tenant(db: Database, tenant: str, n: int, seed: int) -> None:
+    """Load n chunks into `tenant` unless it already holds them."""
+    create_tenant(db, tenant)
+    with db.tenant(tenant) as conn:
         have = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
     if have == 0:
         t0 = time.perf_counter()
-        load_synthetic(db, TENANT, n, seed=42, clustered=True)
-        print(f"loaded {n} chunks in {time.perf_counter() - t0:.0f} s")
+        load_synthetic(db, tenant, n, seed=seed, clustered=True)
+        print(f"loaded {n} chunks into {tenant} in {time.perf_counter() - t0:.0f} s", flush=True)
     elif have != n:
-        raise SystemExit(f"tenant {TENANT} holds {have} chunks, not {n}: drop database sluice_bench first")
+        raise SystemExit(f"tenant {tenant} holds {have} chunks, not {n}: drop database sluice_bench first")
+
+
+def ensure_data(db: Database, n: int, others: int = 0, other_n: int = 0) -> np.ndarray:
+    """Load the other tenants and the measured one (n chunks) unless loaded; return the query-source vectors."""
+    global TENANT
+    for i in range(others):
+        _ensure_tenant(db, f"bench-other{i}-{other_n}", other_n, seed=100 + i)
+    TENANT = f"bench-{n}"
+    _ensure_tenant(db, TENANT, n, seed=42)
     # Queries start from stored vectors in chunk order (the langchain side reads the same ones).
     with db.tenant(TENANT) as conn:
         rows = conn.execute(
@@ -60,9 +72,10 @@ def ensure_data(db: Database, n: int) -> np.ndarray:
 
 
 def _timed(db: Database, mode: str, spec: dict | None, text: str, q: np.ndarray) -> tuple[float, list]:
+    config = RetrievalConfig(mode="hybrid", k=K, fusion="convex") if mode == "hybrid_convex" else None
     t0 = time.perf_counter()
     with db.tenant(TENANT) as conn:
-        hits = R.retrieve(conn, SYNTHETIC.index_id, text, q, RetrievalConfig(mode=mode, k=K), spec)
+        hits = R.retrieve(conn, SYNTHETIC.index_id, text, q, config or RetrievalConfig(mode=mode, k=K), spec)
     return (time.perf_counter() - t0) * 1000, hits
 
 
@@ -73,13 +86,11 @@ def _exact(db: Database, q: np.ndarray, spec: dict | None) -> tuple[float, list]
     return (time.perf_counter() - t0) * 1000, hits
 
 
-def _lexical_without_rls(admin: psycopg.Connection, text: str, tenant_id: str) -> float:
-    """The lexical query as a superuser (RLS bypassed, tenant as a plain predicate): what GIN on tsv could give."""
-    query = sql.SQL(R._LEXICAL.replace("WHERE ", "WHERE c.tenant_id = %(tenant)s AND ", 1)).format(
-        filter=sql.SQL("TRUE"), tsq=sql.SQL(R._TSQUERY["any"])
-    )
+def _lexical_ts_rank(db: Database, text: str) -> float:
+    """The pre-BM25 lexical query, as the app role under RLS: the baseline of the lexical rows."""
     t0 = time.perf_counter()
-    admin.execute(query, {"text": text, "index_id": SYNTHETIC.index_id, "k": K, "tenant": tenant_id}).fetchall()
+    with db.tenant(TENANT) as conn:
+        conn.execute(TS_RANK, {"text": text, "index_id": SYNTHETIC.index_id, "k": K}).fetchall()
     return (time.perf_counter() - t0) * 1000
 
 
@@ -112,11 +123,11 @@ def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
         return len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(q.shape[0])))
 
 
-def run(n: int, n_queries: int, langchain: bool) -> dict:
+def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int = 0) -> dict:
     settings = load_settings(db_name="sluice_bench")
     migrate(settings)
     with Database(settings) as db:
-        base = ensure_data(db, n)
+        base = ensure_data(db, n, others, other_n)
         rng = np.random.default_rng(7)
         queries = near_queries(base, n_queries, rng)
         texts = [" ".join(VOCAB[int(i)] for i in rng.integers(0, len(VOCAB), size=3)) for _ in range(n_queries)]
@@ -129,20 +140,19 @@ def run(n: int, n_queries: int, langchain: bool) -> dict:
             for case in LangChain.CASES:
                 lc.search(case, i)
         times: dict[str, list[float]] = {
-            name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_no_rls_gin", *lc_names]
+            name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_ts_rank", *lc_names]
         }
         recall: dict[str, list[float]] = {
-            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and name != "hybrid"
+            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and not name.startswith("hybrid")
         }
         counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
-        with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
-            for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
-                exact = _measure_sluice(db, q, text, times, recall, counts)
-                times["lexical_no_rls_gin"].append(_lexical_without_rls(admin, text, TENANT))
-                if lc:
-                    _measure_langchain(lc, i, exact, times, recall, counts)
-                times["exact"].append(exact[None][0])
-                times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
+        for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
+            exact = _measure_sluice(db, q, text, times, recall, counts)
+            times["lexical_ts_rank"].append(_lexical_ts_rank(db, text))
+            if lc:
+                _measure_langchain(lc, i, exact, times, recall, counts)
+            times["exact"].append(exact[None][0])
+            times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
         if lc:
             lc.close()
         default = {
@@ -191,6 +201,7 @@ def _summary(n, n_queries, times, recall, counts, default) -> dict:
         out["cases"][name] = row
     dense, exact = np.array(times["dense"]), np.array(times["exact"])
     out["dense_vs_exact_median_ratio"] = float(np.median(dense / exact))
+    out["lexical_vs_ts_rank_median_ratio"] = float(np.median(np.array(times["lexical"]) / times["lexical_ts_rank"]))
     for case in LangChain.CASES:
         if f"langchain_{case}" in times:  # per-query ratio, same query, measured back to back
             ratio = np.array(times[case]) / np.array(times[f"langchain_{case}"])
@@ -202,6 +213,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--others", type=int, default=0, help="other tenants loaded into the same index first")
+    parser.add_argument("--other-n", type=int, default=20_000, help="chunks per other tenant")
     parser.add_argument("--langchain", action="store_true", help="also time PGVector (peer venv)")
     parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
     args = parser.parse_args()
@@ -209,7 +222,7 @@ def main() -> None:
         admin = admin_conninfo(load_settings(db_name="sluice_bench"))
         script = Path(__file__).with_name("retrieval_langchain.py")
         subprocess.run([str(peer_python()), str(script), "--load", admin, str(args.n)], check=True)
-    result = run(args.n, args.queries, args.langchain)
+    result = run(args.n, args.queries, args.langchain, args.others, args.other_n)
     print(json.dumps(result, indent=2))
     print("\n| case | p50 ms | p99 ms | recall@10 mean (min) | min rows | default plan rows (max) |")
     print("|---|---|---|---|---|---|")

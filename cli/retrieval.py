@@ -42,7 +42,7 @@ def eval_retrieval(
     keep: Annotated[bool, typer.Option(help="Keep the throwaway tenant's data.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Score dense, lexical and hybrid retrieval on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10)."""
+    """Score dense, BM25 and hybrid (rrf, convex) retrieval on a BEIR dataset (nDCG@10, Recall@10/100, MRR@10)."""
     from sluice.config import load_config
     from sluice.db import Database
     from tasks.beir import METRICS, eval_beir

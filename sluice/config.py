@@ -118,18 +118,25 @@ class EmbedderConfig(_Frozen):
 
 
 class RetrievalConfig(_Frozen):
-    """How chunks are found: dense (HNSW cosine), lexical (full-text) or hybrid (reciprocal-rank fusion)."""
+    """How chunks are found: dense (HNSW cosine), lexical (Okapi BM25) or hybrid (a fusion of both rankings)."""
 
     mode: Literal["dense", "lexical", "hybrid"] = "dense"
     k: int = Field(default=5, ge=1, le=200)
     ef_search: int = Field(default=100, ge=10, le=1000)
     lexical_query: Literal["any", "websearch"] = Field(
-        default="any", description="any = OR of the query's terms; websearch = websearch_to_tsquery syntax (AND)."
+        default="any",
+        description="any = BM25 over the query's terms; websearch = also require websearch_to_tsquery syntax (AND).",
+    )
+    k1: float = Field(default=1.2, ge=0, le=10, description="BM25 term-frequency saturation.")
+    b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalisation (0 = none, 1 = full).")
+    fusion: Literal["rrf", "convex"] = Field(
+        default="rrf",
+        description="Hybrid: rrf = weighted reciprocal rank; convex = weighted mean of min-max normalised scores.",
     )
     candidates: int = Field(default=50, ge=1, le=1000, description="Hybrid: rows taken from each ranker.")
     rrf_k: int = Field(default=60, ge=1, le=10000, description="Hybrid: RRF constant in w / (rrf_k + rank).")
-    dense_weight: float = Field(default=1.0, ge=0, le=100)
-    lexical_weight: float = Field(default=1.0, ge=0, le=100)
+    dense_weight: float = Field(default=1.0, ge=0, le=100, description="Hybrid: weight of the dense ranking.")
+    lexical_weight: float = Field(default=1.0, ge=0, le=100, description="Hybrid: weight of the BM25 ranking.")
 
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
@@ -141,7 +148,7 @@ class RetrievalConfig(_Frozen):
         return data
 
 
-_RETRIEVAL_V1_EXTRAS = ("lexical_query", "candidates", "rrf_k", "dense_weight", "lexical_weight")
+_RETRIEVAL_V1_EXTRAS = ("lexical_query", "k1", "b", "fusion", "candidates", "rrf_k", "dense_weight", "lexical_weight")
 
 
 class SingleRouting(_Frozen):

@@ -1,4 +1,4 @@
-"""Retrieval over one tenant's index: dense (pgvector HNSW), lexical (full-text) and hybrid (RRF).
+"""Retrieval over one tenant's index: dense (pgvector HNSW), lexical (Okapi BM25) and hybrid (fused).
 
 Every function runs in the caller's tenant transaction, so RLS decides which rows exist.
 
@@ -7,15 +7,15 @@ and, if it still yields fewer than k rows (a very selective filter can exhaust
 `hnsw.max_scan_tuples`), the query is answered by an exact scan over the filtered rows, which
 returns min(k, matching rows) by construction.
 
-Lexical search cannot use the GIN index on `chunks.tsv` under RLS: `@@` is not leakproof, so the
-planner must apply the tenant policy first; it reads the tenant's rows through the
-(tenant_id, index_id) btree and tests `@@` on each (measured in docs/benchmarks.md, "## Retrieval").
+Lexical search is BM25 over `lexical_postings` (migration 0010): the query's lexemes are looked up by
+equality on the postings btree, which RLS allows (`=` on text is leakproof, `@@` is not), and scored
+with the tenant index's chunk count and average length from `lexical_stats` (docs/retrieval.md).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from sluice.config import RetrievalConfig
 from sluice.errors import QueryError
 from sluice.filters import compile_filter
 from sluice.registry import Registry
+from tasks.fusion import fuse
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,27 @@ _DENSE_EXACT = (
     f"{_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s ORDER BY s.dist, s.chunk_id LIMIT %(k)s"
 )
 
-_TSQUERY = {
-    # OR of the stemmed terms: natural-language questions rarely contain every term of the answer.
-    "any": "replace(plainto_tsquery('english', %(text)s)::text, ' & ', ' | ')::tsquery",
-    "websearch": "websearch_to_tsquery('english', %(text)s)",
-}
-_LEXICAL = (
-    f"SELECT {_COLUMNS}, ts_rank_cd(c.tsv, tq.q) AS score {_FROM} CROSS JOIN (SELECT {{tsq}} AS q) tq "
-    f"{_WHERE} AND c.tsv @@ tq.q ORDER BY score DESC, c.chunk_id LIMIT %(k)s"
+# The analyzer: `to_tsvector('english')` (the default parser, English stop words, Snowball stemmer), as
+# stored in `chunks.tsv` and so in the postings; a tsvector's lexemes are distinct.
+_TERMS = "ARRAY(SELECT lexeme FROM unnest(to_tsvector('english', %(text)s)))"
+# Okapi BM25 with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)); df = the length of a term's posting list.
+_BM25 = (
+    "SELECT p.chunk_id, sum(ln(1 + (s.n - p.df + 0.5) / (p.df + 0.5)) * p.tf "  # noqa: S608 (constants only)
+    "/ (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / s.avgdl))) AS score "
+    "FROM (SELECT term, chunk_id, tf, dl, count(*) OVER (PARTITION BY term)::float8 AS df FROM lexical_postings "
+    f"WHERE index_id = %(index_id)s AND term = ANY({_TERMS})) p "
+    "CROSS JOIN (SELECT chunks::float8 AS n, total_length::float8 / greatest(chunks, 1) AS avgdl "
+    "FROM lexical_stats WHERE index_id = %(index_id)s) s GROUP BY p.chunk_id"
 )
+# Without a filter only the top k scores need their chunk rows; with one, every scored chunk is tested.
+_BM25_TOP = _BM25 + " ORDER BY score DESC, p.chunk_id LIMIT %(k)s"
+_LEXICAL = (
+    f"SELECT {_COLUMNS}, sc.score FROM ({{scored}}) sc JOIN chunks c ON c.chunk_id = sc.chunk_id "  # noqa: S608
+    f"JOIN documents d ON d.document_id = c.document_id {_WHERE} AND {{match}} "
+    "ORDER BY sc.score DESC, c.chunk_id LIMIT %(k)s"
+)
+# `websearch`: BM25 ranks the chunks that also match the query's websearch syntax (phrases, -term, AND).
+_WEBSEARCH = "c.tsv @@ websearch_to_tsquery('english', %(text)s)"
 
 
 # Past this many visited tuples a filtered HNSW scan gives up and the exact scan answers instead.
@@ -153,42 +166,13 @@ def lexical_search(
     filters: dict | None = None,
     k: int | None = None,
 ) -> list[Hit]:
-    """Top-k chunks by full-text rank (ts_rank_cd) among chunks matching the query's terms."""
-    params = {"text": query_text, "index_id": index_id, "k": k or config.k}
-    tsq = sql.SQL(_TSQUERY[config.lexical_query])
-    rows = _run(conn, _LEXICAL, params, filters, tsq=tsq)
+    """Top-k chunks by Okapi BM25 (`config.k1`, `config.b`) among chunks sharing a term with the query."""
+    params = {"text": query_text, "index_id": index_id, "k": k or config.k, "k1": config.k1, "b": config.b}
+    websearch = config.lexical_query == "websearch"
+    scored = sql.SQL(_BM25 if filters or websearch else _BM25_TOP)
+    match = sql.SQL(_WEBSEARCH if websearch else "TRUE")
+    rows = _run(conn, _LEXICAL, params, filters, scored=scored, match=match)
     return _hits(rows, index_id, "lexical")
-
-
-def rrf_fuse(rankings: list[tuple[list[Hit], float]], rrf_k: int, k: int) -> list[Hit]:
-    """Reciprocal-rank fusion: score = sum of weight / (rrf_k + rank) over the rankings a chunk appears in."""
-    scores: dict[int, float] = {}
-    first: dict[int, Hit] = {}
-    for hits, weight in rankings:
-        for rank, hit in enumerate(hits, 1):
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight / (rrf_k + rank)
-            first.setdefault(hit.chunk_id, hit)
-    order = sorted(scores, key=lambda cid: (-scores[cid], cid))[:k]
-    return [_rescored(first[cid], scores[cid]) for cid in order]
-
-
-def _rescored(hit: Hit, score: float) -> Hit:
-    return replace(hit, score=score, mode="hybrid")
-
-
-def hybrid_search(
-    conn: psycopg.Connection,
-    index_id: str,
-    query_text: str,
-    query_vector: np.ndarray,
-    config: RetrievalConfig,
-    filters: dict | None = None,
-) -> list[Hit]:
-    """Fuse dense and lexical rankings of `config.candidates` rows each with weighted RRF."""
-    n = max(config.candidates, config.k)
-    dense = dense_search(conn, index_id, query_vector, config, filters, k=n)
-    lexical = lexical_search(conn, index_id, query_text, config, filters, k=n)
-    return rrf_fuse([(dense, config.dense_weight), (lexical, config.lexical_weight)], config.rrf_k, config.k)
 
 
 class RetrievalMode(ABC):
@@ -217,7 +201,7 @@ class DenseMode(RetrievalMode):
 
 @MODES.register("lexical")
 class LexicalMode(RetrievalMode):
-    """PostgreSQL full-text rank of the query's terms."""
+    """Okapi BM25 over the query's lexemes."""
 
     def search(self, conn, index_id, query_text, query_vector, filters) -> list[Hit]:
         return lexical_search(conn, index_id, query_text, self.config, filters)
@@ -225,10 +209,14 @@ class LexicalMode(RetrievalMode):
 
 @MODES.register("hybrid")
 class HybridMode(RetrievalMode):
-    """Dense and lexical rankings fused by weighted reciprocal rank."""
+    """Dense and BM25 rankings fused by `config.fusion` (weighted reciprocal rank or a convex combination)."""
 
     def search(self, conn, index_id, query_text, query_vector, filters) -> list[Hit]:
-        return hybrid_search(conn, index_id, query_text, query_vector, self.config, filters)
+        config = self.config
+        n = max(config.candidates, config.k)  # each ranker's candidates
+        dense = dense_search(conn, index_id, query_vector, config, filters, k=n)
+        lexical = lexical_search(conn, index_id, query_text, config, filters, k=n)
+        return fuse([(dense, config.dense_weight), (lexical, config.lexical_weight)], config, config.k)
 
 
 def retrieve(

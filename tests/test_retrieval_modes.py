@@ -162,14 +162,15 @@ def test_eval_retrieval_on_a_tiny_beir_dataset(cli, admin):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     scores = report["results"]
-    assert set(scores) == {"dense", "lexical", "hybrid"}
+    assert set(scores) == {"dense", "bm25", "hybrid-rrf", "hybrid-convex"}
     for mode, metrics in scores.items():
         assert set(metrics) == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
         assert 0.7 <= metrics["ndcg@10"] <= 1.0, (mode, metrics)
         assert metrics["recall@10"] <= metrics["recall@100"]
     assert scores["dense"]["mrr@10"] == 1.0  # every judged query finds its document first
     # Progress as plain lines (the runner is no terminal): each stage, and where it ended.
-    assert "embedding the corpus: 12/12" in result.output and "hybrid retrieval: 6/6" in result.output
+    assert "embedding the corpus: 12/12" in result.output and "embedding the queries: 6/6" in result.output
+    assert "bm25 retrieval: 6/6" in result.output and "hybrid-convex retrieval: 6/6" in result.output
     gone = admin.execute("SELECT count(*) FROM documents WHERE tenant_id LIKE 'beir-%'").fetchone()[0]
     assert gone == 0 and admin.execute("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'beir-%'").fetchone()[0] == 0
     bad = cli("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))
