@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -46,7 +47,41 @@ class ParserConfig(_Frozen):
     ocr_languages: str = "eng"
 
 
-class RecursiveChunker(_Frozen):
+def _drop_defaults(model: BaseModel, data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Leave fields added after version 1 out of a dump at their defaults, so existing config ids stay valid."""
+    for name in names:
+        if name in data and data[name] == type(model).model_fields[name].default:
+            del data[name]
+    return data
+
+
+class _Chunker(_Frozen):
+    """Options every chunker has (both change stored vectors, so both are part of the index id when set)."""
+
+    contextual: bool = Field(
+        default=False,
+        description="Embed and index each chunk under a short header (document title, section path, file name); "
+        "the stored span and the text given to the generator stay the chunk's own.",
+    )
+    max_tokens: int | Literal["auto"] | None = Field(
+        default=None,
+        description="Split chunks longer than this many of the embedder's tokens (header and special tokens "
+        "included); auto = the embedder's window (256 for all-MiniLM-L6-v2).",
+    )
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _room(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 16 <= value <= 8192:
+            raise ValueError(f"max_tokens {value} is out of range: use 16..8192 or 'auto'")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("contextual", "max_tokens"))
+
+
+class RecursiveChunker(_Chunker):
     kind: Literal["recursive"] = "recursive"
     chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
     chunk_overlap: int = Field(default=150, ge=0, le=5000)
@@ -57,7 +92,7 @@ class RecursiveChunker(_Frozen):
         return self
 
 
-class FixedTokensChunker(_Frozen):
+class FixedTokensChunker(_Chunker):
     kind: Literal["fixed_tokens"] = "fixed_tokens"
     # Tokens of the embedding model's own tokenizer; 256 is all-MiniLM-L6-v2's input limit.
     chunk_tokens: int = Field(default=256, ge=8, le=8192, description="Tokens per chunk.")
@@ -69,14 +104,14 @@ class FixedTokensChunker(_Frozen):
         return self
 
 
-class StructureChunker(_Frozen):
+class StructureChunker(_Chunker):
     kind: Literal["structure"] = "structure"
     # Sections start at markdown headers / unstructured Title elements; long sections are split further.
     max_chars: int = Field(default=2000, ge=100, le=50000, description="Longest section kept whole.")
     min_chars: int = Field(default=200, ge=0, le=10000, description="Shorter sections merge into the next.")
 
 
-class SentenceChunker(_Frozen):
+class SentenceChunker(_Chunker):
     kind: Literal["sentence"] = "sentence"
     window: int = Field(default=5, ge=1, le=100, description="Sentences per chunk.")
     overlap: int = Field(default=1, ge=0, le=99, description="Sentences shared with the previous chunk.")
@@ -88,7 +123,7 @@ class SentenceChunker(_Frozen):
         return self
 
 
-class SemanticChunker(_Frozen):
+class SemanticChunker(_Chunker):
     kind: Literal["semantic"] = "semantic"
     # A boundary goes where the cosine distance between neighbouring sentences exceeds this percentile.
     breakpoint_percentile: float = Field(default=90.0, gt=0, lt=100)
@@ -96,7 +131,7 @@ class SemanticChunker(_Frozen):
     max_chars: int = Field(default=2000, ge=100, le=50000)
 
 
-class ParentChildChunker(_Frozen):
+class ParentChildChunker(_Chunker):
     kind: Literal["parent_child"] = "parent_child"
     parent_max_chars: int = Field(default=3000, ge=200, le=100000, description="Parent (context) section size.")
     child_chars: int = Field(default=400, ge=50, le=10000, description="Child (retrieved) chunk size.")
@@ -139,15 +174,23 @@ class RetrievalConfig(_Frozen):
 
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
-        # Fields added after version 1 are left out at their defaults, so existing config ids stay valid.
-        data = handler(self)
-        for name in _RETRIEVAL_V1_EXTRAS:
-            if name in data and data[name] == type(self).model_fields[name].default:
-                del data[name]
-        return data
+        return _drop_defaults(self, handler(self), _RETRIEVAL_V1_EXTRAS)
 
 
 _RETRIEVAL_V1_EXTRAS = ("lexical_query", "candidates", "rrf_k", "dense_weight", "lexical_weight")
+
+
+class CrossEncoderRerank(_Frozen):
+    """Re-score the fused candidates with a cross-encoder (query and chunk read together); keep the best k."""
+
+    kind: Literal["cross_encoder"] = "cross_encoder"
+    model: str = Field(description="A local sentence-transformers CrossEncoder folder, or a hub id already cached.")
+    top_n: int = Field(default=20, ge=1, le=1000, description="Candidates taken from retrieval and re-scored.")
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    max_chars: int = Field(default=2000, ge=100, le=100000, description="Characters of each chunk scored.")
+
+
+RerankConfig = Annotated[Union[CrossEncoderRerank], Field(discriminator="kind")]
 
 
 class SingleRouting(_Frozen):
@@ -270,6 +313,11 @@ class PipelineConfig(_Frozen):
     retrieval: RetrievalConfig = RetrievalConfig()
     routing: RoutingConfig = SingleRouting()
     generator: GeneratorConfig = ExtractiveGenerator()
+    rerank: RerankConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("rerank",))
 
     @model_validator(mode="after")
     def _routed_tiers_exist(self) -> PipelineConfig:

@@ -2,6 +2,11 @@
 
 Every chunk carries its character span in the parsed document text, so any strategy
 can be scored against the same gold evidence spans.
+
+Two options apply to every kind (`tasks.chunk_frame`): `max_tokens` splits chunks the embedder
+would truncate, and `contextual` gives each chunk a header from its document (title, section path,
+file name) that is embedded and indexed lexically with it (`Chunk.embed_text`), while its span and
+the text handed to the generator stay its own.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class EncoderLike(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
+CONTEXT_SEPARATOR = "\n\n"
+
+
 @dataclass(frozen=True)
 class Chunk:
     ordinal: int
@@ -49,6 +57,12 @@ class Chunk:
     end: int
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = ""  # contextual header: read by the embedder and the lexical index, never by the generator
+
+    @property
+    def embed_text(self) -> str:
+        """What the embedder and the lexical index read: the header, a blank line, then the chunk's own text."""
+        return f"{self.context}{CONTEXT_SEPARATOR}{self.text}" if self.context else self.text
 
 
 class Chunker(ABC):
@@ -71,8 +85,16 @@ CHUNKERS: Registry[type[Chunker]] = Registry("chunker kind", key="kind")
 
 
 def make_chunker(config: ChunkerConfig, embedder: EncoderLike | None = None) -> Chunker:
-    """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode)."""
-    return CHUNKERS.build(config, embedder)
+    """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode).
+
+    With `max_tokens` or `contextual` set, its chunks are capped and given headers (`tasks.chunk_frame`).
+    """
+    chunker = CHUNKERS.build(config, embedder)
+    if config.max_tokens is None and not config.contextual:
+        return chunker
+    from tasks.chunk_frame import FramedChunker  # it builds on this module
+
+    return FramedChunker(chunker, embedder)
 
 
 def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) -> list[Chunk]:
