@@ -164,6 +164,7 @@ def _result_json(result) -> dict:
         "citations": [c.__dict__ for c in result.answer.citations],
         "config_id": result.config_id,
         "index_id": result.index_id,
+        "reranker": result.reranker,
         "timings_ms": result.timings_ms,
         "generation": generation_json(result),
     }

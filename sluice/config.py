@@ -185,7 +185,7 @@ class CrossEncoderRerank(_Frozen):
 
     kind: Literal["cross_encoder"] = "cross_encoder"
     model: str = Field(description="A local sentence-transformers CrossEncoder folder, or a hub id already cached.")
-    top_n: int = Field(default=20, ge=1, le=1000, description="Candidates taken from retrieval and re-scored.")
+    top_n: int = Field(default=20, ge=1, le=200, description="Candidates taken from retrieval and re-scored.")
     batch_size: int = Field(default=32, ge=1, le=1024)
     max_chars: int = Field(default=2000, ge=100, le=100000, description="Characters of each chunk scored.")
 

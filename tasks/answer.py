@@ -18,7 +18,8 @@ from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer
 from tasks.parents import with_parents
-from tasks.retrieve import Hit, retrieve
+from tasks.rerank import get_reranker, search
+from tasks.retrieve import Hit
 from tasks.route import RouteDecision
 from tasks.routed import Answerer, build_answerer
 from tasks.store import check_embedder
@@ -35,6 +36,7 @@ class QueryResult:
     index_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     route: RouteDecision | None = None
+    reranker: str | None = None  # the rerank model's identity (name@weights hash) when the config reranks
 
 
 def answer_question(
@@ -70,7 +72,7 @@ def answer_question(
     with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
         index_id = config.index_id
         check_embedder(conn, index_id, embedder.identity)
-        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, config.retrieval, filters))
+        hits = with_parents(conn, search(conn, config, question, qvec, filters))
         span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
     hits = [replace(h, config_id=config.config_id) for h in hits]
     timings["retrieve"] = (time.perf_counter() - t1) * 1000
@@ -93,7 +95,8 @@ def answer_question(
     finally:
         if own:
             answerer.close()
-    return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision)
+    reranker = get_reranker(config.rerank).identity.key if config.rerank else None
+    return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision, reranker)
 
 
 def generation_json(result: QueryResult) -> dict:
