@@ -8,7 +8,7 @@ import pytest
 from sluice.config import PipelineConfig, parse_config
 from sluice.errors import ConfigError
 from tasks.chunk import make_chunker
-from tasks.chunk_frame import contextual_header
+from tasks.chunk_context import contextual_header
 from tasks.embed import token_counts
 from tasks.parse import assemble
 from tasks.retrieve import retrieve

@@ -1,9 +1,10 @@
-"""Options every chunker has: a cap in the embedder's tokens, and contextual headers.
+"""What every chunker's two options need: contextual headers, and spans fitted to a cap in the embedder's tokens.
 
 `max_tokens` splits any chunk the embedder would otherwise truncate (all-MiniLM-L6-v2 reads 256 tokens,
 special tokens included, and silently drops the rest); the header counts against the cap. A header
 names the document (title, section path, file name): the embedder and the lexical index read it with
 the chunk (`Chunk.embed_text`), while the span and the text the generator reads stay the chunk's own.
+`tasks.chunk.FramedChunker` applies both to any chunker's chunks.
 
 Headers use only what a rollout's re-chunk also has (document text, element kinds and spans, document
 metadata), so re-chunking stored documents gives the same chunks as the first ingest.
@@ -11,16 +12,16 @@ metadata), so re-chunking stored documents gives the same chunks as the first in
 
 from __future__ import annotations
 
-import contextlib
 import re
-from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
 from sluice.errors import ConfigError
-from tasks.chunk import CONTEXT_SEPARATOR, Chunk, Chunker, EncoderLike, spans_to_chunks
 from tasks.embed import token_counts
 from tasks.parse import ParsedDocument
+
+Span = tuple[int, int]
+CONTEXT_SEPARATOR = "\n\n"  # between a contextual header and the chunk's text
 
 _MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 PART_CHARS = 150  # longest title, section or file name kept in a header
@@ -82,61 +83,27 @@ def embedder_window(embedder: Any) -> int:
     return window
 
 
-class FramedChunker(Chunker):
-    """Another chunker's chunks, split to fit `max_tokens` and given contextual headers when asked."""
-
-    def __init__(self, inner: Chunker, embedder: EncoderLike | None):
-        config = inner.config
-        if config.max_tokens is not None and embedder is None:
-            raise ConfigError(f"chunker {config.kind!r} with max_tokens needs the embedder's tokenizer: pass embedder=")
-        super().__init__(config, embedder)
-        self.inner = inner
-
-    def split(self, doc: ParsedDocument) -> list[Chunk]:
-        chunks = self.inner.split(doc)
-        if self.config.contextual:
-            chunks = [_headed(c, contextual_header(doc, c.start)) for c in chunks]
-        if self.config.max_tokens is not None:
-            with getattr(self.embedder, "encode_lock", contextlib.nullcontext()):  # tokenizers are not thread-safe
-                chunks = self._capped(doc, chunks)
-        return [replace(c, ordinal=i) for i, c in enumerate(chunks)]
-
-    def cap(self) -> int:
-        """The cap in tokens: the configured number, or the embedder's window for `auto`."""
-        mt = self.config.max_tokens
-        return embedder_window(self.embedder) if mt == "auto" else int(mt)
-
-    def _capped(self, doc: ParsedDocument, chunks: list[Chunk]) -> list[Chunk]:
-        cap, tokenizer = self.cap(), self.embedder.tokenizer
-        counts = token_counts(tokenizer, [c.embed_text for c in chunks])
-        out: list[Chunk] = []
-        for chunk, n in zip(chunks, counts, strict=True):
-            out.extend([chunk] if n <= cap else fit(doc.text, chunk, tokenizer, cap))
-        return out
+def with_header(header: str, text: str) -> str:
+    """What the embedder and the lexical index read of a chunk: its header, a blank line, its text."""
+    return f"{header}{CONTEXT_SEPARATOR}{text}" if header else text
 
 
-def _headed(chunk: Chunk, header: str) -> Chunk:
-    # The stored text is embed_text; retrieval strips this many leading characters (tasks.retrieve).
-    return replace(
-        chunk, context=header, metadata={**chunk.metadata, "context_chars": len(header) + len(CONTEXT_SEPARATOR)}
-    )
-
-
-def fit(text: str, chunk: Chunk, tokenizer: Any, cap: int) -> list[Chunk]:
-    """Split one chunk at word boundaries into pieces of at most `cap` tokens, header included."""
-    overhead = token_counts(tokenizer, [chunk.context + CONTEXT_SEPARATOR if chunk.context else ""])[0]
+def fit_span(text: str, span: Span, header: str, tokenizer: Any, cap: int) -> list[Span]:
+    """Split text[span] at word boundaries into spans of at most `cap` tokens each, header included."""
+    overhead = token_counts(tokenizer, [with_header(header, "")])[0]
     budget = cap - overhead
     while budget >= _MIN_BUDGET:
-        pieces = _pieces(text, chunk, tokenizer, budget)
-        if all(n <= cap for n in token_counts(tokenizer, [p.embed_text for p in pieces])):
-            return pieces
+        spans = _token_split(text, span, tokenizer, budget)
+        if all(n <= cap for n in token_counts(tokenizer, [with_header(header, text[s:e]) for s, e in spans])):
+            return spans
         budget -= max(1, budget // 10)  # a word cut by the splitter tokenised longer: shrink and split again
     raise ConfigError(
         f"max_tokens {cap} leaves no room for text after the {overhead}-token contextual header: raise max_tokens"
     )
 
 
-def _pieces(text: str, chunk: Chunk, tokenizer: Any, budget: int) -> list[Chunk]:
+def _token_split(text: str, span: Span, tokenizer: Any, budget: int) -> list[Span]:
+    """LangChain's recursive split of text[span] measured in tokens (no overlap), as document spans."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     def length(piece: str) -> int:
@@ -145,6 +112,12 @@ def _pieces(text: str, chunk: Chunk, tokenizer: Any, budget: int) -> list[Chunk]
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=budget, chunk_overlap=0, length_function=length, strip_whitespace=True
     )
-    body = text[chunk.start : chunk.end]
-    spans = [(chunk.start + p.start, chunk.start + p.end) for p in spans_to_chunks(body, splitter.split_text(body), 0)]
-    return [replace(chunk, start=s, end=e, text=text[s:e]) for s, e in spans]
+    spans: list[Span] = []
+    at = span[0]
+    for piece in splitter.split_text(text[span[0] : span[1]]):
+        start = text.find(piece, at, span[1])  # pieces come in order and, without overlap, never share text
+        if start < 0:
+            raise ValueError(f"token split piece not found in the chunk at or after offset {at}")
+        spans.append((start, start + len(piece)))
+        at = start + len(piece)
+    return spans
