@@ -75,3 +75,4 @@ def test_sigterm_stops_a_busy_then_an_idle_worker(broker_settings, db, new_tenan
     assert f"{query.id}] succeeded" not in (tmp_path / "first.log").read_text()
     idle_s = _sigterm_group(second)
     assert idle_s < GRACE_S, f"idle worker still running {idle_s:.0f} s after SIGTERM"
+
