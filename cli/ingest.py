@@ -13,7 +13,7 @@ from rich.table import Table
 from cli.common import console, err_console, say_error
 from sluice.settings import load_settings
 
-COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
+COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded", "truncated")
 
 
 def ingest(
@@ -123,5 +123,11 @@ def print_summary(summary, index_id: str) -> None:
         table.add_column(col, justify="right")
     table.add_row(*(str(getattr(summary, c)) for c in COLUMNS))
     console.print(table)
+    if summary.truncated:
+        console.print(
+            f"{summary.truncated} chunk(s) are longer than the embedder's window and were embedded from their "
+            "first tokens only: set the chunker's `max_tokens: auto` to split them",
+            soft_wrap=True,
+        )
     for err in summary.errors:
         say_error(str(err), "failed", "red")

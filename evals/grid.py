@@ -9,6 +9,7 @@ A grid file (YAML):
     chunkers: [{kind: recursive, chunk_size: 500}, ...]    # any ChunkerConfig member
     retrieval: [{mode: dense, k: 10}]                      # any RetrievalConfig
     routing: [{policy: single}]                            # any RoutingConfig
+    rerank: [null, {kind: cross_encoder, model: /models/ce, top_n: 20}]  # null = no rerank stage (the default)
     objective: {metric: ndcg_at_10, direction: maximise, max_cost_per_answer: 0.01, max_p95_latency_ms: 3000}
     promotion: {level: 0.05, n_boot: 2000, seed: 0, ci: 0.95}
     pricing: {input_per_mtok: 0.5, output_per_mtok: 1.5}   # USD per million tokens, to price extractive answers
@@ -21,6 +22,7 @@ routing policies work here as soon as the config union knows them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +95,7 @@ class Grid(_Strict):
     chunkers: list[dict[str, Any]] = Field(min_length=1)
     retrieval: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
     routing: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    rerank: list[dict[str, Any] | None] = Field(default_factory=lambda: [None], min_length=1)
     objective: Objective = Objective()
     promotion: PromotionPolicy = PromotionPolicy()
     pricing: ModelPrice = ModelPrice(input_per_mtok=0.5, output_per_mtok=1.5)
@@ -132,22 +135,24 @@ def _label(stage: dict[str, Any], key: str, default: str) -> str:
     return f"{head}({params})" if params else head
 
 
+def _rerank_label(rerank: dict[str, Any] | None) -> str:
+    if rerank is None:
+        return ""
+    return _label({k: v for k, v in rerank.items() if k != "model"}, "kind", "cross_encoder")
+
+
 def expand(grid: Grid) -> list[PipelineConfig]:
-    """Every chunker x retrieval x routing combination as a validated pipeline config (duplicates dropped)."""
+    """Every chunker x retrieval x routing x rerank combination as a validated config (duplicates dropped)."""
     configs: dict[str, PipelineConfig] = {}
-    for chunker in grid.chunkers:
-        for retrieval in grid.retrieval:
-            for routing in grid.routing:
-                name = " ".join(
-                    (
-                        _label(chunker, "kind", "?"),
-                        _label(retrieval, "mode", "dense"),
-                        _label(routing, "policy", "single"),
-                    )
-                )
-                body = {**grid.base, "name": name, "chunker": chunker, "retrieval": retrieval, "routing": routing}
-                config = parse_config(body, source=f"{grid.source}: {name}")
-                configs.setdefault(config.config_id, config)
+    axes = product(grid.chunkers, grid.retrieval, grid.routing, grid.rerank)
+    for chunker, retrieval, routing, rerank in axes:
+        labels = (_label(chunker, "kind", "?"), _label(retrieval, "mode", "dense"), _label(routing, "policy", "single"))
+        name = " ".join((*labels, _rerank_label(rerank))).strip()
+        body = {**grid.base, "name": name, "chunker": chunker, "retrieval": retrieval, "routing": routing}
+        if rerank is not None:
+            body["rerank"] = rerank
+        config = parse_config(body, source=f"{grid.source}: {name}")
+        configs.setdefault(config.config_id, config)
     return list(configs.values())
 
 

@@ -42,6 +42,20 @@ def _config_metrics(result: ConfigResult) -> dict[str, float]:
     return metrics
 
 
+def rerank_tags(config) -> dict[str, str]:
+    """The rerank model's identity (as the index records the embedder's), or nothing without a rerank stage."""
+    if config.rerank is None:
+        return {}
+    from tasks.rerank import get_reranker  # loaded already: the config's questions were answered with it
+
+    identity = get_reranker(config.rerank).identity
+    return {
+        "rerank.kind": config.rerank.kind,
+        "rerank.model": identity.model,
+        "rerank.weights_hash": identity.weights_hash,
+    }
+
+
 def log_config_run(mlc, exp_id: str, parent_id: str, grid: Grid, result: ConfigResult) -> str:
     """One nested run: the config, every metric with its CI, the per-question table."""
     config = result.config
@@ -51,6 +65,7 @@ def log_config_run(mlc, exp_id: str, parent_id: str, grid: Grid, result: ConfigR
         tags["ragas.skipped_reason"] = "no judge endpoint: set SLUICE_JUDGE_BASE_URL to an OpenAI-compatible URL"
     violation = budget_violation(result.summary, grid.objective)
     tags["feasible"] = "yes" if violation is None else f"no: {violation}"
+    tags.update(rerank_tags(config))
     run_id = tracking.start_run(mlc, exp_id, config.name, tags, parent_id)
     tracking.log_config(mlc, run_id, config)
     tracking.log_metrics(mlc, run_id, _config_metrics(result))

@@ -80,7 +80,10 @@ def ensure_index(
         summary = ingest_source(db, grid.tenant, config, embedder, path, settings.max_file_bytes)
     if summary.failed:
         log.warning("index %s: %d documents failed: %s", config.index_id, summary.failed, summary.errors[:3])
-    return {"ingested": summary.ingested + summary.updated, "unchanged": summary.unchanged, "failed": summary.failed}
+    if summary.truncated:
+        log.warning("index %s: %d chunks exceed the embedder's window", config.index_id, summary.truncated)
+    counts = {"ingested": summary.ingested + summary.updated, "unchanged": summary.unchanged}
+    return {**counts, "failed": summary.failed, "truncated": summary.truncated}
 
 
 def resolve_items(db: Database, grid: Grid, items: list[GoldItem]) -> list[GoldItem]:
@@ -143,6 +146,14 @@ def _price(record: QuestionRecord, grid: Grid, embedder, answer: Answer) -> None
     record.cost = grid.pricing.cost(record.tokens_in, record.tokens_out)
 
 
+def truncated_chunks(db: Database, tenant: str, index_id: str, embedder) -> dict[str, float]:
+    """Chunks of the index longer than the embedder's window (stored text = what was embedded), and their share."""
+    with db.tenant(tenant) as conn:
+        texts = [r[0] for r in conn.execute("SELECT text FROM chunks WHERE index_id = %s", (index_id,))]
+    n = embedder.count_truncated(texts)
+    return {"truncated_chunks": float(n), "truncated_share": n / len(texts) if texts else 0.0}
+
+
 def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:
     """Lengths (characters) of the index's chunks, for the histogram."""
     with db.tenant(tenant) as conn:
@@ -182,6 +193,7 @@ def evaluate_config(
     zero_failed_answers(records)
     summary = summarise(records)
     summary.update(routing_metrics([r.generation for r in records if r.generation is not None]))
+    summary.update(truncated_chunks(db, grid.tenant, config.index_id, embedder))
     if grid.objective.metric not in summary:
         known = ", ".join(sorted(k for k in summary if not k.startswith("latency")))
         raise ConfigError(f"grid {grid.source}: objective metric {grid.objective.metric!r} is unknown; known: {known}")

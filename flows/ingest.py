@@ -152,6 +152,8 @@ def final_state(summary: IngestSummary, index_id: str) -> State:
     counts = ", ".join(f"{k} {getattr(summary, k)}" for k in ("ingested", "updated", "unchanged", "deleted", "failed"))
     message = f"index {index_id}: {counts}"
     get_run_logger().info("ingest summary: %s", message)
+    if summary.truncated:
+        get_run_logger().warning("%d chunk(s) exceed the embedder's window (set max_tokens: auto)", summary.truncated)
     for err in summary.errors:
         get_run_logger().warning("failed: %s", err)
     data = {"index_id": index_id, **summary.as_dict()}

@@ -268,7 +268,7 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     if payload.get("cleanup"):
         _remove_tree(Path(payload["source"]))
     log.info("ingest finished", extra={"documents": summary.ingested, "chunks": summary.chunks})
-    fields = ("run_id", "ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
+    fields = ("run_id", "ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded", "truncated")
     out = {f: getattr(summary, f) for f in fields}
     for outcome in ("ingested", "updated", "unchanged", "deleted", "failed"):
         metrics.INGEST_DOCS.labels(outcome).inc(out[outcome])

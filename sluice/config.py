@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -36,7 +37,41 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class _Overlapping(_Frozen):
+def _drop_defaults(model: BaseModel, data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Leave fields added after version 1 out of a dump at their defaults, so existing config ids stay valid."""
+    for name in names:
+        if name in data and data[name] == type(model).model_fields[name].default:
+            del data[name]
+    return data
+
+
+class _Chunker(_Frozen):
+    """Options every chunker has (both change stored vectors, so both are part of the index id when set)."""
+
+    contextual: bool = Field(
+        default=False,
+        description="Embed and index each chunk under a short header (document title, section path, file name); "
+        "the stored span and the text given to the generator stay the chunk's own.",
+    )
+    max_tokens: int | Literal["auto"] | None = Field(
+        default=None,
+        description="Split chunks longer than this many of the embedder's tokens (header and special tokens "
+        "included); auto = the embedder's window (256 for all-MiniLM-L6-v2).",
+    )
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _room(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 16 <= value <= 8192:
+            raise ValueError(f"max_tokens {value} is out of range: use 16..8192 or 'auto'")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("contextual", "max_tokens"))
+
+
+class _Overlapping(_Chunker):
     """A chunker whose overlap must stay below its size: `overlap_below` names (overlap field, size field)."""
 
     overlap_below: ClassVar[tuple[str, str]]
@@ -71,7 +106,7 @@ class FixedTokensChunker(_Overlapping):
     overlap_tokens: int = Field(default=32, ge=0, le=4096)
 
 
-class StructureChunker(_Frozen):
+class StructureChunker(_Chunker):
     kind: Literal["structure"] = "structure"
     # Sections start at markdown headers / unstructured Title elements; long sections are split further.
     max_chars: int = Field(default=2000, ge=100, le=50000, description="Longest section kept whole.")
@@ -86,7 +121,7 @@ class SentenceChunker(_Overlapping):
     max_chars: int = Field(default=2000, ge=100, le=50000)
 
 
-class SemanticChunker(_Frozen):
+class SemanticChunker(_Chunker):
     kind: Literal["semantic"] = "semantic"
     # A boundary goes where the cosine distance between neighbouring sentences exceeds this percentile.
     breakpoint_percentile: float = Field(default=90.0, gt=0, lt=100)
@@ -140,15 +175,23 @@ class RetrievalConfig(_Frozen):
 
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
-        # Fields added after version 1 are left out at their defaults, so existing config ids stay valid.
-        data = handler(self)
-        for name in _RETRIEVAL_V1_EXTRAS:
-            if name in data and data[name] == type(self).model_fields[name].default:
-                del data[name]
-        return data
+        return _drop_defaults(self, handler(self), _RETRIEVAL_V1_EXTRAS)
 
 
 _RETRIEVAL_V1_EXTRAS = ("lexical_query", "k1", "b", "fusion", "candidates", "rrf_k", "dense_weight", "lexical_weight")
+
+
+class CrossEncoderRerank(_Frozen):
+    """Re-score the fused candidates with a cross-encoder (query and chunk read together); keep the best k."""
+
+    kind: Literal["cross_encoder"] = "cross_encoder"
+    model: str = Field(description="A local sentence-transformers CrossEncoder folder, or a hub id already cached.")
+    top_n: int = Field(default=20, ge=1, le=200, description="Candidates taken from retrieval and re-scored.")
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    max_chars: int = Field(default=2000, ge=100, le=100000, description="Characters of each chunk scored.")
+
+
+RerankConfig = Annotated[Union[CrossEncoderRerank], Field(discriminator="kind")]
 
 
 class SingleRouting(_Frozen):
@@ -271,6 +314,11 @@ class PipelineConfig(_Frozen):
     retrieval: RetrievalConfig = RetrievalConfig()
     routing: RoutingConfig = SingleRouting()
     generator: GeneratorConfig = ExtractiveGenerator()
+    rerank: RerankConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("rerank",))
 
     @model_validator(mode="after")
     def _routed_tiers_exist(self) -> PipelineConfig:

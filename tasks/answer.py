@@ -19,7 +19,8 @@ from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
 from tasks.generate import Answer, Citation
 from tasks.parents import with_parents
-from tasks.retrieve import Hit, retrieve
+from tasks.rerank import get_reranker, search
+from tasks.retrieve import Hit
 from tasks.route import RouteDecision
 from tasks.routed import Answerer, build_answerer
 from tasks.store import check_embedder
@@ -36,6 +37,7 @@ class QueryResult:
     index_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     route: RouteDecision | None = None
+    reranker: str | None = None  # the rerank model's identity (name@weights hash) when the config reranks
 
     def to_json(self) -> dict:
         """The public JSON of this answer (the API's QueryResponse fields; `sluice query --json` prints it too)."""
@@ -47,6 +49,7 @@ class QueryResult:
             "model_tier": self.answer.tier,  # the tier that answered: after a fallback, not the routed one
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "generation": generation_json(self),
+            "reranker": self.reranker,
         }
 
 
@@ -93,7 +96,8 @@ def answer_question(
         except GenerationError as exc:
             exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
             raise
-    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings, decision)
+    reranker = get_reranker(config.rerank).identity.key if config.rerank else None
+    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings, decision, reranker)
 
 
 @contextmanager
@@ -125,7 +129,7 @@ def _retrieve(
     """The top-k hits of the config's index (after checking it was built by this embedder), parents attached."""
     with db.tenant(tenant) as conn:
         check_embedder(conn, config.index_id, embedder.identity)
-        hits = with_parents(conn, retrieve(conn, config.index_id, question, qvec, config.retrieval, filters))
+        hits = with_parents(conn, search(conn, config, question, qvec, filters))
     trace.get_current_span().set_attributes({"sluice.index_id": config.index_id, "sluice.hits": len(hits)})
     return [replace(h, config_id=config.config_id) for h in hits]
 

@@ -2,6 +2,11 @@
 
 Every chunk carries its character span in the parsed document text, so any strategy
 can be scored against the same gold evidence spans.
+
+Two options apply to every kind (`FramedChunker`, `tasks.chunk_context`): `max_tokens` splits chunks the embedder
+would truncate, and `contextual` gives each chunk a header from its document (title, section path,
+file name) that is embedded and indexed lexically with it (`Chunk.embed_text`), while its span and
+the text handed to the generator stay its own.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import bisect
 import contextlib
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -26,6 +31,8 @@ from sluice.config import (
 )
 from sluice.errors import ConfigError
 from sluice.registry import Registry
+from tasks.chunk_context import CONTEXT_SEPARATOR, contextual_header, embedder_window, fit_span, with_header
+from tasks.embed import token_counts
 from tasks.parse import ParsedDocument
 from tasks.text import sentence_spans
 
@@ -49,6 +56,12 @@ class Chunk:
     end: int
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = ""  # contextual header: read by the embedder and the lexical index, never by the generator
+
+    @property
+    def embed_text(self) -> str:
+        """What the embedder and the lexical index read: the header, a blank line, then the chunk's own text."""
+        return with_header(self.context, self.text)
 
 
 class Chunker(ABC):
@@ -71,8 +84,56 @@ CHUNKERS: Registry[type[Chunker]] = Registry("chunker kind", key="kind")
 
 
 def make_chunker(config: ChunkerConfig, embedder: EncoderLike | None = None) -> Chunker:
-    """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode)."""
-    return CHUNKERS.build(config, embedder)
+    """Build the chunker a config names; model-aware kinds use `embedder` (tokenizer, encode).
+
+    With `max_tokens` or `contextual` set, its chunks are capped and given headers (`FramedChunker`).
+    """
+    chunker = CHUNKERS.build(config, embedder)
+    if config.max_tokens is None and not config.contextual:
+        return chunker
+    return FramedChunker(chunker, embedder)
+
+
+class FramedChunker(Chunker):
+    """Another chunker's chunks, given contextual headers and split to fit `max_tokens` when asked."""
+
+    def __init__(self, inner: Chunker, embedder: EncoderLike | None):
+        config = inner.config
+        if config.max_tokens is not None and embedder is None:
+            raise ConfigError(f"chunker {config.kind!r} with max_tokens needs the embedder's tokenizer: pass embedder=")
+        super().__init__(config, embedder)
+        self.inner = inner
+
+    def split(self, doc: ParsedDocument) -> list[Chunk]:
+        chunks = self.inner.split(doc)
+        if self.config.contextual:
+            chunks = [_headed(c, contextual_header(doc, c.start)) for c in chunks]
+        if self.config.max_tokens is not None:
+            with getattr(self.embedder, "encode_lock", contextlib.nullcontext()):  # tokenizers are not thread-safe
+                chunks = self._capped(doc, chunks)
+        return [replace(c, ordinal=i) for i, c in enumerate(chunks)]
+
+    def cap(self) -> int:
+        """The cap in tokens: the configured number, or the embedder's window for `auto`."""
+        mt = self.config.max_tokens
+        return embedder_window(self.embedder) if mt == "auto" else int(mt)
+
+    def _capped(self, doc: ParsedDocument, chunks: list[Chunk]) -> list[Chunk]:
+        cap, tokenizer = self.cap(), self.embedder.tokenizer
+        out: list[Chunk] = []
+        for chunk, n in zip(chunks, token_counts(tokenizer, [c.embed_text for c in chunks]), strict=True):
+            if n <= cap:
+                out.append(chunk)
+                continue
+            spans = fit_span(doc.text, (chunk.start, chunk.end), chunk.context, tokenizer, cap)
+            out.extend(replace(chunk, start=s, end=e, text=doc.text[s:e]) for s, e in spans)
+        return out
+
+
+def _headed(chunk: Chunk, header: str) -> Chunk:
+    # The stored text is embed_text; retrieval strips this many leading characters (tasks.retrieve).
+    meta = {**chunk.metadata, "context_chars": len(header) + len(CONTEXT_SEPARATOR)}
+    return replace(chunk, context=header, metadata=meta)
 
 
 def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) -> list[Chunk]:

@@ -62,6 +62,14 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens the model reads for each text, special tokens included, before any truncation."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return [len(row) for row in ids]
+
+
 @dataclass(frozen=True)
 class EmbedderIdentity:
     model: str
@@ -137,6 +145,9 @@ class Embedder:
                     f"embedder {self.config.model!r} produces {dim}-d vectors but the config says dim={self.config.dim}"
                 )
             self._identity = EmbedderIdentity(self.config.model, weights_hash(path), dim, self.config.normalize)
+            # Texts past the window are counted (`count_truncated`: ingest summary, evaluation runs), so the
+            # tokenizer's one-off "Token indices sequence length is longer ..." warning is redundant.
+            model.tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
             self._model = model
 
     @property
@@ -150,6 +161,17 @@ class Embedder:
         """The model's own tokenizer (used to count chunk tokens)."""
         self.warm_up()
         return self._model.tokenizer
+
+    @property
+    def window(self) -> int:
+        """Tokens the model reads of a text, special tokens included; it silently drops the rest."""
+        self.warm_up()
+        return int(self._model.max_seq_length)
+
+    def count_truncated(self, texts: list[str]) -> int:
+        """How many of `texts` are longer than the window (embedded from their first `window` tokens only)."""
+        with self.encode_lock:  # the tokenizer is not thread-safe
+            return sum(1 for n in token_counts(self.tokenizer, texts) if n > self.window)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed texts as float32 rows (unit length when the config normalises).

@@ -57,6 +57,7 @@ from tasks.text import text_hash
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ingested", "updated", "unchanged", "deleted", "failed")
+COUNTS = (*OUTCOMES, "chunks", "embedded", "truncated")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class IngestSummary:
     failed: int = 0
     chunks: int = 0
     embedded: int = 0
+    truncated: int = 0  # chunks longer than the embedder's window: embedded from their first tokens only
     errors: list[DocumentError] = field(default_factory=list)
 
     @property
@@ -83,13 +85,13 @@ class IngestSummary:
 
     def merge(self, other: IngestSummary) -> None:
         """Add another (partial) summary's counts and errors to this one."""
-        for name in (*OUTCOMES, "chunks", "embedded"):
+        for name in COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors)
 
     def as_dict(self) -> dict:
         """Counts and error messages, JSON-ready."""
-        counts = {k: getattr(self, k) for k in (*OUTCOMES, "chunks", "embedded")}
+        counts = {k: getattr(self, k) for k in COUNTS}
         return {"run_id": self.run_id, **counts, "errors": [str(e) for e in self.errors]}
 
 
@@ -238,6 +240,11 @@ class CachedEncoder:
         """The embedder's lock: its tokenizer is not thread-safe."""
         return self.embedder.encode_lock
 
+    @property
+    def window(self) -> int:
+        """The embedder's window in tokens (`max_tokens: auto`)."""
+        return self.embedder.window
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors for texts, in order; only texts the cache lacks reach the model."""
         if not texts:
@@ -265,7 +272,7 @@ def store_prepared(
     collection: str = "default",
 ) -> str:
     """Write one document, its chunks and its new cache entries in one transaction; return the outcome."""
-    hashes = [text_hash(c.text) for c in prep.chunks]
+    hashes = [text_hash(c.embed_text) for c in prep.chunks]
     matrix = np.vstack([vectors[h] for h in hashes])
     try:
         with db.tenant(tenant) as conn:
@@ -382,7 +389,7 @@ def flush(run: Run, batch: list[Prepared]) -> None:
     if not batch:
         return
     try:
-        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for p in batch for c in p.chunks])
+        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.embed_text for p in batch for c in p.chunks])
     except psycopg.OperationalError:
         raise  # the database (its cache lookup), not a document: the caller retries the batch
     except Exception:
@@ -396,7 +403,7 @@ def flush(run: Run, batch: list[Prepared]) -> None:
 
 def _flush_one(run: Run, prep: Prepared) -> None:
     try:
-        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.text for c in prep.chunks])
+        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.embed_text for c in prep.chunks])
     except psycopg.OperationalError:
         raise
     except Exception as exc:
@@ -413,6 +420,7 @@ def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict) -> None:
     except DocumentError as err:
         run.fail(err, prep.item)
     else:
+        run.summary.truncated += run.embedder.count_truncated([c.embed_text for c in prep.chunks])
         run.done(prep.item, outcome, len(prep.chunks))
 
 

@@ -28,8 +28,18 @@ def text_document(source_id: str, text: str) -> ParsedDocument:
     return ParsedDocument(source_id, text, (Element("NarrativeText", 0, len(text)),), digest, {"filetype": "txt"})
 
 
-def ingest_text(db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, doc: ParsedDocument) -> str:
-    """Chunk, embed and store one text document into the config's index; return the outcome."""
+def ingest_text(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    doc: ParsedDocument,
+    summary: IngestSummary | None = None,
+) -> str:
+    """Chunk, embed and store one text document into the config's index; return the outcome.
+
+    With `summary`, its chunk and truncated-chunk counts grow by this document's.
+    """
     with db.tenant(tenant) as conn:
         state = document_state(conn, doc.source_id, config.index_id)
     if state and state.content_hash == doc.content_hash and state.indexed_hash == doc.content_hash:
@@ -37,9 +47,13 @@ def ingest_text(db: Database, tenant: str, config: PipelineConfig, embedder: Emb
     chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     if not chunks:
         raise DocumentError(doc.source_id, "chunk", "the chunker produced no chunks")
-    vectors, fresh = embed_texts(db, tenant, embedder, [c.text for c in chunks])
+    vectors, fresh = embed_texts(db, tenant, embedder, [c.embed_text for c in chunks])
     prep = Prepared(SourceFile(Path(doc.source_id), doc.source_id), doc, chunks, state)
-    return store_prepared(db, tenant, config, embedder.identity.key, prep, vectors, fresh)
+    outcome = store_prepared(db, tenant, config, embedder.identity.key, prep, vectors, fresh)
+    if summary is not None:
+        summary.chunks += len(chunks)
+        summary.truncated += embedder.count_truncated([c.embed_text for c in chunks])
+    return outcome
 
 
 def ingest_texts(
@@ -51,7 +65,7 @@ def ingest_texts(
         register_index(conn, config, embedder.identity)
     for source_id, text in docs:
         try:
-            outcome = ingest_text(db, tenant, config, embedder, text_document(source_id, text))
+            outcome = ingest_text(db, tenant, config, embedder, text_document(source_id, text), summary)
         except DocumentError as err:
             summary.failed += 1
             summary.errors.append(err)

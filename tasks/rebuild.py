@@ -91,7 +91,7 @@ class Builder:
                 ready.append((doc, self.chunks(doc)))
             except DocumentError as err:
                 self.failures[doc.document_id] = err
-        texts = [c.text for _, chunks in ready for c in chunks]
+        texts = [c.embed_text for _, chunks in ready for c in chunks]
         vectors, fresh = embed_texts(self.db, self.tenant, self.embedder, texts)
         if fresh:  # own transaction: a cache row is valid whatever happens to the documents
             with self.db.tenant(self.tenant) as conn:
@@ -144,7 +144,7 @@ class Builder:
         return data
 
     def _store(self, doc: StoredDocument, chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> int:
-        matrix = np.vstack([vectors[text_hash(c.text)] for c in chunks])
+        matrix = np.vstack([vectors[text_hash(c.embed_text)] for c in chunks])
         with self.db.tenant(self.tenant) as conn:
             hold_store_lock(conn)  # first, before any row lock (see tasks/indexes.py)
             now = conn.execute(

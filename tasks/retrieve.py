@@ -51,7 +51,9 @@ class Hit:
         return self.cite or (self.start, self.end)
 
 
-_COLUMNS = "c.chunk_id, d.public_id::text AS document_id, d.source_id, c.char_start, c.char_end, c.text, c.metadata"
+# A contextual chunk is stored (and so indexed lexically) as header + text: hits carry the text alone.
+_TEXT = "substr(c.text, coalesce((c.metadata->>'context_chars')::int, 0) + 1) AS text"
+_COLUMNS = f"c.chunk_id, d.public_id::text AS document_id, d.source_id, c.char_start, c.char_end, {_TEXT}, c.metadata"
 _FROM = "FROM chunks c JOIN documents d ON d.document_id = c.document_id"
 _WHERE = "WHERE c.index_id = %(index_id)s AND {filter}"
 

@@ -196,7 +196,7 @@ def replace_chunks(
         copy.set_types(["int4", "int4", "int4", "text", "jsonb", "int4", "vector"])
         for chunk, vector in zip(chunks, vectors, strict=True):
             copy.write_row(
-                (chunk.ordinal, chunk.start, chunk.end, chunk.text, Jsonb(chunk.metadata), len(vector), vector)
+                (chunk.ordinal, chunk.start, chunk.end, chunk.embed_text, Jsonb(chunk.metadata), len(vector), vector)
             )
     conn.execute(
         "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "

@@ -43,3 +43,29 @@ def test_invalid_config_names_source_and_field(tmp_path):
     path.write_text("retrieval: {k: 0}\n")
     with pytest.raises(ConfigError, match="retrieval.k"):
         load_config(path)
+
+
+def test_new_options_leave_existing_ids_unchanged():
+    # Ids recorded before contextual headers, max_tokens and rerank existed: they name stored indexes and runs.
+    known = {
+        "cd4353d85cab3547": ({}, "ae14453c20229500"),
+        "3686575d02bcc6be": ({"chunker": {"kind": "structure"}}, "24d244d70050cd52"),
+        "f2a8e5b16504beaa": (
+            {"chunker": {"kind": "parent_child"}, "retrieval": {"mode": "hybrid"}},
+            "a208ac0a7b945794",
+        ),
+    }
+    for config_id, (body, index_id) in known.items():
+        config = parse_config(body)
+        assert (config.config_id, config.index_id) == (config_id, index_id)
+        off = {**body, "chunker": {"kind": "recursive", **body.get("chunker", {}), "contextual": False}}
+        assert parse_config({**off, "rerank": None}).config_id == config_id
+
+
+def test_chunker_options_change_the_index_and_rerank_only_the_config():
+    base = PipelineConfig()
+    for option in ({"contextual": True}, {"max_tokens": "auto"}, {"max_tokens": 200}):
+        changed = parse_config({"chunker": {"kind": "recursive", **option}})
+        assert changed.index_id != base.index_id
+    rerank = parse_config({"rerank": {"kind": "cross_encoder", "model": "/models/ce"}})
+    assert rerank.index_id == base.index_id and rerank.config_id != base.config_id
