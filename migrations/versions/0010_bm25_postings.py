@@ -23,7 +23,7 @@ from __future__ import annotations
 from alembic import context, op
 
 revision = "0010"
-down_revision = "0008"  # TEMP: "0009" once the feedback migration lands (the lead re-chains)
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
