@@ -25,6 +25,8 @@ TENANT_TABLES = (
     "rate_buckets",
     "dead_letters",
     "rollout_tenants",
+    "answers",
+    "feedback",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)
