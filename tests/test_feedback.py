@@ -1,0 +1,220 @@
+"""Answers' ids and records, and feedback on them, end to end: real Redis, `sluice worker`, Postgres, HTTP, CLI.
+
+The loop: answer → feedback → `sluice feedback export` → `sluice eval` on the exported gold set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections import Counter
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app as cli
+from serving.answers import answer_id_for
+from serving.auth import create_key
+from tests.conftest import SAMPLE
+from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+
+RETURNS = "How many days do I have to return an unridden bike?"
+BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
+POSTED: Counter = Counter()  # ratings this module's API accepted: what `sluice status` must report
+
+pytestmark = pytest.mark.usefixtures("no_champion_left")
+
+
+@pytest.fixture(scope="module")
+def serving_settings(migrated, private_redis, tmp_path_factory):
+    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
+    config.write_text("name: feedback-test\n")
+    update = {
+        "broker_url": private_redis.url,
+        "ingest_root": tmp_path_factory.mktemp("ingest-root"),
+        "rate_limit_per_s": 1000.0,
+        "rate_limit_burst": 1000.0,
+        "config_path": config,
+    }
+    return migrated.model_copy(update=update)
+
+
+@pytest.fixture(scope="module")
+def api(serving_settings, tmp_path_factory):
+    proc = start_worker(serving_settings, tmp_path_factory.mktemp("worker") / "worker.log")
+    try:
+        with ApiServer(serving_settings) as server:
+            yield server
+    finally:
+        stop_worker(proc)
+
+
+@pytest.fixture(scope="module")
+def tenants(db, api, serving_settings):
+    """Tenant A holds the sample corpus (a named source), tenant B one uploaded file."""
+    from sluice.db import create_tenant
+
+    out = {}
+    for name in ("a", "b"):
+        tenant = f"fb{name}-{uuid.uuid4().hex[:8]}"
+        create_tenant(db, tenant)
+        out[name] = (tenant, create_key(db, tenant).secret)
+    (serving_settings.ingest_root / out["a"][0]).symlink_to(SAMPLE, target_is_directory=True)
+    jobs = {"a": {"kind": "ingest", "source": "corpus"}}
+    jobs["b"] = {
+        "kind": "ingest",
+        "files": [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}],
+    }
+    for name, job in jobs.items():
+        with api.client(out[name][1]) as client:
+            r = client.post("/v1/jobs", json=job)
+            assert r.status_code == 202, r.text
+            assert wait_job(client, r.json()["job_id"], timeout=300)["status"] == "succeeded"
+    return out
+
+
+@pytest.fixture()
+def cli_env(serving_settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLUICE_DB_NAME", serving_settings.db_name)
+    monkeypatch.setenv("SLUICE_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SLUICE_MLFLOW_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(cli, [str(a) for a in args])
+
+
+def rate(client, body: dict, **headers: str):
+    """POST /v1/feedback; count what was accepted."""
+    r = client.post("/v1/feedback", json=body, headers=headers)
+    if r.status_code == 201 and r.headers.get("idempotent-replayed") != "true":
+        POSTED[body["rating"]] += 1
+    return r
+
+
+def record(db, tenant: str, answer_id: str) -> dict | None:
+    """The stored record of an answer, read under the tenant's RLS."""
+    from psycopg.rows import dict_row
+
+    with db.tenant(tenant) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute("SELECT * FROM answers WHERE answer_id = %s", (answer_id,)).fetchone()
+
+
+def test_answer_id_present_and_stable(api, tenants, db):
+    tenant, key = tenants["a"]
+    question = f"How long is the carbon frame warranty? ({uuid.uuid4().hex[:6]})"
+    with api.client(key) as client:
+        sync = client.post("/v1/query", json={"question": RETURNS}, headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert sync.status_code == 200, sync.text
+        first = sync.json()
+        replay = client.post(
+            "/v1/query",
+            json={"question": RETURNS},
+            headers={"Idempotency-Key": sync.request.headers["idempotency-key"]},
+        )
+        cached = client.post("/v1/query", json={"question": RETURNS}).json()
+        job = client.post("/v1/jobs", json={"kind": "query", "question": question}).json()["job_id"]
+        done = wait_job(client, job)
+        polled = client.get(f"/v1/jobs/{job}").json()
+        with client.stream("POST", "/v1/query", json={"question": question + " now", "stream": True}) as r:
+            events = [b for b in r.read().decode().split("\n\n") if b.startswith("event: done")]
+    answer_id = first["answer_id"]
+    assert str(uuid.UUID(answer_id)) == answer_id and answer_id == answer_id_for(first["task_id"])
+    assert replay.json()["answer_id"] == answer_id and replay.headers["idempotent-replayed"] == "true"
+    assert cached["cached"] is True and cached["answer_id"] == answer_id  # a cache hit is the same answer
+    assert done["result"]["answer_id"] == polled["result"]["answer_id"] == answer_id_for(job)
+    streamed = json.loads(events[0].split("data: ", 1)[1])
+    assert streamed["answer_id"] == answer_id_for(streamed["task_id"])
+    stored = record(db, tenant, answer_id)
+    assert stored["question"] == RETURNS and stored["answer"] == first["answer"] and not stored["rated"]
+    assert stored["config_id"] == first["config_id"] and stored["index_id"] == first["index_id"]
+    assert stored["citations"] == [{k: c[k] for k in ("document", "document_id", "span")} for c in first["citations"]]
+    assert record(db, tenant, done["result"]["answer_id"])["question"] == question
+    assert record(db, tenant, streamed["answer_id"])["question"] == question + " now"
+
+
+def test_bad_feedback_is_422_naming_the_field(api, tenants):
+    with api.client(tenants["a"][1]) as client:
+        answer_id = client.post("/v1/query", json={"question": RETURNS}).json()["answer_id"]
+        bad = rate(client, {"answer_id": answer_id, "rating": "meh"})
+        assert bad.status_code == 422
+        [error] = bad.json()["detail"]
+        assert error["loc"] == ["body", "rating"] and "'up' or 'down'" in error["msg"]
+        blank = rate(client, {"answer_id": answer_id, "rating": "up", "correction": "   "})
+        assert blank.status_code == 422 and blank.json()["detail"][0]["loc"] == ["body", "correction"]
+        missing = rate(client, {"answer_id": answer_id, "rating": "up", "evidence": {"document": "nope.md"}})
+        assert missing.status_code == 422
+        assert "evidence.document 'nope.md' is not one of your documents" in missing.json()["detail"]
+        past = {"document": "returns-policy.md", "span": [0, 10**9]}
+        far = rate(client, {"answer_id": answer_id, "rating": "down", "evidence": past})
+        assert far.status_code == 422 and "evidence.span ends at 1000000000, past the end" in far.json()["detail"]
+    assert POSTED == Counter()  # nothing was stored
+
+
+def test_other_tenants_answer_id_is_404_like_an_unknown_one(api, tenants, db):
+    with api.client(tenants["a"][1]) as a:
+        answer_id = a.post("/v1/query", json={"question": "What is the restocking fee?"}).json()["answer_id"]
+    with api.client(tenants["b"][1]) as b:
+        theirs = rate(b, {"answer_id": answer_id, "rating": "down", "correction": "wrong"})
+        unknown = rate(b, {"answer_id": str(uuid.uuid4()), "rating": "down", "correction": "wrong"})
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.content == unknown.content and "answer_id" in theirs.json()["detail"]
+    assert record(db, tenants["a"][0], answer_id)["rated"] is False  # untouched
+
+
+def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, tmp_path):
+    tenant, key = tenants["a"]
+    with api.client(key) as client:
+        good = client.post("/v1/query", json={"question": RETURNS}).json()
+        wrong = client.post("/v1/query", json={"question": "Who pays return shipping for a damaged bike?"}).json()
+        idem = {"Idempotency-Key": uuid.uuid4().hex}
+        up = rate(client, {"answer_id": good["answer_id"], "rating": "up"}, **idem)
+        assert up.status_code == 201, up.text
+        assert rate(client, {"answer_id": good["answer_id"], "rating": "up"}, **idem).content == up.content
+        text = (SAMPLE / "corpus" / "returns-policy.md").read_text()
+        start = text.index("shipping")
+        named = {"document": "returns-policy.md", "span": [start, start + 120]}
+        down = {"answer_id": wrong["answer_id"], "rating": "down", "correction": "We do.", "evidence": named}
+        assert rate(client, down).status_code == 201
+        assert rate(client, {"answer_id": wrong["answer_id"], "rating": "down"}).status_code == 201
+    assert record(db, tenant, good["answer_id"])["rated"] is True
+    gold = tmp_path / "feedback.jsonl"
+    exported = cli_env("feedback", "export", "--tenant", tenant, "--out", gold)
+    assert exported.exit_code == 0, exported.output
+    assert "2 gold items" in exported.output and "skipped: 1 down rating" in exported.output
+    items = {item["origin"]["answer_id"]: item for item in map(json.loads, gold.read_text().splitlines())}
+    cited = [{"source_id": c["document"], "start": c["span"][0], "end": c["span"][1]} for c in good["citations"]]
+    assert items[good["answer_id"]]["evidence"] == cited and items[good["answer_id"]]["question"] == RETURNS
+    assert items[wrong["answer_id"]]["evidence"] == [
+        {"source_id": "returns-policy.md", "start": start, "end": start + 120}
+    ]
+    assert items[wrong["answer_id"]]["reference_answer"] == "We do."
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"name: feedback-loop\ntenant: fb-eval-{uuid.uuid4().hex[:8]}\n"
+        "corpus: {kind: files, path: data/sample/corpus}\n"
+        "chunkers:\n  - {kind: recursive, chunk_size: 300, chunk_overlap: 30}\n"
+        "retrieval:\n  - {mode: dense, k: 10}\nrouting:\n  - {policy: single}\n"
+        "objective: {metric: hit_at_5, direction: maximise}\n"
+    )
+    result = cli_env("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
+    assert result.exit_code == 0, result.output
+    table = re.search(r"full table: (\S+)", result.output).group(1)
+    header, _, row = (line.split("|")[1:-1] for line in open(table).read().splitlines()[2:5])
+    scores = dict(zip((h.strip() for h in header), (v.strip() for v in row), strict=True))
+    assert scores["hit@5"].startswith("1.0000") and scores["mrr"] != "0.0000", scores
+
+
+def test_status_shows_the_share_of_down_ratings(api, tenants, cli_env):
+    from sluice.config import PipelineConfig
+
+    with api.client(tenants["b"][1]) as client:
+        answer = client.post("/v1/query", json={"question": "How do bees find flowers?"}).json()
+        assert rate(client, {"answer_id": answer["answer_id"], "rating": "down"}).status_code == 201
+    assert answer["config_id"] == PipelineConfig().config_id  # every answer of this module: one config
+    shown = cli_env("status", "--url", api.url, "--interval", "0.1")
+    assert shown.exit_code == 0, shown.output
+    total = POSTED["up"] + POSTED["down"]
+    line = f"{POSTED['down'] / total:.1%} down of {total} ratings"
+    assert f"feedback {answer['config_id']}" in shown.output and line in shown.output, shown.output
