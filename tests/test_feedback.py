@@ -101,6 +101,14 @@ def record(db, tenant: str, answer_id: str) -> dict | None:
         return cur.execute("SELECT * FROM answers WHERE answer_id = %s", (answer_id,)).fetchone()
 
 
+def span_of(db, tenant: str, document: str, first: str, last: str) -> tuple[int, int]:
+    """The span of the stored (parsed) text of `document` from `first` to the end of `last`."""
+    with db.tenant(tenant) as conn:
+        text = conn.execute("SELECT text FROM documents WHERE source_id = %s", (document,)).fetchone()[0]
+    start = text.index(first)
+    return start, text.index(last, start) + len(last)
+
+
 def test_answer_id_present_and_stable(api, tenants, db):
     tenant, key = tenants["a"]
     question = f"How long is the carbon frame warranty? ({uuid.uuid4().hex[:6]})"
@@ -167,14 +175,15 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
     tenant, key = tenants["a"]
     with api.client(key) as client:
         good = client.post("/v1/query", json={"question": RETURNS}).json()
-        wrong = client.post("/v1/query", json={"question": "Who pays return shipping for a damaged bike?"}).json()
+        wrong = client.post(
+            "/v1/query", json={"question": "What if an item arrives damaged or develops a fault?"}
+        ).json()
         idem = {"Idempotency-Key": uuid.uuid4().hex}
         up = rate(client, {"answer_id": good["answer_id"], "rating": "up"}, **idem)
         assert up.status_code == 201, up.text
         assert rate(client, {"answer_id": good["answer_id"], "rating": "up"}, **idem).content == up.content
-        text = (SAMPLE / "corpus" / "returns-policy.md").read_text()
-        start = text.index("shipping")
-        named = {"document": "returns-policy.md", "span": [start, start + 120]}
+        start, end = span_of(db, tenant, "returns-policy.md", "If an item arrives damaged", "the best outcome.")
+        named = {"document": "returns-policy.md", "span": [start, end]}
         down = {"answer_id": wrong["answer_id"], "rating": "down", "correction": "We do.", "evidence": named}
         assert rate(client, down).status_code == 201
         assert rate(client, {"answer_id": wrong["answer_id"], "rating": "down"}).status_code == 201
@@ -186,9 +195,7 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
     items = {item["origin"]["answer_id"]: item for item in map(json.loads, gold.read_text().splitlines())}
     cited = [{"source_id": c["document"], "start": c["span"][0], "end": c["span"][1]} for c in good["citations"]]
     assert items[good["answer_id"]]["evidence"] == cited and items[good["answer_id"]]["question"] == RETURNS
-    assert items[wrong["answer_id"]]["evidence"] == [
-        {"source_id": "returns-policy.md", "start": start, "end": start + 120}
-    ]
+    assert items[wrong["answer_id"]]["evidence"] == [{"source_id": "returns-policy.md", "start": start, "end": end}]
     assert items[wrong["answer_id"]]["reference_answer"] == "We do."
     grid = tmp_path / "grid.yaml"
     grid.write_text(
@@ -200,10 +207,14 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
     )
     result = cli_env("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
     assert result.exit_code == 0, result.output
-    table = re.search(r"full table: (\S+)", result.output).group(1)
-    header, _, row = (line.split("|")[1:-1] for line in open(table).read().splitlines()[2:5])
-    scores = dict(zip((h.strip() for h in header), (v.strip() for v in row), strict=True))
-    assert scores["hit@5"].startswith("1.0000") and scores["mrr"] != "0.0000", scores
+    assert re.search(r"full table: (\S+)", result.output), result.output
+    [per_question] = tmp_path.glob("artifacts/*/artifacts/per_question.json")  # one config: one run
+    table = json.loads(per_question.read_text())
+    scores = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    rated_up, named_span = scores[f"answer-{good['answer_id']}"], scores[items[wrong["answer_id"]]["id"]]
+    # The up-rated answer's cited spans are its gold evidence: the retrieval that found them scores them relevant.
+    assert rated_up["hit_at_5"] == 1.0 and rated_up["mrr"] == 1.0 and rated_up["evidence_recall_at_10"] > 0.5
+    assert named_span["hit_at_10"] == 1.0 and named_span["evidence_recall_at_10"] > 0
 
 
 def test_status_shows_the_share_of_down_ratings(api, tenants, cli_env):
