@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import uuid
 from collections import Counter
 
@@ -171,6 +170,27 @@ def test_other_tenants_answer_id_is_404_like_an_unknown_one(api, tenants, db):
     assert record(db, tenants["a"][0], answer_id)["rated"] is False  # untouched
 
 
+GRID = """name: feedback-loop
+tenant: fb-eval-{suffix}
+corpus: {{kind: files, path: data/sample/corpus}}
+chunkers: [{{kind: recursive, chunk_size: 300, chunk_overlap: 30}}]
+retrieval: [{{mode: dense, k: 10}}]
+routing: [{{policy: single}}]
+objective: {{metric: hit_at_5, direction: maximise}}
+"""
+
+
+def evaluate(cli_env, tmp_path, gold) -> dict[str, dict]:
+    """`sluice eval` of a one-config grid on the sample corpus with `gold`: each item's scores, by item id."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID.format(suffix=uuid.uuid4().hex[:8]))
+    result = cli_env("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
+    assert result.exit_code == 0 and "full table: " in result.output, result.output
+    [per_question] = tmp_path.glob("artifacts/*/artifacts/per_question.json")  # one config: one run
+    table = json.loads(per_question.read_text())
+    return {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+
+
 def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, tmp_path):
     tenant, key = tenants["a"]
     with api.client(key) as client:
@@ -197,20 +217,7 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
     assert items[good["answer_id"]]["evidence"] == cited and items[good["answer_id"]]["question"] == RETURNS
     assert items[wrong["answer_id"]]["evidence"] == [{"source_id": "returns-policy.md", "start": start, "end": end}]
     assert items[wrong["answer_id"]]["reference_answer"] == "We do."
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(
-        f"name: feedback-loop\ntenant: fb-eval-{uuid.uuid4().hex[:8]}\n"
-        "corpus: {kind: files, path: data/sample/corpus}\n"
-        "chunkers:\n  - {kind: recursive, chunk_size: 300, chunk_overlap: 30}\n"
-        "retrieval:\n  - {mode: dense, k: 10}\nrouting:\n  - {policy: single}\n"
-        "objective: {metric: hit_at_5, direction: maximise}\n"
-    )
-    result = cli_env("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
-    assert result.exit_code == 0, result.output
-    assert re.search(r"full table: (\S+)", result.output), result.output
-    [per_question] = tmp_path.glob("artifacts/*/artifacts/per_question.json")  # one config: one run
-    table = json.loads(per_question.read_text())
-    scores = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    scores = evaluate(cli_env, tmp_path, gold)
     rated_up, named_span = scores[f"answer-{good['answer_id']}"], scores[items[wrong["answer_id"]]["id"]]
     # The up-rated answer's cited spans are its gold evidence: the retrieval that found them scores them relevant.
     assert rated_up["hit_at_5"] == 1.0 and rated_up["mrr"] == 1.0 and rated_up["evidence_recall_at_10"] > 0.5
@@ -229,33 +236,3 @@ def test_status_shows_the_share_of_down_ratings(api, tenants, cli_env):
     total = POSTED["up"] + POSTED["down"]
     line = f"{POSTED['down'] / total:.1%} down of {total} ratings"
     assert f"feedback {answer['config_id']}" in shown.output and line in shown.output, shown.output
-
-
-def test_unrated_answers_expire_with_their_cache_entries_and_rated_ones_stay(db, migrated, new_tenant):
-    import psycopg
-
-    from serving.answers import store_answer
-    from serving.cache import cache_put
-    from serving.feedback import UnknownAnswerError, record_feedback
-    from serving.jobs import expire
-    from sluice.db import app_conninfo
-
-    tenant, other = new_tenant("exp"), new_tenant("exp")
-    ids = {name: answer_id_for(None) for name in ("old", "old_rated", "fresh")}
-    with db.tenant(tenant) as conn:
-        for name, answer_id in ids.items():
-            response = {"answer_id": answer_id, "answer": name, "citations": [], "config_id": "c", "index_id": "i"}
-            store_answer(conn, tenant, None, {"question": f"q {name}"}, response)
-            cache_put(conn, tenant, f"key-{name}", response)
-        conn.execute(
-            "UPDATE answers SET created_at = now() - interval '2 hours' WHERE answer_id <> %s", (ids["fresh"],)
-        )
-    record_feedback(db, tenant, ids["old_rated"], "down", "a correction")
-    with psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:  # as the workers' sweep connects
-        expire(conn, 3600)
-    with db.tenant(tenant) as conn:
-        left = {r[0] for r in conn.execute("SELECT answer_id FROM answers")}
-        cached = {r[0] for r in conn.execute("SELECT answer_id FROM answer_cache")}
-    assert left == cached == {ids["old_rated"], ids["fresh"]}  # the expired answer took its cache entry along
-    with pytest.raises(UnknownAnswerError, match="no such answer"):
-        record_feedback(db, other, ids["fresh"], "up")  # another tenant: as unknown, also in the function itself
