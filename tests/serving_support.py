@@ -11,7 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,7 +22,9 @@ import redis
 import uvicorn
 
 from serving.api import create_app
+from serving.auth import create_key
 from serving.http_deadlines import deadline_protocol
+from sluice.db import Database, create_tenant
 from sluice.settings import PROJECT_ROOT, Settings
 
 # A Redis database of its own on the shared server (1-14, by checkout path). Modules that start workers
@@ -220,3 +225,44 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
             return body
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+@contextmanager
+def serving_stack(settings: Settings, folder: Path) -> Iterator[ApiServer]:
+    """A real `sluice worker` (its log in `folder`) and an API server in this process; both stopped on exit."""
+    worker = start_worker(settings, folder / "worker.log")
+    try:
+        with ApiServer(settings) as server:
+            yield server
+    finally:
+        stop_worker(worker)
+
+
+def run_job(client: httpx.Client, job: dict, timeout: float = 300) -> dict:
+    """POST /v1/jobs and wait for it; the finished job, which must have succeeded."""
+    r = client.post("/v1/jobs", json=job)
+    assert r.status_code == 202, r.text
+    done = wait_job(client, r.json()["job_id"], timeout=timeout)
+    assert done["status"] == "succeeded", done
+    return done
+
+
+def keyed_tenant(db: Database, prefix: str) -> tuple[str, str]:
+    """A new tenant named `prefix-<random>` and the secret of an API key for it."""
+    tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    create_tenant(db, tenant)
+    return tenant, create_key(db, tenant).secret
+
+
+def module_settings(base: Settings, broker_url: str, tmp_path_factory, name: str) -> Settings:
+    """`base` for one test module's stack: its own broker, ingest root and default config, generous rate limits."""
+    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
+    config.write_text(f"name: {name}\n")  # the default config (the name is not part of the id)
+    update = {
+        "broker_url": broker_url,
+        "ingest_root": tmp_path_factory.mktemp("ingest-root"),
+        "rate_limit_per_s": 1000.0,
+        "rate_limit_burst": 1000.0,
+        "config_path": config,
+    }
+    return base.model_copy(update=update)

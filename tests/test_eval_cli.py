@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 from sluice import champion
 
 pytestmark = pytest.mark.usefixtures("no_champion_left")
 
 
 @pytest.fixture()
-def run(migrated, monkeypatch, tmp_path):
-    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
-    monkeypatch.setenv("SLUICE_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("SLUICE_MLFLOW_ARTIFACT_DIR", str(tmp_path / "artifacts"))
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args))
+def run(sluice_cli):
+    return sluice_cli
 
 
 def test_eval_bad_grid_names_the_field(run, tmp_path):

@@ -11,13 +11,10 @@ import uuid
 from collections import Counter
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app as cli
 from serving.answers import answer_id_for
-from serving.auth import create_key
 from tests.conftest import SAMPLE
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import keyed_tenant, module_settings, run_job, serving_stack, wait_job
 
 RETURNS = "How many days do I have to return an unridden bike?"
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
@@ -28,59 +25,25 @@ pytestmark = pytest.mark.usefixtures("no_champion_left")
 
 @pytest.fixture(scope="module")
 def serving_settings(migrated, private_redis, tmp_path_factory):
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: feedback-test\n")
-    update = {
-        "broker_url": private_redis.url,
-        "ingest_root": tmp_path_factory.mktemp("ingest-root"),
-        "rate_limit_per_s": 1000.0,
-        "rate_limit_burst": 1000.0,
-        "config_path": config,
-    }
-    return migrated.model_copy(update=update)
+    return module_settings(migrated, private_redis.url, tmp_path_factory, "feedback-test")
 
 
 @pytest.fixture(scope="module")
 def api(serving_settings, tmp_path_factory):
-    proc = start_worker(serving_settings, tmp_path_factory.mktemp("worker") / "worker.log")
-    try:
-        with ApiServer(serving_settings) as server:
-            yield server
-    finally:
-        stop_worker(proc)
+    with serving_stack(serving_settings, tmp_path_factory.mktemp("worker")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def tenants(db, api, serving_settings):
     """Tenant A holds the sample corpus (a named source), tenant B one uploaded file."""
-    from sluice.db import create_tenant
-
-    out = {}
-    for name in ("a", "b"):
-        tenant = f"fb{name}-{uuid.uuid4().hex[:8]}"
-        create_tenant(db, tenant)
-        out[name] = (tenant, create_key(db, tenant).secret)
+    out = {name: keyed_tenant(db, f"fb{name}") for name in ("a", "b")}
     (serving_settings.ingest_root / out["a"][0]).symlink_to(SAMPLE, target_is_directory=True)
-    jobs = {"a": {"kind": "ingest", "source": "corpus"}}
-    jobs["b"] = {
-        "kind": "ingest",
-        "files": [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}],
-    }
-    for name, job in jobs.items():
+    upload = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
+    for name, job in (("a", {"kind": "ingest", "source": "corpus"}), ("b", {"kind": "ingest", "files": upload})):
         with api.client(out[name][1]) as client:
-            r = client.post("/v1/jobs", json=job)
-            assert r.status_code == 202, r.text
-            assert wait_job(client, r.json()["job_id"], timeout=300)["status"] == "succeeded"
+            run_job(client, job)
     return out
-
-
-@pytest.fixture()
-def cli_env(serving_settings, monkeypatch, tmp_path):
-    monkeypatch.setenv("SLUICE_DB_NAME", serving_settings.db_name)
-    monkeypatch.setenv("SLUICE_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("SLUICE_MLFLOW_ARTIFACT_DIR", str(tmp_path / "artifacts"))
-    runner = CliRunner()
-    return lambda *args: runner.invoke(cli, [str(a) for a in args])
 
 
 def rate(client, body: dict, **headers: str):
@@ -180,18 +143,18 @@ objective: {{metric: hit_at_5, direction: maximise}}
 """
 
 
-def evaluate(cli_env, tmp_path, gold) -> dict[str, dict]:
+def evaluate(sluice_cli, tmp_path, gold) -> dict[str, dict]:
     """`sluice eval` of a one-config grid on the sample corpus with `gold`: each item's scores, by item id."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID.format(suffix=uuid.uuid4().hex[:8]))
-    result = cli_env("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
+    result = sluice_cli("eval", grid, "--gold", gold, "--no-promote", "--no-rollout")
     assert result.exit_code == 0 and "full table: " in result.output, result.output
     [per_question] = tmp_path.glob("artifacts/*/artifacts/per_question.json")  # one config: one run
     table = json.loads(per_question.read_text())
     return {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
 
 
-def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, tmp_path):
+def test_feedback_round_trip_through_export_and_eval(api, tenants, db, sluice_cli, tmp_path):
     tenant, key = tenants["a"]
     with api.client(key) as client:
         good = client.post("/v1/query", json={"question": RETURNS}).json()
@@ -209,7 +172,7 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
         assert rate(client, {"answer_id": wrong["answer_id"], "rating": "down"}).status_code == 201
     assert record(db, tenant, good["answer_id"])["rated"] is True
     gold = tmp_path / "feedback.jsonl"
-    exported = cli_env("feedback", "export", "--tenant", tenant, "--out", gold)
+    exported = sluice_cli("feedback", "export", "--tenant", tenant, "--out", gold)
     assert exported.exit_code == 0, exported.output
     assert "2 gold items" in exported.output and "skipped: 1 down rating" in exported.output
     items = {item["origin"]["answer_id"]: item for item in map(json.loads, gold.read_text().splitlines())}
@@ -217,21 +180,21 @@ def test_feedback_round_trip_through_export_and_eval(api, tenants, db, cli_env, 
     assert items[good["answer_id"]]["evidence"] == cited and items[good["answer_id"]]["question"] == RETURNS
     assert items[wrong["answer_id"]]["evidence"] == [{"source_id": "returns-policy.md", "start": start, "end": end}]
     assert items[wrong["answer_id"]]["reference_answer"] == "We do."
-    scores = evaluate(cli_env, tmp_path, gold)
+    scores = evaluate(sluice_cli, tmp_path, gold)
     rated_up, named_span = scores[f"answer-{good['answer_id']}"], scores[items[wrong["answer_id"]]["id"]]
     # The up-rated answer's cited spans are its gold evidence: the retrieval that found them scores them relevant.
     assert rated_up["hit_at_5"] == 1.0 and rated_up["mrr"] == 1.0 and rated_up["evidence_recall_at_10"] > 0.5
     assert named_span["hit_at_10"] == 1.0 and named_span["evidence_recall_at_10"] > 0
 
 
-def test_status_shows_the_share_of_down_ratings(api, tenants, cli_env):
+def test_status_shows_the_share_of_down_ratings(api, tenants, sluice_cli):
     from sluice.config import PipelineConfig
 
     with api.client(tenants["b"][1]) as client:
         answer = client.post("/v1/query", json={"question": "How do bees find flowers?"}).json()
         assert rate(client, {"answer_id": answer["answer_id"], "rating": "down"}).status_code == 201
     assert answer["config_id"] == PipelineConfig().config_id  # every answer of this module: one config
-    shown = cli_env("status", "--url", api.url, "--interval", "0.1")
+    shown = sluice_cli("status", "--url", api.url, "--interval", "0.1")
     assert shown.exit_code == 0, shown.output
     total = POSTED["up"] + POSTED["down"]
     line = f"{POSTED['down'] / total:.1%} down of {total} ratings"

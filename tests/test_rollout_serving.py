@@ -26,7 +26,7 @@ from sluice.served import served
 from tasks.generate import NO_ANSWER
 from tasks.rollout import run_rollout
 from tests.rollout_support import SMALL, fact, private_database, promote, write_docs
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import serving_stack, wait_job
 
 DOCS = {"one": 12, "two": 6}
 EMBEDDER_256 = {**SMALL, "embedder": {"dim": 256}}  # the packaged model truncated to 256-d: another space
@@ -50,12 +50,8 @@ def rdb(rs):
 
 @pytest.fixture(scope="module")
 def api(rs, tmp_path_factory):
-    worker = start_worker(rs, tmp_path_factory.mktemp("worker") / "worker.log")
-    try:
-        with ApiServer(rs) as server:
-            yield server
-    finally:
-        stop_worker(worker)
+    with serving_stack(rs, tmp_path_factory.mktemp("worker")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

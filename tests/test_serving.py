@@ -14,7 +14,7 @@ from serving.auth import create_key, revoke_key
 from serving.celery_app import create_celery
 from sluice.config import PipelineConfig
 from tests.conftest import SAMPLE
-from tests.serving_support import ApiServer, start_worker, stop_worker, wait_job
+from tests.serving_support import ApiServer, module_settings, start_worker, stop_worker, wait_job
 
 BEES = "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n"
 BEES_MORE = "# Pollen\n\nHoneybees carry pollen home in baskets on their hind legs, packed with nectar and saliva.\n"
@@ -22,16 +22,7 @@ BEES_MORE = "# Pollen\n\nHoneybees carry pollen home in baskets on their hind le
 
 @pytest.fixture(scope="module")
 def serving_settings(migrated, private_redis, tmp_path_factory):
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: serving-test\n")  # the default config (the name is not part of the id)
-    update = {
-        "broker_url": private_redis.url,
-        "ingest_root": tmp_path_factory.mktemp("ingest-root"),  # tenant A's folder is the sample (`tenants`)
-        "rate_limit_per_s": 1000.0,
-        "rate_limit_burst": 1000.0,
-        "config_path": config,
-    }
-    return migrated.model_copy(update=update)
+    return module_settings(migrated, private_redis.url, tmp_path_factory, "serving-test")
 
 
 @pytest.fixture(scope="module")
