@@ -15,6 +15,7 @@ from cli import retrieval as cli_retrieval
 from cli import status as cli_status
 from cli.common import SluiceGroup, console, err_console
 from cli.eval import register_eval_commands
+from cli.feedback import app as feedback_app
 from cli.ingest import ingest as ingest_command
 from cli.ingest import print_summary
 from cli.routing import router_app
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
+app.add_typer(feedback_app, name="feedback")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
 app.add_typer(cli_demo_api.app)  # demo-api

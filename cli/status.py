@@ -1,17 +1,18 @@
-"""`sluice status`: queue depth, live workers, p99 latency, error rate and cost over the last interval.
+"""`sluice status`: queue depth, live workers, p99 latency, error rate, cost, and the share of down ratings per config.
 
 Read from the API alone (two scrapes of /metrics `interval` seconds apart, plus /readyz): /metrics
 already merges every API and worker process (multiprocess mode) and reads queue depth from the
 broker at scrape time, so the command needs no database or broker credentials, only the API's
 address, and shows exactly what Prometheus and the dashboard see. The price: "over the last
 interval" means the window this command waits for, not history (use the dashboard for that).
+Feedback is the exception: ratings are rare, so its counts are totals since the API processes started.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
@@ -68,6 +69,13 @@ class Status:
     p99_s: float
     error_rate: float
     cost_usd: float
+    feedback: dict[str, dict[str, float]] = field(default_factory=dict)  # config id -> rating -> count
+
+    def down_share(self, config: str) -> float:
+        """Share of `config`'s ratings that are down (NaN without ratings)."""
+        counts = self.feedback.get(config, {})
+        total = sum(counts.values())
+        return counts.get("down", 0.0) / total if total else math.nan
 
 
 def summarize(before: Samples, after: Samples, seconds: float, workers: str) -> Status:
@@ -96,7 +104,18 @@ def summarize(before: Samples, after: Samples, seconds: float, workers: str) -> 
         p99_s=quantile(0.99, buckets),
         error_rate=errors / requests if requests else 0.0,
         cost_usd=delta("sluice_cost_usd_total", lambda lab: True),
+        feedback=feedback_counts(after),
     )
+
+
+def feedback_counts(samples: Samples) -> dict[str, dict[str, float]]:
+    """Ratings so far per config and rating, from `sluice_feedback_total` (totals, not the interval)."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, labels), value in samples.items():
+        if name == "sluice_feedback_total":
+            lab = dict(labels)
+            out.setdefault(lab["config"], {})[lab["rating"]] = value
+    return out
 
 
 def fetch(url: str, interval: float, token: str | None = None) -> Status:
@@ -124,6 +143,9 @@ def render(status: Status) -> Table:
     table.add_row("p99 latency", p99)
     table.add_row("error rate (5xx)", f"{status.error_rate:.1%}")
     table.add_row("cost", f"${status.cost_usd:.6f}")
+    for config, counts in sorted(status.feedback.items()):
+        total = sum(counts.values())
+        table.add_row(f"feedback {config}", f"{status.down_share(config):.1%} down of {total:g} ratings (since start)")
     return table
 
 
@@ -134,7 +156,7 @@ def status(
     ] = None,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between the two /metrics scrapes.")] = 5.0,
 ) -> None:
-    """Queue depth, live workers, p99 latency, error rate and cost over the last INTERVAL seconds (from the API)."""
+    """Queue depth, live workers, p99 latency, error rate and cost over the last INTERVAL seconds; down ratings."""
     import httpx
 
     settings = load_settings()

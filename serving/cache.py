@@ -63,7 +63,9 @@ def corpus_version_of(db: Database, tenant: str) -> int:
 
 
 def cache_put(conn: psycopg.Connection, tenant: str, key: str, response: dict) -> None:
+    """Cache a response under `key`; the entry names the answer's record (and goes when the record expires)."""
     conn.execute(
-        "INSERT INTO answer_cache (tenant_id, cache_key, response) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-        (tenant, key, Jsonb(response)),
+        "INSERT INTO answer_cache (tenant_id, cache_key, response, answer_id) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (tenant, key, Jsonb(response), response["answer_id"]),
     )

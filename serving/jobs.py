@@ -3,7 +3,8 @@
 `jobs` rows used to live forever. Now a task that ends (answered, refused, failed or dead-lettered)
 sets `finished_at`, and every worker node's housekeeping timer (the heartbeat step) calls the
 `expire_jobs` SQL function, which deletes jobs finished more than SLUICE_JOB_RETENTION_S ago
-across tenants. A job still queued or running is never expired.
+across tenants. A job still queued or running is never expired. The same sweep expires answers' records
+(`expire_answers`, migration 0009) made more than the same retention ago, unless they were rated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FINISH = "UPDATE jobs SET finished_at = now() WHERE job_id = %s AND finished_at IS NULL"
 EXPIRE = "SELECT expire_jobs(%(retention_s)s)"
+EXPIRE_ANSWERS = "SELECT expire_answers(%(retention_s)s)"
 
 
 def tenant_of(payload: Any) -> str | None:
@@ -47,7 +49,10 @@ def sweep_interval(retention_s: float) -> float:
 
 
 def expire(conn: psycopg.Connection, retention_s: float) -> int:
-    """Delete jobs finished more than `retention_s` ago (all tenants, in batches); return how many."""
+    """Delete jobs finished, and unrated answers made, over `retention_s` ago (all tenants); return the jobs gone."""
     gone = conn.execute(EXPIRE, {"retention_s": retention_s}).fetchone()[0]
     metrics.JOBS_EXPIRED.inc(gone)
+    answers = conn.execute(EXPIRE_ANSWERS, {"retention_s": retention_s}).fetchone()[0]
+    if answers:
+        log.info("expired %d unrated answer records", answers)
     return gone

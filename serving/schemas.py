@@ -92,6 +92,7 @@ class Generation(BaseModel):
 
 
 class QueryResponse(BaseModel):
+    answer_id: str = Field(description="The answer's stable id: rate it with POST /v1/feedback.")
     answer: str
     citations: list[Citation]
     config_id: str
@@ -143,6 +144,29 @@ class JobStatus(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     result: dict[str, Any] | None = None
     error: str | None = None
+
+
+class CitedSpan(_Body):
+    document: str = Field(min_length=1, max_length=1000, description="A source id (a citation's `document`).")
+    span: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="[start, end) character offsets in the document's text; omit for the whole document."
+    )
+
+
+class FeedbackRequest(_Body):
+    answer_id: str = Field(min_length=1, max_length=64, description="An `answer_id` from a /v1/query response.")
+    rating: Literal["up", "down"]
+    correction: str | None = Field(
+        default=None, min_length=1, max_length=20000, pattern=r"\S", description="What the answer should have said."
+    )
+    evidence: CitedSpan | None = Field(default=None, description="The document (and span) that should have been cited.")
+
+
+class FeedbackAccepted(BaseModel):
+    feedback_id: str
+    answer_id: str
+    rating: Literal["up", "down"]
+    config_id: str
 
 
 class Problem(BaseModel):

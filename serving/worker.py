@@ -25,6 +25,7 @@ from celery import Celery, Task
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
+from serving.answers import answer_id_for, store_answer
 from serving.cache import answer_cache_key, cache_put
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
 from serving.config_source import active_config, served_config
@@ -162,22 +163,30 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
         answerer=answerer,
         on_piece=publish,
     )
-    response = {**result.to_json(), "corpus_version": version}
+    job_id = task.request.id if task is not None else None
+    response = {"answer_id": answer_id_for(job_id), **result.to_json(), "corpus_version": version}
     observe_answer(tenant, result)
-    if state.settings.answer_cache:
-        _cache_answer(state, payload, served, response)
+    _record(state, job_id, payload, response, served.key_config_id)
     response["timings_ms"]["worker_total"] = round((time.perf_counter() - t0) * 1000, 3)
     log.info("query answered", extra={"tier": result.answer.tier, "ms": response["timings_ms"]["worker_total"]})
     return response
 
 
-def _cache_answer(state: WorkerState, payload: dict, served, response: dict) -> None:
-    """Store the answer under the key the API looks it up by: question, scope, config and corpus version."""
-    # The API looks entries up under the global champion's config id (it does not resolve tenants).
-    question, filters, collection = payload["question"], payload.get("filters"), payload.get("collection")
-    key = answer_cache_key(question, filters, collection, served.key_config_id, served.version)
-    with state.db.tenant(payload["tenant"]) as conn:
-        cache_put(conn, payload["tenant"], key, response)
+def _record(state: WorkerState, job_id: str | None, payload: dict, response: dict, key_config_id: str) -> None:
+    """Store the answer's record and, if caching, the cache entry that names it, in one transaction."""
+    tenant = payload["tenant"]
+    with state.db.tenant(tenant) as conn:
+        store_answer(conn, tenant, job_id, payload, response)
+        if state.settings.answer_cache:
+            # The API looks entries up under the global champion's config id (it does not resolve tenants).
+            key = answer_cache_key(
+                payload["question"],
+                payload.get("filters"),
+                payload.get("collection"),
+                key_config_id,
+                response["corpus_version"],
+            )
+            cache_put(conn, tenant, key, response)
 
 
 def observe_answer(tenant: str, result) -> None:

@@ -89,6 +89,7 @@ INGEST_DOCS = Counter("sluice_ingest_documents_total", "Documents by ingestion o
 INGEST_CHUNKS = Counter("sluice_ingest_chunks_total", "Chunks written by ingestion.")
 INGEST_ERRORS = Counter("sluice_ingest_errors_total", "Per-document ingestion errors.")
 EVAL_RUNS = Counter("sluice_eval_runs_total", "Evaluation flow runs.", ["outcome"])
+FEEDBACK = Counter("sluice_feedback_total", "Ratings of answers (POST /v1/feedback).", ["rating", "config"])
 
 # ------------------------------------------------------------------ rollout (flow or CLI process)
 ROLLOUT_DOCS = Gauge(

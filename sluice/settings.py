@@ -223,7 +223,8 @@ class Settings(BaseSettings):
         default=24 * 3600,
         ge=1,
         description="Seconds a finished job (its row in `jobs` and its Celery result) is kept, then deleted by "
-        "the workers' periodic sweep; GET /v1/jobs/{id} answers 404 after that.",
+        "the workers' periodic sweep; GET /v1/jobs/{id} answers 404 after that. An answer's record (`answers`) "
+        "is deleted by the same sweep this long after it was made, unless it has feedback.",
     )
     task_max_retries: int = Field(
         default=4,

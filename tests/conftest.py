@@ -125,6 +125,20 @@ def admin(migrated):
 
 
 @pytest.fixture()
+def sluice_cli(migrated, monkeypatch, tmp_path) -> Callable:
+    """Run `sluice ARGS` in this process on the test database, with MLflow under `tmp_path`; the click Result."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("SLUICE_DB_NAME", migrated.db_name)
+    monkeypatch.setenv("SLUICE_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SLUICE_MLFLOW_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
 def new_tenant(db):
     """Create and return a fresh tenant id."""
 

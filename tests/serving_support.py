@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +25,9 @@ import uvicorn
 from pydantic import SecretStr
 
 from serving.api import create_app
+from serving.auth import create_key
 from serving.http_deadlines import deadline_protocol
+from sluice.db import Database, create_tenant
 from sluice.settings import PROJECT_ROOT, Settings
 
 # A Redis database of its own on the shared server (1-14, by checkout path). Modules that start workers
@@ -347,3 +350,19 @@ def stack_settings(base: Settings, name: str, config_dir: Path, broker_url: str 
     config.write_text(f"name: {name}\n")  # the default config: the name is not part of its id
     fields = {"broker_url": broker_url, "config_path": config, "rate_limit_per_s": 1000.0, "rate_limit_burst": 1000.0}
     return base.model_copy(update={**fields, **update})
+
+
+def run_job(client: httpx.Client, job: dict, timeout: float = 300) -> dict:
+    """POST /v1/jobs and wait for it; the finished job, which must have succeeded."""
+    r = client.post("/v1/jobs", json=job)
+    assert r.status_code == 202, r.text
+    done = wait_job(client, r.json()["job_id"], timeout=timeout)
+    assert done["status"] == "succeeded", done
+    return done
+
+
+def keyed_tenant(db: Database, prefix: str) -> tuple[str, str]:
+    """A new tenant named `prefix-<random>` and the secret of an API key for it."""
+    tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    create_tenant(db, tenant)
+    return tenant, create_key(db, tenant).secret

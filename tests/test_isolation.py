@@ -27,6 +27,8 @@ TENANT_TABLES = (
     "rollout_tenants",
     "lexical_postings",
     "lexical_stats",
+    "answers",
+    "feedback",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)

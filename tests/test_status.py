@@ -68,3 +68,15 @@ def test_dashboard_uses_only_metrics_that_exist():
     # Every metric of the module is on the dashboard.
     assert known - used == set(), known - used
     assert sum("histogram_quantile(0.99" in e for e in exprs) >= 4
+
+
+def test_feedback_share_per_config_is_a_total_not_an_interval():
+    after = AFTER + (
+        'sluice_feedback_total{rating="up",config="c1"} 3\n'
+        'sluice_feedback_total{rating="down",config="c1"} 1\n'
+        'sluice_feedback_total{rating="down",config="c2"} 2\n'
+    )
+    s = summarize(parse(BEFORE), parse(after), 5.0, "ok: 1")
+    assert s.feedback == {"c1": {"up": 3, "down": 1}, "c2": {"down": 2}}
+    assert math.isclose(s.down_share("c1"), 0.25) and s.down_share("c2") == 1.0
+    assert math.isnan(s.down_share("never-rated"))

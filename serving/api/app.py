@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from serving.api import health, jobs, query
+from serving.api import feedback, health, jobs, query
 from serving.api.admit import Admit
 from serving.api.body import LimitBody, max_body_bytes
 from serving.api.errors import install_handlers
@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(LimitBody, limit=max_body_bytes(settings))
     app.add_middleware(Admit, state=state)  # outside LimitBody: no key, no body read (and no 413 either)
     app.add_middleware(Observe)  # added last = outermost: refusals are observed too
-    for module in (query, jobs, health):
+    for module in (query, jobs, feedback, health):
         app.include_router(module.router)
     return app
 
