@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from opentelemetry import trace
 
-from sluice.config import PipelineConfig
+from sluice.config import PipelineConfig, RetrievalConfig
 from sluice.db import Database
 from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
@@ -37,6 +38,50 @@ class QueryResult:
     route: RouteDecision | None = None
 
 
+@dataclass(frozen=True)
+class Retrieved:
+    hits: list[Hit]
+    query_vector: np.ndarray
+    filters: dict | None  # with the collection folded in
+    index_id: str
+    timings_ms: dict[str, float]
+
+
+def search_chunks(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    question: str,
+    *,
+    filters: dict | None = None,
+    collection: str | None = None,
+    retrieval: RetrievalConfig | None = None,
+) -> Retrieved:
+    """Embed the question and retrieve the top-k chunks of `config`'s index (parent_child: their parent sections).
+
+    `retrieval` overrides the config's own (another k or mode for one search); the index stays the config's.
+    """
+    question = _checked(question)
+    timings: dict[str, float] = {}
+    tracer = trace.get_tracer("sluice")  # spans are no-ops unless the process installed a tracer provider
+    t0 = time.perf_counter()
+    with tracer.start_as_current_span("embed"):
+        qvec = embedder.encode([question])[0]
+    timings["embed"] = (time.perf_counter() - t0) * 1000
+    t1 = time.perf_counter()
+    if collection is not None:
+        filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
+    with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
+        index_id = config.index_id
+        check_embedder(conn, index_id, embedder.identity)
+        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, retrieval or config.retrieval, filters))
+        span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
+    hits = [replace(h, config_id=config.config_id) for h in hits]
+    timings["retrieve"] = (time.perf_counter() - t1) * 1000
+    return Retrieved(hits, qvec, filters, index_id, timings)
+
+
 def answer_question(
     db: Database,
     tenant: str,
@@ -58,22 +103,9 @@ def answer_question(
     evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
     """
     question = _checked(question)
-    timings: dict[str, float] = {}
-    tracer = trace.get_tracer("sluice")  # spans are no-ops unless the process installed a tracer provider
-    t0 = time.perf_counter()
-    with tracer.start_as_current_span("embed"):
-        qvec = embedder.encode([question])[0]
-    timings["embed"] = (time.perf_counter() - t0) * 1000
-    t1 = time.perf_counter()
-    if collection is not None:
-        filters = {"and": [{"collection": collection}, filters]} if filters else {"collection": collection}
-    with tracer.start_as_current_span("retrieve") as span, db.tenant(tenant) as conn:
-        index_id = config.index_id
-        check_embedder(conn, index_id, embedder.identity)
-        hits = with_parents(conn, retrieve(conn, index_id, question, qvec, config.retrieval, filters))
-        span.set_attributes({"sluice.index_id": index_id, "sluice.hits": len(hits)})
-    hits = [replace(h, config_id=config.config_id) for h in hits]
-    timings["retrieve"] = (time.perf_counter() - t1) * 1000
+    found = search_chunks(db, tenant, config, embedder, question, filters=filters, collection=collection)
+    hits, qvec, filters, timings = found.hits, found.query_vector, found.filters, found.timings_ms
+    tracer = trace.get_tracer("sluice")
     own = answerer is None
     answerer = answerer or build_answerer(config, embedder)
     try:
@@ -93,7 +125,7 @@ def answer_question(
     finally:
         if own:
             answerer.close()
-    return QueryResult(question, answer, hits, config.config_id, index_id, timings, routed.decision)
+    return QueryResult(question, answer, hits, config.config_id, found.index_id, timings, routed.decision)
 
 
 def generation_json(result: QueryResult) -> dict:

@@ -1,0 +1,69 @@
+"""The Sluice MCP server: its tools and resources over one tenant's knowledge, on stdio or streamable HTTP."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ListResourcesResult
+from starlette.routing import BaseRoute
+
+from serving.api.admit import MCP_PATH as PATH
+from serving.api.state import ApiState
+from serving.mcp.auth import CallerAuth, ScopeAuth
+from serving.mcp.resources import list_resources, register_resources
+from serving.mcp.tools import register_tools
+
+INSTRUCTIONS = (
+    "Sluice answers from your organisation's documents. Use `search` to find passages (with document ids "
+    "and spans), `answer` for a cited answer, `read_document` to read around a citation, `list_collections` "
+    "and `list_documents` to browse, and `ingest` + `job_status` to add documents."
+)
+
+
+class SluiceMCP(MCPServer):
+    """An MCPServer that knows the API's shared state and how its caller is authenticated."""
+
+    def __init__(self, state: ApiState, auth: CallerAuth):
+        super().__init__(name="sluice", instructions=INSTRUCTIONS, version="0.1.0")
+        self.state, self.auth = state, auth
+        register_tools(self)
+        register_resources(self)
+
+    async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
+        # The SDK lists the resources registered up front; a tenant's documents are only known per caller.
+        return await list_resources(self, ctx.request, params.cursor if params else None)
+
+
+def http_routes(server: SluiceMCP) -> list[BaseRoute]:
+    """The streamable HTTP endpoint at /mcp, to add to an app that admits /mcp like /v1 (serving/api/admit.py).
+
+    Stateless, JSON responses: any API process can answer any call (nothing per session to share).
+    DNS-rebinding protection is off: it guards cookie or ambient credentials, and every call here
+    carries its bearer key. The app's lifespan must run `server.session_manager.run()`.
+    """
+    app = server.streamable_http_app(
+        streamable_http_path=PATH,
+        stateless_http=True,
+        json_response=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    return list(app.routes)
+
+
+class Mounted:
+    """The MCP endpoint beside the API (`create_app(..., beside=mount)`): routes, and the session manager to run."""
+
+    def __init__(self, state: ApiState):
+        self.server = SluiceMCP(state, ScopeAuth())
+        self.routes = http_routes(self.server)
+
+    def lifespan(self) -> AbstractAsyncContextManager:
+        return self.server.session_manager.run()
+
+
+def mount(state: ApiState) -> Mounted:
+    """Serve MCP at /mcp on an API app built with this state."""
+    return Mounted(state)
