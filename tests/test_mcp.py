@@ -6,8 +6,8 @@ The API runs as `sluice serve` (a subprocess, /mcp mounted beside /v1); stdio se
 from __future__ import annotations
 
 import base64
-import sys
 import json
+import sys
 import time
 import uuid
 
@@ -266,7 +266,17 @@ def test_http_needs_an_api_key_and_counts_calls(stack, tenants):
     headers = {"Accept": "application/json, text/event-stream"}
     for auth in ({}, {"Authorization": "Bearer sk_nope_nope"}):
         refused = httpx.post(f"{url}/mcp", json=body, headers={**headers, **auth})
-        assert refused.status_code == 401 and "Bearer" in refused.json()["detail"], refused.text
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", refused.text
+        assert "Authorization" in refused.json()["detail"] or "API key" in refused.json()["detail"]
+
+    async def calls() -> None:
+        async with http_session(url, tenants["a"]["key"]) as session:
+            await call(session, "search", query=QUESTION)
+            await call_error(session, "read_document", {"document_id": "nope"})
+
+    anyio.run(calls)
     scraped = httpx.get(f"{url}/metrics").text
-    assert (metric(scraped, "sluice_mcp_tool_calls_total", 'tool="search",outcome="ok"') or 0) >= 1
-    assert (metric(scraped, "sluice_mcp_tool_seconds_count", 'tool="answer"') or 0) >= 1
+    assert (metric(scraped, "sluice_mcp_tool_calls_total", 'outcome="ok",tool="search"') or 0) >= 1
+    assert (metric(scraped, "sluice_mcp_tool_calls_total", 'outcome="error",tool="read_document"') or 0) >= 1
+    assert (metric(scraped, "sluice_mcp_tool_seconds_count", 'tool="search"') or 0) >= 1
+    assert (metric(scraped, "sluice_http_requests_total", 'method="POST",route="/mcp",status="200"') or 0) >= 2

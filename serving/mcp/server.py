@@ -6,13 +6,17 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ListResourcesResult
+from pydantic import ValidationError
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.api.admit import MCP_PATH as PATH
 from serving.api.state import ApiState
 from serving.mcp.auth import CallerAuth, ScopeAuth
+from serving.mcp.call import invalid
 from serving.mcp.resources import list_resources, register_resources
 from serving.mcp.tools import register_tools
 
@@ -32,6 +36,15 @@ class SluiceMCP(MCPServer):
         register_tools(self)
         register_resources(self)
 
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """As the SDK's, with argument errors listed by field (no pydantic banner, no echo of the values)."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(invalid(exc.__cause__)) from exc.__cause__
+            raise
+
     async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
         # The SDK lists the resources registered up front; a tenant's documents are only known per caller.
         return await list_resources(self, ctx.request, params.cursor if params else None)
@@ -50,7 +63,21 @@ def http_routes(server: SluiceMCP) -> list[BaseRoute]:
         json_response=True,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
-    return list(app.routes)
+    routes = list(app.routes)
+    for route in routes:
+        route.app = _Labelled(route.app, route)
+    return routes
+
+
+class _Labelled:
+    """Put the route on the scope, as FastAPI does for its own, so `Observe` counts these requests as /mcp."""
+
+    def __init__(self, app: ASGIApp, route: BaseRoute):
+        self.app, self.route = app, route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route
+        await self.app(scope, receive, send)
 
 
 class Mounted:
