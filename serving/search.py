@@ -7,7 +7,7 @@ sends `{"search": {"k": …, "mode": …}, …}` and the worker returns the chun
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,9 +15,6 @@ from serving.config_source import served_config
 from serving.schemas import SearchOptions
 from sluice import logs, metrics
 from sluice.errors import QueryError
-
-if TYPE_CHECKING:
-    from serving.worker import WorkerState
 
 
 def search_options(payload: dict) -> SearchOptions:
@@ -30,8 +27,11 @@ def search_options(payload: dict) -> SearchOptions:
         raise QueryError(f"search refused: {first['msg']} (at {where})") from None
 
 
-def run_search(state: WorkerState, payload: dict) -> dict:
-    """The served index's top chunks for one tenant's question (k and mode as asked, else the config's)."""
+def run_search(state: Any, payload: dict) -> dict:
+    """The served index's top chunks for one tenant's question (k and mode as asked, else the config's).
+
+    `state` is the worker process's `serving.worker.WorkerState` (not imported: the worker imports this).
+    """
     from tasks.answer import search_chunks
 
     t0 = time.perf_counter()

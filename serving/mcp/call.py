@@ -23,6 +23,7 @@ from sluice import logs, metrics, tracing
 from sluice.errors import SluiceError
 
 Work = Callable[[ApiState, str], Any]
+CARRIED = "sluice.mcp.carried"  # scope key: the HTTP request's trace context and log fields (server._InRequest)
 
 
 async def run_tool(ctx: Context, tool: str, work: Work, *, waits: bool = False) -> Any:
@@ -35,10 +36,12 @@ async def run_call(server: Any, request: Any, tool: str, work: Work, *, waits: b
     state: ApiState = server.state
     auth: CallerAuth = server.auth
     t0, outcome = time.perf_counter(), "error"
-    with tracing.tracer().start_as_current_span(f"mcp {tool}", attributes={"mcp.tool": tool}):
+    parent, fields = request.scope.get(CARRIED, (None, {})) if request is not None else (None, {})
+    span = tracing.tracer().start_as_current_span(f"mcp {tool}", context=parent, attributes={"mcp.tool": tool})
+    with logs.scope(**fields), span:
         try:
             async with auth.tenant(state, request) as tenant:
-                logs.bind(tenant=tenant, mcp_tool=tool)
+                logs.bind(tenant=tenant)
                 with _query_slot(state, waits):
                     out = await anyio.to_thread.run_sync(work, state, tenant)
             outcome = "ok"

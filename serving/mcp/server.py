@@ -5,10 +5,12 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ListResourcesResult
+from opentelemetry import context as otel_context
 from pydantic import ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -16,9 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.api.admit import MCP_PATH as PATH
 from serving.api.state import ApiState
 from serving.mcp.auth import CallerAuth, ScopeAuth
-from serving.mcp.call import invalid
+from serving.mcp.call import CARRIED, invalid
 from serving.mcp.resources import list_resources, register_resources
 from serving.mcp.tools import register_tools
+from sluice import logs
 
 INSTRUCTIONS = (
     "Sluice answers from your organisation's documents. Use `search` to find passages (with document ids "
@@ -33,6 +36,9 @@ class SluiceMCP(MCPServer):
     def __init__(self, state: ApiState, auth: CallerAuth):
         super().__init__(name="sluice", instructions=INSTRUCTIONS, version="0.1.0")
         self.state, self.auth = state, auth
+        # One span per tool call, in the caller's trace (serving/mcp/call.py), as REST has one per request:
+        # the SDK's own per-message span starts a new trace unless the client put one in `_meta`.
+        self.middleware[:] = [m for m in self.middleware if not isinstance(m, OpenTelemetryMiddleware)]
         register_tools(self)
         register_resources(self)
 
@@ -65,18 +71,23 @@ def http_routes(server: SluiceMCP) -> list[BaseRoute]:
     )
     routes = list(app.routes)
     for route in routes:
-        route.app = _Labelled(route.app, route)
+        route.app = _InRequest(route.app, route)
     return routes
 
 
-class _Labelled:
-    """Put the route on the scope, as FastAPI does for its own, so `Observe` counts these requests as /mcp."""
+class _InRequest:
+    """Carry the HTTP request's route, trace and log context into the MCP server's handler task.
+
+    The session manager runs handlers in its own task, outside the request's context variables:
+    without this, `Observe` would count /mcp as unmatched and tool spans would start traces of their own.
+    """
 
     def __init__(self, app: ASGIApp, route: BaseRoute):
         self.app, self.route = app, route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self.route
+        scope[CARRIED] = (otel_context.get_current(), logs.context())
         await self.app(scope, receive, send)
 
 
