@@ -18,9 +18,9 @@ TOOL_NAMES = {"search", "answer", "list_collections", "list_documents", "read_do
 
 
 @asynccontextmanager
-async def http_session(url: str, key: str | None) -> AsyncIterator[ClientSession]:
-    """An initialised session with the /mcp endpoint of the API at `url`, bearing `key`."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+async def http_session(url: str, key: str | None, **headers: str) -> AsyncIterator[ClientSession]:
+    """An initialised session with the /mcp endpoint of the API at `url`, bearing `key` (and `headers`)."""
+    headers = {"Authorization": f"Bearer {key}", **headers} if key else headers
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=180)) as client:
         async with streamable_http_client(f"{url}/mcp", http_client=client) as (read, write):
             async with ClientSession(read, write) as session:

@@ -174,9 +174,9 @@ class RedisServer:
 class ApiServer:
     """create_app(settings) served by uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, beside=None):
         self.port = free_port()
-        self.app = create_app(settings)
+        self.app = create_app(settings, beside=beside)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

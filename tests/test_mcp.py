@@ -20,6 +20,7 @@ from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.mcp_support import TOOL_NAMES, call, call_error, http_session, stdio_session
 from tests.reliability.stack import api_process, drop_keys, metric, private_settings, stack_env, worker_process
+from tests.serving_support import wait_job
 
 DOCS_A = {
     "bees.md": "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n",
@@ -57,7 +58,7 @@ def tenants(stack, db):
         files = [{"name": "moths.md", "content_base64": base64.b64encode(DOC_B.encode()).decode()}]
         job = client.post("/v1/jobs", json={"kind": "ingest", "files": files}).json()["job_id"]
         out["b"]["job"] = job
-        assert _wait_rest(client, job)["status"] == "succeeded"
+        assert wait_job(client, job, timeout=300)["status"] == "succeeded"
     for name in ("a", "b"):
         out[name]["docs"] = anyio.run(_documents, url, out[name]["key"])
     assert len(out["a"]["docs"]) == 3 and len(out["b"]["docs"]) == 1, out
@@ -81,16 +82,6 @@ async def _wait_job(session, job_id: str, timeout: float = 300) -> dict:
         if status["status"] in ("succeeded", "failed"):
             return status
         await anyio.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
-def _wait_rest(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}").json()
-        if body["status"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not finish")
 
 
