@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -20,7 +21,7 @@ from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.mcp_support import TOOL_NAMES, call, call_error, http_session, stdio_session
 from tests.reliability.stack import api_process, drop_keys, metric, private_settings, stack_env, worker_process
-from tests.serving_support import wait_job
+from tests.serving_support import free_port, wait_job
 
 DOCS_A = {
     "bees.md": "# Bees\n\nHoneybees communicate the location of flowers to their hive mates with a waggle dance.\n",
@@ -271,3 +272,62 @@ def test_http_needs_an_api_key_and_counts_calls(stack, tenants):
     assert (metric(scraped, "sluice_mcp_tool_calls_total", 'outcome="error",tool="read_document"') or 0) >= 1
     assert (metric(scraped, "sluice_mcp_tool_seconds_count", 'tool="search"') or 0) >= 1
     assert (metric(scraped, "sluice_http_requests_total", 'method="POST",route="/mcp",status="200"') or 0) >= 2
+
+
+def test_standalone_http_server_serves_only_mcp(stack, tenants, tmp_path):
+    """`sluice mcp --http`: the MCP endpoint under the API's admission, without the REST routes."""
+    settings, _ = stack
+    port = free_port()
+    cmd = [sys.executable, "-m", "cli", "mcp", "--http", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "mcp-http.log"
+    proc = subprocess.Popen(cmd, env=stack_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url, log)
+        assert (
+            httpx.post(f"{url}/v1/query", json={"question": "bees"}, headers=_bearer(tenants["a"])).status_code == 404
+        )
+
+        async def check() -> dict:
+            async with http_session(url, tenants["a"]["key"]) as session:
+                return await call(session, "list_collections")
+
+        [only] = anyio.run(check)["collections"]
+        assert only["collection"] == "default" and only["documents"] >= len(tenants["a"]["docs"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _bearer(tenant: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant['key']}"}
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"sluice mcp --http did not come up: {log.read_text()[-2000:]}")
+
+
+def test_stdio_calls_spend_the_keys_rate_limit(stack, db):
+    """Over stdio every call is admitted like an HTTP request: the token bucket refuses past the burst."""
+    settings, _ = stack
+    tenant = f"mcpc-{uuid.uuid4().hex[:8]}"
+    create_tenant(db, tenant)
+    env = {**stack_env(settings), "SLUICE_RATE_LIMIT_PER_S": "0.01", "SLUICE_RATE_LIMIT_BURST": "3"}
+
+    async def check() -> str:
+        async with stdio_session(env, create_key(db, tenant).secret, sys.stderr) as session:
+            for _ in range(3):  # the start-up key check spends no token: three calls fit in a burst of 3
+                await call(session, "list_collections")
+            return await call_error(session, "list_collections", {})
+
+    refused = anyio.run(check)
+    assert "rate limit" in refused and "retry after" in refused and "429" in refused

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from mcp.server.mcpserver.exceptions import ToolError
 
 from serving.api.admit import TENANT, admit
-from serving.api.errors import ApiError
 from serving.api.state import ApiState
 
 
@@ -50,14 +49,4 @@ class KeyAuth:
     @asynccontextmanager
     async def tenant(self, state: ApiState, request: Any) -> AsyncIterator[str]:
         with ExitStack() as held:  # the tenant's in-flight slot, given back when the call ends
-            try:
-                tenant = await admit(state, dict(self._scope), held)
-            except ApiError as exc:
-                raise ToolError(refusal(exc)) from None
-            yield tenant
-
-
-def refusal(exc: ApiError) -> str:
-    """An API refusal as a tool error an agent can act on (when to retry, if it may)."""
-    after = (exc.headers or {}).get("Retry-After")
-    return f"{exc.detail} (HTTP {exc.status}; retry after {after} s)" if after else f"{exc.detail} (HTTP {exc.status})"
+            yield await admit(state, dict(self._scope), held)  # refusals: ApiError, as over HTTP

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from serving.api.errors import ApiError
 from serving.api.state import ApiState
-from serving.mcp.auth import CallerAuth, refusal
+from serving.mcp.auth import CallerAuth
 from sluice import logs, metrics, tracing
 from sluice.errors import SluiceError
 
@@ -80,3 +80,9 @@ def invalid(exc: ValidationError) -> str:
     """Argument errors by field, without echoing the values (they are the caller's data)."""
     parts = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5]]
     return "invalid arguments: " + "; ".join(parts)
+
+
+def refusal(exc: ApiError) -> str:
+    """An API refusal as a tool error an agent can act on (when to retry, if it may)."""
+    after = (exc.headers or {}).get("Retry-After")
+    return f"{exc.detail} (HTTP {exc.status}; retry after {after} s)" if after else f"{exc.detail} (HTTP {exc.status})"
