@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from serving.auth import create_key
 from sluice.db import create_tenant
 from tests.mcp_support import TOOL_NAMES, call, call_error, http_session, stdio_session
-from tests.reliability.stack import api_process, drop_keys, metric, private_settings, stack_env, worker_process
+from tests.reliability.stack import api_process, drop_keys, metric, private_settings, stack_env, wait_up, worker_process
 from tests.serving_support import free_port, wait_job
 
 DOCS_A = {
@@ -283,7 +283,7 @@ def test_standalone_http_server_serves_only_mcp(stack, tenants, tmp_path):
     proc = subprocess.Popen(cmd, env=stack_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(proc, url, log)
+        wait_up(proc, url, log)
         assert (
             httpx.post(f"{url}/v1/query", json={"question": "bees"}, headers=_bearer(tenants["a"])).status_code == 404
         )
@@ -301,19 +301,6 @@ def test_standalone_http_server_serves_only_mcp(stack, tenants, tmp_path):
 
 def _bearer(tenant: dict) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant['key']}"}
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"sluice mcp --http did not come up: {log.read_text()[-2000:]}")
 
 
 def test_stdio_calls_spend_the_keys_rate_limit(stack, db):

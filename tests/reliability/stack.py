@@ -91,13 +91,14 @@ def api_subprocess(settings: Settings, log: Path) -> Iterator[tuple[str, subproc
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_up(proc, url, log)
+        wait_up(proc, url, log)
         yield url, proc
     finally:
         stop_worker(proc)  # any process group: SIGTERM, then SIGKILL after a grace period
 
 
-def _wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+def wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+    """Wait until the server of `proc` answers /healthz at `url` (its log in the error if it exits or hangs)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
