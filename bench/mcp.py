@@ -6,7 +6,8 @@ Needs Redis on 127.0.0.1:6379 and `sluice db up`. Starts `sluice worker` and `sl
 /mcp beside /v1; answer cache off, limits off), ingests the sample corpus into tenant `bench-mcp`,
 then alternates rounds, sequentially (c=1), of: REST `POST /v1/query`, MCP `search` (the official
 client, `mcp.ClientSession` over streamable HTTP) and MCP `answer` (the very same work as the REST
-call, so its ratio is the MCP layer's own cost). Every question is unique per request, so no path
+call, so its ratio is the MCP layer's own cost), then REST `GET /v1/jobs/{id}` and MCP `job_status` for an
+unknown id (no worker: the layer's cost alone). Every question is unique per request, so no path
 hits a cache. Goal: MCP `search` p50 and p99 <= 1.2x REST.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -32,6 +34,8 @@ from tests.mcp_support import call, http_session  # noqa: E402
 from tests.serving_support import free_port  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/11"
+# The last pair does no worker work (one lookup of an unknown job id): it shows the MCP layer's cost alone.
+PATHS = ("rest /v1/query", "mcp search", "mcp answer", "rest GET job", "mcp job_status")
 
 
 async def timed(fn, n: int) -> list[float]:
@@ -46,17 +50,22 @@ async def timed(fn, n: int) -> list[float]:
 
 async def bench(url: str, key: str, n: int, rounds: int) -> dict[str, list[float]]:
     """Alternating rounds of the three paths; latencies per path."""
-    lat: dict[str, list[float]] = {"rest /v1/query": [], "mcp search": [], "mcp answer": []}
+    lat: dict[str, list[float]] = {name: [] for name in PATHS}
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as rest:
         async with http_session(url, key) as session:
 
             async def rest_query() -> None:
                 (await rest.post("/v1/query", json={"question": question()})).raise_for_status()
 
+            async def rest_job() -> None:
+                assert (await rest.get(f"/v1/jobs/{uuid.uuid4()}")).status_code == 404
+
             paths = {
                 "rest /v1/query": rest_query,
                 "mcp search": lambda: call(session, "search", query=question()),
                 "mcp answer": lambda: call(session, "answer", question=question()),
+                "rest GET job": rest_job,
+                "mcp job_status": lambda: session.call_tool("job_status", {"job_id": str(uuid.uuid4())}),
             }
             for fn in paths.values():  # warm up: every path once per worker process, connections open
                 await timed(fn, 8)
@@ -68,12 +77,15 @@ async def bench(url: str, key: str, n: int, rounds: int) -> dict[str, list[float
 
 
 def report(lat: dict[str, list[float]]) -> None:
-    base = lat["rest /v1/query"]
-    b50, b99 = statistics.median(base), pct(base, 99)
+    """p50/p99 per path, and as a multiple of its REST counterpart (the trivial pair: the REST job lookup)."""
     print(f"{'path':16s} {'n':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 x REST':>11s} {'p99 x REST':>11s}")
     for name, values in lat.items():
+        base = lat["rest GET job" if "job" in name else "rest /v1/query"]
         p50, p99 = statistics.median(values), pct(values, 99)
-        print(f"{name:16s} {len(values):5d} {p50:8.1f} {p99:8.1f} {p50 / b50:11.2f} {p99 / b99:11.2f}")
+        print(
+            f"{name:16s} {len(values):5d} {p50:8.1f} {p99:8.1f} {p50 / statistics.median(base):11.2f} "
+            f"{p99 / pct(base, 99):11.2f}"
+        )
 
 
 def main() -> None:
