@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import demo as cli_demo_api
+from cli import mcp as cli_mcp
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
 from cli.common import SluiceGroup, console, err_console
@@ -35,6 +36,7 @@ app.add_typer(serving_app)  # serve, worker, key
 app.add_typer(cli_demo_api.app)  # demo-api
 app.command(name="ingest")(ingest_command)
 app.add_typer(cli_status.app)  # status
+app.add_typer(cli_mcp.app)  # mcp
 
 
 SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"

@@ -64,8 +64,9 @@ def serve(
         uvicorn.run("serving.asgi:app", factory=True, workers=workers, **options)
         return
     from serving.api import create_app
+    from serving.mcp import mount
 
-    uvicorn.run(create_app(settings), **options)
+    uvicorn.run(create_app(settings, beside=mount if settings.mcp_http else None), **options)
 
 
 @app.command()

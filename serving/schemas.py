@@ -61,6 +61,24 @@ class QueryRequest(_Body):
         return filters
 
 
+MAX_SEARCH_K = 50
+
+
+class SearchOptions(_Body):
+    """A search's own retrieval: how many chunks and which ranking (default: the served config's)."""
+
+    k: int | None = Field(default=None, ge=1, le=MAX_SEARCH_K, description="Chunks to return (default: config's k).")
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        default=None, description="dense (meaning), lexical (exact words) or hybrid (both); default: the config's."
+    )
+
+
+class SearchRequest(QueryRequest, SearchOptions):
+    """A retrieval without an answer: the chunks a query would cite from, with their text."""
+
+    stream: Literal[False] = False
+
+
 class Citation(BaseModel):
     document: str
     document_id: str = Field(description="The document's public id: a random UUID, stable across re-ingestion.")

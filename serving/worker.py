@@ -35,6 +35,7 @@ from serving.heartbeat import heartbeat_step
 from serving.jobs import mark_finished
 from serving.outcome import TaskOutcome
 from serving.poison import check_payload, guarded_strategy
+from serving.search import run_search
 from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
@@ -141,6 +142,8 @@ def run_query(state: WorkerState, task: Task | None, payload: dict) -> dict:
 
     t0 = time.perf_counter()
     check_payload(payload, query=True)  # the API's own model and filter limits, before any work
+    if payload.get("search") is not None:  # a search (MCP `search`): chunks, no answer
+        return run_search(state, payload)
     tenant, question = payload["tenant"], payload["question"]
     filters, collection = payload.get("filters"), payload.get("collection")
     # Config, index and corpus version in one snapshot (one pipelined round trip), before retrieval: a switch

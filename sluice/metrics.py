@@ -58,6 +58,10 @@ TTFT = Histogram(
     ["tenant", "tier", "stream"],
     buckets=FAST,
 )
+MCP_CALLS = Counter(
+    "sluice_mcp_tool_calls_total", "MCP tool calls by tool and outcome (ok, error, refused).", ["tool", "outcome"]
+)
+MCP_LATENCY = Histogram("sluice_mcp_tool_seconds", "MCP tool call latency, seen by the server.", ["tool"], buckets=FAST)
 
 # ------------------------------------------------------------------ worker
 QUEUE_WAIT = Histogram("sluice_queue_wait_seconds", "Enqueue (API) to task start (worker).", ["queue"], buckets=FAST)

@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `sluice serve` listens on.")
     api_port: int = Field(default=8000, description="Port `sluice serve` listens on.")
+    mcp_http: bool = Field(
+        default=True,
+        description="Serve the MCP server (streamable HTTP) at /mcp beside the API; the bearer key is an API key.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The tenant API key `sluice mcp` (stdio) acts with; its tenant is the only one it can see.",
+    )
     keep_alive_s: int = Field(
         default=75,
         gt=0,

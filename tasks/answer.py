@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from opentelemetry import trace
 
-from sluice.config import PipelineConfig
+from sluice.config import PipelineConfig, RetrievalConfig
 from sluice.db import Database
 from sluice.errors import GenerationError, QueryError
 from tasks.embed import Embedder
@@ -63,6 +64,41 @@ def citation_json(cite: Citation) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Retrieved:
+    hits: list[Hit]
+    query_vector: np.ndarray
+    filters: dict | None  # with the collection folded in
+    index_id: str
+    timings_ms: dict[str, float]
+
+
+def search_chunks(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    embedder: Embedder,
+    question: str,
+    *,
+    filters: dict | None = None,
+    collection: str | None = None,
+    retrieval: RetrievalConfig | None = None,
+) -> Retrieved:
+    """Embed the question and retrieve the top-k chunks of `config`'s index (parent_child: their parent sections).
+
+    `retrieval` overrides the config's own (another k or mode for one search); the index stays the config's.
+    """
+    question, timings = _checked(question), dict[str, float]()
+    with _stage(timings, "embed"):
+        qvec = embedder.encode([question])[0]
+    filters = _scoped(filters, collection)
+    if retrieval is not None:  # another k or mode for one search; the index stays the config's
+        config = config.model_copy(update={"retrieval": retrieval})
+    with _stage(timings, "retrieve"):
+        hits = _retrieve(db, tenant, config, embedder, question, qvec, filters)
+    return Retrieved(hits, qvec, filters, config.index_id, timings)
+
+
 def answer_question(
     db: Database,
     tenant: str,
@@ -83,16 +119,13 @@ def answer_question(
     `answerer` is the config's router and generator, built once by long-lived callers (a worker, an
     evaluation); without one, one is built for this call. `on_piece` receives the answer's text as it streams.
     """
-    question, timings = _checked(question), dict[str, float]()
-    with _stage(timings, "embed"):
-        qvec = embedder.encode([question])[0]
-    filters = _scoped(filters, collection)
-    with _stage(timings, "retrieve"):
-        hits = _retrieve(db, tenant, config, embedder, question, qvec, filters)
+    question = _checked(question)
+    found = search_chunks(db, tenant, config, embedder, question, filters=filters, collection=collection)
+    hits, timings = found.hits, found.timings_ms
     with _own_or(answerer, config, embedder) as using:
         try:
             with _stage(timings, "generate"):
-                answer, decision = _generate(using, question, hits, qvec, filters, on_piece)
+                answer, decision = _generate(using, question, hits, found.query_vector, found.filters, on_piece)
         except GenerationError as exc:
             exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
             raise

@@ -104,13 +104,13 @@ def api_subprocess(
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_up(proc, url, log)
+        wait_up(proc, url, log)
         yield url, proc
     finally:
         stop_worker(proc)  # any process group: SIGTERM, then SIGKILL after a grace period
 
 
-def _wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+def wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -226,9 +226,9 @@ class RedisServer:
 class ApiServer:
     """create_app(settings) served by uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, beside=None):
         self.port = free_port()
-        self.app = create_app(settings)
+        self.app = create_app(settings, beside=beside)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

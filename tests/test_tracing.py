@@ -48,3 +48,30 @@ def test_answer_stages_continue_the_callers_trace(exporter, db, embedder, pipeli
 def test_no_trace_outside_a_span():
     assert tracing.trace_id() is None
     assert "trace_id" not in logs.context()
+
+
+def test_mcp_tool_spans_join_the_http_request_and_the_callers_trace(exporter, migrated, db, new_tenant):
+    """A tool call over /mcp is one span inside the request's server span, in the trace of the caller's traceparent."""
+    import anyio
+
+    from serving.auth import create_key
+    from serving.mcp import mount
+    from tests.mcp_support import call, http_session
+    from tests.serving_support import TEST_REDIS, ApiServer
+
+    key = create_key(db, new_tenant("mcptrace")).secret
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{caller_trace}-00f067aa0ba902b7-01"
+    exporter.clear()
+    with ApiServer(migrated.model_copy(update={"broker_url": TEST_REDIS}), beside=mount) as api:
+
+        async def list_them() -> dict:
+            async with http_session(api.url, key, traceparent=traceparent) as session:
+                return await call(session, "list_collections")
+
+        assert anyio.run(list_them) == {"collections": []}
+    spans = exporter.get_finished_spans()
+    tool = next(s for s in spans if s.name == "mcp list_collections")
+    requests = {s.context.span_id for s in spans if s.name == "POST /mcp"}
+    assert format(tool.context.trace_id, "032x") == caller_trace
+    assert tool.parent is not None and tool.parent.span_id in requests

@@ -1,4 +1,4 @@
-"""Admission of /v1 requests before their body is read: the key, then capacity, then the rate limit.
+"""Admission of /v1 and /mcp requests before their body is read: the key, then capacity, then the rate limit.
 
 Plain ASGI around the app, because FastAPI reads (and buffers) a request's whole body before any
 dependency runs: here a request without a valid key is answered 401 having sent only its headers.
@@ -26,6 +26,7 @@ from serving.ratelimit import authorize, retry_after
 from sluice import logs, metrics
 
 TENANT = "sluice.tenant"  # the scope key under which an admitted request carries its tenant
+MCP_PATH = "/mcp"  # its tools that wait on a worker take a query slot themselves (serving/mcp/call.py)
 QUERY_SLOT = ("POST", "/v1/query")  # the one route that holds a query slot while a worker answers
 
 
@@ -36,7 +37,7 @@ class Admit:
         self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not admitted(scope["path"]):
             await self.app(scope, receive, send)
             return
         with ExitStack() as held:
@@ -47,6 +48,11 @@ class Admit:
                 await problem(exc)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
+
+
+def admitted(path: str) -> bool:
+    """Paths that need a key: the REST API under /v1/, and the MCP endpoint (serving/mcp) at /mcp."""
+    return path.startswith("/v1/") or path == MCP_PATH or path.startswith(MCP_PATH + "/")
 
 
 async def admit(state: ApiState, scope: Scope, held: ExitStack) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute
 
 from serving.api import feedback, health, jobs, query
 from serving.api.admit import Admit
@@ -20,15 +23,28 @@ from sluice.settings import Settings
 log = logging.getLogger("sluice.api")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the API for these settings (nothing connects until the first request)."""
+class Beside(Protocol):
+    """Something served beside the API (the MCP endpoint): its routes and what must run while the app runs."""
+
+    routes: list[BaseRoute]
+
+    def lifespan(self) -> AbstractAsyncContextManager: ...
+
+
+def create_app(settings: Settings, *, rest: bool = True, beside: Callable[[ApiState], Beside] | None = None) -> FastAPI:
+    """Build the API for these settings (nothing connects until the first request).
+
+    `beside` adds routes that share the API's state and admission (serving/mcp: `mount`); `rest=False`
+    leaves out the REST routes but health checks (`sluice mcp --http`).
+    """
     tracing.setup_tracing(settings, "sluice-api")
     metrics.configure(settings)
     state = ApiState(settings)
+    extra = beside(state) if beside is not None else None
     app = FastAPI(
         title="Sluice",
         version="0.1.0",
-        lifespan=_lifespan(state),
+        lifespan=_lifespan(state, extra),
         description="Answers from each tenant's documents, with citations.",
         # FastAPI's own OpenTelemetry spans switch on whenever a tracer provider is installed (ours always
         # is): a second server span per request, outside the caller's trace (`Observe` continues that),
@@ -40,12 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(LimitBody, limit=max_body_bytes(settings))
     app.add_middleware(Admit, state=state)  # outside LimitBody: no key, no body read (and no 413 either)
     app.add_middleware(Observe)  # added last = outermost: refusals are observed too
-    for module in (query, jobs, feedback, health):
+    for module in (query, jobs, feedback, health) if rest else (health,):
         app.include_router(module.router)
+    if extra is not None:
+        app.router.routes.extend(extra.routes)
     return app
 
 
-def _lifespan(state: ApiState):
+def _lifespan(state: ApiState, extra: Beside | None):
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         import anyio.to_thread
@@ -58,7 +76,8 @@ def _lifespan(state: ApiState):
             await run_in_threadpool(state.warm_up)  # the first request should not pay for connections
         except Exception as exc:  # not fatal: /readyz reports what is down, requests retry the connection
             log.warning("API warm-up incomplete: %s", exc)
-        yield
+        async with extra.lifespan() if extra is not None else nullcontext():
+            yield
         await state.auth.close()
         state.close()
 
