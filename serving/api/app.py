@@ -14,6 +14,7 @@ from serving.api.body import LimitBody, max_body_bytes
 from serving.api.errors import install_handlers
 from serving.api.middleware import Observe
 from serving.api.state import ApiState
+from serving.console import install as install_console
 from sluice import metrics, tracing
 from sluice.settings import Settings
 
@@ -29,6 +30,8 @@ def create_app(settings: Settings) -> FastAPI:
         title="Sluice",
         version="0.1.0",
         lifespan=_lifespan(state),
+        docs_url=None,  # /docs and /redoc come from serving/console/docs.py, with local assets
+        redoc_url=None,
         description="Answers from each tenant's documents, with citations.",
         # FastAPI's own OpenTelemetry spans switch on whenever a tracer provider is installed (ours always
         # is): a second server span per request, outside the caller's trace (`Observe` continues that),
@@ -42,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Observe)  # added last = outermost: refusals are observed too
     for module in (query, jobs, health):
         app.include_router(module.router)
+    install_console(app)
     return app
 
 
