@@ -8,9 +8,9 @@ import re
 
 from prometheus_client import Counter, Histogram
 
-from cli.status import parse, quantile, summarize
 from sluice import metrics
 from sluice.settings import PROJECT_ROOT
+from sluice.status import parse, quantile, summarize
 
 BEFORE = """
 sluice_http_requests_total{route="/v1/query",method="POST",status="200"} 10

@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Observe)  # added last = outermost: refusals are observed too
     for module in (query, jobs, health):
         app.include_router(module.router)
-    install_console(app)
+    install_console(app, settings)
     return app
 
 
