@@ -71,7 +71,7 @@ def _numbers(state: ApiState, tenant: str) -> dict:
     status = summarize({}, after, 0.0, readiness(state).get("workers", "unknown"))
     label = metrics.tenant(tenant)
     own_cost = sum(v for (n, lab), v in after.items() if n == "sluice_cost_usd_total" and ("tenant", label) in lab)
-    return {"status": status, "own_cost": own_cost, "fmt": _fmt}
+    return {"numbers": status, "own_cost": own_cost, "fmt": _fmt}
 
 
 def _fmt(status: Status) -> dict[str, str]:
