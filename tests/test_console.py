@@ -14,6 +14,7 @@ from tests.console_support import Recorder, check_accessible, launch, shot, sign
 from tests.serving_support import start_api, start_worker, stop_worker, wait_job, worker_env
 
 QUESTION = "How many days do I have to return an unridden bike?"
+MLFLOW_UI = "http://127.0.0.1:5000"
 UPLOAD = "# Console upload\n\nThe lighthouse keeper logs every passing ship in a green ledger.\n"
 
 
@@ -34,6 +35,7 @@ def server(console_settings, tmp_path_factory):
     """`sluice serve` and `sluice worker` as processes of their own: (base URL, API log)."""
     tmp = tmp_path_factory.mktemp("console")
     env = {**worker_env(console_settings), "SLUICE_RATE_LIMIT_PER_S": "1000", "SLUICE_RATE_LIMIT_BURST": "1000"}
+    env["SLUICE_MLFLOW_UI_URL"] = MLFLOW_UI
     worker = start_worker(console_settings, tmp / "worker.log")
     api, url = start_api(env, tmp / "api.log")
     yield url, tmp / "api.log"
@@ -56,7 +58,7 @@ def keys(db, server, console_settings):
     with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {out['a']}"}, timeout=60) as client:
         job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"})
         assert wait_job(client, job.json()["job_id"], timeout=300)["status"] == "succeeded"
-    return out
+    return {**out, "tenant_a": tenants["a"]}
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +173,9 @@ def test_forms_without_the_csrf_token_are_refused(page, server, keys):
     assert page.url.endswith("/console/signin")
 
 
-def test_pipeline_page_and_keyboard_use(page, server, keys):
+def test_pipeline_page_and_keyboard_use(page, server, keys, db):
     url = server[0]
+    _promote_served_config(db, keys["tenant_a"])
     seen = Recorder(page)
     page.goto(f"{url}/console/signin")
     _tab_to(page, "key")  # autofocused: no Tab needed
@@ -191,8 +194,23 @@ def test_pipeline_page_and_keyboard_use(page, server, keys):
     check_accessible(page)
     assert page.locator("text=p99 latency").count() == 1 and page.locator("text=answer cache hit rate").count() == 1
     assert page.locator("#served-h + table tbody tr").count() >= 1
+    history = page.locator("#history-h + table tbody tr").first.inner_text()
+    assert "promote" in history and "ndcg@5: 0.81" in history and "beat the champion" in history
+    assert page.locator(f"a[href='{MLFLOW_UI}/#/runs/0123456789abcdef']").count() == 1
     shot(page, "pipeline")
     assert seen.outside(url) == []
+
+
+def _promote_served_config(db, tenant: str) -> None:
+    """A tenant-scoped promotion of the config already served (nothing changes but the history)."""
+    from sluice.champion import record_promotion, store_config
+    from sluice.config import PipelineConfig
+
+    config = PipelineConfig(name="console-test")
+    store_config(db, config)
+    metrics = {"ndcg@5": 0.81, "faithfulness": 0.9}
+    record_promotion(db, config.config_id, run_id="0123456789abcdef", model_version="1", evaluated_on="gold.jsonl",
+                     reason="beat the champion", metrics=metrics, tenant=tenant)  # fmt: skip
 
 
 def _tab_to(page, element_id: str, presses: int = 15) -> None:
