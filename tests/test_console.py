@@ -141,11 +141,15 @@ def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser
     page.goto(f"{url}/console/documents")
     check_accessible(page)
     transfer = page.evaluate_handle(
-        "(text) => { const t = new DataTransfer(); t.items.add(new File([text], 'lighthouse.md')); return t; }", UPLOAD
+        """(text) => { const t = new DataTransfer(); t.items.add(new File([text], 'lighthouse.md'));
+                      t.items.add(new File(['%PDF-1.7 not really'], 'broken.pdf')); return t; }""",
+        UPLOAD,
     )
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # drag and drop, as a user would
     page.wait_for_selector("table a:has-text('lighthouse.md')", timeout=120_000)  # the page reloads on success
     assert page.locator("text=returns-policy.md").count() >= 1
+    error = page.locator("#errors-h + table tbody tr").first.inner_text()
+    assert "broken.pdf" in error and "parse" in error and "upload it again" in error  # the reason and what to do
     shot(page, "documents")
     assert seen.outside(url) == []
     other = browser.new_context().new_page()
