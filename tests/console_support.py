@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from sluice.settings import PROJECT_ROOT
@@ -79,3 +80,34 @@ def check_accessible(page) -> None:
     for selector in ("body", "main h1", "header nav a", "button"):
         if page.locator(selector).count():
             assert page.evaluate(CONTRAST, selector) >= 4.5, selector
+
+
+def promote_served_config(db, tenant: str) -> None:
+    """A tenant-scoped promotion of the config already served (nothing changes but the history)."""
+    from sluice.champion import record_promotion, store_config
+    from sluice.config import PipelineConfig
+
+    config = PipelineConfig(name="console-test")
+    store_config(db, config)
+    metrics = {"ndcg@5": 0.81, "faithfulness": 0.9}
+    record_promotion(db, config.config_id, run_id="0123456789abcdef", model_version="1", evaluated_on="gold.jsonl",
+                     reason="beat the champion", metrics=metrics, tenant=tenant)  # fmt: skip
+
+
+def tab_to(page, element_id: str, presses: int = 15) -> None:
+    """Press Tab until the element with this id has the focus (from wherever the focus is)."""
+    for _ in range(presses):
+        if page.evaluate("document.activeElement.id") == element_id:
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"#{element_id} never took the focus in {presses} presses of Tab")
+
+
+def check_feedback(page, url: str) -> None:
+    """Thumbs where the API has POST /v1/feedback; hidden where it has not."""
+    if "/v1/feedback" not in httpx.get(f"{url}/openapi.json").json()["paths"]:
+        assert page.locator("#feedback").is_hidden()
+        return
+    page.get_by_label("Correction (optional)").fill("Returns take 45 days.")
+    page.get_by_role("button", name="Thumbs up: useful").click()
+    page.wait_for_selector("#feedback-status:has-text('recorded')", timeout=10_000)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from serving.auth import create_key
+from tests import console_support as ui
 from tests.conftest import SAMPLE
-from tests.console_support import Recorder, check_accessible, launch, shot, sign_in
 from tests.serving_support import start_api, start_worker, stop_worker, wait_job, worker_env
 
 QUESTION = "How many days do I have to return an unridden bike?"
@@ -66,7 +66,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = launch(playwright)
+        chromium = ui.launch(playwright)
         yield chromium
         chromium.close()
 
@@ -80,7 +80,7 @@ def page(browser):
 
 def test_docs_and_redoc_load_nothing_from_outside(page, server):
     url = server[0]
-    seen = Recorder(page)
+    seen = ui.Recorder(page)
     page.goto(f"{url}/docs")
     page.wait_for_selector(".opblock", timeout=30_000)
     assert page.locator(".opblock").count() >= 4  # the API's operations rendered: the JS loaded
@@ -93,53 +93,43 @@ def test_docs_and_redoc_load_nothing_from_outside(page, server):
 
 def test_wrong_key_is_refused(page, server, keys):
     url = server[0]
-    sign_in(page, url, "sk_000000000000_not-a-real-key")
+    ui.sign_in(page, url, "sk_000000000000_not-a-real-key")
     assert page.get_by_role("alert").inner_text().startswith("unknown or revoked API key")
     page.goto(f"{url}/console/documents")
     assert page.url.endswith("/console/signin")  # still signed out
-    shot(page, "signin")
+    ui.shot(page, "signin")
 
 
 def test_ask_streams_an_answer_with_a_highlighted_citation(page, server, keys):
     url, log = server
-    seen = Recorder(page)
-    sign_in(page, url, keys["a"])
+    seen = ui.Recorder(page)
+    ui.sign_in(page, url, keys["a"])
     page.wait_for_url(f"{url}/console/ask")
     cookie = next(c for c in page.context.cookies() if c["name"] == "sluice_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and keys["a"] not in cookie["value"]
-    check_accessible(page)
+    ui.check_accessible(page)
     page.get_by_label("Question").fill(QUESTION)
     page.get_by_role("button", name="Ask", exact=True).click()
     page.wait_for_selector("#citations li a", timeout=60_000)
     assert "45 days" in page.locator("#answer").inner_text()
     assert re.search(r"first token after \d+ ms", page.locator("#timing").inner_text())
-    _check_feedback(page, url)
-    shot(page, "ask")
+    ui.check_feedback(page, url)
+    ui.shot(page, "ask")
     page.locator("#citations li a").first.click()
     cited = page.locator("mark#cited").inner_text()
     assert cited and cited.strip() in page.locator("pre.doc").inner_text()
     assert page.locator("h1").inner_text() == "returns-policy.md"
-    shot(page, "source")
+    ui.shot(page, "source")
     assert seen.outside(url) == []
     assert keys["a"] not in log.read_text()  # the key is never logged
 
 
-def _check_feedback(page, url: str) -> None:
-    """Thumbs where the API has POST /v1/feedback; hidden where it has not."""
-    if "/v1/feedback" not in httpx.get(f"{url}/openapi.json").json()["paths"]:
-        assert page.locator("#feedback").is_hidden()
-        return
-    page.get_by_label("Correction (optional)").fill("Returns take 45 days.")
-    page.get_by_role("button", name="Thumbs up: useful").click()
-    page.wait_for_selector("#feedback-status:has-text('recorded')", timeout=10_000)
-
-
 def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser, page, server, keys):
     url = server[0]
-    seen = Recorder(page)
-    sign_in(page, url, keys["a"])
+    seen = ui.Recorder(page)
+    ui.sign_in(page, url, keys["a"])
     page.goto(f"{url}/console/documents")
-    check_accessible(page)
+    ui.check_accessible(page)
     transfer = page.evaluate_handle(
         """(text) => { const t = new DataTransfer(); t.items.add(new File([text], 'lighthouse.md'));
                       t.items.add(new File(['%PDF-1.7 not really'], 'broken.pdf')); return t; }""",
@@ -150,10 +140,10 @@ def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser
     assert page.locator("text=returns-policy.md").count() >= 1
     error = page.locator("#errors-h + table tbody tr").first.inner_text()
     assert "broken.pdf" in error and "parse" in error and "upload it again" in error  # the reason and what to do
-    shot(page, "documents")
+    ui.shot(page, "documents")
     assert seen.outside(url) == []
     other = browser.new_context().new_page()
-    sign_in(other, url, keys["b"])
+    ui.sign_in(other, url, keys["b"])
     other.goto(f"{url}/console/documents")
     assert "lighthouse.md" not in other.content() and "returns-policy.md" not in other.content()
     document = page.locator("table a:has-text('lighthouse.md')").get_attribute("href")
@@ -164,7 +154,7 @@ def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser
 
 def test_forms_without_the_csrf_token_are_refused(page, server, keys):
     url = server[0]
-    sign_in(page, url, keys["a"])
+    ui.sign_in(page, url, keys["a"])
     page.wait_for_url(f"{url}/console/ask")
     assert page.request.post(f"{url}/console/signout", form={"x": "1"}).status == 403
     assert page.request.post(f"{url}/console/ask/stream", data={"question": "hi"}).status == 403
@@ -179,48 +169,27 @@ def test_forms_without_the_csrf_token_are_refused(page, server, keys):
 
 def test_pipeline_page_and_keyboard_use(page, server, keys, db):
     url = server[0]
-    _promote_served_config(db, keys["tenant_a"])
-    seen = Recorder(page)
+    ui.promote_served_config(db, keys["tenant_a"])
+    seen = ui.Recorder(page)
     page.goto(f"{url}/console/signin")
-    _tab_to(page, "key")  # autofocused: no Tab needed
+    ui.tab_to(page, "key")  # autofocused: no Tab needed
     page.keyboard.type(keys["a"])
     page.keyboard.press("Enter")
     page.wait_for_url(f"{url}/console/ask")
-    _tab_to(page, "question")
+    ui.tab_to(page, "question")
     page.keyboard.type("How long is the carbon frame warranty?")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "collection"
-    _tab_to(page, "ask-button")
+    ui.tab_to(page, "ask-button")
     page.keyboard.press("Enter")
     page.wait_for_selector("#citations li a", timeout=60_000)
     assert "7 years" in page.locator("#answer").inner_text()
     page.goto(f"{url}/console/pipeline")
-    check_accessible(page)
+    ui.check_accessible(page)
     assert page.locator("text=p99 latency").count() == 1 and page.locator("text=answer cache hit rate").count() == 1
     assert page.locator("#served-h + table tbody tr").count() >= 1
     history = page.locator("#history-h + table tbody tr").first.inner_text()
     assert "promote" in history and "ndcg@5: 0.81" in history and "beat the champion" in history
     assert page.locator(f"a[href='{MLFLOW_UI}/#/runs/0123456789abcdef']").count() == 1
-    shot(page, "pipeline")
+    ui.shot(page, "pipeline")
     assert seen.outside(url) == []
-
-
-def _promote_served_config(db, tenant: str) -> None:
-    """A tenant-scoped promotion of the config already served (nothing changes but the history)."""
-    from sluice.champion import record_promotion, store_config
-    from sluice.config import PipelineConfig
-
-    config = PipelineConfig(name="console-test")
-    store_config(db, config)
-    metrics = {"ndcg@5": 0.81, "faithfulness": 0.9}
-    record_promotion(db, config.config_id, run_id="0123456789abcdef", model_version="1", evaluated_on="gold.jsonl",
-                     reason="beat the champion", metrics=metrics, tenant=tenant)  # fmt: skip
-
-
-def _tab_to(page, element_id: str, presses: int = 15) -> None:
-    """Press Tab until the element with this id has the focus (from wherever the focus is)."""
-    for _ in range(presses):
-        if page.evaluate("document.activeElement.id") == element_id:
-            return
-        page.keyboard.press("Tab")
-    raise AssertionError(f"#{element_id} never took the focus in {presses} presses of Tab")
