@@ -41,6 +41,17 @@ CONTRAST = """(selector) => {
 }"""
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless chromium per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
 def launch(playwright):
     """Headless Debian chromium (never a downloaded browser build); skip the test when it is not installed."""
     if not CHROMIUM.exists():

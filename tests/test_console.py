@@ -13,6 +13,7 @@ from tests import console_support as ui
 from tests.conftest import SAMPLE
 from tests.serving_support import start_api, start_worker, stop_worker, wait_job, worker_env
 
+browser = ui.browser  # the module's chromium (a fixture)
 QUESTION = "How many days do I have to return an unridden bike?"
 MLFLOW_UI = "http://127.0.0.1:5000"
 UPLOAD = "# Console upload\n\nThe lighthouse keeper logs every passing ship in a green ledger.\n"
@@ -59,16 +60,6 @@ def keys(db, server, console_settings):
         job = client.post("/v1/jobs", json={"kind": "ingest", "source": "corpus"})
         assert wait_job(client, job.json()["job_id"], timeout=300)["status"] == "succeeded"
     return {**out, "tenant_a": tenants["a"]}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = ui.launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture()

@@ -40,17 +40,22 @@ async def redoc_js() -> Response:
     return Response(_redoc_bundle(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
 
+def _local(request: Request, viewer: str) -> tuple[str, dict[str, str]]:
+    """This server's asset folder, and the spec URL and page title a documentation page takes."""
+    app, root = request.app, request.scope.get("root_path", "")
+    return f"{root}{ASSETS}", {"openapi_url": f"{root}{app.openapi_url}", "title": f"{app.title} - {viewer}"}
+
+
 @router.get("/docs")
 async def swagger(request: Request) -> HTMLResponse:
     """Swagger UI for this API, every asset from this server."""
-    app, root = request.app, request.scope.get("root_path", "")
+    assets, page = _local(request, "Swagger UI")
     return get_swagger_ui_html(
-        openapi_url=f"{root}{app.openapi_url}",
-        title=f"{app.title} - Swagger UI",
-        oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
-        swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+        **page,
+        oauth2_redirect_url=f"{request.scope.get('root_path', '')}/docs/oauth2-redirect",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
     )
 
 
@@ -62,14 +67,11 @@ async def swagger_redirect() -> HTMLResponse:
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     """ReDoc for this API, every asset from this server (no web fonts)."""
-    app, root = request.app, request.scope.get("root_path", "")
+    assets, page = _local(request, "ReDoc")
     return get_redoc_html(
-        openapi_url=f"{root}{app.openapi_url}",
-        title=f"{app.title} - ReDoc",
-        redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
-        redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
+        **page, redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
         with_google_fonts=False,
-    )
+    )  # fmt: skip
 
 
 @router.get("/favicon.ico")
