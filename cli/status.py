@@ -49,7 +49,7 @@ def render(status: Status) -> Table:
     table.add_row("error rate (5xx)", f"{status.error_rate:.1%}")
     table.add_row("cost", f"${status.cost_usd:.6f}")
     hit = "n/a (no lookups)" if math.isnan(status.cache_hit_rate) else f"{status.cache_hit_rate:.1%}"
-    table.add_row("answer cache hit rate", hit)
+    table.add_row("cache hit rate", hit)  # of the answer cache
     return table
 
 
