@@ -86,9 +86,9 @@ def test_wrong_key_is_refused(page, server, keys):
     url = server[0]
     ui.sign_in(page, url, "sk_000000000000_not-a-real-key")
     assert page.get_by_role("alert").inner_text().startswith("unknown or revoked API key")
+    ui.shot(page, "signin")
     page.goto(f"{url}/console/documents")
     assert page.url.endswith("/console/signin")  # still signed out
-    ui.shot(page, "signin")
 
 
 def test_ask_streams_an_answer_with_a_highlighted_citation(page, server, keys):
@@ -112,7 +112,7 @@ def test_ask_streams_an_answer_with_a_highlighted_citation(page, server, keys):
     assert page.locator("h1").inner_text() == "returns-policy.md"
     ui.shot(page, "source")
     assert seen.outside(url) == []
-    assert keys["a"] not in log.read_text()  # the key is never logged
+    assert keys["a"] not in log.read_text() and not any(keys["a"] in u for u in seen.urls)  # not logged, no URL
 
 
 def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser, page, server, keys):
@@ -129,6 +129,7 @@ def test_upload_is_listed_after_its_job_and_other_tenants_see_none_of_it(browser
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # drag and drop, as a user would
     page.wait_for_selector("table a:has-text('lighthouse.md')", timeout=120_000)  # the page reloads on success
     assert page.locator("text=returns-policy.md").count() >= 1
+    assert re.search(r"succeeded: .*1 ingested.*1 failed", page.locator("#upload-status").inner_text())
     error = page.locator("#errors-h + table tbody tr").first.inner_text()
     assert "broken.pdf" in error and "parse" in error and "upload it again" in error  # the reason and what to do
     ui.shot(page, "documents")

@@ -99,11 +99,17 @@ async function upload(files) {
     const poll = await fetch(`/console/jobs/${job.job_id}`, {credentials: "same-origin"});
     const state = await poll.json();
     status.textContent = `Ingest job ${job.job_id}: ${state.status}` + (state.progress ? ` (${state.progress})` : "");
-    if (state.status === "succeeded") { location.reload(); return; }
+    if (state.status === "succeeded") {  // the list below is server-rendered: reload it, and say what the job did
+      sessionStorage.setItem("sluice-upload", `Ingest job ${job.job_id} succeeded: ${counts(state.result)}`);
+      location.reload(); return;
+    }
     if (state.status === "failed") { status.textContent += `: ${state.error}`; return; }
     await new Promise((r) => setTimeout(r, 500));
   }
 }
+
+const counts = (result) => Object.entries(result || {})
+  .filter(([, v]) => typeof v === "number").map(([k, v]) => `${v} ${k}`).join(", ");
 
 function dropZone(zone, input) {
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
@@ -117,4 +123,6 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("#feedback button[data-rating]").forEach((b) =>
     b.addEventListener("click", () => sendFeedback(b.dataset.rating)));
   if ($("drop")) dropZone($("drop"), $("files"));
+  const done = sessionStorage.getItem("sluice-upload");
+  if (done && $("upload-status")) { $("upload-status").textContent = done; sessionStorage.removeItem("sluice-upload"); }
 });
