@@ -19,6 +19,7 @@ from serving.api.state import ApiState, State
 from serving.console import data
 from serving.console.feedback import feedback_route
 from serving.console.pages import Current, check_header, render
+from serving.console.session import Session
 from serving.schemas import QueryRequest
 from serving.stream import sse
 from sluice import logs
@@ -64,7 +65,7 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-async def _admit(state: ApiState, session, held: ExitStack) -> None:
+async def _admit(state: ApiState, session: Session, held: ExitStack) -> None:
     """The tenant's slot, a query slot and a rate-limit token, as `Admit` takes them for POST /v1/query."""
     if not state.tenant_slots.take(session.tenant):
         raise admit.tenant_busy(state)
