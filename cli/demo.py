@@ -99,19 +99,16 @@ def _demo_ingest_root(data_dir: Path, sample: Path) -> Path:
 
 
 def _print_try(settings, port: int, key: str, detach: bool) -> None:
-    """The curl line that works against the running API, and how to stop it."""
+    """The curl line that works against the running API, the console's URL and key, and how to stop them."""
     import json
 
-    console.print(
-        "\nAPI and worker are running; try:" if detach else "\nAPI and worker are running; try (Ctrl-C stops both):"
-    )
+    base = f"http://{settings.api_host}:{port}"
+    console.print("\nAPI and worker are running; try:" + ("" if detach else " (Ctrl-C stops both)"))
     body = json.dumps({"question": "How long is the warranty on a carbon fibre frame?"})
-    print(
-        f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
-        f"-d '{body}' http://{settings.api_host}:{port}/v1/query"
-    )
+    print(f"curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' -d '{body}' {base}/v1/query")
     if detach:
         console.print("stop them with: sluice demo-api --stop")
+    print(f"\nWeb console: {base}/console   (API docs: {base}/docs)\nSign in with this API key: {key}")
 
 
 def _stop_detached(pid_file) -> None:

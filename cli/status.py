@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
@@ -20,102 +19,9 @@ from rich.table import Table
 
 from cli.common import console, say_error
 from sluice.settings import load_settings
+from sluice.status import Status, parse, summarize
 
 app = typer.Typer()
-QUIET = ("/metrics", "/healthz", "/readyz")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    """Prometheus exposition text → {(sample name, sorted labels): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _sum(samples: Samples, name: str, keep=lambda labels: True) -> float:
-    return sum(v for (n, lab), v in samples.items() if n == name and keep(dict(lab)))
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float:
-    """histogram_quantile over cumulative bucket counts {le: count} (linear within a bucket, as Prometheus)."""
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]] if bounds else 0
-    if total <= 0:
-        return math.nan
-    rank, prev_bound, prev_count = q * total, 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(count - prev_count, 1e-12)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
-@dataclass
-class Status:
-    seconds: float
-    queue_depth: dict[str, float]
-    oldest_age_s: dict[str, float]
-    workers: str
-    requests: float
-    p99_s: float
-    error_rate: float
-    cost_usd: float
-    feedback: dict[str, dict[str, float]] = field(default_factory=dict)  # config id -> rating -> count
-
-    def down_share(self, config: str) -> float:
-        """Share of `config`'s ratings that are down (NaN without ratings)."""
-        counts = self.feedback.get(config, {})
-        total = sum(counts.values())
-        return counts.get("down", 0.0) / total if total else math.nan
-
-
-def summarize(before: Samples, after: Samples, seconds: float, workers: str) -> Status:
-    """What changed between two scrapes: requests, p99 latency, share of 5xx, cost; gauges from the last."""
-
-    def counted(labels: dict) -> bool:
-        return labels.get("route") not in QUIET
-
-    def delta(name: str, keep=counted) -> float:
-        return _sum(after, name, keep) - _sum(before, name, keep)
-
-    les = {float(dict(lab)["le"]) for (n, lab) in after if n == "sluice_http_request_seconds_bucket"}
-    buckets = {
-        le: delta("sluice_http_request_seconds_bucket", lambda lab, le=le: counted(lab) and float(lab["le"]) == le)
-        for le in les
-    }
-    requests = delta("sluice_http_requests_total")
-    errors = delta("sluice_http_requests_total", lambda lab: counted(lab) and lab.get("status", "").startswith("5"))
-    gauge = lambda name: {dict(lab)["queue"]: v for (n, lab), v in after.items() if n == name}  # noqa: E731
-    return Status(
-        seconds=seconds,
-        queue_depth=gauge("sluice_queue_depth"),
-        oldest_age_s=gauge("sluice_queue_oldest_age_seconds"),
-        workers=workers,
-        requests=requests,
-        p99_s=quantile(0.99, buckets),
-        error_rate=errors / requests if requests else 0.0,
-        cost_usd=delta("sluice_cost_usd_total", lambda lab: True),
-        feedback=feedback_counts(after),
-    )
-
-
-def feedback_counts(samples: Samples) -> dict[str, dict[str, float]]:
-    """Ratings so far per config and rating, from `sluice_feedback_total` (totals, not the interval)."""
-    out: dict[str, dict[str, float]] = {}
-    for (name, labels), value in samples.items():
-        if name == "sluice_feedback_total":
-            lab = dict(labels)
-            out.setdefault(lab["config"], {})[lab["rating"]] = value
-    return out
 
 
 def fetch(url: str, interval: float, token: str | None = None) -> Status:
@@ -143,6 +49,8 @@ def render(status: Status) -> Table:
     table.add_row("p99 latency", p99)
     table.add_row("error rate (5xx)", f"{status.error_rate:.1%}")
     table.add_row("cost", f"${status.cost_usd:.6f}")
+    hit = "n/a (no lookups)" if math.isnan(status.cache_hit_rate) else f"{status.cache_hit_rate:.1%}"
+    table.add_row("cache hit rate", hit)  # of the answer cache
     for config, counts in sorted(status.feedback.items()):
         total = sum(counts.values())
         table.add_row(f"feedback {config}", f"{status.down_share(config):.1%} down of {total:g} ratings (since start)")

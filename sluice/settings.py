@@ -245,6 +245,19 @@ class Settings(BaseSettings):
         description="Bearer token GET /metrics requires (a scrape credential, not a tenant key); unset = /metrics "
         "answers only clients on this host that no proxy forwarded (loopback, no Forwarded/X-Forwarded-For).",
     )
+    console_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs the web console's session cookies (16+ characters); unset = a random key per "
+        "API process, so sessions end when it restarts: set it when `sluice serve --workers` > 1.",
+    )
+    console_session_hours: float = Field(
+        default=8.0, gt=0, description="Hours a web console sign-in lasts; a revoked key ends it sooner."
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Base URL of an MLflow UI (e.g. http://127.0.0.1:5000) the console links runs to; unset = run "
+        "ids without links.",
+    )
     metrics_tenant_labels: bool = Field(
         default=True, description="Label per-tenant series with the tenant id; false = the label is 'all'."
     )
@@ -283,12 +296,12 @@ class Settings(BaseSettings):
             )
         return path
 
-    @field_validator("metrics_token")
+    @field_validator("metrics_token", "console_secret")
     @classmethod
     def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError(
-                "SLUICE_METRICS_TOKEN must be at least 16 characters: "
+                "SLUICE_METRICS_TOKEN and SLUICE_CONSOLE_SECRET must be at least 16 characters: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
             )
         return value

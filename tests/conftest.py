@@ -189,7 +189,8 @@ class Cli:
         from cli.main import app
         from tests.serving_support import settings_env
 
-        return CliRunner().invoke(app, [str(a) for a in args], env={**settings_env(settings or self.settings), **(env or {})})
+        env = {**settings_env(settings or self.settings), **(env or {})}
+        return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
     def popen(self, *args: str, settings: Settings | None = None, env: dict[str, str | None] | None = None, **kw):
         """Start `python -m cli ARGS` from the project root; `kw` goes to subprocess.Popen."""

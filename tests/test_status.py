@@ -8,9 +8,9 @@ import re
 
 from prometheus_client import Counter, Histogram
 
-from cli.status import parse, quantile, summarize
 from sluice import metrics
 from sluice.settings import PROJECT_ROOT
+from sluice.status import parse, quantile, summarize
 
 
 def _exposition(query_ok: int, scrapes: int, fast: int, total: int, cost: float, more: str = "") -> str:

@@ -63,13 +63,13 @@ async def admit(state: ApiState, scope: Scope, held: ExitStack) -> str:
         raise _unknown_key()
     logs.bind(tenant=tenant)
     if not state.tenant_slots.take(tenant):
-        raise _tenant_busy(state)
+        raise tenant_busy(state)
     held.callback(state.tenant_slots.give_back, tenant)
     if (scope["method"], scope["path"]) == QUERY_SLOT:
         if not state.waiting.take():
-            raise _busy(state)
+            raise busy(state)
         held.callback(state.waiting.give_back)
-    await _spend(state, token_hash)
+    await spend(state, token_hash)
     return tenant
 
 
@@ -81,7 +81,7 @@ def _key_hash(scope: Scope) -> str:
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
 
 
-async def _spend(state: ApiState, token_hash: str) -> None:
+async def spend(state: ApiState, token_hash: str) -> None:
     """Spend one token of the key's tenant (one statement, which also finds a key revoked since it was cached)."""
     s = state.settings
     auth = await authorize(state.auth, token_hash, s.rate_limit_per_s, s.rate_limit_burst)
@@ -99,7 +99,7 @@ def _unknown_key() -> ApiError:
     return ApiError(401, detail, {"WWW-Authenticate": "Bearer"})
 
 
-def _tenant_busy(state: ApiState) -> ApiError:
+def tenant_busy(state: ApiState) -> ApiError:
     detail = (
         f"this tenant already has {state.settings.tenant_concurrency} requests in flight in this API process "
         "(SLUICE_TENANT_CONCURRENCY); retry when one has finished"
@@ -107,7 +107,7 @@ def _tenant_busy(state: ApiState) -> ApiError:
     return _refused("tenant_concurrency", 429, detail)
 
 
-def _busy(state: ApiState) -> ApiError:
+def busy(state: ApiState) -> ApiError:
     detail = (
         f"{state.settings.queue_limit} queries are already waiting in this API process (SLUICE_QUEUE_LIMIT); "
         "retry later"

@@ -17,6 +17,7 @@ from serving.api.body import LimitBody, max_body_bytes
 from serving.api.errors import install_handlers
 from serving.api.middleware import Observe
 from serving.api.state import ApiState
+from serving.console import install as install_console
 from sluice import metrics, tracing
 from sluice.settings import Settings
 
@@ -45,6 +46,8 @@ def create_app(settings: Settings, *, rest: bool = True, beside: Callable[[ApiSt
         title="Sluice",
         version="0.1.0",
         lifespan=_lifespan(state, extra),
+        docs_url=None,  # /docs and /redoc come from serving/console/docs.py, with local assets
+        redoc_url=None,
         description="Answers from each tenant's documents, with citations.",
         # FastAPI's own OpenTelemetry spans switch on whenever a tracer provider is installed (ours always
         # is): a second server span per request, outside the caller's trace (`Observe` continues that),
@@ -60,6 +63,8 @@ def create_app(settings: Settings, *, rest: bool = True, beside: Callable[[ApiSt
         app.include_router(module.router)
     if extra is not None:
         app.router.routes.extend(extra.routes)
+    if rest:  # `sluice mcp --http` serves MCP alone
+        install_console(app, settings)
     return app
 
 
