@@ -13,7 +13,7 @@ from rich.table import Table
 from cli.common import console, err_console, say_error
 from sluice.settings import load_settings
 
-COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded", "truncated")
+COLUMNS = ("ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded")
 
 
 def ingest(
@@ -117,11 +117,12 @@ def _track(progress: Progress) -> dict:
 
 
 def print_summary(summary, index_id: str) -> None:
-    """The closing table, then one line per failed document."""
+    """The closing table (a `truncated` column when any chunk was), then one line per failed document."""
     table = Table(title=f"ingest {summary.run_id[:8]} into index {index_id}")
-    for col in COLUMNS:
+    columns = (*COLUMNS, "truncated") if summary.truncated else COLUMNS  # fits 80 columns when there is none
+    for col in columns:
         table.add_column(col, justify="right")
-    table.add_row(*(str(getattr(summary, c)) for c in COLUMNS))
+    table.add_row(*(str(getattr(summary, c)) for c in columns))
     console.print(table)
     if summary.truncated:
         console.print(
