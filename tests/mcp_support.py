@@ -14,7 +14,16 @@ from mcp.client.streamable_http import streamable_http_client
 
 from sluice.settings import PROJECT_ROOT
 
-TOOL_NAMES = {"search", "answer", "list_collections", "list_documents", "read_document", "ingest", "job_status"}
+TOOL_NAMES = {
+    "search",
+    "answer",
+    "list_collections",
+    "list_documents",
+    "read_document",
+    "ingest",
+    "job_status",
+    "feedback",
+}
 
 
 @asynccontextmanager

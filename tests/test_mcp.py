@@ -152,6 +152,31 @@ def test_answer_and_search_agree_with_rest(stack, tenants):
     assert [c["score"] for c in found["chunks"]] == sorted((c["score"] for c in found["chunks"]), reverse=True)
     assert read["text"] == found["chunks"][0]["text"] and "waggle" in read["text"]
     assert one["mode"] == "lexical" and len(one["chunks"]) == 1
+    if rest["cached"]:  # replayed from the cache: the same stored answer
+        assert answer["answer_id"] == rest["answer_id"]
+
+
+def test_an_agent_rates_an_answer_and_another_tenant_cannot(stack, tenants, db):
+    """The `feedback` tool stores the rating (as POST /v1/feedback); another tenant's answer id reads as unknown."""
+    _, url = stack
+
+    async def rate() -> tuple[dict, str, str]:
+        async with http_session(url, tenants["a"]["key"]) as session:
+            answer = await call(session, "answer", question=QUESTION)
+            cited = answer["citations"][0]
+            ev = {"document": cited["document"], "span": cited["span"]}
+            done = await call(session, "feedback", answer_id=answer["answer_id"], rating="up", evidence=ev)
+        async with http_session(url, tenants["b"]["key"]) as session:
+            theirs = await call_error(session, "feedback", {"answer_id": answer["answer_id"], "rating": "down"})
+            never = await call_error(session, "feedback", {"answer_id": str(uuid.uuid4()), "rating": "down"})
+        return done, theirs, never
+
+    done, theirs, never = anyio.run(rate)
+    assert done["rating"] == "up" and done["feedback_id"] and done["config_id"]
+    assert theirs == never and "answer" in theirs
+    with db.tenant(tenants["a"]["tenant"]) as conn:
+        row = conn.execute("SELECT rating FROM feedback WHERE feedback_id = %s", (done["feedback_id"],)).fetchone()
+    assert row == ("up",)
 
 
 def test_stdio_session_searches_and_ingests_idempotently(stack, tenants, tmp_path):
@@ -235,6 +260,7 @@ MALFORMED = [
     ("ingest", {}, "exactly one"),
     ("ingest", {"files": [{"name": "x.md", "content_base64": "%%%"}]}, "base64"),
     ("job_status", {"job_id": "nope"}, "no job"),
+    ("feedback", {"answer_id": "x", "rating": "meh"}, "rating"),
     ("no_such_tool", {}, "no_such_tool"),
 ]
 

@@ -16,9 +16,9 @@ def run_search(state: ApiState, tenant: str, req: SearchRequest) -> dict:
     options = SearchOptions(k=req.k, mode=req.mode).model_dump()
     with state.results.expect(job_id):  # listen before sending: the result cannot slip past
         send(state, QUERY_TASK, QUERY_QUEUE, job_id, {**payload(tenant, req, False), "search": options})
-        body = wait_result(state, job_id, state.settings.query_timeout_s)
-    if body is None:
+        outcome = wait_result(state, job_id, state.settings.query_timeout_s)
+    if outcome is None:
         raise ApiError(504, f"search {job_id} took longer than SLUICE_QUERY_TIMEOUT_S: retry, or narrow its filters")
-    if "error" in body:
-        raise worker_error(body)
-    return {**body, "task_id": job_id}
+    if outcome.error is not None:
+        raise worker_error(outcome.error)
+    return {**outcome.value, "task_id": job_id}

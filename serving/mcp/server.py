@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.api.admit import MCP_PATH as PATH
 from serving.api.state import ApiState
+from serving.mcp import rate  # noqa: F401 - registers the `feedback` tool
 from serving.mcp.auth import CallerAuth, ScopeAuth
 from serving.mcp.call import CARRIED, invalid
 from serving.mcp.resources import list_resources, register_resources
