@@ -11,7 +11,7 @@ import pytest
 from serving.auth import create_key
 from tests import console_support as ui
 from tests.conftest import SAMPLE
-from tests.serving_support import start_api, start_worker, stop_worker, wait_job, worker_env
+from tests.serving_support import wait_job
 
 browser = ui.browser  # the module's chromium (a fixture)
 QUESTION = "How many days do I have to return an unridden bike?"
@@ -20,29 +20,15 @@ UPLOAD = "# Console upload\n\nThe lighthouse keeper logs every passing ship in a
 
 
 @pytest.fixture(scope="module")
-def console_settings(migrated, private_redis, tmp_path_factory):
-    config = tmp_path_factory.mktemp("config") / "pipeline.yaml"
-    config.write_text("name: console-test\n")
-    update = {
-        "broker_url": private_redis.url,
-        "ingest_root": tmp_path_factory.mktemp("ingest-root"),
-        "config_path": config,
-    }
-    return migrated.model_copy(update=update)
+def console_settings(stack_settings, tmp_path_factory):
+    return stack_settings("console-test", ingest_root=tmp_path_factory.mktemp("ingest-root"), mlflow_ui_url=MLFLOW_UI)
 
 
 @pytest.fixture(scope="module")
-def server(console_settings, tmp_path_factory):
+def server(console_settings, start_stack):
     """`sluice serve` and `sluice worker` as processes of their own: (base URL, API log)."""
-    tmp = tmp_path_factory.mktemp("console")
-    env = {**worker_env(console_settings), "SLUICE_RATE_LIMIT_PER_S": "1000", "SLUICE_RATE_LIMIT_BURST": "1000"}
-    env["SLUICE_MLFLOW_UI_URL"] = MLFLOW_UI
-    worker = start_worker(console_settings, tmp / "worker.log")
-    api, url = start_api(env, tmp / "api.log")
-    yield url, tmp / "api.log"
-    api.terminate()
-    api.wait(timeout=20)
-    stop_worker(worker)
+    stack = start_stack(console_settings, api_process=True)
+    return stack.url, stack.api_log
 
 
 @pytest.fixture(scope="module")

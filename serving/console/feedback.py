@@ -1,62 +1,37 @@
-"""Thumbs up/down and a correction, passed to POST /v1/feedback where this API has that route.
+"""Thumbs up/down and a correction from the Ask page, recorded by the code of POST /v1/feedback.
 
-The console holds no API key to call /v1/feedback over HTTP, so it hands the request to the route
-itself, in process, with the session's tenant in the scope (as `Admit` would have put it there). An API
-without the route answers 404 here, and the Ask page hides the thumbs.
+The console holds no API key to call /v1/feedback over HTTP, so it validates the same request model
+and calls the same function with the session's tenant.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
-from serving.api.admit import TENANT
 from serving.api.errors import ApiError
+from serving.api.feedback import submit_feedback
+from serving.api.state import State
 from serving.console.pages import Current, check_header
+from serving.schemas import FeedbackRequest
 
-ROUTE = "/v1/feedback"
 MAX_BYTES = 64 * 1024
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
-def feedback_route(app: FastAPI) -> APIRoute | None:
-    """The app's POST /v1/feedback route, if it has one."""
-    for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.path == ROUTE and "POST" in route.methods:
-            return route
-    return None
-
-
 @router.post("/feedback")
-async def feedback(request: Request, session: Current) -> Response:
-    """Record a rating (up or down) and an optional correction of an answer, as POST /v1/feedback does."""
+async def feedback(request: Request, session: Current, state: State) -> JSONResponse:
+    """Record a rating (up or down) and an optional correction of one of the session tenant's answers."""
     check_header(request, session)
-    route = feedback_route(request.app)
-    if route is None:
-        raise ApiError(404, "this API has no feedback endpoint (POST /v1/feedback)")
     body = await request.body()
     if len(body) > MAX_BYTES:
         raise ApiError(413, f"feedback holds at most {MAX_BYTES} bytes")
-    return await _call(route, request, session.tenant, body)
-
-
-async def _call(route: APIRoute, request: Request, tenant: str, body: bytes) -> Response:
-    """Run the route's handler in process on a copy of this request's scope (no second HTTP request)."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {**request.scope, "path": ROUTE, "raw_path": ROUTE.encode(), "method": "POST", "headers": headers}
-    scope[TENANT] = tenant
-    sent = {"status": 500, "headers": [], "body": b""}
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            sent["status"], sent["headers"] = message["status"], message.get("headers", [])
-        elif message["type"] == "http.response.body":
-            sent["body"] += message.get("body", b"")
-
-    await route.handle(scope, receive, send)
-    media = dict(sent["headers"]).get(b"content-type", b"application/json").decode()
-    return Response(sent["body"], status_code=sent["status"], media_type=media)
+    try:
+        req = FeedbackRequest.model_validate_json(body)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ApiError(422, f"invalid feedback: {fields}") from None
+    status, out = await run_in_threadpool(submit_feedback, state, session.tenant, req)
+    return JSONResponse(out, status_code=status)

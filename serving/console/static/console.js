@@ -75,7 +75,6 @@ async function sendFeedback(rating) {
   if ($("correction").value.trim()) body.correction = $("correction").value.trim();
   const res = await post("/console/feedback", body);
   const detail = res.ok ? "" : await problem(res);
-  if (res.status === 404 && detail.includes("no feedback endpoint")) { box.hidden = true; return; }
   $("feedback-status").textContent = res.ok ? "Thank you: feedback recorded." : detail;
 }
 
