@@ -6,13 +6,13 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cli.common import console, err_console
 from sluice.settings import load_settings
 
 app = typer.Typer(help="Jobs the workers gave up on (dead letters).", no_args_is_help=True)
 
+PLAIN = {"soft_wrap": True, "highlight": False, "markup": False}
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant whose dead letters to read.")]
 
 
@@ -34,11 +34,12 @@ def dead(
     if not rows:
         console.print(f"no dead letters for tenant {tenant}", highlight=False)
         return
-    table = Table("task id", "task", "reason", "attempts", "first", "last", "retried as", "last error")
-    for r in rows:
-        when = (r.first_at.strftime("%Y-%m-%d %H:%M:%S"), r.last_at.strftime("%Y-%m-%d %H:%M:%S"))
-        table.add_row(r.task_id, r.task, r.reason, str(r.attempts), *when, r.retried_as or "", r.short_error())
-    console.print(table)
+    for r in rows:  # a block per dead letter: a table of eight columns hides the ids at 80 columns
+        span = f"{r.first_at:%Y-%m-%d %H:%M:%S} .. {r.last_at:%Y-%m-%d %H:%M:%S}"
+        console.print(f"{r.task_id}  {r.task}  {r.reason}  {r.attempts} attempts  {span}", **PLAIN)
+        console.print(f"    {r.short_error()}", **PLAIN)
+        if r.retried_as:
+            console.print(f"    retried as job {r.retried_as} (retry {r.retries})", **PLAIN)
 
 
 @app.command("retry")
