@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import uuid
 
 import psycopg
 import pytest
 import redis
 
 from serving.celery_app import QUERY_QUEUE, QUERY_TASK, create_celery
+from serving.deadletter import DeadLetter, record
 from serving.deadletters_replay import replay_job_id
 from sluice.db import admin_conninfo
 from tests.filter_strategies import nested
@@ -113,3 +115,22 @@ def test_a_dead_letter_with_summarised_arguments_is_not_replayed(stack, bees, db
 def test_an_unknown_tenant_is_refused_by_name(rel_settings, cli):
     r = cli("jobs", "dead", "--tenant", "no-such-tenant", settings=rel_settings)
     assert r.exit_code == 2 and "no-such-tenant" in r.output, r.output
+
+
+def test_a_replay_that_died_too_is_replayed_under_the_next_id(stack, bees, db, rel_settings, cli):
+    """Dead letters written with the worker's own `record` (the original, then its replay as if it died too)."""
+    tenant, key = bees
+    dead = str(uuid.uuid4())
+    payload = {"tenant": tenant, "question": "How do bees dance?", "filters": None, "collection": None, "stream": False}
+    assert record(rel_settings, DeadLetter(dead, QUERY_TASK, "retries_exhausted", "OperationalError: gone", 4, payload))
+    first = cli("jobs", "retry", dead, "--tenant", tenant, settings=rel_settings).stdout.strip()
+    assert first == replay_job_id(dead, 1)
+    assert record(rel_settings, DeadLetter(first, QUERY_TASK, "worker_lost", "WorkerLostError: killed", 2, payload))
+    second = cli("jobs", "retry", dead, "--tenant", tenant, settings=rel_settings)
+    assert second.exit_code == 0 and second.stdout.strip() == replay_job_id(dead, 2) != first, second.output
+    with stack.client(key) as client:
+        done = wait_job(client, replay_job_id(dead, 2), timeout=180)
+    assert done["status"] == "succeeded" and "waggle" in done["result"]["answer"], done
+    assert _retried(db, tenant, dead) == (2, replay_job_id(dead, 2))
+    third = cli("jobs", "retry", dead, "--tenant", tenant, settings=rel_settings)
+    assert third.stdout.strip() == replay_job_id(dead, 2) and "nothing sent" in third.stderr, third.output
