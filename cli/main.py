@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import demo as cli_demo_api
+from cli import jobs as cli_jobs
 from cli import mcp as cli_mcp
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
@@ -31,6 +32,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(cli_retrieval.app)
 app.add_typer(router_app, name="router")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(cli_jobs.app, name="jobs")
 register_eval_commands(app)
 app.add_typer(serving_app)  # serve, worker, key
 app.add_typer(cli_demo_api.app)  # demo-api
