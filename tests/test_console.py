@@ -145,6 +145,7 @@ def test_forms_without_the_csrf_token_are_refused(page, server, keys):
     assert page.url.endswith("/console/signin")
 
 
+@pytest.mark.usefixtures("no_champion_left")  # the promotion below is tenant-scoped, but history is shared
 def test_pipeline_page_and_keyboard_use(page, server, keys, db):
     url = server[0]
     ui.promote_served_config(db, keys["tenant_a"])
