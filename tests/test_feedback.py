@@ -24,20 +24,16 @@ pytestmark = pytest.mark.usefixtures("no_champion_left")
 
 
 @pytest.fixture(scope="module")
-def serving_settings(stack_settings, tmp_path_factory):
-    return stack_settings("feedback-test", ingest_root=tmp_path_factory.mktemp("ingest-root"))
+def api(stack_settings, start_stack, tmp_path_factory):
+    """A worker and an API whose ingest root holds tenant A's named source."""
+    return start_stack(stack_settings("feedback-test", ingest_root=tmp_path_factory.mktemp("ingest-root")))
 
 
 @pytest.fixture(scope="module")
-def api(serving_settings, start_stack):
-    return start_stack(serving_settings)
-
-
-@pytest.fixture(scope="module")
-def tenants(db, api, serving_settings):
+def tenants(db, api):
     """Tenant A holds the sample corpus (a named source), tenant B one uploaded file."""
     out = {name: keyed_tenant(db, f"fb{name}") for name in ("a", "b")}
-    (serving_settings.ingest_root / out["a"][0]).symlink_to(SAMPLE, target_is_directory=True)
+    (api.settings.ingest_root / out["a"][0]).symlink_to(SAMPLE, target_is_directory=True)
     upload = [{"name": "bees.md", "content_base64": base64.b64encode(BEES.encode()).decode()}]
     for name, job in (("a", {"kind": "ingest", "source": "corpus"}), ("b", {"kind": "ingest", "files": upload})):
         with api.client(out[name][1]) as client:
