@@ -2,11 +2,14 @@
 
 Loads (once; reused on later runs) 100k synthetic chunks with clustered 384-d unit vectors and
 realistic metadata into tenant `bench` of database `sluice_bench`, then, warm and interleaved per
-query, times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%, 0.1%) retrieval and the
-exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before BM25 (ts_rank_cd over
+query (the cases in a fresh random order per query, so no case always runs on pages another case
+just read), times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%, 0.1%) retrieval and
+the exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before BM25 (ts_rank_cd over
 an OR tsquery, which RLS answers by scanning the tenant's rows), the baseline of the lexical rows.
 `--others N` loads N more tenants of `--other-n` chunks each into the same index first, so the measured
-tenant is one among several. Recall@10 is measured against the exact scan, untimed.
+tenant is one among several. Recall@10 is measured against the exact scan, untimed. `--langchain` adds
+the peer rows, timed in the same loop on the same rows and queries: langchain-postgres PGVector
+(dense, filtered) and PGVectorStore's hybrid search (its tsvector column, RRF) for the hybrid rows.
 
     PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py [--n 100000] [--queries 200] [--others 2] \
         [--other-n 20000] [--langchain-load] [--langchain]
@@ -95,9 +98,9 @@ def _lexical_ts_rank(db: Database, text: str) -> float:
 
 
 class LangChain:
-    """bench/retrieval_langchain.py in the peer venv, answering one timed similarity_search per request."""
+    """bench/retrieval_langchain.py in the peer venv, answering one timed search per request."""
 
-    CASES = ("dense", "filtered_1pct", "filtered_0.1pct")
+    CASES = ("dense", "hybrid", "filtered_1pct", "filtered_0.1pct")
 
     def __init__(self, admin: str, n: int, n_queries: int):
         script = Path(__file__).with_name("retrieval_langchain.py")
@@ -105,8 +108,8 @@ class LangChain:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
-    def search(self, case: str, index: int) -> tuple[float, set[int]]:
-        self.proc.stdin.write(f"{case} {index}\n")
+    def search(self, case: str, index: int, text: str) -> tuple[float, set[int]]:
+        self.proc.stdin.write(f"{case} {index} {text}\n")
         self.proc.stdin.flush()
         ms, _, ids = self.proc.stdout.readline().split(" ")
         return float(ms), {int(i) for i in ids.strip().split(",") if i}
@@ -138,19 +141,19 @@ def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int =
         lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
         for i in range(20 if lc else 0):
             for case in LangChain.CASES:
-                lc.search(case, i)
+                lc.search(case, i, texts[i])
         times: dict[str, list[float]] = {
             name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_ts_rank", *lc_names]
         }
         recall: dict[str, list[float]] = {
-            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and not name.startswith("hybrid")
+            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and "hybrid" not in name
         }
         counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
         for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
-            exact = _measure_sluice(db, q, text, times, recall, counts)
+            exact = _measure_sluice(db, q, text, times, recall, counts, np.random.default_rng(i))
             times["lexical_ts_rank"].append(_lexical_ts_rank(db, text))
             if lc:
-                _measure_langchain(lc, i, exact, times, recall, counts)
+                _measure_langchain(lc, i, text, exact, times, recall, counts)
             times["exact"].append(exact[None][0])
             times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
         if lc:
@@ -161,10 +164,15 @@ def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int =
     return _summary(n, n_queries, times, recall, counts, default)
 
 
-def _measure_sluice(db: Database, q: np.ndarray, text: str, times: dict, recall: dict, counts: dict) -> dict:
-    """Every case for one query, interleaved (every case sees the same load); the exact answers by filter."""
+def _measure_sluice(db: Database, q: np.ndarray, text: str, times: dict, recall: dict, counts: dict, rng) -> dict:
+    """Every case for one query, interleaved (every case sees the same load); the exact answers by filter.
+
+    The cases run in a random order per query: in a fixed order the first case to read a query's HNSW
+    neighbourhood or BM25 postings paid for the cases after it (hybrid rrf ran first and measured 2x convex).
+    """
     exact = {None: _exact(db, q, None)}
-    for name, (mode, spec) in CASES.items():
+    for name in map(str, rng.permutation(list(CASES))):
+        mode, spec = CASES[name]
         ms, hits = _timed(db, mode, spec, text, q)
         times[name].append(ms)
         counts[name].append(len(hits))
@@ -177,14 +185,15 @@ def _measure_sluice(db: Database, q: np.ndarray, text: str, times: dict, recall:
     return exact
 
 
-def _measure_langchain(lc: LangChain, i: int, exact: dict, times: dict, recall: dict, counts: dict) -> None:
-    """PGVector's cases for query `i`, scored against the exact answers Sluice's cases computed."""
+def _measure_langchain(lc: LangChain, i: int, text: str, exact: dict, times: dict, recall: dict, counts: dict) -> None:
+    """The peer's cases for query `i`; the dense ones scored against the exact answers Sluice's cases computed."""
     for case in LangChain.CASES:
-        ms, ids = lc.search(case, i)
-        truth = {h.chunk_id for h in exact[json.dumps(CASES[case][1])][1]}
+        ms, ids = lc.search(case, i, text)
         times[f"langchain_{case}"].append(ms)
         counts[f"langchain_{case}"].append(len(ids))
-        recall[f"langchain_{case}"].append(len(truth & ids) / max(1, len(truth)))
+        if f"langchain_{case}" in recall:
+            truth = {h.chunk_id for h in exact[json.dumps(CASES[case][1])][1]}
+            recall[f"langchain_{case}"].append(len(truth & ids) / max(1, len(truth)))
 
 
 def _summary(n, n_queries, times, recall, counts, default) -> dict:

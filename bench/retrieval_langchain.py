@@ -5,8 +5,12 @@ nothing from Sluice.
 
     --load ADMIN_CONNINFO N   copy tenant bench-N's chunks from sluice_bench into PGVector (db sluice_langchain)
                               and build an HNSW index with the same parameters (m=16, ef_construction=64)
-    --serve ADMIN_CONNINFO N  read "CASE I" lines on stdin, time PGVector.similarity_search for query I,
-                              answer "ms rows id,id,..." (ids = Sluice chunk ids)
+                              and the same rows into a PGVectorStore table (langchain_postgres.v2) with its
+                              hybrid-search tsvector column (GIN) and HNSW: the hybrid peer
+    --serve ADMIN_CONNINFO N  read "CASE I [TEXT]" lines on stdin, time the search for query I, answer
+                              "ms rows id,id,..." (ids = Sluice chunk ids); CASE hybrid = PGVectorStore's
+                              hybrid search (dense + ts_rank_cd over plainto_tsquery(TEXT), RRF), else
+                              PGVector.similarity_search
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ import time
 import numpy as np
 import psycopg
 from langchain_core.embeddings import Embeddings
-from langchain_postgres import PGVector
+from langchain_postgres import Column, PGEngine, PGVector, PGVectorStore
+from langchain_postgres.v2.hybrid_search_config import HybridSearchConfig, reciprocal_rank_fusion
+from langchain_postgres.v2.indexes import HNSWIndex, HNSWQueryOptions
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import create_engine, event
 from sqlalchemy.pool import QueuePool
 
 DB = "sluice_langchain"
 COLLECTION = "bench"
+HYBRID_TABLE = "lc_hybrid"
+CANDIDATES = 50  # rows each ranker gives the fusion: Sluice's `candidates` default
 FILTERS = {"dense": None, "filtered_1pct": {"pct": {"$eq": 7}}, "filtered_0.1pct": {"permille": {"$eq": 7}}}
 
 
@@ -58,6 +66,61 @@ def _store(admin: str, queries: np.ndarray, ef_search: int = 100) -> PGVector:
         dbapi_conn.commit()
 
     return PGVector(QueryTable(queries), connection=engine, embedding_length=384, collection_name=COLLECTION)
+
+
+def hybrid_config(text: str = "") -> HybridSearchConfig:
+    """PGVectorStore's hybrid search as Sluice's hybrid-rrf: 50 candidates per ranker, RRF with k = 60."""
+    return HybridSearchConfig(
+        tsv_column="content_tsv",
+        fts_query=text,
+        fusion_function=reciprocal_rank_fusion,
+        fusion_function_parameters={"rrf_k": 60},
+        primary_top_k=CANDIDATES,
+        secondary_top_k=CANDIDATES,
+    )
+
+
+def _engine(admin: str) -> PGEngine:
+    conninfo = make_conninfo(admin, dbname=DB)
+    return PGEngine.from_connection_string(
+        "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(conninfo)
+    )
+
+
+def _hybrid_store(engine: PGEngine, queries: np.ndarray) -> PGVectorStore:
+    return PGVectorStore.create_sync(
+        engine,
+        QueryTable(queries),
+        HYBRID_TABLE,
+        index_query_options=HNSWQueryOptions(ef_search=100),  # as Sluice's default config
+        hybrid_search_config=hybrid_config(),
+    )
+
+
+def load_hybrid(admin: str) -> None:
+    """PGVectorStore's own table (id, content, embedding, content_tsv, metadata) from the PGVector rows."""
+    engine = _engine(admin)
+    engine.init_vectorstore_table(
+        HYBRID_TABLE,
+        384,
+        id_column=Column("langchain_id", "TEXT", nullable=False),
+        overwrite_existing=True,
+        hybrid_search_config=hybrid_config(),
+    )
+    t0 = time.perf_counter()
+    with psycopg.connect(make_conninfo(admin, dbname=DB)) as conn:
+        # The tsvector PGVectorStore writes on insert: to_tsvector('pg_catalog.english', content).
+        conn.execute(
+            f"INSERT INTO {HYBRID_TABLE} (langchain_id, content, embedding, content_tsv, langchain_metadata) "  # noqa: S608
+            "SELECT id, document, embedding, to_tsvector('pg_catalog.english', document), cmetadata::json "
+            "FROM langchain_pg_embedding"
+        )
+    store = _hybrid_store(engine, np.zeros((1, 384), dtype=np.float32))
+    store.apply_vector_index(HNSWIndex(m=16, ef_construction=64))
+    store.apply_hybrid_search_index()  # GIN on content_tsv
+    with psycopg.connect(make_conninfo(admin, dbname=DB), autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE {HYBRID_TABLE}")
+    print(f"built PGVectorStore's hybrid table in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
 def _source(admin: str, n: int):
@@ -103,6 +166,7 @@ def load(admin: str, n: int) -> None:
         )
         conn.execute("ANALYZE langchain_pg_embedding")
     print(f"loaded {len(rows)} rows into PGVector in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    load_hybrid(admin)
 
 
 def serve(admin: str, n: int, n_queries: int) -> None:
@@ -110,11 +174,15 @@ def serve(admin: str, n: int, n_queries: int) -> None:
     base = np.vstack([np.asarray(r[3], dtype=np.float32) for r in rows[:5000]])
     queries = near_queries(base, n_queries, np.random.default_rng(7))
     store = _store(admin, queries)
+    hybrid = _hybrid_store(_engine(admin), queries)
     print("ready", flush=True)
     for line in sys.stdin:
-        case, index = line.split()
+        case, index, *words = line.split()
         t0 = time.perf_counter()
-        docs = store.similarity_search(f"q{index}", k=10, filter=FILTERS[case])
+        if case == "hybrid":  # a fresh config per call: the search writes its fetch_top_k into it
+            docs = hybrid.similarity_search(f"q{index}", k=10, hybrid_search_config=hybrid_config(" ".join(words)))
+        else:
+            docs = store.similarity_search(f"q{index}", k=10, filter=FILTERS[case])
         ms = (time.perf_counter() - t0) * 1000
         print(f"{ms:.3f} {len(docs)} {','.join(d.id or '' for d in docs)}", flush=True)
 

@@ -155,6 +155,8 @@ def _print_answer(result) -> None:
     console.print(f"[bold]A:[/] {result.answer.text}")
     for n, cite in enumerate(result.answer.citations, 1):
         console.print(f"   [{n}] {cite.source_id} chars {cite.start}-{cite.end} (score {cite.score:.2f})")
+    if result.reranker:
+        console.print(f"   reranked by {result.reranker} (scores are the rerank model's)")
     a = result.answer
     if a.model != "extractive":
         route = f", routed by {result.route.policy}: {result.route.reason}" if result.route else ""

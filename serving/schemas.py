@@ -121,6 +121,11 @@ class QueryResponse(BaseModel):
     task_id: str | None
     timings_ms: dict[str, float]
     generation: Generation | None = None  # absent from answers cached before it existed
+    reranker: str | None = Field(
+        default=None,
+        description="The rerank model (name@weights hash) when the served config reranks; citation scores are then "
+        "its scores. Null without a rerank stage.",
+    )
 
 
 class JobAccepted(BaseModel):

@@ -32,7 +32,7 @@ def run_search(state: Any, payload: dict) -> dict:
 
     `state` is the worker process's `serving.worker.WorkerState` (not imported: the worker imports this).
     """
-    from tasks.answer import search_chunks
+    from tasks.answer import reranker_key, search_chunks
 
     t0 = time.perf_counter()
     options = search_options(payload)
@@ -61,6 +61,7 @@ def run_search(state: Any, payload: dict) -> dict:
         "config_id": config.config_id,
         "index_id": found.index_id,
         "mode": (retrieval or config.retrieval).mode,
+        "reranker": reranker_key(config),  # then each chunk's score is the rerank model's
         "corpus_version": served.version,
         "timings_ms": timings,
     }

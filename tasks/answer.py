@@ -129,8 +129,14 @@ def answer_question(
         except GenerationError as exc:
             exc.retrieved = hits  # retrieval worked: an evaluation still scores it (evals.runner.answer_all)
             raise
-    reranker = get_reranker(config.rerank).identity.key if config.rerank else None
-    return QueryResult(question, answer, hits, config.config_id, config.index_id, timings, decision, reranker)
+    return QueryResult(
+        question, answer, hits, config.config_id, config.index_id, timings, decision, reranker_key(config)
+    )
+
+
+def reranker_key(config: PipelineConfig) -> str | None:
+    """The identity (name@weights hash) of the config's rerank model, or None when it does not rerank."""
+    return get_reranker(config.rerank).identity.key if config.rerank else None
 
 
 @contextmanager

@@ -138,3 +138,53 @@ def test_grid_with_a_rerank_axis_runs_and_records_the_model(eval_settings, db, c
     assert tags["rerank.model"] == str(cross_encoder) and len(tags["rerank.weights_hash"]) == 64
     assert "rerank.model" not in mlc.get_run(report.results[0].run_id).data.tags
     assert "truncated_chunks" in mlc.get_run(report.results[0].run_id).data.metrics
+
+
+@pytest.fixture(scope="module")
+def reranking_stack(stack_settings, start_stack, db, embedder, cross_encoder):
+    """A worker and `sluice serve` whose served config reranks; one tenant with FACTS: (stack, key, config)."""
+    from sluice.config import load_config
+    from tasks.ingest_text import ingest_texts
+    from tests.serving_support import keyed_tenant
+
+    settings = stack_settings("rerank-api")
+    rerank = {"kind": "cross_encoder", "model": str(cross_encoder), "top_n": 8}
+    settings.config_path.write_text(
+        json.dumps({"name": "rerank-api", "retrieval": {"k": 4}, "chunker": {"kind": "recursive"}, "rerank": rerank})
+    )
+    config = load_config(settings.config_path)
+    tenant, key = keyed_tenant(db, "rerank")
+    docs = [(f"facts/{i}.txt", fact) for i, fact in enumerate(FACTS)]
+    assert ingest_texts(db, tenant, config, embedder, docs).ingested == len(FACTS)
+    return start_stack(settings, api_process=True), tenant, key, config
+
+
+def test_the_reranker_is_in_every_answer_and_search_response(reranking_stack, sluice_cli, tmp_path):
+    """API /v1/query (and its OpenAPI schema), MCP answer and search, `sluice query --json` name the model."""
+    import anyio
+
+    from serving.schemas import QueryResponse
+    from tests.mcp_support import call, http_session
+
+    stack, tenant, key, config = reranking_stack
+    identity = get_reranker(config.rerank).identity.key
+    question = "Which animals hunt fish?"
+    with stack.client(key, timeout=180) as client:
+        rest = client.post("/v1/query", json={"question": question})
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["QueryResponse"]
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["reranker"] == identity == QueryResponse.model_validate(rest.json()).reranker
+    assert "reranker" in schema["properties"]
+
+    async def mcp_side() -> tuple[dict, dict]:
+        async with http_session(stack.url, key) as session:
+            return await call(session, "answer", question=question), await call(session, "search", query=question)
+
+    answer, found = anyio.run(mcp_side)
+    assert answer["reranker"] == identity == found["reranker"]
+    # The search's scores are the cross-encoder's: the same model scores the returned chunks alike.
+    scores = get_reranker(config.rerank).scores(question, [c["text"] for c in found["chunks"]])
+    assert [c["score"] for c in found["chunks"]] == pytest.approx([float(s) for s in scores], abs=1e-5)
+    cli = sluice_cli("query", question, "-t", tenant, "-c", stack.settings.config_path, "--json")
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout)["reranker"] == identity

@@ -67,7 +67,8 @@ async def search(
     """Find the passages of this tenant's documents that best match a query, without answering it.
 
     Returns `chunks`, best first: document (source name), document_id, span ([start, end) characters
-    that an answer would cite), score, and text. Use read_document with a document_id and span to read more.
+    that an answer would cite), score, and text; `reranker` names the rerank model when the served config
+    has one (the scores are then its scores). Use read_document with a document_id and span to read more.
     """
     fields = {"question": query, "filters": filters, "collection": collection, "k": k, "mode": mode}
     return await run_tool(ctx, "search", lambda s, t: run_search(s, t, SearchRequest(**fields)), waits=True)
