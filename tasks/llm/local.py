@@ -200,7 +200,7 @@ def start_server(
     port = port or free_port()
     cmd = server_command(path, alias, port, n_ctx, threads)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
-    env = dict(os.environ, PYTHONPATH=_project_path())
+    env = dict(os.environ, PYTHONPATH=_project_path(), PYTHONUNBUFFERED="1")  # its log lines as they happen
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=detach)
     finally:
