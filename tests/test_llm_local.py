@@ -13,11 +13,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+from serving.worker import observe_answer
 from sluice.config import PipelineConfig, PromptConfig, parse_config
 from sluice.settings import PROJECT_ROOT, load_settings
 from tasks.generate import build_generator
@@ -86,6 +89,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks (100 per second)
 
 
+def _histogram(name: str, model: str) -> tuple[float, float]:
+    """(count, sum) of a histogram's series for `model`."""
+    count = REGISTRY.get_sample_value(f"{name}_count", {"model": model}) or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum", {"model": model}) or 0.0
+
+
 def test_stream_carries_the_servers_usage_and_speed(servers):
     config = _config(servers)
     generator = build_generator(config.generator, None, state=MemoryState(), data_dir=DATA_DIR)
@@ -104,6 +113,17 @@ def test_stream_carries_the_servers_usage_and_speed(servers):
     assert reply["choices"][0]["message"]["content"] == answer.text
     assert reply["usage"]["prompt_tokens"] == answer.usage.prompt_tokens
     assert reply["usage"]["completion_tokens"] == answer.usage.completion_tokens
+    # The worker's Prometheus histograms observe this answer's real TTFT and decode speed.
+    before = {
+        m: _histogram(m, "smollm2-135m")
+        for m in ("sluice_generation_ttft_seconds", "sluice_generation_tokens_per_second")
+    }
+    observe_answer("t", SimpleNamespace(timings_ms={}, answer=answer))
+    ttft = _histogram("sluice_generation_ttft_seconds", "smollm2-135m")
+    speed = _histogram("sluice_generation_tokens_per_second", "smollm2-135m")
+    assert ttft[0] == before["sluice_generation_ttft_seconds"][0] + 1
+    assert ttft[1] - before["sluice_generation_ttft_seconds"][1] == pytest.approx(answer.ttft_ms / 1000)
+    assert speed[1] - before["sluice_generation_tokens_per_second"][1] == pytest.approx(answer.tokens_per_s)
     # Every [n] the model wrote maps to the span of passage n.
     for n in {int(m) for m in re.findall(r"\[(\d+)\]", answer.text) if 1 <= int(m) <= len(HITS)}:
         assert (HITS[n - 1].start, HITS[n - 1].end) in {(c.start, c.end) for c in answer.citations}
