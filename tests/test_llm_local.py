@@ -25,7 +25,15 @@ from sluice.config import PipelineConfig, PromptConfig, parse_config
 from sluice.settings import PROJECT_ROOT, load_settings
 from tasks.generate import build_generator
 from tasks.llm.gateway import Gateway
-from tasks.llm.local import MODELS, GGUFTokenizer, LocalModelError, model_file, require_llama_cpp, start_server
+from tasks.llm.local import (
+    MODELS,
+    GGUFTokenizer,
+    LocalModelError,
+    model_file,
+    require_llama_cpp,
+    require_model,
+    start_server,
+)
 from tasks.llm.openai import build_messages
 from tasks.llm.state import MemoryState
 from tasks.retrieve import Hit
@@ -38,7 +46,7 @@ def _missing() -> str | None:
     try:
         require_llama_cpp()
         for name in MODELS:
-            model_file(name, DATA_DIR)
+            require_model(name)
     except LocalModelError as exc:
         return str(exc)
     return None

@@ -77,6 +77,13 @@ def require_llama_cpp() -> None:
         raise LocalModelError(f"llama-cpp-python[server] is not installed: {SETUP_HINT}") from exc
 
 
+def require_model(model: str) -> None:
+    """Raise LocalModelError naming the fix unless a packaged model's files are installed (nothing is assembled)."""
+    spec = MODELS[model]
+    for dist, inner in spec.files:
+        _packaged_path(spec, dist, inner)
+
+
 def model_file(model: str, data_dir: Path) -> Path:
     """The GGUF file of a packaged model name, or `model` itself when it is a path to a .gguf file."""
     spec = MODELS.get(model)
