@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -115,13 +115,16 @@ for _spec in (
 ANSWER_METRICS = tuple(name for name, spec in RAGAS_METRICS.items() if spec.scores_answer)
 
 
-def build_metrics(embedder: Embedder, judge: JudgeConfig | None) -> dict[str, tuple[MetricSpec, Any]]:
-    """Every RAGAS metric that can run (the judged ones only with a judge), by our metric name."""
+def build_metrics(
+    embedder: Embedder, judge: JudgeConfig | None, names: Collection[str] | None = None
+) -> dict[str, tuple[MetricSpec, Any]]:
+    """Every RAGAS metric that can run (the judged ones only with a judge), by our metric name; only `names`."""
     import ragas.metrics
 
     embeddings = ragas_embeddings(embedder)
     llm = judge_llm(judge) if judge is not None else None
     specs = [spec for _, spec in RAGAS_METRICS.items() if llm is not None or not spec.judged]
+    specs = [spec for spec in specs if names is None or spec.name in names]
     return {spec.name: (spec, spec.build(ragas.metrics, embeddings, llm)) for spec in specs}
 
 
@@ -172,11 +175,16 @@ async def _score_all(metrics: dict[str, tuple[MetricSpec, Any]], records: list[Q
                 record.judge_failures[name] = failure
 
 
-def score_ragas(records: list[QuestionRecord], embedder: Embedder, judge: JudgeConfig | None) -> list[str]:
-    """Add RAGAS scores to each record in place; return the names of the metrics skipped."""
-    metrics = build_metrics(embedder, judge)
+def score_ragas(
+    records: list[QuestionRecord],
+    embedder: Embedder,
+    judge: JudgeConfig | None,
+    names: Collection[str] | None = None,
+) -> list[str]:
+    """Add RAGAS scores (all, or only `names`) to each record in place; return the names of the metrics skipped."""
+    metrics = build_metrics(embedder, judge, names)
     asyncio.run(_score_all(metrics, records))
-    return [name for name in RAGAS_METRICS if name not in metrics]
+    return [name for name in RAGAS_METRICS if name not in metrics and (names is None or name in names)]
 
 
 def judge_failure_summary(records: list[QuestionRecord]) -> dict[str, float]:
