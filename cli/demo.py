@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,6 +21,10 @@ def demo_api(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     detach: Annotated[bool, typer.Option(help="Leave API and worker running in the background and return.")] = False,
     stop: Annotated[bool, typer.Option(help="Stop an API and worker left running by --detach.")] = False,
+    llm: Annotated[
+        Optional[str],
+        typer.Option(help="local: answer with two routed local models (llama.cpp, configs/llm-local.yaml)."),
+    ] = None,
 ) -> None:
     """Answer the sample questions through the API and a real worker, then keep both up for curl."""
     from sluice.settings import PROJECT_ROOT
@@ -31,12 +35,14 @@ def demo_api(
     if stop:
         return
     key = _demo_key(settings)
-    procs, where = _spawn(settings, port, detach)
+    servers, env = _local_llm(settings, detach, llm)
+    procs, where = _spawn(settings, port, detach, env)
+    procs += [server.process for server in servers]
     if detach:
         pid_file.write_text(" ".join(str(p.pid) for p in procs))
     try:
         _demo_requests(
-            f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl", where
+            f"http://{settings.api_host}:{port}", key, PROJECT_ROOT / "data" / "sample" / "gold.jsonl", where, bool(llm)
         )
         _print_try(settings, port, key, detach)
         if not detach:
@@ -65,7 +71,36 @@ def _demo_key(settings) -> str:
         return create_key(db, "demo").secret
 
 
-def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
+def _local_llm(settings, detach: bool, llm: str | None) -> tuple[list, dict[str, str]]:
+    """Start the two model servers of configs/llm-local.yaml on its ports; the servers, and the env serving them."""
+    from urllib.parse import urlsplit
+
+    if llm is None:
+        return [], {}
+    if llm != "local":
+        raise SluiceError(f"--llm {llm!r} is not known: use --llm local (or leave it out for the extractive answerer)")
+
+    from sluice.config import load_config
+    from sluice.settings import PROJECT_ROOT
+    from tasks.llm.local import start_server
+
+    path = PROJECT_ROOT / "configs" / "llm-local.yaml"
+    servers = []
+    try:
+        for tier in load_config(path).generator.tiers.values():
+            port = urlsplit(tier.replicas[0]).port
+            console.print(f"starting {tier.model} on port {port} …", highlight=False)
+            log = settings.data_dir / f"llm-{tier.model}.log"
+            servers.append(start_server(tier.model, settings.data_dir, port, log_path=log, detach=detach))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    # The champion, if eval-demo promoted one, would outrank the configured default: serve this config.
+    return servers, {"SLUICE_CONFIG_PATH": str(path), "SLUICE_SERVE_CHAMPION": "false"}
+
+
+def _spawn(settings, port: int, detach: bool, extra_env: dict[str, str] | None = None) -> tuple[list, str]:
     """Start `sluice worker` and `sluice serve`; the processes, and where their output goes."""
     import os
     import subprocess
@@ -74,7 +109,7 @@ def _spawn(settings, port: int, detach: bool) -> tuple[list, str]:
     from sluice.settings import PROJECT_ROOT
 
     root = _demo_ingest_root(settings.data_dir, PROJECT_ROOT / "data" / "sample")
-    env = dict(os.environ, SLUICE_INGEST_ROOT=str(root))
+    env = dict(os.environ, SLUICE_INGEST_ROOT=str(root), **(extra_env or {}))
     cli = [sys.executable, "-m", "cli"]
     logs = {name: settings.data_dir / f"demo-api-{name}.log" for name in ("worker", "serve")}
 
@@ -166,7 +201,7 @@ def _job_outcome(status: dict) -> str:
     return f"succeeded ({counts})"
 
 
-def _demo_requests(base: str, key: str, gold, where: str) -> None:
+def _demo_requests(base: str, key: str, gold, where: str, stream: bool = False) -> None:
     import json
     import time
 
@@ -194,5 +229,28 @@ def _demo_requests(base: str, key: str, gold, where: str) -> None:
     console.print(f"ingest job {job}: {_job_outcome(status)}", soft_wrap=True, highlight=False)
     for line in gold.read_text().splitlines():
         question = json.loads(line)["question"]
+        if stream:
+            _stream_one(client, question)
+            continue
         body = client.post("/v1/query", json={"question": question}).json()
         console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {body.get('answer', body)}\n")
+
+
+def _stream_one(client, question: str) -> None:
+    """Ask with `stream: true`: print the tokens as the SSE events arrive, then the model, tier and cost."""
+    import json
+
+    console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] ", end="")
+    event, done = "", {}
+    with client.stream("POST", "/v1/query", json={"question": question, "stream": True}) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "token":
+                print(json.loads(line[6:])["text"], end="", flush=True)
+            elif line.startswith("data: ") and event in ("done", "error"):
+                done = {**json.loads(line[6:]), "event": event}
+    gen = done.get("generation") or {}
+    facts = f"model {gen.get('model')} (tier {gen.get('tier')}, {gen.get('route', {}).get('reason', '')})"
+    cost = f"TTFT {gen.get('ttft_ms', 0):.0f} ms, {gen.get('completion_tokens')} tokens, ${gen.get('cost_usd', 0):.8f}"
+    console.print(f"\n   {facts}, {cost}\n" if done.get("event") == "done" else f"\n   {done}\n", highlight=False)

@@ -12,6 +12,7 @@ import typer
 
 from cli import demo as cli_demo_api
 from cli import jobs as cli_jobs
+from cli import llm as cli_llm
 from cli import mcp as cli_mcp
 from cli import retrieval as cli_retrieval
 from cli import status as cli_status
@@ -39,6 +40,7 @@ app.add_typer(cli_demo_api.app)  # demo-api
 app.command(name="ingest")(ingest_command)
 app.add_typer(cli_status.app)  # status
 app.add_typer(cli_mcp.app)  # mcp
+app.add_typer(cli_llm.app, name="llm")  # llm serve
 
 
 SAMPLE_CORPUS = PROJECT_ROOT / "data" / "sample" / "corpus"

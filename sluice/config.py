@@ -258,6 +258,37 @@ class ModelPrice(_Frozen):
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
 
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You answer questions using only the numbered context passages you are given. "
+    "Cite the passage supporting each statement with its number in square brackets, like [1] or [2][3]. "
+    "If the passages do not contain the answer, say that you cannot answer from the documents. "
+    "Be brief."
+)
+
+
+class PromptConfig(_Frozen):
+    """What the `openai` generator sends a model: its instructions, how passages are marked, how much fits."""
+
+    system: str = Field(default=DEFAULT_SYSTEM_PROMPT, min_length=1, description="The system prompt.")
+    citation: str = Field(
+        default="[{n}]",
+        description="How passage n is marked in the prompt, and so how answers cite it; must contain {n} once.",
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Context budget in the model's own tokens (counted with the tier's `tokenizer`); "
+        "unset, or a tier without a tokenizer: `max_context_chars` characters.",
+    )
+
+    @field_validator("citation")
+    @classmethod
+    def _one_number(cls, value: str) -> str:
+        if value.count("{n}") != 1 or value == "{n}" or "{" in value.replace("{n}", ""):
+            raise ValueError(f"citation {value!r} must contain {{n}} once, with a mark around it, e.g. '[{{n}}]'")
+        return value
+
+
 class TierConfig(_Frozen):
     """One model deployed on one or more OpenAI-compatible replicas (base URLs ending in /v1)."""
 
@@ -271,6 +302,15 @@ class TierConfig(_Frozen):
     # Ask for token usage in the stream (stream_options.include_usage); some older servers reject the
     # field with HTTP 400: set false there and usage is counted locally.
     stream_usage: bool = True
+    tokenizer: str | None = Field(
+        default=None,
+        description="The model's own vocabulary, for `prompt.context_tokens`: a packaged model name "
+        "(smollm2-135m, gemma3-270m) or a GGUF path (needs the `llm` extra).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("tokenizer",))
 
 
 class BreakerConfig(_Frozen):
@@ -291,6 +331,16 @@ class OpenAIGenerator(_Frozen):
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="Model name → price.")
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_context_chars: int = Field(default=12000, ge=100)
+    prompt: PromptConfig | None = Field(default=None, description="Unset: the default PromptConfig.")
+    fallback_extractive: bool = Field(
+        default=False,
+        description="When every tier fails before any text was sent, answer with the extractive answerer "
+        "(free, no LLM) instead of failing.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("prompt", "fallback_extractive"))
 
     @model_validator(mode="after")
     def _known_fallbacks(self) -> OpenAIGenerator:

@@ -59,7 +59,8 @@ def build_answerer(
 ) -> Answerer:
     """Build the router and generator a pipeline config names (state: a GatewayState, shared per process)."""
     router = build_router(config.routing, embedder, data_dir)
-    return Answerer(router, build_generator(config.generator, embedder, state=state, api_keys=api_keys))
+    generator = build_generator(config.generator, embedder, state=state, api_keys=api_keys, data_dir=data_dir)
+    return Answerer(router, generator)
 
 
 def answerer_for(settings: Any, config: PipelineConfig, embedder: Embedder, state: Any = None) -> Answerer:

@@ -1,0 +1,89 @@
+"""llama-cpp-python's OpenAI-compatible server, with token usage in streamed chat completions.
+
+Run as `python -m tasks.llm.llamacpp_server` with llama_cpp.server's own arguments (`--model FILE
+--model_alias NAME --host --port --n_ctx ...`); `tasks/llm/local.py` starts it.
+
+Why not `python -m llama_cpp.server` as is: llama-cpp-python 0.3.36 ignores `stream_options.include_usage`,
+so a streamed answer would carry no token counts and its cost could only be estimated. Here the
+completion generator's own `prompt_tokens` and `completion_tokens` (the numbers its non-streamed
+`usage` reports) are read when it finishes, and a last chunk `{"choices": [], "usage": {...}}` is sent
+before `[DONE]`, as OpenAI does. Nothing else of the server changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+
+def _usage_of(generator: Any) -> dict[str, int] | None:
+    """Token counts from a suspended `Llama._create_completion` generator's locals (None if not there)."""
+    frame = getattr(generator, "gi_frame", None)
+    local = frame.f_locals if frame is not None else {}
+    prompt, completion = local.get("prompt_tokens"), local.get("completion_tokens")
+    if prompt is None or completion is None:
+        return None
+    return {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": len(completion),
+        "total_tokens": len(prompt) + len(completion),
+    }
+
+
+def install_stream_usage(llama_cls: Any) -> None:
+    """Patch `llama_cls` so a streamed chat completion ends with a usage chunk."""
+    create_completion = llama_cls._create_completion
+    create_chat = llama_cls.create_chat_completion
+
+    def _create_completion(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        inner = create_completion(self, *args, **kwargs)
+        try:
+            for chunk in inner:
+                if chunk["choices"] and chunk["choices"][0].get("finish_reason") is not None:
+                    self._sluice_usage = _usage_of(inner) or chunk.get("usage")
+                yield chunk
+        finally:
+            inner.close()  # a client that went away ends generation here
+
+    def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
+        self._sluice_usage = None
+        result = create_chat(self, *args, **kwargs)
+        return _with_usage(self, result) if kwargs.get("stream") else result
+
+    llama_cls._create_completion = _create_completion
+    llama_cls.create_chat_completion = create_chat_completion
+
+
+def _with_usage(llama: Any, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    last: dict[str, Any] | None = None
+    try:
+        for chunk in chunks:
+            last = chunk
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    usage = getattr(llama, "_sluice_usage", None)
+    if last is not None and usage:
+        yield {
+            "id": last["id"],
+            "object": "chat.completion.chunk",
+            "created": last["created"],
+            "model": last["model"],
+            "choices": [],
+            "usage": usage,
+        }
+
+
+def main() -> None:
+    """Patch llama_cpp.Llama, then run llama_cpp.server's own command line."""
+    import llama_cpp
+    from llama_cpp.server.__main__ import main as server_main
+
+    install_stream_usage(llama_cpp.Llama)
+    server_main()
+
+
+if __name__ == "__main__":
+    main()
