@@ -23,6 +23,7 @@ failures; cost per answer = server-reported tokens x the prices of the shipped r
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,33 +50,28 @@ from tasks.llm.local import start_server  # noqa: E402
 from tasks.llm.state import MemoryState  # noqa: E402
 
 MODELS = {"small": "smollm2-135m", "large": "gemma3-270m"}
-THREADS, N_CTX, MAX_TOKENS, K, CONTEXT_CHARS = 2, 4096, 96, 3, 3000
+SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "llm-local.yaml"
+THREADS, N_CTX, K = 2, 4096, 3
 ROUNDS, PER_ROUND = 3, {1: 8, 4: 16}
 COVID_QUESTIONS, COVID_DOCS, JUDGED, JUDGE_MAX_TOKENS = 100, 14, 16, 512
 CHUNKER = {"kind": "recursive", "chunk_size": 1000, "chunk_overlap": 150}
 RETRIEVAL = {"mode": "dense", "k": K}
-# USD per million tokens. PLACEHOLDERS until the shipped routing config carries per-tier prices: they only
-# set the ratio large/small (a local model costs electricity, not a list price).
-PRICES = {
-    "smollm2-135m": {"input_per_mtok": 0.02, "output_per_mtok": 0.08},
-    "gemma3-270m": {"input_per_mtok": 0.04, "output_per_mtok": 0.16},
-}
+
+
+def shipped() -> dict:
+    """The shipped two-tier config (configs/llm-local.yaml): prompt, tiers, prices and rules."""
+    return yaml.safe_load(SHIPPED.read_text())
 
 
 def generator_body(urls: dict[str, str]) -> dict:
-    """The `openai` generator of both tiers on the given servers."""
-    tiers = {
-        tier: {"model": MODELS[tier], "replicas": [url], "max_tokens": MAX_TOKENS, "timeout_s": 300}
-        for tier, url in urls.items()
-    }
-    return {
-        "kind": "openai",
-        "tiers": tiers,
-        "prices": PRICES,
-        "max_context_chars": CONTEXT_CHARS,
-        "deadline_s": 900,
-        "attempts_per_tier": 1,
-    }
+    """The shipped `openai` generator, its tiers on these servers; no fallback (each policy answers alone).
+
+    Timeouts are raised: at concurrency 4 on 2 cores shared with other jobs, a queued request waits minutes.
+    """
+    body = shipped()["generator"]
+    for tier, url in urls.items():
+        body["tiers"][tier].update(replicas=[url], timeout_s=600)
+    return {**body, "fallback": [], "fallback_extractive": False, "deadline_s": 1800, "attempts_per_tier": 1}
 
 
 def pipeline(name: str, routing: dict, generator: dict | None) -> PipelineConfig:
@@ -136,7 +133,7 @@ def run_load(generator, tier: str, prompts: list, concurrency: int, n: int) -> d
     }
 
 
-def bench_speed(settings: Settings, db: Database, urls: dict[str, str]) -> None:
+def bench_speed(settings: Settings, db: Database, urls: dict[str, str], rounds: int) -> None:
     grid = sample_grid()
     config = pipeline("speed", {"policy": "single", "tier": "small"}, generator_body(urls))
     embedder = get_embedder(config.embedder, settings.embed_batch_size)
@@ -148,7 +145,7 @@ def bench_speed(settings: Settings, db: Database, urls: dict[str, str]) -> None:
     ratios: dict[int, list[float]] = {c: [] for c in PER_ROUND}
     try:
         stream_one(generator, "small", *prompts[0]), stream_one(generator, "large", *prompts[0])  # warm up
-        for r in range(ROUNDS):
+        for r in range(rounds):
             order = list(MODELS) if r % 2 == 0 else list(reversed(MODELS))
             for conc, n in PER_ROUND.items():
                 round_p50 = {}
@@ -161,13 +158,13 @@ def bench_speed(settings: Settings, db: Database, urls: dict[str, str]) -> None:
                 ratios[conc].append(round_p50["large"] / round_p50["small"])
     finally:
         generator.gateway.close()
-    print_speed(stats, ratios)
+    print_speed(stats, ratios, rounds)
 
 
-def print_speed(stats: dict, ratios: dict[int, list[float]]) -> None:
+def print_speed(stats: dict, ratios: dict[int, list[float]], rounds: int) -> None:
     print(
-        f"\n{ROUNDS} rounds; per round {PER_ROUND[1]} answers at concurrency 1, {PER_ROUND[4]} at 4; "
-        f"max_tokens {MAX_TOKENS}, top-{K} chunks (≤ {CONTEXT_CHARS} chars)"
+        f"\n{rounds} rounds; per round {PER_ROUND[1]} answers at concurrency 1, {PER_ROUND[4]} at 4; "
+        f"top-{K} chunks, prompt and max_tokens of {SHIPPED.name}"
     )
     print(
         "| model | concurrency | answers | TTFT p50 ms | TTFT p99 ms | decode tok/s p50 (per request) "
@@ -190,13 +187,13 @@ def policies(urls: dict[str, str]) -> list[PipelineConfig]:
         pipeline("extractive", {"policy": "single"}, None),
         pipeline("all-small", {"policy": "single", "tier": "small"}, gen),
         pipeline("all-large", {"policy": "single", "tier": "large"}, gen),
-        pipeline("routed (rules)", {"policy": "rules", "small": "small", "large": "large"}, gen),
+        pipeline("routed (shipped rules)", shipped()["routing"], gen),
     ]
 
 
-def judged(records: list[QuestionRecord], embedder, judge: JudgeConfig) -> dict[str, float]:
-    """Faithfulness by the judge on the first JUDGED answered questions: mean where it parsed, failure share."""
-    subset = [r for r in records if r.failure is None][:JUDGED]
+def judged(records: list[QuestionRecord], embedder, judge: JudgeConfig, n: int) -> dict[str, float]:
+    """Faithfulness by the judge on the first n answered questions: mean where it parsed, failure share."""
+    subset = [r for r in records if r.failure is None][:n]
     t0 = time.perf_counter()
     score_ragas(subset, embedder, judge, names=("faithfulness",))
     out = judge_failure_summary(subset)
@@ -229,10 +226,12 @@ def row(name: str, records: list[QuestionRecord], judge: dict[str, float], elaps
     }
 
 
-def bench_quality_set(settings: Settings, db: Database, grid: Grid, urls: dict[str, str], judge: JudgeConfig) -> None:
+def bench_quality_set(
+    settings: Settings, db: Database, grid: Grid, urls: dict[str, str], judge: JudgeConfig, limit: int, n_judged: int
+) -> None:
     configs = policies(urls)
     items, docs = load_items(settings, grid, None)
-    items = items[:COVID_QUESTIONS]
+    items = items[:limit]
     ensure_index(settings, db, grid, configs[0], docs)
     items = resolve_items(db, grid, items)
     embedder = get_embedder(configs[0].embedder, settings.embed_batch_size)
@@ -243,7 +242,7 @@ def bench_quality_set(settings: Settings, db: Database, grid: Grid, urls: dict[s
         result = evaluate_config(settings, db, grid, config, items, progress)
         elapsed = time.perf_counter() - t0
         print(f"  {config.name}: answered in {elapsed:.0f} s; judging", flush=True)
-        rows.append(row(config.name, result.records, judged(result.records, embedder, judge), elapsed))
+        rows.append(row(config.name, result.records, judged(result.records, embedder, judge, n_judged), elapsed))
         print(f"  {config.name}: judged in {rows[-1]['judge_s']:.0f} s", flush=True)
     print_quality(grid.name, rows)
 
@@ -271,29 +270,37 @@ def progress(config: PipelineConfig, n: int, total: int) -> None:
         print(f"  {config.name}: {n}/{total} at {time.strftime('%H:%M:%S')}", flush=True)
 
 
-def bench_quality(settings: Settings, db: Database, urls: dict[str, str]) -> None:
+def bench_quality(settings: Settings, db: Database, urls: dict[str, str], covid: int, n_judged: int) -> None:
     judge = JudgeConfig(urls["large"], MODELS["large"], timeout_s=600, max_tokens=JUDGE_MAX_TOKENS)
-    bench_quality_set(settings, db, sample_grid(), urls, judge)
+    bench_quality_set(settings, db, sample_grid(), urls, judge, 10_000, n_judged)
+    if not covid:
+        return
     if settings.datasets_dir is None or not (Path(settings.datasets_dir) / "covid_qa").exists():
         print("\ncovid_qa skipped: SLUICE_DATASETS_DIR does not name a folder holding covid_qa/")
         return
-    bench_quality_set(settings, db, covid_grid(), urls, judge)
+    bench_quality_set(settings, db, covid_grid(), urls, judge, covid, n_judged)
 
 
-def main(part: str) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=("speed", "quality", "all"), nargs="?", default="all")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--covid", type=int, default=COVID_QUESTIONS, help="covid_qa questions (0: none)")
+    parser.add_argument("--judged", type=int, default=JUDGED, help="questions per set and policy put to the judge")
+    args = parser.parse_args()
     settings = load_settings()
     servers = [start_server(m, settings.data_dir, n_ctx=N_CTX, threads=THREADS) for m in MODELS.values()]
     urls = dict(zip(MODELS, (s.base_url for s in servers), strict=True))
     try:
         with Database(settings) as db:
-            if part in ("speed", "all"):
-                bench_speed(settings, db, urls)
-            if part in ("quality", "all"):
-                bench_quality(settings, db, urls)
+            if args.part in ("speed", "all"):
+                bench_speed(settings, db, urls, args.rounds)
+            if args.part in ("quality", "all"):
+                bench_quality(settings, db, urls, args.covid, args.judged)
     finally:
         for server in servers:
             server.stop()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "all")
+    main()
