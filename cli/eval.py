@@ -63,8 +63,22 @@ def _print_report(report, spec, settings, champion_id: str | None) -> None:
     if skipped:
         names = ", ".join(skipped)
         console.print(f"not scored (set SLUICE_JUDGE_BASE_URL to an OpenAI-compatible judge): {names}", soft_wrap=True)
+    _print_judge_failures(report)
     console.print(f"MLflow parent run {report.parent_run_id} at {settings.tracking_uri}", soft_wrap=True)
     console.print(verdict(report, spec, champion_id), soft_wrap=True, highlight=False)
+
+
+def _print_judge_failures(report) -> None:
+    """Per config, how many questions each judged metric's judge failed on (those scores are missing, not 0)."""
+    for i, result in enumerate(report.results, 1):
+        s = result.summary
+        counts = [
+            f"{name.removeprefix('judge_failures_')} {s[name]:.0f}/{s[name.replace('failures', 'asked', 1)]:.0f}"
+            for name in s
+            if name.startswith("judge_failures_")
+        ]
+        if counts:
+            console.print(f"judge failures, config {i} (not scored, not 0): {', '.join(counts)}", soft_wrap=True)
 
 
 def _print_routing(report, spec) -> None:

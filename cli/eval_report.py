@@ -24,6 +24,12 @@ SHORT = {
     "rouge_l": "ROUGE-L",
     "latency_total_p95_ms": "p95 ms",
     "cost_per_answer": "cost/ans",
+    "faithfulness": "faithful",
+    "answer_relevancy": "ans.rel",
+    "llm_context_precision": "ctx.prec",
+    "judge_failure_share_faithfulness": "judge fail faithful",
+    "judge_failure_share_answer_relevancy": "judge fail ans.rel",
+    "judge_failure_share_llm_context_precision": "judge fail ctx.prec",
 }
 
 

@@ -9,7 +9,8 @@ span of the same document (or, for items with only gold document ids, when it co
   the same evidence earn nothing; the ideal ranking covers min(k, #gold units) units in a row.
 - evidence recall@k: the share of gold evidence characters covered by the union of the top k chunks.
 RAGAS metrics (evals/ragas_metrics.py) run per question too; the ones needing an LLM judge run only when
-one is configured and are otherwise reported as skipped (absent), never as zero.
+one is configured and are otherwise reported as skipped (absent), never as zero. A judge that fails on a
+question (malformed output, cut off, timed out) leaves that score NaN and is counted per metric.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class QuestionRecord:
     scores: dict[str, float] = field(default_factory=dict)
     generation: Answer | None = None  # who answered: model, tier, replica, TTFT, usage, cost
     failure: str | None = None  # why no tier could answer (GenerationError); retrieval is still scored
+    judge_failures: dict[str, str] = field(default_factory=dict)  # judged metric -> why the judge gave no score
 
 
 # ---------------------------------------------------------------- span metrics

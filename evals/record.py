@@ -8,6 +8,8 @@ from evals.results import ConfigResult
 from evals.runner import DISPLAY
 from sluice.settings import Settings
 
+JUDGE_SHARE = "judge_failure_share_"
+
 
 def question_table(result: ConfigResult) -> dict[str, list]:
     """One row per question: texts, retrieved spans, every score, latency, tokens, cost."""
@@ -15,7 +17,7 @@ def question_table(result: ConfigResult) -> dict[str, list]:
     table: dict[str, list] = {k: [] for k in ("question_id", "question", "reference", "answer", "retrieved")}
     table.update({n: [] for n in names})
     table.update({"latency_total_ms": [], "tokens_in": [], "tokens_out": [], "cost": []})
-    table.update({"tier": [], "model": [], "ttft_ms": [], "failure": []})
+    table.update({"tier": [], "model": [], "ttft_ms": [], "failure": [], "judge_failures": []})
     for r in result.records:
         table["question_id"].append(r.item.id)
         table["question"].append(r.item.question)
@@ -32,6 +34,7 @@ def question_table(result: ConfigResult) -> dict[str, list]:
         table["model"].append(r.generation.model if r.generation else None)
         table["ttft_ms"].append(r.generation.ttft_ms if r.generation else None)
         table["failure"].append(r.failure)
+        table["judge_failures"].append("; ".join(f"{k}: {v}" for k, v in sorted(r.judge_failures.items())) or None)
     return table
 
 
@@ -74,8 +77,14 @@ def log_config_run(mlc, exp_id: str, parent_id: str, grid: Grid, result: ConfigR
     return run_id
 
 
+def judged_columns(results: list[ConfigResult]) -> list[str]:
+    """Each judged metric that ran, followed by the share of questions its judge failed on."""
+    shares = dict.fromkeys(k for r in results for k in r.summary if k.startswith(JUDGE_SHARE))
+    return [col for share in shares for col in (share.removeprefix(JUDGE_SHARE), share)]
+
+
 def comparison_table(results: list[ConfigResult], grid: Grid) -> dict[str, list]:
-    """One row per config: id, name, objective with CI, display metrics, p95 latency, cost, feasibility."""
+    """One row per config: id, name, objective with CI, display and judged metrics, p95 latency, cost, feasibility."""
     metric = grid.objective.metric
     cols = (
         "config_id",
@@ -83,6 +92,7 @@ def comparison_table(results: list[ConfigResult], grid: Grid) -> dict[str, list]
         metric,
         f"{metric}_ci",
         *DISPLAY,
+        *judged_columns(results),
         "latency_total_p95_ms",
         "cost_per_answer",
         "feasible",

@@ -15,7 +15,7 @@ import numpy as np
 from evals.gold import GoldItem, TextDocument, load_covid_qa, load_gold, resolve_in_db
 from evals.grid import Candidate, Decision, Grid, bootstrap_ci, decide, expand
 from evals.metrics import QuestionRecord, RetrievedSpan, span_scores, summarise
-from evals.ragas_metrics import JudgeConfig, score_ragas, zero_failed_answers
+from evals.ragas_metrics import JudgeConfig, judge_failure_summary, score_ragas, zero_failed_answers
 from evals.results import ConfigResult
 from evals.routing import routing_metrics
 from sluice import champion
@@ -38,7 +38,10 @@ def judge_from(settings: Settings) -> JudgeConfig | None:
     """The RAGAS judge the settings name, or None (judged metrics are then skipped)."""
     if not settings.judge_base_url:
         return None
-    return JudgeConfig(settings.judge_base_url, settings.judge_model, settings.judge_api_key.get_secret_value())
+    key = settings.judge_api_key.get_secret_value()
+    return JudgeConfig(
+        settings.judge_base_url, settings.judge_model, key, settings.judge_timeout_s, settings.judge_max_tokens
+    )
 
 
 def plan(db: Database, grid: Grid) -> list[PipelineConfig]:
@@ -192,6 +195,7 @@ def evaluate_config(
     skipped = score_ragas(records, embedder, judge_from(settings))
     zero_failed_answers(records)
     summary = summarise(records)
+    summary.update(judge_failure_summary(records))
     summary.update(routing_metrics([r.generation for r in records if r.generation is not None]))
     summary.update(truncated_chunks(db, grid.tenant, config.index_id, embedder))
     if grid.objective.metric not in summary:

@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     judge_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL of the RAGAS judge.")
     judge_model: str = Field(default="gpt-4o-mini", description="Model name sent to the RAGAS judge.")
     judge_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the RAGAS judge.")
+    judge_max_tokens: int | None = Field(
+        default=1024,
+        ge=1,
+        description="Cap on each judge reply's tokens (a small local judge can ramble on); a reply cut off "
+        "by it is a counted judge failure. Unset = no cap.",
+    )
+    judge_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one request to the RAGAS judge.")
 
     # Serving (API + Celery). Unset broker = the embedded Postgres (database `broker_db_name`).
     broker_url: str | None = Field(

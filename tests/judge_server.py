@@ -2,7 +2,8 @@
 
 It answers `POST /v1/chat/completions` (with `n` choices) and `POST /v1/embeddings`. The judge
 reads the JSON schema RAGAS puts in each prompt to know which answer shape is wanted, then judges
-by word overlap, so verdicts depend on the evidence and are not constants.
+by word overlap, so verdicts depend on the evidence and are not constants. Prompts that contain the
+server's `malformed_marker` get the kind of prose a weak model writes instead of the JSON asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 _WORD = re.compile(r"[a-z0-9]+")
+MALFORMED = 'Sure! Here is the answer: {"statements": ["the frame", verdict: yes'
 
 
 def _words(text: str) -> set[str]:
@@ -79,7 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict) -> dict:
         prompt = "\n".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
-        content = json.dumps(judge(prompt))
+        marker = self.server.malformed_marker
+        content = MALFORMED if marker and marker in prompt else json.dumps(judge(prompt))
         choices = [
             {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
             for i in range(int(body.get("n") or 1))
@@ -110,8 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
 class JudgeServer(ThreadingHTTPServer):
     """Start with `with JudgeServer() as s:`; `s.base_url` is the OpenAI base URL."""
 
-    def __init__(self):
+    def __init__(self, malformed_marker: str | None = None):
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.malformed_marker = malformed_marker
         self.requests: list[tuple[str, dict]] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 

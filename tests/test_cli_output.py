@@ -91,3 +91,21 @@ def test_eval_report_is_a_table_on_a_wide_terminal_and_blocks_on_a_narrow_one(tm
     assert "┃" in outputs[160] and "nDCG@10" in outputs[160]  # it fits: the table
     assert "┃" not in outputs[80] and "2. recursive(chunk_size=1000) dense(k=10) single" in outputs[80]
     assert f"full table: {path}" in outputs[80] and path.name == "render-parent01.md"
+
+
+def test_eval_report_counts_judge_failures_per_config(monkeypatch):
+    """A config judged with failures gets a line naming them per metric; one without a judge gets none."""
+    from types import SimpleNamespace
+
+    from cli import eval as eval_command
+
+    console, out = _log()
+    monkeypatch.setattr(eval_command, "console", console)
+    judged = {"judge_asked_faithfulness": 16.0, "judge_failures_faithfulness": 5.0}
+    judged |= {"judge_failure_share_faithfulness": 5 / 16, "judge_asked_answer_relevancy": 16.0}
+    judged |= {"judge_failures_answer_relevancy": 0.0, "judge_failure_share_answer_relevancy": 0.0}
+    results = [SimpleNamespace(summary={"mrr": 1.0}), SimpleNamespace(summary={"mrr": 1.0, **judged})]
+    eval_command._print_judge_failures(SimpleNamespace(results=results))
+    assert out.getvalue().splitlines() == [
+        "judge failures, config 2 (not scored, not 0): faithfulness 5/16, answer_relevancy 0/16"
+    ]

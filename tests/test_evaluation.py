@@ -162,6 +162,7 @@ def test_clearly_better_config_is_promoted_then_rolled_back(env, db):
 
 def test_judge_endpoint_produces_judged_metrics(env, db):
     from evals import runner
+    from evals.record import comparison_table
 
     settings, tmp, gold = env
     grid = load_grid(write_grid(tmp, "judge", [{"kind": "recursive"}], [{"mode": "dense", "k": 3}], "mrr", gold))
@@ -175,6 +176,11 @@ def test_judge_endpoint_produces_judged_metrics(env, db):
     assert result.skipped == []
     for name in JUDGED:
         assert 0.0 <= result.summary[name] <= 1.0, name
+        # This judge always answers in the schema: no failures, counted over every question asked.
+        assert (result.summary[f"judge_asked_{name}"], result.summary[f"judge_failures_{name}"]) == (3, 0), name
+    table = comparison_table([result], grid)
+    assert {*JUDGED, *(f"judge_failure_share_{n}" for n in JUDGED)} <= set(table)
+    assert table["judge_failure_share_faithfulness"] == [0.0]
     assert result.summary["faithfulness"] > 0  # extractive answers quote the contexts
     assert all(path.endswith("/chat/completions") for path, _ in server.requests)
     assert any(body.get("n", 1) > 1 for _, body in server.requests)  # ResponseRelevancy asks for several
