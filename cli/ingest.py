@@ -25,6 +25,10 @@ def ingest(
     ] = None,
     sync: Annotated[bool, typer.Option("--sync", help="Delete stored documents missing from SOURCE.")] = False,
     collection: Annotated[str, typer.Option("--collection", help="Collection within the tenant.")] = "default",
+    metadata: Annotated[
+        Optional[str],
+        typer.Option("--metadata", help='JSON object every document gets, under its own, e.g. \'{"team": "legal"}\'.'),
+    ] = None,
 ) -> None:
     """Parse, chunk, embed and store every file of SOURCE into the tenant's served index; exit 1 on any failure."""
     from sluice.db import Database
@@ -33,8 +37,9 @@ def ingest(
 
     settings = load_settings()
     validate_collection(collection)
+    run_metadata = _metadata_option(metadata)
     with Database(settings) as db:
-        once = _once(settings, db, tenant, source, sync, collection)
+        once = _once(settings, db, tenant, source, sync, collection, run_metadata)
         if config is None:
             run = ingest_served(settings, db, tenant, collection, once)
             summary, index_id, note = run.summary, run.index_id, _served_note(run.indexes)
@@ -47,13 +52,29 @@ def ingest(
         raise typer.Exit(code=1)
 
 
-def _once(settings, db, tenant: str, source: str, sync: bool, collection: str):
+def _metadata_option(text: str | None) -> dict | None:
+    """The --metadata JSON, checked as the run's metadata is (tasks/metadata.py)."""
+    if text is None:
+        return None
+    import json
+
+    from tasks.metadata import MetadataError, check_object
+
+    try:
+        return check_object(json.loads(text))
+    except (ValueError, MetadataError) as exc:
+        hint = 'pass a JSON object such as \'{"team": "legal"}\''
+        raise typer.BadParameter(f"{exc}: {hint}", param_hint="--metadata") from None
+
+
+def _once(settings, db, tenant: str, source: str, sync: bool, collection: str, metadata: dict | None = None):
     """One ingestion of SOURCE into one config's index, with a progress bar."""
     from tasks.ingest import Run, run_ingest
 
     def once(pipeline, embedder):
         with _progress() as progress:
-            run = Run.configured(settings, db, tenant, pipeline, embedder, collection=collection, **_track(progress))
+            options = {"collection": collection, "metadata": metadata, **_track(progress)}
+            run = Run.configured(settings, db, tenant, pipeline, embedder, **options)
             return run_ingest(run, source, sync=sync)
 
     return once

@@ -10,6 +10,7 @@ recorded in `ingest_errors` and never retried. The run ends Completed, or Comple
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from prefect import flow, get_run_logger, task
@@ -112,17 +113,20 @@ def ingest(
     sync: bool = False,
     concurrency: int | None = None,
     collection: str = "default",
+    metadata: dict[str, Any] | None = None,
 ) -> State:
     """Ingest every file of `source` into `tenant`'s served index (or, given `config_path`, that config's index).
 
     Without `config_path` (the deployments' default) the index is the one `sluice.served` names, the same
     one serving reads, and a switch during the run is followed (tasks/ingest_served.py). With it, the run
     builds an experiment's index, which is served only after a rollout or `sluice index activate`.
+    `metadata` goes to every document of the run, under each document's own (manifest, sidecar, front matter).
     """
     settings = load_settings()
     width = concurrency or settings.ingest_concurrency
     with Database(settings) as db:
-        run_once = _once(settings, db, tenant, source, sync, width, validate_collection(collection))
+        options = {"collection": validate_collection(collection), "metadata": metadata}
+        run_once = _once(settings, db, tenant, source, sync, width, options)
         if config_path is None:
             served = ingest_served(settings, db, tenant, collection, run_once)
             return final_state(served.summary, served.index_id)
@@ -134,14 +138,12 @@ def ingest(
     return final_state(summary, pipeline.index_id)
 
 
-def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: int, collection: str):
+def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: int, options: dict):
     """One pass over the source into one config's index: the ingest driver with its steps as Prefect tasks."""
 
     def once(pipeline, embedder) -> IngestSummary:
         size = width * WINDOW_PER_WORKER
-        run = Run.configured(
-            settings, db, tenant, pipeline, embedder, collection=collection, window=size, concurrency=width
-        )
+        run = Run.configured(settings, db, tenant, pipeline, embedder, window=size, concurrency=width, **options)
         return run_ingest(run, source, sync=sync, steps=FLOW_STEPS)
 
     return once

@@ -84,6 +84,7 @@ class Citation(BaseModel):
     document_id: str = Field(description="The document's public id: a random UUID, stable across re-ingestion.")
     span: tuple[int, int]
     score: float
+    metadata: dict[str, Any] = Field(default_factory=dict, description="The metadata the document was given.")
 
 
 class Route(BaseModel):
@@ -134,9 +135,35 @@ class JobAccepted(BaseModel):
     status: str
 
 
+Metadata = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description="Document metadata (a JSON object: at most 16 KiB, 4 levels; docs/retrieval.md), "
+        "filterable as doc.<key>.",
+    ),
+]
+
+
+def _checked_metadata(value: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+    from tasks.metadata import MetadataError, check_object
+
+    if value is None:
+        return None
+    try:
+        return check_object(value)
+    except MetadataError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 class UploadedFile(_Body):
     name: str = Field(min_length=1, max_length=255, description="Base name only, e.g. report.pdf.")
     content_base64: str
+    metadata: Metadata = None
+
+    @model_validator(mode="after")
+    def _metadata(self) -> UploadedFile:
+        _checked_metadata(self.metadata, f"file {self.name!r}: metadata")
+        return self
 
 
 class QueryJob(QueryRequest):
@@ -150,11 +177,15 @@ class IngestJob(_Body):
         default=None, min_length=1, max_length=1000, description="Folder or file in SLUICE_INGEST_ROOT/<tenant>."
     )
     files: list[UploadedFile] | None = Field(default=None, min_length=1, max_length=100)
+    metadata: Metadata = Field(
+        default=None, description="Metadata every document of the job gets, under each document's own."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> IngestJob:
         if (self.source is None) == (self.files is None):
             raise ValueError("give exactly one of `source` (a name under the ingest root) or `files` (uploads)")
+        _checked_metadata(self.metadata, "metadata")
         return self
 
 

@@ -76,4 +76,5 @@ def chunk_json(hit) -> dict:
         "text_span": [hit.start, hit.end],
         "score": hit.score,
         "text": hit.text,
+        "metadata": hit.doc_metadata,
     }

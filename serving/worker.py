@@ -273,7 +273,8 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     def once(config: PipelineConfig, embedder) -> Any:
         logs.bind(config_id=config.config_id)
         cap = settings.max_file_bytes
-        return ingest_source(state.db, tenant, config, embedder, source, cap, parse_limits=limits, confine_to=folder)
+        options = {"parse_limits": limits, "confine_to": folder, "metadata": payload.get("metadata")}
+        return ingest_source(state.db, tenant, config, embedder, source, cap, **options)
 
     served = ingest_served(settings, state.db, tenant, "default", once)
     summary = served.summary

@@ -114,6 +114,11 @@ def migrate(settings: Settings, revision: str = "head") -> None:
         cfg.attributes.update(connection=connection, owner_role=OWNER_ROLE, app_role=settings.app_role)
         command.upgrade(cfg, revision)
     engine.dispose()
+    if settings.filter_columns and revision == "head":
+        from sluice import filter_columns
+
+        with psycopg.connect(conninfo) as conn:
+            filter_columns.apply(conn, OWNER_ROLE, settings.filter_columns)
 
 
 def _configure(conn: psycopg.Connection) -> None:

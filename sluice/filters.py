@@ -15,6 +15,9 @@ letters, digits, `_` or `-`. Values only ever travel as bind parameters: nothing
 spliced into SQL text. A missing key never matches (and `not` of a missing key matches), because
 every leaf is wrapped in COALESCE(..., false).
 
+Document keys promoted to typed columns (`sluice/filter_columns.py`) compile to conditions on those
+columns when the value has the declared type: the same rows, found through a btree index under RLS.
+
 `check_filter` measures a filter against every size limit without recursion before anything else
 touches it; the API runs `compile_filter` (which calls it) on each request and the worker runs the
 same function again, so a filter the API accepted is the filter the worker accepts.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from sluice.errors import QueryError
+from sluice.filter_columns import MAX_INTEGER, TYPES, column
 from sluice.jsonwalk import walk
 
 MAX_DEPTH = 8  # and/or/not levels
@@ -58,11 +63,13 @@ class CompiledFilter:
     clause: sql.Composable
     params: dict[str, Any] = field(default_factory=dict)
     uses_doc: bool = False
+    bounded: bool = False  # an index on promoted columns (or the collection) finds every matching row
 
 
 class _Compiler:
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, promoted: Mapping[str, str]):
         self.prefix = prefix
+        self.promoted = promoted
         self.params: dict[str, Any] = {}
         self.uses_doc = False
 
@@ -109,8 +116,23 @@ class _Compiler:
         cond = value if isinstance(value, dict) else {"eq": value}
         if not cond:
             raise QueryError(f"filter key {key!r} has an empty condition")
-        parts = [self.leaf(expr, op, arg, key) for op, arg in cond.items()]
+        kind = self.promoted.get(path[0]) if alias == "d" and len(path) == 1 else None
+        parts = [
+            self.column_leaf(path[0], kind, op, arg) if _on_column(kind, op, arg) else self.leaf(expr, op, arg, key)
+            for op, arg in cond.items()
+        ]
         return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+
+    def column_leaf(self, key: str, kind: str, op: str, arg: Any) -> sql.Composable:
+        """A condition on a promoted column: an index condition under RLS (its operators are leakproof)."""
+        col = sql.SQL("d.{}").format(column(key))
+        cast = sql.SQL(TYPES[kind])
+        if op == "in":
+            test = sql.SQL("{} = ANY({}::{}[])").format(col, self.bind(list(arg)), cast)
+        else:
+            test = sql.SQL("{} {} {}::{}").format(col, sql.SQL(_RANGE.get(op, "=")), self.bind(arg), cast)
+        # NULL (key absent or of another type) never matches, and `not` of it does, as on the jsonb path.
+        return sql.SQL("({} IS NOT NULL AND {})").format(col, test)
 
     def leaf(self, expr: sql.Composable, op: Any, arg: Any, key: str) -> sql.Composable:
         if op not in _OPERATORS:
@@ -133,6 +155,37 @@ class _Compiler:
         return sql.SQL("COALESCE(jsonb_typeof({e}) = jsonb_typeof({v}::jsonb) AND {e} {o} {v}::jsonb, false)").format(
             e=expr, v=value, o=sql.SQL(_RANGE[op])
         )
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_INTEGER
+    if kind == "text":
+        return isinstance(value, str) and len(value) <= MAX_STRING and "\x00" not in value
+    return isinstance(value, bool)
+
+
+def _on_column(kind: str | None, op: Any, arg: Any) -> bool:
+    """Whether condition `op: arg` on a key promoted as `kind` compiles to its column (same rows as jsonb)."""
+    if kind is None or op not in ("eq", "in", *_RANGE) or (op in _RANGE and kind == "boolean"):
+        return False
+    values = arg if op == "in" else [arg]
+    return isinstance(values, list) and 0 < len(values) <= MAX_IN and all(_fits(kind, v) for v in values)
+
+
+def _bounded(spec: Any, promoted: Mapping[str, str]) -> bool:
+    """Whether an index finds every row `spec` matches: one indexed condition in an AND, every branch of an OR."""
+    for key, value in spec.items():
+        if key == "and" and any(_bounded(v, promoted) for v in value):
+            return True
+        if key == "or" and all(_bounded(v, promoted) for v in value):
+            return True
+        name = key[4:] if isinstance(key, str) and key.startswith("doc.") else None
+        if name in promoted:
+            cond = value if isinstance(value, dict) else {"eq": value}
+            if any(_on_column(promoted[name], op, arg) for op, arg in cond.items()):
+                return True
+    return False
 
 
 def _parse_key(key: Any) -> tuple[str, list[str]]:
@@ -236,11 +289,17 @@ def check_filter(spec: Any) -> None:
         budget.add(key, item)
 
 
-def compile_filter(spec: dict[str, Any] | None, prefix: str = "f") -> CompiledFilter:
-    """Compile a filter to a SQL condition over chunks `c` and documents `d`; raise QueryError if invalid."""
+def compile_filter(
+    spec: dict[str, Any] | None, prefix: str = "f", promoted: Mapping[str, str] | None = None
+) -> CompiledFilter:
+    """Compile a filter to a SQL condition over chunks `c` and documents `d`; raise QueryError if invalid.
+
+    `promoted` (key -> type, `sluice.filter_columns.promoted`) compiles conditions on those document keys
+    to their typed columns where the value's type allows; the rows matched are the same either way.
+    """
     check_filter(spec)  # first: the compiler below recurses, and binds a parameter per condition
     if spec is None or spec == {}:
         return CompiledFilter(sql.SQL("TRUE"))
-    compiler = _Compiler(prefix)
+    compiler = _Compiler(prefix, promoted or {})
     clause = compiler.node(spec, 1)
-    return CompiledFilter(clause, compiler.params, compiler.uses_doc)
+    return CompiledFilter(clause, compiler.params, compiler.uses_doc, _bounded(spec, promoted or {}))

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     pg_autotune: bool = Field(
         default=True, description="`sluice db up` sizes the embedded server's memory and parallelism to the machine."
     )
+    filter_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Document metadata keys promoted to typed, indexed columns for fast filters, "
+        '{"key": "text" | "integer" | "boolean"}, e.g. {"year": "integer", "team": "text"}; '
+        "applied by `sluice db up` (docs/retrieval.md).",
+    )
     pg_settings: dict[str, str] = Field(
         default_factory=dict,
         description="PostgreSQL settings for the embedded server over the computed ones, "
@@ -274,6 +280,16 @@ class Settings(BaseSettings):
         default=None, description="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces; unset = no export."
     )
     trace_console: bool = Field(default=False, description="Also print finished spans to stderr.")
+
+    @field_validator("filter_columns")
+    @classmethod
+    def _filter_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        from sluice.filter_columns import check_declared
+
+        try:
+            return check_declared(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("pool_max_size")
     @classmethod

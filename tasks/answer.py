@@ -44,7 +44,7 @@ class QueryResult:
         """The public JSON of this answer (the API's QueryResponse fields; `sluice query --json` prints it too)."""
         return {
             "answer": self.answer.text,
-            "citations": [citation_json(c) for c in self.answer.citations],
+            "citations": [citation_json(c, self.metadata_of(c.document_id)) for c in self.answer.citations],
             "config_id": self.config_id,
             "index_id": self.index_id,
             "model_tier": self.answer.tier,  # the tier that answered: after a fallback, not the routed one
@@ -54,13 +54,19 @@ class QueryResult:
         }
 
 
-def citation_json(cite: Citation) -> dict:
-    """A citation as the API shows it: the document's source and public id, its character span, the score."""
+    def metadata_of(self, document_id: str) -> dict:
+        """The user metadata of a cited document (every hit of a document carries the same)."""
+        return next((h.doc_metadata for h in self.hits if h.document_id == document_id), {})
+
+
+def citation_json(cite: Citation, metadata: dict | None = None) -> dict:
+    """A citation as the API shows it: the document's source, public id and metadata, its character span, the score."""
     return {
         "document": cite.source_id,
         "document_id": cite.document_id,
         "span": [cite.start, cite.end],
         "score": cite.score,
+        "metadata": metadata or {},
     }
 
 

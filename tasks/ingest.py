@@ -28,14 +28,16 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from sluice import filter_columns
 from sluice.config import PipelineConfig
 from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
-from sluice.errors import DocumentError, SourceError
+from sluice.errors import ConfigError, DocumentError, SourceError
 from sluice.settings import Settings
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.indexes import hold_store_lock
+from tasks.metadata import MetadataError, check_object, gather, is_metadata_file, store_user_metadata
 from tasks.parse import ParsedDocument, content_hash
 from tasks.parse_limits import ParseLimits
 from tasks.parse_process import parse_bounded, parse_pool
@@ -103,11 +105,14 @@ class Prepared:
     doc: ParsedDocument
     chunks: list[Chunk]
     previous: DocumentState | None
+    user_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- listing
 def list_source(source: str | Path, confine_to: Path | None = None) -> list[SourceFile]:
     """List the files of a folder (recursively), a single file, or a glob; source ids are relative paths.
+
+    Metadata files (a folder's `_metadata.json`, sidecars `NAME.meta.json`) are not documents: never listed.
 
     With `confine_to` (a real path: a tenant's folder, for sources named through the API) the source
     must resolve inside it and is a literal path, never a glob; each file is checked when it is read.
@@ -120,13 +125,13 @@ def list_source(source: str | Path, confine_to: Path | None = None) -> list[Sour
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if not Path(p).is_dir())
         if not paths:
             raise SourceError(f"source glob {text!r} matches no files: check the pattern")
-        return [SourceFile(p, _source_id(p, root)) for p in paths]
+        return [SourceFile(p, _source_id(p, root)) for p in paths if not is_metadata_file(p)]
     path = Path(text).expanduser()
     if not path.exists() and not path.is_symlink():
         raise SourceError(f"source {text!r} does not exist: pass a folder, a file or a glob")
     if not path.is_dir():
         return [SourceFile(path, path.name)]
-    files = sorted(_walk(path))
+    files = sorted(p for p in _walk(path) if not is_metadata_file(p))
     if not files:
         raise SourceError(f"source folder {text!r} contains no files: add documents or point at another folder")
     return [SourceFile(p, _source_id(p, path)) for p in files]
@@ -175,28 +180,36 @@ def prepare_file(
     collection: str = "default",
     limits: ParseLimits | None = None,
     confine_to: Path | None = None,
+    run_metadata: dict[str, Any] | None = None,
 ) -> Prepared | None:
-    """Read, parse (in a bounded child process) and chunk one file; None when this index already holds this version."""
+    """Read, parse (in a bounded child process) and chunk one file; None when this index already holds this version.
+
+    The user's metadata (tasks/metadata.py) is gathered and checked first: refused, nothing is stored.
+    """
     data = read_file(item, max_bytes, confine_to)
     digest = content_hash(data)
     with db.tenant(tenant) as conn:
         state = document_state(conn, item.source_id, config.index_id)
+        promoted = filter_columns.promoted(conn)
+    user = gather(item.path, item.source_id, data, run_metadata, promoted, confine_to)
     if state and state.content_hash == digest and state.indexed_hash == digest:
         with db.tenant(tenant) as conn:
             set_collection(conn, item.source_id, collection)
+            store_user_metadata(conn, item.source_id, user)  # a sidecar or manifest may have changed
         return None
     if confine_to is None:
         doc = parse_bounded(item.path, item.source_id, config.parser, data, limits)
     else:  # parsers may re-open the file by name: give them the bytes that passed the check
         with private_copy(item.path.name, data) as copy:
             doc = parse_bounded(copy, item.source_id, config.parser, data, limits)
+    doc = dataclasses.replace(doc, metadata={**doc.metadata, **user})  # chunkers may read it (contextual titles)
     try:
         chunks = make_chunker(config.chunker, CachedEncoder(db, tenant, embedder)).split(doc)
     except Exception as exc:
         raise DocumentError(item.source_id, "chunk", f"{type(exc).__name__}: {exc}") from exc
     if not chunks:
         raise DocumentError(item.source_id, "chunk", "the chunker produced no chunks")
-    return Prepared(item, doc, chunks, state)
+    return Prepared(item, doc, chunks, state, user)
 
 
 def embed_texts(db: Database, tenant: str, embedder: Embedder, texts: list[str]) -> tuple[dict, dict]:
@@ -281,6 +294,7 @@ def store_prepared(
             meta = {**prep.doc.metadata, "source": prep.item.source_id}
             document_id, _ = upsert_document(conn, prep.doc, meta, collection, source_uri(prep.item))
             replace_chunks(conn, document_id, config.index_id, prep.doc.content_hash, prep.chunks, matrix)
+            store_user_metadata(conn, prep.item.source_id, prep.user_metadata)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # this document's data, not the database
         raise DocumentError(prep.item.source_id, "store", f"{type(exc).__name__}: {exc}") from exc
     previous = prep.previous
@@ -314,9 +328,15 @@ class Run:
     on_list: Callable[[int], None] | None = None
     window: int = 1
     concurrency: int = 1
+    metadata: dict[str, Any] | None = None  # the run's metadata, under every document's own (tasks/metadata.py)
 
     def __post_init__(self) -> None:
         validate_collection(self.collection)
+        if self.metadata is not None:
+            try:
+                check_object(self.metadata)
+            except MetadataError as exc:
+                raise ConfigError(f"the run's metadata is refused: {exc}") from None
 
     @classmethod
     def configured(
@@ -379,6 +399,7 @@ def _prepare(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
             run.collection,
             run.parse_limits,
             run.confine_to,
+            run.metadata,
         )
     except DocumentError as err:
         return err
@@ -515,12 +536,15 @@ def ingest_source(
     collection: str = "default",
     parse_limits: ParseLimits | None = None,
     confine_to: Path | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> IngestSummary:
     """Ingest every file of a source into a collection; failures are recorded per document, the run goes on.
+
+    `metadata` is the run's: every document gets it, under its own (manifest, sidecar, front matter).
 
     `confine_to` (a tenant's real folder) keeps every file read inside it: a file resolving elsewhere
     is recorded as failed, not read. The operator's own local paths (CLI, flows) pass None.
     """
-    options = {"collection": collection, "parse_limits": parse_limits, "confine_to": confine_to}
+    options = {"collection": collection, "parse_limits": parse_limits, "confine_to": confine_to, "metadata": metadata}
     run = Run(db, tenant, config, embedder, max_bytes, batch_chunks, on_file, on_embed, **options)
     return run_ingest(run, source, sync=sync)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from sluice.config import ParserConfig
 from sluice.errors import DocumentError
+from tasks.metadata import split_front_matter
 from tasks.parse_limits import ParseLimits, check_before, check_elements
 from tasks.text import decode_text, repair_mojibake
 
@@ -178,7 +179,8 @@ def _partition_plain(path: Path, text: str) -> list:
     if path.suffix.lower() in (".md", ".markdown"):
         from unstructured.partition.md import partition_md
 
-        return partition_md(text=text, languages=[""])
+        _, body = split_front_matter(text)  # metadata (tasks/metadata.py), not text to index
+        return partition_md(text=body, languages=[""])
     from unstructured.partition.text import partition_text
 
     return partition_text(text=text, languages=[""])

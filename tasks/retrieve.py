@@ -2,10 +2,13 @@
 
 Every function runs in the caller's tenant transaction, so RLS decides which rows exist.
 
-Filtered dense search never under-returns: HNSW runs with `hnsw.iterative_scan = relaxed_order`
-and, if it still yields fewer than k rows (a very selective filter can exhaust
-`hnsw.max_scan_tuples`), the query is answered by an exact scan over the filtered rows, which
-returns min(k, matching rows) by construction.
+Filtered dense search never under-returns. A filter an index can bound (a condition on a promoted
+document key, `sluice/filter_columns.py`) whose planner estimate is at most PREFILTER_ROWS matching
+chunks is answered by an exact scan over just those rows, found through the key's btree index:
+complete (recall 1.0) and proportional to the matches, not to the tenant. Any other filter runs HNSW
+with `hnsw.iterative_scan = relaxed_order` and, if that still yields fewer than k rows (a very
+selective filter can exhaust `hnsw.max_scan_tuples`), the exact scan over the filtered rows, which
+returns min(k, matching rows) by construction (a scan of the tenant's rows for a jsonb-only filter).
 
 Lexical search is BM25 over `lexical_postings` (migration 0010): the query's lexemes are looked up by
 equality on the postings btree, which RLS allows (`=` on text is leakproof, `@@` is not), and scored
@@ -15,6 +18,7 @@ with the tenant index's chunk count and average length from `lexical_stats` (doc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +26,10 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from sluice import filter_columns
 from sluice.config import RetrievalConfig
 from sluice.errors import QueryError
-from sluice.filters import compile_filter
+from sluice.filters import CompiledFilter, compile_filter
 from sluice.registry import Registry
 from tasks.fusion import fuse
 
@@ -44,6 +49,7 @@ class Hit:
     config_id: str = ""
     # parent_child: `text`/`start`/`end` are the parent section, and this the retrieved child's span inside it
     cite: tuple[int, int] | None = None
+    doc_metadata: dict[str, Any] = field(default_factory=dict)  # the metadata the user gave the document
 
     @property
     def citation(self) -> tuple[int, int]:
@@ -59,13 +65,16 @@ _WHERE = "WHERE c.index_id = %(index_id)s AND {filter}"
 
 # ORDER BY the indexed expression (embedding::vector(dim)) lets the planner use the HNSW index.
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
-_DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY} {_FROM} {_WHERE} AND c.dim = {{dim}} "
+_DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY}, d.user_metadata {_FROM} {_WHERE} AND c.dim = {{dim}} "
 _DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(fetch)s"
 # ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant.
 # OFFSET 0 keeps the subquery apart, so filters and the documents join run before distances are sorted.
-_EXACT_OUTER = "SELECT s.chunk_id, s.document_id, s.source_id, s.char_start, s.char_end, s.text, s.metadata, 1 - s.dist"
+_EXACT_OUTER = (
+    "SELECT s.chunk_id, s.document_id, s.source_id, s.char_start, s.char_end, s.text, s.metadata, 1 - s.dist, "
+    "s.user_metadata"
+)
 _DENSE_EXACT = (
-    f"{_EXACT_OUTER} FROM (SELECT {_COLUMNS}, c.embedding <=> %(q)s::vector({{dim}}) AS dist "
+    f"{_EXACT_OUTER} FROM (SELECT {_COLUMNS}, c.embedding <=> %(q)s::vector({{dim}}) AS dist, d.user_metadata "
     f"{_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s ORDER BY s.dist, s.chunk_id LIMIT %(k)s"
 )
 
@@ -84,7 +93,7 @@ _BM25 = (
 # Without a filter only the top k scores need their chunk rows; with one, every scored chunk is tested.
 _BM25_TOP = _BM25 + " ORDER BY score DESC, p.chunk_id LIMIT %(k)s"
 _LEXICAL = (
-    f"SELECT {_COLUMNS}, sc.score FROM ({{scored}}) sc JOIN chunks c ON c.chunk_id = sc.chunk_id "  # noqa: S608
+    f"SELECT {_COLUMNS}, sc.score, d.user_metadata FROM ({{scored}}) sc JOIN chunks c ON c.chunk_id = sc.chunk_id "  # noqa: S608
     f"JOIN documents d ON d.document_id = c.document_id {_WHERE} AND {{match}} "
     "ORDER BY sc.score DESC, c.chunk_id LIMIT %(k)s"
 )
@@ -110,12 +119,40 @@ def set_search_params(conn: psycopg.Connection, ef_search: int) -> None:
     )
 
 
+# A bounded filter estimated to match at most this many chunks is answered by the exact scan over them
+# (found by index): at 1M chunks a 1% filter (10k rows) is well inside it; docs/benchmarks.md "Filtered".
+PREFILTER_ROWS = 20_000
+_COUNT = f"SELECT 1 {_FROM} {_WHERE} AND c.dim = {{dim}}"
+
+
 def _hits(rows: list[tuple], index_id: str, mode: str) -> list[Hit]:
-    return [Hit(r[0], r[1], r[2], r[3], r[4], r[5], float(r[7]), index_id, r[6], mode) for r in rows]
+    return [Hit(r[0], r[1], r[2], r[3], r[4], r[5], float(r[7]), index_id, r[6], mode, doc_metadata=r[8]) for r in rows]
 
 
-def _run(conn: psycopg.Connection, template: str, params: dict[str, Any], filters: dict | None, **fmt: Any) -> list:
-    compiled = compile_filter(filters)
+def compile_for(
+    conn: psycopg.Connection, filters: dict | None, promoted: Mapping[str, str] | None = None
+) -> CompiledFilter:
+    """Compile a filter against the database's promoted keys (`promoted` overrides them; {} = jsonb only)."""
+    if promoted is None:
+        promoted = filter_columns.promoted(conn) if filters else {}
+    return compile_filter(filters, promoted=promoted)
+
+
+def estimated_rows(conn: psycopg.Connection, params: dict[str, Any], compiled: CompiledFilter, dim: sql.Literal) -> int:
+    """The planner's estimate of the chunks of `params['index_id']` a filter matches (one EXPLAIN, no execution)."""
+    query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(filter=compiled.clause, dim=dim)
+    plan = conn.execute(query, {"index_id": params["index_id"], **compiled.params}).fetchone()[0]
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def _run(
+    conn: psycopg.Connection,
+    template: str,
+    params: dict[str, Any],
+    filters: dict | CompiledFilter | None,
+    **fmt: Any,
+) -> list:
+    compiled = filters if isinstance(filters, CompiledFilter) else compile_filter(filters)
     clash = set(compiled.params) & set(params)
     assert not clash, clash  # filter placeholders are prefixed, query ones are not
     query = sql.SQL(template).format(filter=compiled.clause, **fmt)
@@ -135,17 +172,26 @@ def dense_search(
     config: RetrievalConfig,
     filters: dict | None = None,
     k: int | None = None,
+    *,
+    promoted: Mapping[str, str] | None = None,
 ) -> list[Hit]:
-    """Top-k chunks of `index_id` by cosine similarity; k rows whenever at least k rows match."""
+    """Top-k chunks of `index_id` by cosine similarity; k rows whenever at least k rows match.
+
+    `promoted` overrides the database's promoted keys ({}: every filter on jsonb, the path before 0012).
+    """
     k = k or config.k
-    set_search_params(conn, max(config.ef_search, k))
     params = {"q": query_vector, "index_id": index_id, "k": k, "fetch": k * (OVERFETCH if filters else 1)}
     dim = sql.Literal(_dim(query_vector))
-    rows = _run(conn, _DENSE_ANN, params, filters, dim=dim)
+    compiled = compile_for(conn, filters, promoted)
+    if compiled.bounded and estimated_rows(conn, params, compiled, dim) <= PREFILTER_ROWS:
+        rows = _run(conn, _DENSE_EXACT, params, compiled, dim=dim)  # few rows, found by index: exact is cheap
+        return _hits(rows, index_id, "dense")
+    set_search_params(conn, max(config.ef_search, k))
+    rows = _run(conn, _DENSE_ANN, params, compiled, dim=dim)
     if len(rows) < params["fetch"]:
         # The scan hit max_scan_tuples before `fetch` matches: the filter is selective, and an exact
-        # scan over its few rows is both complete and cheap.
-        rows = _run(conn, _DENSE_EXACT, params, filters, dim=dim)
+        # scan over its few rows is complete (and cheap when an index finds them).
+        rows = _run(conn, _DENSE_EXACT, params, compiled, dim=dim)
     # relaxed_order yields candidates slightly out of order: re-sort by similarity, keep k.
     rows = sorted(rows, key=lambda r: (-r[7], r[0]))[:k]
     return _hits(rows, index_id, "dense")
@@ -154,7 +200,7 @@ def dense_search(
 def exact_search(
     conn: psycopg.Connection, index_id: str, query_vector: np.ndarray, k: int, filters: dict | None = None
 ) -> list[Hit]:
-    """Top-k by an exact scan (no vector index): the reference dense search is measured against."""
+    """Top-k by an exact scan (no vector index) with jsonb filters: the reference dense search is measured against."""
     params = {"q": query_vector, "index_id": index_id, "k": k}
     rows = _run(conn, _DENSE_EXACT, params, filters, dim=sql.Literal(_dim(query_vector)))
     return _hits(rows, index_id, "exact")
@@ -173,7 +219,7 @@ def lexical_search(
     websearch = config.lexical_query == "websearch"
     scored = sql.SQL(_BM25 if filters or websearch else _BM25_TOP)
     match = sql.SQL(_WEBSEARCH if websearch else "TRUE")
-    rows = _run(conn, _LEXICAL, params, filters, scored=scored, match=match)
+    rows = _run(conn, _LEXICAL, params, compile_for(conn, filters), scored=scored, match=match)
     return _hits(rows, index_id, "lexical")
 
 

@@ -43,6 +43,17 @@ def test_flow_ingests_and_ends_partial_when_a_document_fails(flow_env, new_tenan
     assert (counts["updated"], counts["unchanged"], counts["deleted"], counts["failed"]) == (1, 3, 1, 0)
 
 
+def test_flow_metadata_parameter_reaches_every_document_under_its_own(flow_env, db, new_tenant, tmp_path):
+    tenant = new_tenant("flow")
+    (tmp_path / "a.md").write_text("---\nteam: own\n---\n# A\n\nOtters crack mussels on flat stones.\n")
+    (tmp_path / "b.md").write_text("# B\n\nPuffins nest in burrows on grassy cliff tops.\n")
+    state = ingest(str(tmp_path), tenant, metadata={"team": "flow", "wave": 3}, return_state=True)
+    assert state.is_completed() and state.result()["ingested"] == 2
+    with db.tenant(tenant) as conn:
+        rows = dict(conn.execute("SELECT source_id, user_metadata FROM documents").fetchall())
+    assert rows == {"a.md": {"team": "own", "wave": 3}, "b.md": {"team": "flow", "wave": 3}}
+
+
 def test_final_state_when_everything_failed(prefect_harness):
     from prefect import flow
 

@@ -6,6 +6,7 @@ filtering) and four small tenants with clustered vectors and overlapping metadat
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +29,8 @@ from bench.synthetic import (
     unit_vectors,
 )
 from sluice.config import RetrievalConfig
-from sluice.db import admin_conninfo, create_tenant
+from sluice.db import OWNER_ROLE, admin_conninfo, create_tenant
+from sluice.filter_columns import apply
 from tasks import retrieve as R
 from tasks.records import store_records
 from tasks.store import register_index
@@ -221,3 +223,68 @@ def test_other_tenants_collection_returns_nothing(db, small):
         assert seen == 0
     with db.tenant("iso-a") as conn:
         assert len(_in_private_a(conn, data, RetrievalConfig(k=10))) == 10
+
+
+# ---------------------------------------------------------------- promoted keys (sluice/filter_columns.py)
+@pytest.fixture(scope="module")
+def promoted_big(big, migrated):
+    """The 20k tenant with doc.pct and doc.permille promoted to indexed columns (as `sluice db up` does)."""
+    with psycopg.connect(admin_conninfo(migrated), autocommit=True) as conn:
+        apply(conn, OWNER_ROLE, {"pct": "integer", "permille": "integer"})
+        conn.execute("ANALYZE chunks")
+    return big
+
+
+PROMOTED_SPECS = [
+    ({"doc.pct": 7}, 0.01),
+    ({"doc.permille": 7}, 0.001),
+    ({"doc.permille": {"in": [3, 500]}, "doc.lang": "de"}, None),  # promoted and jsonb conditions together
+    ({"or": [{"doc.permille": {"gte": 998}}, {"doc.pct": 3, "chunk.page": {"lt": 10}}]}, None),
+]
+
+
+@pytest.mark.parametrize(("spec", "share"), PROMOTED_SPECS, ids=["1pct", "0.1pct", "and-jsonb", "or"])
+def test_promoted_filters_return_exactly_the_exact_scans_top_k(db, promoted_big, spec, share):
+    expected = {r.source_id for r in promoted_big if matches(spec, r)}
+    assert share is None or len(expected) == int(BIG_N * share)
+    for q in unit_vectors(5, np.random.default_rng(17)):
+        with db.tenant(BIG) as conn:
+            compiled = R.compile_for(conn, spec)
+            hits = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), spec)
+            exact = R.exact_search(conn, SYNTHETIC.index_id, q, K, spec)  # jsonb conditions only: the reference
+        assert compiled.bounded and "meta_" in compiled.clause.as_string(None)
+        assert len(hits) == min(K, len(expected))
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]
+        assert {h.source_id for h in hits} <= expected
+
+
+@pytest.mark.parametrize("spec", [{"doc.pct": 7}, {"doc.permille": 7}])
+def test_promoted_filter_reads_the_matching_rows_not_the_tenants(db, promoted_big, spec):
+    q = unit_vectors(1, np.random.default_rng(3))[0]
+    with db.tenant(BIG) as conn:
+        compiled = R.compile_for(conn, spec)
+        query = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) " + R._DENSE_EXACT).format(
+            filter=compiled.clause, dim=sql.Literal(384)
+        )
+        plan = conn.execute(query, {"q": q, "index_id": SYNTHETIC.index_id, "k": K, **compiled.params}).fetchone()[0]
+    text = json.dumps(plan)
+    assert f"documents_meta_{spec and next(iter(spec))[4:]}" in text, text
+    assert '"Seq Scan"' not in text, text
+    scanned = max(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in _nodes(plan[0]["Plan"]))
+    assert scanned <= BIG_N // 50, scanned  # rows read by any node: the matches, not the tenant's 20k
+
+
+def _nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+def test_broad_promoted_filter_takes_hnsw_and_still_returns_k(db, promoted_big, monkeypatch):
+    monkeypatch.setattr(R, "PREFILTER_ROWS", 100)  # 10k matches: over it, so the iterative HNSW scan answers
+    spec = {"doc.pct": {"lt": 50}}
+    expected = {r.source_id for r in promoted_big if matches(spec, r)}
+    for q in unit_vectors(3, np.random.default_rng(5)):
+        with db.tenant(BIG) as conn:
+            hits = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), spec)
+        assert len(hits) == K and {h.source_id for h in hits} <= expected

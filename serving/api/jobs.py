@@ -66,7 +66,7 @@ def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
         check_capacity(state, INGEST_QUEUE)
         source, cleanup = str(save_uploads(state.settings, tenant, job)), True
     record = {"kind": "ingest", "source": job.source, "files": [f.name for f in job.files or []]}
-    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup}
+    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup, "metadata": job.metadata}
     try:
         job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from serving.api.errors import ApiError
 from serving.schemas import IngestJob, UploadedFile
 from sluice.settings import Settings
+from tasks.metadata import MANIFEST, is_metadata_file
 
 NAME_MAX_BYTES = 255  # NAME_MAX of Linux file systems (ext4, xfs, btrfs): a longer name cannot be created
 PIECE = 4 * 1024 * 1024  # base64 characters decoded at a time (3 MiB of file bytes); a multiple of 4
@@ -34,6 +36,9 @@ def save_uploads(settings: Settings, tenant: str, job: IngestJob) -> Path:
     try:
         for f in files:
             _write_decoded(folder / f.name, f)
+        manifest = {f.name: f.metadata for f in files if f.metadata}
+        if manifest:  # the worker reads it as any folder's manifest (tasks/metadata.py)
+            (folder / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
     except BaseException:
         discard(folder)
         raise
@@ -49,6 +54,8 @@ def check_name(name: str) -> None:
     """A plain base name the file system can hold, else 422."""
     if Path(name).name != name or name.startswith(".") or "\x00" in name:
         raise ApiError(422, f"file name {name!r} must be a plain base name such as report.pdf")
+    if is_metadata_file(Path(name)):
+        raise ApiError(422, f"file name {name!r} is a metadata file's name: give metadata in its `metadata` field")
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > NAME_MAX_BYTES:
         raise ApiError(
