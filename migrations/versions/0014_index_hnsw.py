@@ -6,7 +6,8 @@ chunks). Now each index_id has its own partial HNSW index, `chunks_hnsw_<index_i
 (`WHERE index_id = '<id>' AND dim = <dim>`): rows of an index without one cost no graph insert, and
 `ensure_index_hnsw(index_id)` builds it afterwards in one pass, with the caller's
 `maintenance_work_mem` and `max_parallel_maintenance_workers` (tasks/bulk.py). Retrieval names the
-index id as a literal so the planner can match the partial index (tasks/retrieve.py).
+index id as a literal so the planner can match the partial index (tasks/retrieve.py). The lexical
+trigger inserts a statement's postings in key order (most of a bulk insert's time was those inserts).
 
 The app role owns nothing, so it asks the owner through this definer function, which takes the
 dimension from the registered index (not from the caller) and serialises builders of one index.
@@ -69,6 +70,68 @@ $do$;
 DROP FUNCTION ensure_vector_index(integer);
 """
 
+# Migration 0010's trigger function, with the new postings inserted in their btree's key order: a
+# statement of thousands of chunks (a bulk load's batch) then appends to pages in order instead of
+# touching them at random (~1.5x faster for a batch of 5,000 chunks here).
+SORTED_POSTINGS = r"""
+CREATE OR REPLACE FUNCTION lexical_sync() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    -- Chunk count and total length of a transition table's rows, per tenant and index.
+    delta text := 'SELECT r.tenant_id, r.index_id, count(*) AS chunks, '
+        'coalesce(sum((SELECT sum(cardinality(l.positions)) FROM unnest(r.tsv) l)), 0) AS total_length '
+        'FROM %I r GROUP BY r.tenant_id, r.index_id ORDER BY r.tenant_id, r.index_id';
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        DELETE FROM lexical_postings p
+        USING (SELECT r.tenant_id, r.index_id, r.chunk_id, (unnest(r.tsv)).lexeme AS term FROM old_rows r) o
+        WHERE p.tenant_id = o.tenant_id AND p.index_id = o.index_id AND p.term = o.term AND p.chunk_id = o.chunk_id;
+        EXECUTE format('UPDATE lexical_stats s SET chunks = s.chunks - o.chunks, '
+            'total_length = s.total_length - o.total_length FROM (' || delta || ') o '
+            'WHERE s.tenant_id = o.tenant_id AND s.index_id = o.index_id', 'old_rows');
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO lexical_postings (tenant_id, index_id, term, chunk_id, tf, dl)
+        SELECT r.tenant_id, r.index_id, t.term, r.chunk_id, t.tf, t.dl FROM new_rows r, lexical_terms(r.tsv) t
+        ORDER BY r.tenant_id, r.index_id, t.term, r.chunk_id;
+        EXECUTE format('INSERT INTO lexical_stats AS s (tenant_id, index_id, chunks, total_length) ' || delta
+            || ' ON CONFLICT (tenant_id, index_id) DO UPDATE SET chunks = s.chunks + EXCLUDED.chunks, '
+            'total_length = s.total_length + EXCLUDED.total_length', 'new_rows');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"""
+
+UNSORTED_POSTINGS = r"""
+CREATE OR REPLACE FUNCTION lexical_sync() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    -- Chunk count and total length of a transition table's rows, per tenant and index.
+    delta text := 'SELECT r.tenant_id, r.index_id, count(*) AS chunks, '
+        'coalesce(sum((SELECT sum(cardinality(l.positions)) FROM unnest(r.tsv) l)), 0) AS total_length '
+        'FROM %I r GROUP BY r.tenant_id, r.index_id ORDER BY r.tenant_id, r.index_id';
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        DELETE FROM lexical_postings p
+        USING (SELECT r.tenant_id, r.index_id, r.chunk_id, (unnest(r.tsv)).lexeme AS term FROM old_rows r) o
+        WHERE p.tenant_id = o.tenant_id AND p.index_id = o.index_id AND p.term = o.term AND p.chunk_id = o.chunk_id;
+        EXECUTE format('UPDATE lexical_stats s SET chunks = s.chunks - o.chunks, '
+            'total_length = s.total_length - o.total_length FROM (' || delta || ') o '
+            'WHERE s.tenant_id = o.tenant_id AND s.index_id = o.index_id', 'old_rows');
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO lexical_postings (tenant_id, index_id, term, chunk_id, tf, dl)
+        SELECT r.tenant_id, r.index_id, t.term, r.chunk_id, t.tf, t.dl FROM new_rows r, lexical_terms(r.tsv) t;
+        EXECUTE format('INSERT INTO lexical_stats AS s (tenant_id, index_id, chunks, total_length) ' || delta
+            || ' ON CONFLICT (tenant_id, index_id) DO UPDATE SET chunks = s.chunks + EXCLUDED.chunks, '
+            'total_length = s.total_length + EXCLUDED.total_length', 'new_rows');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+"""
+
 DOWNGRADE = r"""
 CREATE FUNCTION ensure_vector_index(d integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
@@ -103,6 +166,7 @@ def upgrade() -> None:
     app = context.config.attributes["app_role"]
     op.execute(f'SET LOCAL ROLE "{owner}"')
     op.execute(SCHEMA)
+    op.execute(SORTED_POSTINGS)
     op.execute(
         "REVOKE ALL ON FUNCTION ensure_index_hnsw(text) FROM PUBLIC; "
         f'GRANT EXECUTE ON FUNCTION ensure_index_hnsw(text) TO "{app}"'
@@ -115,6 +179,7 @@ def downgrade() -> None:
     app = context.config.attributes["app_role"]
     op.execute(f'SET LOCAL ROLE "{owner}"')
     op.execute(DOWNGRADE)
+    op.execute(UNSORTED_POSTINGS)
     op.execute(
         "REVOKE ALL ON FUNCTION ensure_vector_index(integer) FROM PUBLIC; "
         f'GRANT EXECUTE ON FUNCTION ensure_vector_index(integer) TO "{app}"'
