@@ -60,6 +60,14 @@ def build_vector_index(conn: psycopg.Connection, index_id: str, rows: int, dim: 
     return conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
 
 
+def ensure_vector_index(conn: psycopg.Connection, index_id: str, dim: int) -> bool:
+    """Build the index's graph from the rows it holds unless it exists; True when built now."""
+    if has_vector_index(conn, index_id):
+        return False
+    rows = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
+    return build_vector_index(conn, index_id, rows, dim)
+
+
 def bulk_load_records(
     db: Database,
     tenant: str,
