@@ -6,9 +6,9 @@ import numpy as np
 
 from sluice.config import EmbedderConfig, PipelineConfig
 from sluice.db import Database
+from tasks.bulk import bulk_load_records
 from tasks.embed import EmbedderIdentity
-from tasks.records import Record, store_records
-from tasks.store import register_index
+from tasks.records import Record
 
 DIM = 384
 SYNTHETIC = PipelineConfig(embedder=EmbedderConfig(model="synthetic-random-unit", dim=DIM))
@@ -63,13 +63,9 @@ def make_records(n: int, rng: np.random.Generator, prefix: str = "doc") -> list[
 def load_synthetic(
     db: Database, tenant: str, n: int, seed: int, clustered: bool = False, batch: int = 5000
 ) -> tuple[list[Record], np.ndarray]:
-    """Register the synthetic index and load n records into `tenant`; return the records and their vectors."""
+    """Bulk-load n records into `tenant`'s synthetic index (`tasks.bulk`); return the records and their vectors."""
     rng = np.random.default_rng(seed)
     records = make_records(n, rng, prefix=tenant)
     vectors = clustered_vectors(n, rng) if clustered else unit_vectors(n, rng)
-    with db.tenant(tenant) as conn:
-        register_index(conn, SYNTHETIC, IDENTITY)
-    for start in range(0, n, batch):
-        with db.tenant(tenant) as conn:
-            store_records(conn, SYNTHETIC.index_id, records[start : start + batch], vectors[start : start + batch])
+    bulk_load_records(db, tenant, SYNTHETIC, IDENTITY, records, vectors, batch=batch)
     return records, vectors

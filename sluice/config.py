@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from sluice.errors import ConfigError
+from sluice.hardware import resolve_precision
 
 CONFIG_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
@@ -149,7 +150,19 @@ class EmbedderConfig(_Frozen):
     # Below the model's own dimension: its vectors truncated to `dim` (and normalised again), another space.
     dim: int = Field(default=384, ge=8, le=4096)
     normalize: bool = True
-    precision: Literal["float32"] = "float32"
+    # Part of the index id (the embedder stage is): vectors of two precisions never share an index.
+    # `auto` is resolved when the config is read (sluice/hardware.py), so a stored config is always concrete.
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        default="float32",
+        description="Arithmetic of the encoder: float32; bfloat16 (autocast, fast on CPUs with AVX-512 BF16 "
+        "or AMX); int8 (dynamic quantisation of the linear layers); auto = bfloat16 where the CPU has bf16 "
+        "instructions, else float32.",
+    )
+
+    @field_validator("precision")
+    @classmethod
+    def _concrete(cls, value: str) -> str:
+        return resolve_precision(value)
 
 
 class RetrievalConfig(_Frozen):

@@ -14,6 +14,7 @@ import numpy as np
 from sluice.config import PipelineConfig
 from sluice.db import Database, create_tenant
 from sluice.errors import SourceError
+from tasks.bulk import build_vector_index
 from tasks.embed import Embedder
 from tasks.records import Record, store_records
 from tasks.retrieve import retrieve
@@ -89,10 +90,14 @@ def load_into_tenant(
     data: BeirDataset,
     on_progress: OnProgress = _quiet,
 ) -> int:
-    """Embed the corpus and store one chunk per document; return the chunks stored."""
+    """Embed the corpus and store one chunk per document, then build the index's graph; return the chunks stored.
+
+    A bulk load (`tasks.bulk`): the rows go in without a live HNSW graph, which is built once at the end
+    (if another tenant already built it, rows go into it as they come).
+    """
     ids = list(data.corpus)
     with db.tenant(tenant) as conn:
-        register_index(conn, config, embedder.identity)
+        register_index(conn, config, embedder.identity, vector_index=False)
     stored = 0
     on_progress("embedding the corpus", 0, len(ids))
     for start in range(0, len(ids), BATCH):
@@ -102,6 +107,8 @@ def load_into_tenant(
             records = [Record(i, data.corpus[i], {"beir_id": i}) for i in batch]
             stored += store_records(conn, config.index_id, records, vectors)
         on_progress("embedding the corpus", start + len(batch), len(ids))
+    with db.tenant(tenant) as conn:
+        build_vector_index(conn, config.index_id, stored, embedder.identity.dim)
     return stored
 
 

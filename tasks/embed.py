@@ -5,10 +5,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +19,9 @@ import numpy as np
 
 from sluice.config import EmbedderConfig
 from sluice.errors import ConfigError
+from sluice.hardware import native_bf16
+
+log = logging.getLogger(__name__)
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # glibc mallopt parameters (malloc.h) and the environment variables a user would tune them with.
@@ -76,11 +81,13 @@ class EmbedderIdentity:
     weights_hash: str
     dim: int
     normalize: bool
+    precision: str = "float32"
 
     @property
     def key(self) -> str:
-        """Embedding-cache key: equal key, interchangeable vectors."""
-        return f"{self.model}@{self.weights_hash[:16]}:{self.dim}:{'n' if self.normalize else 'r'}"
+        """Embedding-cache key: equal key, interchangeable vectors (float32 keys predate the precision)."""
+        key = f"{self.model}@{self.weights_hash[:16]}:{self.dim}:{'n' if self.normalize else 'r'}"
+        return key if self.precision == "float32" else f"{key}:{self.precision}"
 
 
 def resolve_model_path(model: str) -> Path:
@@ -144,7 +151,10 @@ class Embedder:
                 raise ConfigError(
                     f"embedder {self.config.model!r} produces {dim}-d vectors but the config says dim={self.config.dim}"
                 )
-            self._identity = EmbedderIdentity(self.config.model, weights_hash(path), dim, self.config.normalize)
+            model = with_precision(model, self.config.precision)
+            self._identity = EmbedderIdentity(
+                self.config.model, weights_hash(path), dim, self.config.normalize, self.config.precision
+            )
             # Texts past the window are counted (`count_truncated`: ingest summary, evaluation runs), so the
             # tokenizer's one-off "Token indices sequence length is longer ..." warning is redundant.
             model.tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
@@ -199,14 +209,38 @@ class Embedder:
             return vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=self.config.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        with precision_context(self.config.precision):
+            vectors = self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.config.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.config.normalize and self.config.precision == "bfloat16":  # normalised in bf16: again in float32
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+
+def with_precision(model, precision: str):
+    """The model set up for `precision`: int8 quantises its linear layers; bfloat16 runs under autocast."""
+    import torch
+
+    if precision == "int8":
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    if precision == "bfloat16" and not native_bf16():
+        log.warning("embedder precision bfloat16: this CPU lacks bf16 instructions, so it is emulated (slower)")
+    return model
+
+
+def precision_context(precision: str):
+    """The autocast context an encode runs in (none for float32 and int8)."""
+    if precision != "bfloat16":
+        return nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 class CachingEmbedder:

@@ -61,7 +61,9 @@ class Hit:
 _TEXT = "substr(c.text, coalesce((c.metadata->>'context_chars')::int, 0) + 1) AS text"
 _COLUMNS = f"c.chunk_id, d.public_id::text AS document_id, d.source_id, c.char_start, c.char_end, {_TEXT}, c.metadata"
 _FROM = "FROM chunks c JOIN documents d ON d.document_id = c.document_id"
-_WHERE = "WHERE c.index_id = %(index_id)s AND {filter}"
+# The index id as a literal: each index has its own partial HNSW index (migration 0014), which the planner
+# uses only when it can prove `index_id = '<id>'` from the query's text.
+_WHERE = "WHERE c.index_id = {index_id} AND {filter}"
 
 # ORDER BY the indexed expression (embedding::vector(dim)) lets the planner use the HNSW index.
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
@@ -155,7 +157,7 @@ def _run(
     compiled = filters if isinstance(filters, CompiledFilter) else compile_filter(filters)
     clash = set(compiled.params) & set(params)
     assert not clash, clash  # filter placeholders are prefixed, query ones are not
-    query = sql.SQL(template).format(filter=compiled.clause, **fmt)
+    query = sql.SQL(template).format(filter=compiled.clause, index_id=sql.Literal(params["index_id"]), **fmt)
     return conn.execute(query, {**params, **compiled.params}).fetchall()
 
 

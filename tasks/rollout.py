@@ -29,6 +29,7 @@ from sluice.errors import SluiceError
 from sluice.served import Resolver, all_tenants
 from sluice.settings import Settings
 from tasks import rollout_state as state
+from tasks.bulk import ensure_vector_index
 from tasks.embed import get_embedder
 from tasks.indexes import collect_garbage, hold_switch_lock, switch_served
 from tasks.parse_limits import ParseLimits
@@ -97,13 +98,15 @@ def _roll(ro: Rollout, tenant: str) -> str:
     target = served.target
     state.start_tenant(ro.db, tenant, ro.rollout_id, served.index_id if served.pinned else None, target)
     embedder = get_embedder(target.embedder, ro.settings.embed_batch_size)
-    with ro.db.tenant(tenant) as conn:
-        register_index(conn, target, embedder.identity)
+    with ro.db.tenant(tenant) as conn:  # a new index gets its graph once built (tasks.bulk), before the switch
+        register_index(conn, target, embedder.identity, vector_index=False)
     limits = ParseLimits.from_settings(ro.settings)
     reparse = served.config.parser != target.parser
     builder = Builder(ro.db, tenant, target, embedder, reparse, limits, ro.settings.max_file_bytes)
     while True:
         _build_lacking(ro, builder)
+        with ro.db.tenant(tenant) as conn:
+            ensure_vector_index(conn, target.index_id, embedder.identity.dim)
         outcome = _switch(ro, builder)
         if outcome is not None:
             return outcome

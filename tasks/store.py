@@ -24,8 +24,14 @@ from tasks.indexes import hold_store_lock
 from tasks.parse import ParsedDocument
 
 
-def register_index(conn: psycopg.Connection, config: PipelineConfig, identity: EmbedderIdentity) -> None:
-    """Record the config and its embedding space; refuse an embedder that differs from the recorded one."""
+def register_index(
+    conn: psycopg.Connection, config: PipelineConfig, identity: EmbedderIdentity, vector_index: bool = True
+) -> None:
+    """Record the config and its embedding space; refuse an embedder that differs from the recorded one.
+
+    With `vector_index` (the row path) the index's HNSW graph exists before any row is stored; a bulk
+    load passes False and builds it once its rows are in (`tasks.bulk.build_vector_index`).
+    """
     write_config(conn, config)
     body = Jsonb(config.index_body())
     conn.execute(
@@ -34,13 +40,16 @@ def register_index(conn: psycopg.Connection, config: PipelineConfig, identity: E
         (config.index_id, body, identity.model, identity.weights_hash, identity.dim, identity.normalize),
     )
     check_embedder(conn, config.index_id, identity)
-    conn.execute("SELECT ensure_vector_index(%s)", (identity.dim,))
+    if vector_index:
+        conn.execute("SELECT ensure_index_hnsw(%s)", (config.index_id,))
 
 
 def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderIdentity) -> None:
     """Raise EmbedderMismatchError unless `identity` is the embedder index `index_id` was built with."""
-    row = conn.execute(
-        "SELECT embedder_model, weights_hash, dim, normalize FROM indexes WHERE index_id = %s", (index_id,)
+    row = conn.execute(  # the precision lives in the index body (indexes made before it have none: float32)
+        "SELECT embedder_model, weights_hash, dim, normalize, "
+        "coalesce(body->'embedder'->>'precision', 'float32') FROM indexes WHERE index_id = %s",
+        (index_id,),
     ).fetchone()
     if row is None:
         raise EmbedderMismatchError(f"index {index_id} does not exist: ingest with this config first")
@@ -48,8 +57,9 @@ def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderId
     if recorded != identity:
         raise EmbedderMismatchError(
             f"index {index_id} was built with {recorded.model} (weights {recorded.weights_hash[:12]}, "
-            f"{recorded.dim}-d, normalize={recorded.normalize}); the embedder in use is {identity.model} "
-            f"(weights {identity.weights_hash[:12]}, {identity.dim}-d, normalize={identity.normalize}): "
+            f"{recorded.dim}-d, normalize={recorded.normalize}, {recorded.precision}); the embedder in use is "
+            f"{identity.model} (weights {identity.weights_hash[:12]}, {identity.dim}-d, "
+            f"normalize={identity.normalize}, {identity.precision}): "
             "use the recorded embedder or ingest into a new index"
         )
 

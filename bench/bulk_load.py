@@ -1,0 +1,148 @@
+"""Loading chunks with their vectors given: the bulk path against the row path it replaces, interleaved.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/bulk_load.py [--rows 20000] [--repeats 2] [--batch 5000]
+
+Each repeat loads the same synthetic corpus (bench/synthetic.py: one chunk per document, clustered
+384-d unit vectors) twice, each time into a new tenant and a new index id, in database `sluice_bench_bulk`:
+- row: the index's HNSW graph exists first (`register_index`), then batches of `--batch` rows, each
+  its own transaction, go through `store_records` and so into the live graph (the path before
+  migration 0014);
+- bulk: `tasks.bulk.bulk_load_records`: every row in one transaction, then one parallel graph build,
+  then the index is activated.
+Reports rows/s (wall time, build included), the graph's size on disk, the loader's peak RSS, and the
+peak memory of the PostgreSQL processes (largest single VmRSS and the sum of private RssAnon, sampled
+every 0.2 s). Prints one JSON object and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.synthetic import DIM, clustered_vectors, make_records  # noqa: E402
+from sluice.config import EmbedderConfig, PipelineConfig  # noqa: E402
+from sluice.db import Database, create_tenant, migrate  # noqa: E402
+from sluice.settings import load_settings  # noqa: E402
+from tasks.bulk import bulk_load_records  # noqa: E402
+from tasks.embed import EmbedderIdentity  # noqa: E402
+from tasks.records import store_records  # noqa: E402
+from tasks.store import register_index  # noqa: E402
+
+
+class PostgresMemory(threading.Thread):
+    """Samples the memory of every `postgres` process until stopped: peak single VmRSS, peak sum of RssAnon."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.peak_rss = self.peak_anon = 0
+
+    def sample(self) -> None:
+        rss = anon = 0
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            except OSError:
+                continue
+            if fields.get("Name", "").strip() == "postgres":
+                rss = max(rss, int(fields.get("VmRSS", "0 kB").split()[0]))
+                anon += int(fields.get("RssAnon", "0 kB").split()[0])
+        self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(0.2)
+
+
+def space() -> tuple[PipelineConfig, EmbedderIdentity]:
+    model = f"synthetic-bulk-bench-{uuid.uuid4().hex[:8]}"
+    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "0" * 64, DIM, True)
+
+
+def row_path(db: Database, tenant: str, config, identity, records, vectors, batch: int) -> None:
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity)
+    for start in range(0, len(records), batch):
+        with db.tenant(tenant) as conn:
+            store_records(conn, config.index_id, records[start : start + batch], vectors[start : start + batch])
+
+
+def bulk_path(db: Database, tenant: str, config, identity, records, vectors, batch: int) -> None:
+    bulk_load_records(db, tenant, config, identity, records, vectors, activate="default", batch=batch)
+
+
+def measure(db: Database, path, records, vectors, batch: int) -> dict:
+    """Load once along `path` into a new tenant and index; rows/s, graph size, Postgres peak memory."""
+    tenant, (config, identity) = f"bulk-{uuid.uuid4().hex[:10]}", space()
+    create_tenant(db, tenant)
+    memory = PostgresMemory()
+    memory.start()
+    start = time.perf_counter()
+    path(db, tenant, config, identity, records, vectors, batch)
+    seconds = time.perf_counter() - start
+    memory.stop.set()
+    memory.join()
+    with db.statement() as conn:
+        size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (f"chunks_hnsw_{config.index_id}",))
+        graph_bytes = size.fetchone()[0]
+    return {
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(len(records) / seconds, 1),
+        "graph_mb": round(graph_bytes / 2**20, 1),
+        "postgres_peak_backend_rss_mb": round(memory.peak_rss / 1024),
+        "postgres_peak_private_mb": round(memory.peak_anon / 1024),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=5000)
+    args = ap.parse_args()
+    settings = load_settings(db_name="sluice_bench_bulk")
+    migrate(settings)
+    rng = np.random.default_rng(11)
+    records, vectors = make_records(args.rows, rng, prefix="bulk"), clustered_vectors(args.rows, rng)
+    paths = {"row": row_path, "bulk": bulk_path}
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
+    with Database(settings) as db:
+        for r in range(args.repeats):
+            for name in list(paths)[r % 2 :] + list(paths)[: r % 2]:
+                runs[name].append(measure(db, paths[name], records, vectors, args.batch))
+                print(name, runs[name][-1], file=sys.stderr, flush=True)
+    median = {name: statistics.median(m["rows_per_s"] for m in ms) for name, ms in runs.items()}
+    out = {
+        "rows": args.rows,
+        "runs": runs,
+        "median_rows_per_s": median,
+        "bulk_vs_row": round(median["bulk"] / median["row"], 2),
+        "loader_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(json.dumps(out, indent=2))
+    print("\n| path | rows/s (each run) | median rows/s | graph MB | PG peak backend RSS MB | PG peak private MB |")
+    print("|---|---|---|---|---|---|")
+    for name, ms in runs.items():
+        each = ", ".join(str(m["rows_per_s"]) for m in ms)
+        last = ms[-1]
+        print(
+            f"| {name} | {each} | {median[name]:.0f} | {last['graph_mb']} | {last['postgres_peak_backend_rss_mb']} "
+            f"| {last['postgres_peak_private_mb']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

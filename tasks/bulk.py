@@ -1,0 +1,95 @@
+"""Bulk loads: rows first, then the index's HNSW graph in one parallel build, then the switch.
+
+Storing a chunk into an index that already has its HNSW graph inserts it into the live graph, one
+row at a time (~106 rows/s at 100k chunks). A bulk load (a first load into an index, a corpus for
+`eval-retrieval`, a synthetic benchmark set) registers the index without its graph, stages and
+inserts every row under the tenant's RLS in one transaction (`tasks.records`: COPY into a TEMP
+table, then INSERT ... SELECT, since COPY into an RLS table is refused), and builds the graph
+afterwards (`ensure_index_hnsw`, migration 0014) with parallel maintenance workers. Only then, in
+the build's transaction, may the index be activated: a reader resolves the old index or the new one
+with every row and its graph, never a part of it.
+
+When the index already has a graph (another tenant built it), rows go into it as before: correct,
+just not faster. While a graph is being built, writes to `chunks` by other transactions wait (the
+build holds a SHARE lock on the table until it commits); reads go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from sluice.config import PipelineConfig
+from sluice.db import Database
+from tasks.embed import EmbedderIdentity
+from tasks.indexes import activate_index
+from tasks.records import Record, store_records
+from tasks.store import register_index
+
+GRAPH_BYTES_PER_DIM = 4 * 1.3  # float32 components, plus neighbour lists (m = 16): what a build keeps in memory
+MIN_BUILD_MEMORY, MAX_BUILD_MEMORY = 64 << 20, 2 << 30
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    rows: int
+    built: bool  # False when the index already had its graph (rows went into it one by one)
+
+
+def has_vector_index(conn: psycopg.Connection, index_id: str) -> bool:
+    """Whether the index's HNSW graph exists (migration 0014 names it chunks_hnsw_<index_id>)."""
+    return conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"chunks_hnsw_{index_id}",)).fetchone()[0]
+
+
+def build_memory(rows: int, dim: int) -> int:
+    """maintenance_work_mem (bytes) for a graph of `rows` vectors: all of it, within 64 MB..2 GB."""
+    return int(min(MAX_BUILD_MEMORY, max(MIN_BUILD_MEMORY, rows * dim * GRAPH_BYTES_PER_DIM)))
+
+
+def build_vector_index(conn: psycopg.Connection, index_id: str, rows: int, dim: int) -> bool:
+    """Build the index's HNSW graph in the caller's transaction, with parallel workers; False if it existed."""
+    workers = max(0, min(4, (os.cpu_count() or 1) - 1))  # the leader builds too
+    conn.execute(
+        "SELECT set_config('maintenance_work_mem', %s, true), set_config('max_parallel_maintenance_workers', %s, true)",
+        (f"{build_memory(rows, dim) // 1024}kB", str(workers)),
+    )
+    return conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
+
+
+def ensure_vector_index(conn: psycopg.Connection, index_id: str, dim: int) -> bool:
+    """Build the index's graph from the rows it holds unless it exists; True when built now."""
+    if has_vector_index(conn, index_id):
+        return False
+    rows = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
+    return build_vector_index(conn, index_id, rows, dim)
+
+
+def bulk_load_records(
+    db: Database,
+    tenant: str,
+    config: PipelineConfig,
+    identity: EmbedderIdentity,
+    records: list[Record],
+    vectors: np.ndarray,
+    activate: str | None = None,
+    batch: int = 5000,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BulkResult:
+    """Load records (one chunk each) into the config's index, then build its graph and, given a
+    collection name in `activate`, make the index serve it in the same transaction."""
+    with db.tenant(tenant) as conn:  # one transaction: the rows appear all at once
+        register_index(conn, config, identity, vector_index=False)
+        rows = 0
+        for start in range(0, len(records), batch):
+            rows += store_records(conn, config.index_id, records[start : start + batch], vectors[start : start + batch])
+            if on_batch:
+                on_batch(start + len(records[start : start + batch]), len(records))
+    with db.tenant(tenant) as conn:
+        built = build_vector_index(conn, config.index_id, rows, identity.dim)
+        if activate:
+            activate_index(conn, config.index_id, activate)
+    return BulkResult(rows, built)

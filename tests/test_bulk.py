@@ -1,0 +1,131 @@
+"""Bulk loads: the graph is built after the rows, and a reader sees the old index or the new one, never a mix."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+from psycopg import sql
+
+from bench.synthetic import DIM, make_records, unit_vectors
+from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
+from tasks import retrieve as R
+from tasks.bulk import bulk_load_records, has_vector_index
+from tasks.embed import EmbedderIdentity
+from tasks.indexes import active_index
+from tasks.store import register_index
+
+K = 10
+
+
+def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
+    """A new embedding space (index id) of random unit vectors."""
+    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
+    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "b" * 64, DIM, True)
+
+
+def test_row_path_has_its_graph_before_any_row(db, new_tenant):
+    tenant, (config, identity) = new_tenant("rows"), space("rows")
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity)
+        assert has_vector_index(conn, config.index_id)
+
+
+def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, new_tenant):
+    tenant, (config, identity) = new_tenant("bulk"), space("bulk")
+    rng = np.random.default_rng(3)
+    records, vectors = make_records(2000, rng, prefix=tenant), unit_vectors(2000, rng)
+    seen = []
+
+    def graph_during_load(done: int, total: int) -> None:
+        with db.tenant(tenant) as conn:
+            seen.append(has_vector_index(conn, config.index_id))
+
+    result = bulk_load_records(db, tenant, config, identity, records, vectors, batch=500, on_batch=graph_during_load)
+    assert (result.rows, result.built) == (2000, True)
+    assert seen == [False] * 4  # no graph while rows were stored
+    q = vectors[17]
+    with db.tenant(tenant) as conn:
+        conn.execute("SET LOCAL enable_sort = off")
+        params = {"q": q, "index_id": config.index_id, "k": K, "fetch": K}
+        compiled = R.compile_filter(None)
+        query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+            filter=compiled.clause, dim=sql.Literal(DIM), index_id=sql.Literal(config.index_id)
+        )
+        plan = "\n".join(r[0] for r in conn.execute(query, params))
+        hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
+        exact = R.exact_search(conn, config.index_id, q, K)
+    assert f"chunks_hnsw_{config.index_id}" in plan, plan
+    assert hits[0].source_id == records[17].source_id
+    assert len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) >= 9
+
+
+class Reader(threading.Thread):
+    """Polls the tenant's served index until stopped: (index id, its chunk count, prefixes of the top k)."""
+
+    def __init__(self, db, tenant: str, q: np.ndarray):
+        super().__init__(daemon=True)
+        self.db, self.tenant, self.q = db, tenant, q
+        self.seen: list[tuple[str, int, frozenset[str]]] = []
+        self.polled = threading.Condition()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def poll(self) -> None:
+        with self.db.tenant(self.tenant) as conn:
+            index_id = active_index(conn, "default")
+            count = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
+            hits = R.dense_search(conn, index_id, self.q, RetrievalConfig(k=K))
+        with self.polled:
+            self.seen.append((index_id, count, frozenset(h.source_id.split("-")[0] for h in hits)))
+            self.polled.notify_all()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.poll()
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+            with self.polled:
+                self.polled.notify_all()
+
+    def wait_for_poll(self) -> None:
+        """Block until the reader has finished one more poll (so polls interleave with the load's steps)."""
+        with self.polled:
+            target = len(self.seen) + 1
+            while len(self.seen) < target and self.error is None:
+                self.polled.wait()
+
+
+def test_a_reader_sees_the_old_index_or_the_new_never_a_mix(db, new_tenant):
+    tenant = new_tenant("swap")
+    rng = np.random.default_rng(5)
+    (old, old_id), (new, new_id) = space("old"), space("new")
+    old_records, new_records = make_records(300, rng, prefix="old"), make_records(3000, rng, prefix="new")
+    old_vectors, new_vectors = unit_vectors(300, rng), unit_vectors(3000, rng)
+    bulk_load_records(db, tenant, old, old_id, old_records, old_vectors, activate="default")
+    reader = Reader(db, tenant, unit_vectors(1, rng)[0])
+    reader.start()
+    reader.wait_for_poll()
+    try:
+        bulk_load_records(
+            db,
+            tenant,
+            new,
+            new_id,
+            new_records,
+            new_vectors,
+            activate="default",
+            batch=500,
+            on_batch=lambda done, total: reader.wait_for_poll(),
+        )
+        reader.wait_for_poll()
+    finally:
+        reader.stop.set()
+        reader.join(timeout=60)
+    assert reader.error is None, reader.error
+    allowed = {(old.index_id, 300, frozenset({"old"})), (new.index_id, 3000, frozenset({"new"}))}
+    assert set(reader.seen) <= allowed, set(reader.seen) - allowed
+    assert reader.seen[0][0] == old.index_id and reader.seen[-1][0] == new.index_id
+    assert len(reader.seen) >= 8  # one poll before, one per batch of 500 (6), one after

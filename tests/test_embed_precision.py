@@ -1,0 +1,86 @@
+"""Embedder precision: part of the index identity, resolved per CPU for `auto`, never mixed in one index."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from sluice.config import EmbedderConfig, PipelineConfig, parse_config
+from sluice.errors import EmbedderMismatchError
+from sluice.hardware import cpu_flags, native_bf16, resolve_precision
+from tasks.embed import Embedder, EmbedderIdentity
+from tasks.store import check_embedder, register_index
+
+# The default config's ids before the precision could be anything but float32: stored indexes keep them.
+DEFAULT_INDEX_ID, DEFAULT_CONFIG_ID = "ae14453c20229500", "cd4353d85cab3547"
+AVX2_ONLY = frozenset({"avx", "avx2", "fma"})
+WITH_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16"}
+
+
+def test_float32_configs_keep_their_ids():
+    assert (PipelineConfig().index_id, PipelineConfig().config_id) == (DEFAULT_INDEX_ID, DEFAULT_CONFIG_ID)
+    explicit = parse_config({"embedder": {"precision": "float32"}})
+    assert explicit.index_id == DEFAULT_INDEX_ID
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_another_precision_is_another_index(precision):
+    config = parse_config({"embedder": {"precision": precision}})
+    assert config.index_id != DEFAULT_INDEX_ID
+    assert config.index_body()["embedder"]["precision"] == precision
+
+
+def test_auto_resolves_per_cpu_and_logs_the_fallback(caplog):
+    with caplog.at_level(logging.INFO, logger="sluice.hardware"):
+        assert resolve_precision("auto", AVX2_ONLY) == "float32"
+    assert "lacks avx512_bf16" in caplog.text
+    assert resolve_precision("auto", WITH_BF16) == "bfloat16"
+    assert resolve_precision("int8", AVX2_ONLY) == "int8"
+    # A config never stores `auto`: it is what this machine resolves it to.
+    stored = parse_config({"embedder": {"precision": "auto"}}).index_body()["embedder"]["precision"]
+    assert stored == ("bfloat16" if native_bf16() else "float32")
+
+
+def test_cpu_flags_read_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert cpu_flags(str(info)) == frozenset({"fpu", "avx2", "avx512_bf16"})
+    assert native_bf16(cpu_flags(str(info)))
+    assert cpu_flags(str(tmp_path / "absent")) == frozenset()
+
+
+def test_cache_keys_differ_by_precision_and_float32_keeps_its_key():
+    fp32 = EmbedderIdentity("m", "a" * 64, 384, True)
+    bf16 = EmbedderIdentity("m", "a" * 64, 384, True, "bfloat16")
+    assert fp32.key == "m@" + "a" * 16 + ":384:n"
+    assert bf16.key != fp32.key
+
+
+def test_precision_changes_vectors_but_keeps_them_close():
+    texts = ["How is the virus transmitted between people?", "Incubation lasts five days on average."]
+    vectors = {p: Embedder(EmbedderConfig(precision=p)).encode(texts) for p in ("float32", "bfloat16", "int8")}
+    for p in ("bfloat16", "int8"):
+        assert not np.array_equal(vectors[p], vectors["float32"]), f"{p} encoded like float32"
+        assert np.allclose(np.linalg.norm(vectors[p], axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(vectors["bfloat16"] * vectors["float32"], axis=1)
+    assert cosine.min() >= 0.999, cosine
+
+
+def test_an_index_refuses_an_embedder_of_another_precision(db, new_tenant):
+    tenant = new_tenant("prec")
+    identity = EmbedderIdentity("synthetic-precision", "c" * 64, 384, True)
+    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-precision"))
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity)
+        check_embedder(conn, config.index_id, identity)  # the recorded embedder is accepted
+        with pytest.raises(EmbedderMismatchError, match="bfloat16"):
+            check_embedder(
+                conn, config.index_id, EmbedderIdentity("synthetic-precision", "c" * 64, 384, True, "bfloat16")
+            )
+    bf16 = config.model_copy(update={"embedder": config.embedder.model_copy(update={"precision": "bfloat16"})})
+    assert bf16.index_id != config.index_id
+    with db.tenant(tenant) as conn:
+        with pytest.raises(EmbedderMismatchError):  # an fp32 embedder cannot write into the bf16 index
+            register_index(conn, bf16, identity)
