@@ -25,6 +25,10 @@ def ingest(
     ] = None,
     sync: Annotated[bool, typer.Option("--sync", help="Delete stored documents missing from SOURCE.")] = False,
     collection: Annotated[str, typer.Option("--collection", help="Collection within the tenant.")] = "default",
+    shard_size: Annotated[
+        Optional[int],
+        typer.Option("--shard-size", min=1, help="Distribute: shards of N documents to the ingest workers."),
+    ] = None,
 ) -> None:
     """Parse, chunk, embed and store every file of SOURCE into the tenant's served index; exit 1 on any failure."""
     from sluice.db import Database
@@ -33,6 +37,8 @@ def ingest(
 
     settings = load_settings()
     validate_collection(collection)
+    if shard_size is not None:
+        return _distributed(settings, tenant, source, sync, collection, shard_size, config)
     with Database(settings) as db:
         once = _once(settings, db, tenant, source, sync, collection)
         if config is None:
@@ -44,6 +50,21 @@ def ingest(
     if note:
         console.print(note, soft_wrap=True)
     if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _distributed(settings, tenant: str, source: str, sync: bool, collection: str, size: int, config) -> None:
+    """Fan SOURCE out over the ingest workers (serving/shards.py) and print the run's summary."""
+    from serving.shards import ingest_distributed
+    from sluice.db import Database
+
+    if config is not None:
+        raise typer.BadParameter("a distributed run builds the served index: drop --config", param_hint="--shard-size")
+    with Database(settings) as db:
+        state = ingest_distributed(settings, db, tenant, source, size, sync=sync, collection=collection)
+    print_summary(state.summary, ", ".join(state.index_ids))
+    console.print(f"run {state.summary.run_id}: {state.shards} shard(s) of up to {size} documents")
+    if state.summary.failed:
         raise typer.Exit(code=1)
 
 

@@ -17,8 +17,9 @@ from serving import pg_transport
 from sluice.settings import Settings
 
 QUERY_TASK, INGEST_TASK = "sluice.query", "sluice.ingest"
+SHARD_TASK = "sluice.ingest_shard"  # one shard of a distributed ingest run (serving/shards.py)
 QUERY_QUEUE, INGEST_QUEUE = "query", "ingest"
-ROUTES = {QUERY_TASK: {"queue": QUERY_QUEUE}, INGEST_TASK: {"queue": INGEST_QUEUE}}
+ROUTES = {QUERY_TASK: {"queue": QUERY_QUEUE}, INGEST_TASK: {"queue": INGEST_QUEUE}, SHARD_TASK: {"queue": INGEST_QUEUE}}
 
 
 def _embedded_url(settings: Settings, scheme: str) -> str:
