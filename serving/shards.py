@@ -26,7 +26,7 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import QueryError, SluiceError
 from sluice.settings import Settings
-from tasks.ingest import IngestSummary, Run, list_source, run_ingest
+from tasks.ingest import IngestSummary, Run, SourceFile, list_source, run_ingest
 from tasks.ingest_served import ingest_served
 from tasks.shards import (
     Ledger,
@@ -98,7 +98,7 @@ def _checked(payload: object) -> tuple[str, str, int, str]:
 def start_run(app: Celery, db: Database, tenant: str, source: str | Path, shard_size: int, collection: str) -> tuple:
     """List the source, write its shards and send one task per shard: (run id, the listing)."""
     files = list_source(source)
-    shards = split_shards(files, shard_size)
+    shards = split_shards(largest_first(files), shard_size)
     run_id = new_run_id()
     with db.tenant(tenant) as conn:
         write_shards(conn, run_id, shards)
@@ -108,6 +108,18 @@ def start_run(app: Celery, db: Database, tenant: str, source: str | Path, shard_
         task_id = shard_task_id(run_id, number)
         app.send_task(SHARD_TASK, args=[payload], task_id=task_id, queue=INGEST_QUEUE, headers=headers)
     return run_id, files
+
+
+def largest_first(files: list[SourceFile]) -> list[SourceFile]:
+    """The listing, largest files first: shards are taken in order, so the run ends on small ones (less tail)."""
+
+    def size(item: SourceFile) -> int:
+        try:
+            return item.path.stat().st_size
+        except OSError:
+            return 0  # read (and failed, named) by the worker
+
+    return sorted(files, key=size, reverse=True)
 
 
 def wait_run(app: Celery, db: Database, tenant: str, run_id: str, timeout_s: float, poll_s: float = 0.5) -> RunState:
