@@ -56,6 +56,24 @@ def bench_settings():
     )
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system, reaped children included) of a process and its live descendants, from /proc."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    tree, total = {root}, 0.0
+    for _ in range(8):  # parse children are at depth 2 (worker main, pool process, parse process)
+        tree |= {pid for pid, (ppid, _) in procs.items() if ppid in tree}
+    for pid in tree:
+        total += procs.get(pid, (0, 0.0))[1]
+    return total
+
+
 def new_tenant(settings, prefix: str) -> str:
     from sluice.db import Database, create_tenant
 
@@ -89,14 +107,15 @@ def direct_child(source: str, tenant: str) -> dict:
             cap = settings.max_file_bytes
             return ingest.ingest_source(db, tenant, config, emb, source, cap, batch_chunks=settings.ingest_batch_chunks)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu(os.getpid())
         summary = ingest_served(settings, db, tenant, "default", once).summary
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, tree_cpu(os.getpid()) - cpu
     shares = {"parse_s": spent["parse_bounded"][0], "embed_s": spent["embed_texts"][0]}
     shares["store_s"] = spent["store_prepared"][0]
     shares["other_s"] = seconds - sum(shares.values())
     counts = {"docs": summary.ingested + summary.updated, "chunks": summary.chunks, "failed": summary.failed}
-    return {"mode": "direct", "seconds": seconds, **counts, **{k: round(v, 3) for k, v in shares.items()}}
+    shares = {k: round(v, 3) for k, v in shares.items()}
+    return {"mode": "direct", "seconds": seconds, "cpu_s": round(cpu, 2), **counts, **shares}
 
 
 def _timed(module, name: str) -> list[float]:
@@ -155,18 +174,22 @@ def workers(settings, processes: int, log: Path):
         proc.wait(timeout=120)
 
 
-def run_distributed(corpus: Path, settings, shard_size: int, label: str) -> dict:
+def run_distributed(corpus: Path, settings, shard_size: int, label: str, worker: int | None = None) -> dict:
+    """One distributed run; CPU seconds of the worker's process tree and of this (parent) process when known."""
     from serving.shards import ingest_distributed
     from sluice.db import Database
 
     tenant = new_tenant(settings, "dist")
     with Database(settings) as db:
-        start = time.perf_counter()
+        start, own = time.perf_counter(), time.process_time()
+        cpu = tree_cpu(worker) if worker else 0.0
         state = ingest_distributed(settings, db, tenant, corpus, shard_size, timeout_s=7200)
         seconds = time.perf_counter() - start
+        cpu = (tree_cpu(worker) - cpu if worker else 0.0) + time.process_time() - own
     summary = state.summary
     docs = summary.ingested + summary.updated
-    return {"mode": label, "seconds": seconds, "docs": docs, "chunks": summary.chunks, "shards": state.shards}
+    out = {"mode": label, "seconds": seconds, "docs": docs, "chunks": summary.chunks, "shards": state.shards}
+    return {**out, "cpu_s": round(cpu, 2)} if worker else out
 
 
 def one_round(corpus: Path, settings, args, tmp: Path, reverse: bool) -> list[dict]:
@@ -177,8 +200,8 @@ def one_round(corpus: Path, settings, args, tmp: Path, reverse: bool) -> list[di
         if processes == 0:
             result = run_direct(corpus, settings)
         else:
-            with workers(settings, processes, tmp / f"worker-{processes}.log"):
-                result = run_distributed(corpus, settings, args.shard_size, label)
+            with workers(settings, processes, tmp / f"worker-{processes}.log") as proc:
+                result = run_distributed(corpus, settings, args.shard_size, label, proc.pid)
         result["load1"] = round(os.getloadavg()[0], 1)
         print(json.dumps(result), flush=True)
         out.append(result)
@@ -198,10 +221,14 @@ def summarise(rounds: list[list[dict]]) -> dict:
                 "efficiency": round(one["seconds"] / two["seconds"] / 2, 3),
                 "overhead_s_per_doc": round(per_doc, 4),
                 "overhead_pct": round(100 * (one["seconds"] - direct["seconds"]) / direct["seconds"], 2),
+                # CPU seconds are far less sensitive to other work on the machine than wall time.
+                "cpu_overhead_pct": round(100 * (one["cpu_s"] - direct["cpu_s"]) / direct["cpu_s"], 2),
+                "cpu_s": {k: v["cpu_s"] for k, v in by.items()},
                 "docs_per_s": {k: round(v["docs"] / v["seconds"], 3) for k, v in by.items()},
             }
         )
-    median = {k: statistics.median(r[k] for r in rows) for k in ("scaling_1_to_2", "efficiency", "overhead_pct")}
+    keys = ("scaling_1_to_2", "efficiency", "overhead_pct", "cpu_overhead_pct")
+    median = {k: statistics.median(r[k] for r in rows) for k in keys}
     return {"rounds": rows, "median": median}
 
 

@@ -16,12 +16,14 @@ import time
 
 import psycopg
 import pytest
+from prefect.testing.utilities import prefect_test_harness
 
+from flows.ingest import ingest
 from serving.celery_app import create_celery
 from serving.shards import ingest_distributed, start_run, wait_run
 from sluice.db import admin_conninfo, create_tenant
 from tests.reliability.stack import blocked_on_lock, drop_keys
-from tests.serving_support import start_worker, stop_worker
+from tests.serving_support import settings_env, start_worker, stop_worker
 
 DOCS = 12
 SHARD_SIZE = 2
@@ -127,13 +129,25 @@ def test_a_shard_lost_with_its_node_is_redone_elsewhere_and_nothing_is_stored_tw
     assert summary.chunks == sum(row[1] for row in stored)
 
 
-def test_a_second_distributed_run_finds_every_document_unchanged(dist_settings, two_nodes, db, tmp_path):
+def test_the_flow_fans_out_in_shards_isolates_a_bad_document_and_a_rerun_finds_the_rest_unchanged(
+    dist_settings, two_nodes, db, tmp_path, monkeypatch
+):
     tenant = f"dist2-{os.getpid()}-{int(time.time())}"
     create_tenant(db, tenant)
     _corpus(tmp_path)
-    first = ingest_distributed(dist_settings, db, tenant, tmp_path, 5, timeout_s=600)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+    for name, value in settings_env(dist_settings).items():  # the flow reads Settings at its entry point
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    with prefect_test_harness(server_startup_timeout=300):
+        state = ingest(str(tmp_path), tenant, shard_size=5, return_state=True)
+    assert state.is_completed() and state.name == "Partial", state.message
+    first = state.result()
+    assert (first["ingested"], first["failed"]) == (DOCS, 1)
+    assert any("broken.pdf" in e for e in first["errors"])
+
+    (tmp_path / "broken.pdf").unlink()
     (tmp_path / "note-00.md").unlink()
     second = ingest_distributed(dist_settings, db, tenant, tmp_path, 5, sync=True, timeout_s=600)
-    assert (first.summary.ingested, first.shards) == (DOCS, 3)
+    assert second.shards == 3
     assert (second.summary.unchanged, second.summary.ingested, second.summary.deleted) == (DOCS - 1, 0, 1)
-    assert second.summary.run_id != first.summary.run_id
+    assert second.summary.run_id != first["run_id"]
