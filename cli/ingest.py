@@ -29,6 +29,10 @@ def ingest(
         Optional[str],
         typer.Option("--metadata", help='JSON object every document gets, under its own, e.g. \'{"team": "legal"}\'.'),
     ] = None,
+    shard_size: Annotated[
+        Optional[int],
+        typer.Option("--shard-size", min=1, help="Distribute: shards of N documents to the ingest workers."),
+    ] = None,
 ) -> None:
     """Parse, chunk, embed and store every file of SOURCE into the tenant's served index; exit 1 on any failure."""
     from sluice.db import Database
@@ -38,6 +42,12 @@ def ingest(
     settings = load_settings()
     validate_collection(collection)
     run_metadata = _metadata_option(metadata)
+    if shard_size is not None:
+        if run_metadata is not None:
+            raise typer.BadParameter(
+                "a distributed run takes metadata from manifests and sidecars, not --metadata", param_hint="--metadata"
+            )
+        return _distributed(settings, tenant, source, sync, collection, shard_size, config)
     with Database(settings) as db:
         once = _once(settings, db, tenant, source, sync, collection, run_metadata)
         if config is None:
@@ -65,6 +75,21 @@ def _metadata_option(text: str | None) -> dict | None:
     except (ValueError, MetadataError) as exc:
         hint = 'pass a JSON object such as \'{"team": "legal"}\''
         raise typer.BadParameter(f"{exc}: {hint}", param_hint="--metadata") from None
+
+
+def _distributed(settings, tenant: str, source: str, sync: bool, collection: str, size: int, config) -> None:
+    """Fan SOURCE out over the ingest workers (serving/shards.py) and print the run's summary."""
+    from serving.shards import ingest_distributed
+    from sluice.db import Database
+
+    if config is not None:
+        raise typer.BadParameter("a distributed run builds the served index: drop --config", param_hint="--shard-size")
+    with Database(settings) as db:
+        state = ingest_distributed(settings, db, tenant, source, size, sync=sync, collection=collection)
+    print_summary(state.summary, ", ".join(state.index_ids))
+    console.print(f"run {state.summary.run_id}: {state.shards} shard(s) of up to {size} documents")
+    if state.summary.failed:
+        raise typer.Exit(code=1)
 
 
 def _once(settings, db, tenant: str, source: str, sync: bool, collection: str, metadata: dict | None = None):

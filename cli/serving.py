@@ -74,6 +74,7 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Processes (default SLUICE_WORKER_CONCURRENCY).")] = None,
     queues: Annotated[str, typer.Option(help="Queues to consume.")] = "query,ingest",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    name: Annotated[str, typer.Option(help="Celery node name (unique per worker on one host).")] = "sluice@%h",
 ) -> None:
     """Run a Celery worker for the query and ingest queues (loads the embedder once per process)."""
     from serving.worker import create_worker_app
@@ -90,6 +91,6 @@ def worker(
             "--loglevel",
             loglevel,
             "-n",
-            "sluice@%h",
+            name,
         ]
     )

@@ -18,9 +18,10 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
+from serving.shards import ingest_distributed
 from sluice.config import load_config
 from sluice.db import Database
-from sluice.errors import DocumentError
+from sluice.errors import ConfigError, DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
 from tasks.ingest import (
@@ -36,6 +37,7 @@ from tasks.ingest import (
     sync_deletions,
 )
 from tasks.ingest_served import ingest_served
+from tasks.shards import RunState
 from tasks.store import validate_collection
 
 # Connection-level failures are worth retrying; everything else is a bug or a bad document.
@@ -114,6 +116,7 @@ def ingest(
     concurrency: int | None = None,
     collection: str = "default",
     metadata: dict[str, Any] | None = None,
+    shard_size: int | None = None,
 ) -> State:
     """Ingest every file of `source` into `tenant`'s served index (or, given `config_path`, that config's index).
 
@@ -121,9 +124,18 @@ def ingest(
     one serving reads, and a switch during the run is followed (tasks/ingest_served.py). With it, the run
     builds an experiment's index, which is served only after a rollout or `sluice index activate`.
     `metadata` goes to every document of the run, under each document's own (manifest, sidecar, front matter).
+    With `shard_size`, the run is distributed: shards of that many documents go to the ingest workers
+    of the Celery `ingest` queue, on any number of hosts (serving/shards.py), each running the same driver.
     """
     settings = load_settings()
     width = concurrency or settings.ingest_concurrency
+    if shard_size is not None:
+        if config_path is not None:
+            raise ConfigError("a distributed run (shard_size) builds the served index: drop config_path")
+        if metadata is not None:
+            raise ConfigError("a distributed run reads metadata from manifests and sidecars: drop metadata")
+        state = distributed_task(settings, tenant, source, shard_size, sync, validate_collection(collection))
+        return final_state(state.summary, ", ".join(state.index_ids) or "(none)")
     with Database(settings) as db:
         options = {"collection": validate_collection(collection), "metadata": metadata}
         run_once = _once(settings, db, tenant, source, sync, width, options)
@@ -136,6 +148,13 @@ def ingest(
             "index %s of %s is an experiment: not served until rolled out", pipeline.index_id, config_path
         )
     return final_state(summary, pipeline.index_id)
+
+
+@task(name="distributed-ingest", cache_policy=NONE)  # no retries: a second run would only find its documents stored
+def distributed_task(settings, tenant: str, source: str, shard_size: int, sync: bool, collection: str) -> RunState:
+    """Fan the source out in shards over the Celery ingest queue and wait for every shard (serving/shards.py)."""
+    with Database(settings) as db:
+        return ingest_distributed(settings, db, tenant, source, shard_size, sync=sync, collection=collection)
 
 
 def _once(settings, db: Database, tenant: str, source: str, sync: bool, width: int, options: dict):

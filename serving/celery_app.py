@@ -17,8 +17,9 @@ from serving import pg_transport
 from sluice.settings import Settings
 
 QUERY_TASK, INGEST_TASK = "sluice.query", "sluice.ingest"
+SHARD_TASK = "sluice.ingest_shard"  # one shard of a distributed ingest run (serving/shards.py)
 QUERY_QUEUE, INGEST_QUEUE = "query", "ingest"
-ROUTES = {QUERY_TASK: {"queue": QUERY_QUEUE}, INGEST_TASK: {"queue": INGEST_QUEUE}}
+ROUTES = {QUERY_TASK: {"queue": QUERY_QUEUE}, INGEST_TASK: {"queue": INGEST_QUEUE}, SHARD_TASK: {"queue": INGEST_QUEUE}}
 
 
 def _embedded_url(settings: Settings, scheme: str) -> str:
@@ -95,8 +96,14 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     if app.conf.broker_url.startswith(("redis://", "rediss://")):
-        # An unacked (acks_late) message is redelivered after this long if its worker vanished.
-        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+        # An unacked (acks_late) message is redelivered after this long if its worker vanished. Every live
+        # worker sweeps for such messages each `unacked_restore_interval` s (throttle 1: every sweep scans).
+        timeout = settings.broker_visibility_timeout_s
+        app.conf.broker_transport_options = {
+            "visibility_timeout": timeout,
+            "unacked_restore_interval": max(1, min(10, timeout // 4)),
+            "unacked_restore_throttle": 1,
+        }
         if settings.broker_key_prefix:
             app.conf.broker_transport_options["global_keyprefix"] = settings.broker_key_prefix
     return app

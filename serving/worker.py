@@ -28,7 +28,7 @@ from psycopg_pool import PoolTimeout
 
 from serving.answers import answer_id_for, store_answer
 from serving.cache import answer_cache_key, cache_put
-from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, create_celery
+from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK, SHARD_TASK, create_celery
 from serving.config_source import active_config, served_config
 from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
@@ -342,6 +342,10 @@ INGEST_OPTIONS = {
     "time_limit": 1900,
 }
 
+# A shard of a distributed run (serving/shards.py): idempotent by its ledger (a redelivered shard skips the
+# documents already settled, and fences out the attempt it replaces), so acks_late as for ingest.
+SHARD_OPTIONS = {**INGEST_OPTIONS, "name": SHARD_TASK}
+
 
 def common_options(settings: Settings) -> dict:
     """Both tasks' options: retries with backoff, and the guard that turns a poison message into a dead letter."""
@@ -357,7 +361,7 @@ def common_options(settings: Settings) -> dict:
 
 
 def register_tasks(app: Celery, state: WorkerState) -> None:
-    """Register the two tasks on `app`, bound to this process's `state`."""
+    """Register the tasks (query, ingest, ingest shard) on `app`, bound to this process's `state`."""
     common = common_options(state.settings)
 
     @app.task(**QUERY_OPTIONS, **common)
@@ -369,6 +373,13 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
     def ingest(self: Task, payload: dict) -> dict:
         with traced(self, INGEST_TASK, INGEST_QUEUE):
             return _counted(INGEST_TASK, lambda: run_ingest(state, payload))
+
+    @app.task(**SHARD_OPTIONS, **common)
+    def ingest_shard(self: Task, payload: dict) -> dict:
+        from serving.shards import run_shard
+
+        with traced(self, SHARD_TASK, INGEST_QUEUE):
+            return _counted(SHARD_TASK, lambda: run_shard(state.settings, state.db, payload))
 
 
 def _counted(task: str, work) -> dict:

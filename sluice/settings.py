@@ -222,6 +222,13 @@ class Settings(BaseSettings):
         description="Prefix of every Redis broker key (kombu global_keyprefix), so several deployments or "
         "test runs can share one Redis database without consuming each other's queues.",
     )
+    broker_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=2,
+        description="Redis broker: a task whose worker host vanished (kill -9, power loss) is redelivered after "
+        "this many seconds. Keep it above the longest task (an ingest shard); a task still running past it "
+        "is delivered twice, which ingest shards survive (their ledger) but which wastes work.",
+    )
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="Per-tenant request refill rate.")
     rate_limit_burst: float = Field(default=40.0, ge=1, description="Per-tenant bucket size.")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")

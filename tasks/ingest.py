@@ -108,6 +108,20 @@ class Prepared:
     user_metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Settled:
+    """How a run settled one document, told to `Run.on_settled` inside the transaction that settled it."""
+
+    source_id: str
+    outcome: str
+    chunks: int = 0
+    truncated: int = 0
+    error: str | None = None
+
+
+Settle = Callable[[psycopg.Connection, Settled], None]
+
+
 # ---------------------------------------------------------------- listing
 def list_source(source: str | Path, confine_to: Path | None = None) -> list[SourceFile]:
     """List the files of a folder (recursively), a single file, or a glob; source ids are relative paths.
@@ -283,10 +297,16 @@ def store_prepared(
     vectors: dict,
     fresh: dict,
     collection: str = "default",
+    settle: Callable[[psycopg.Connection, str], None] | None = None,
 ) -> str:
-    """Write one document, its chunks and its new cache entries in one transaction; return the outcome."""
+    """Write one document, its chunks and its new cache entries in one transaction; return the outcome.
+
+    `settle(conn, outcome)` runs last in that transaction (a shard's ledger row: stored together or not at all).
+    """
     hashes = [text_hash(c.embed_text) for c in prep.chunks]
     matrix = np.vstack([vectors[h] for h in hashes])
+    previous = prep.previous
+    outcome = "updated" if previous and previous.content_hash != prep.doc.content_hash else "ingested"
     try:
         with db.tenant(tenant) as conn:
             hold_store_lock(conn)  # first, before any row lock: a rollout's switch waits for this store
@@ -295,10 +315,11 @@ def store_prepared(
             document_id, _ = upsert_document(conn, prep.doc, meta, collection, source_uri(prep.item))
             replace_chunks(conn, document_id, config.index_id, prep.doc.content_hash, prep.chunks, matrix)
             store_user_metadata(conn, prep.item.source_id, prep.user_metadata)
+            if settle is not None:
+                settle(conn, outcome)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # this document's data, not the database
         raise DocumentError(prep.item.source_id, "store", f"{type(exc).__name__}: {exc}") from exc
-    previous = prep.previous
-    return "updated" if previous and previous.content_hash != prep.doc.content_hash else "ingested"
+    return outcome
 
 
 # ---------------------------------------------------------------- the run
@@ -329,6 +350,8 @@ class Run:
     window: int = 1
     concurrency: int = 1
     metadata: dict[str, Any] | None = None  # the run's metadata, under every document's own (tasks/metadata.py)
+    # Told each settled document inside the transaction that settled it (a shard's ledger, tasks/shards.py).
+    on_settled: Settle | None = None
 
     def __post_init__(self) -> None:
         validate_collection(self.collection)
@@ -356,9 +379,14 @@ class Run:
         self.summary.errors.append(err)
         with self.db.tenant(self.tenant) as conn:
             record_error(conn, err.source_id, err.stage, err.reason, self.summary.run_id)
+            if self.on_settled:
+                self.on_settled(conn, Settled(err.source_id, "failed", error=str(err)))
         self._tell(item, "failed", 0)
 
     def done(self, item: SourceFile, outcome: str, chunks: int = 0) -> None:
+        if outcome == "unchanged" and self.on_settled:  # stored documents were settled in their own transaction
+            with self.db.tenant(self.tenant) as conn:
+                self.on_settled(conn, Settled(item.source_id, outcome))
         setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
         self.summary.chunks += chunks
         self._tell(item, outcome, chunks)
@@ -435,13 +463,18 @@ def _flush_one(run: Run, prep: Prepared) -> None:
 
 
 def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict) -> None:
+    truncated = run.embedder.count_truncated([c.embed_text for c in prep.chunks])
+    settle = None
+    if run.on_settled is not None:
+        on_settled, source_id, chunks = run.on_settled, prep.item.source_id, len(prep.chunks)
+        settle = lambda conn, outcome: on_settled(conn, Settled(source_id, outcome, chunks, truncated))  # noqa: E731
     try:
         key = run.embedder.identity.key
-        outcome = store_prepared(run.db, run.tenant, run.config, key, prep, vectors, fresh, run.collection)
+        outcome = store_prepared(run.db, run.tenant, run.config, key, prep, vectors, fresh, run.collection, settle)
     except DocumentError as err:
         run.fail(err, prep.item)
     else:
-        run.summary.truncated += run.embedder.count_truncated([c.embed_text for c in prep.chunks])
+        run.summary.truncated += truncated
         run.done(prep.item, outcome, len(prep.chunks))
 
 

@@ -71,10 +71,15 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def start_worker(
-    settings: Settings, log: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log: Path,
+    concurrency: int = 1,
+    extra_env: dict[str, str] | None = None,
+    name: str = "sluice@%h",
 ) -> subprocess.Popen:
-    """Start `sluice worker` and wait until it has loaded its embedder and answers pings."""
+    """Start `sluice worker` (Celery node `name`) and wait until it has loaded its embedder and answers pings."""
     cmd = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"]
+    cmd += ["--name", name]
     proc = subprocess.Popen(
         cmd,
         env={**worker_env(settings), **(extra_env or {})},

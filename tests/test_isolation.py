@@ -29,6 +29,8 @@ TENANT_TABLES = (
     "lexical_stats",
     "answers",
     "feedback",
+    "ingest_shards",
+    "ingest_run_documents",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)
