@@ -88,7 +88,8 @@ class Host:
     def command(self, argv: list[str]) -> list[str]:
         """`argv` as run on this host: its namespace, hostname, /tmp and /dev/shm, other hosts' folders hidden."""
         hide = " ".join(f"mount -t tmpfs -o ro,mode=0555,size=4k hidden {shlex.quote(str(p))} &&" for p in self.hidden)
-        script = f'hostname "$0" && mount -t tmpfs -o mode=1777 tmp /tmp && mount -t tmpfs shm /dev/shm && {hide} exec "$@"'
+        private = "mount -t tmpfs -o mode=1777 tmp /tmp && mount -t tmpfs shm /dev/shm"
+        script = f'hostname "$0" && {private} && {hide} exec "$@"'
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"] if self.uid else []
         ns = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--propagation", "private", "--"]
         return [*ns, "sh", "-c", script, self.name, *drop, *argv]
