@@ -96,7 +96,7 @@ def create_celery(settings: Settings) -> Celery:
     )
     if app.conf.broker_url.startswith(("redis://", "rediss://")):
         # An unacked (acks_late) message is redelivered after this long if its worker vanished.
-        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+        app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
         if settings.broker_key_prefix:
             app.conf.broker_transport_options["global_keyprefix"] = settings.broker_key_prefix
     return app

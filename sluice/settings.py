@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(
         default=None, description="Celery result backend; unset = the broker's Redis, or Postgres for that broker."
     )
+    broker_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis broker: seconds after which a message taken but not acknowledged is delivered again. "
+        "This is how the job of a worker host that died (kill -9, power cut) reaches another worker; keep it "
+        "above the longest ingest job, or a job still running is started a second time.",
+    )
     broker_db_name: str = Field(
         default="sluice_broker", description="Database of the embedded-Postgres broker (created on demand)."
     )
