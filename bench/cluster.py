@@ -54,12 +54,17 @@ class Cluster:
     app_url: str
     broker_url: str
     api_url: str
-    env: dict[str, str] = field(default_factory=dict)  # the SLUICE_* every Sluice host shares
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # each Sluice host's environment
     procs: dict[str, list] = field(default_factory=dict)
 
     @property
     def workers(self) -> list[Host]:
         return [host for name, host in self.net.hosts.items() if name.startswith("w")]
+
+    def sluice(self, host: str, *args: str, timeout: float = 300):
+        """Run `sluice ARGS` on `host` (as an operator would there): a CompletedProcess with its text output."""
+        on = self.net[host]
+        return on.run([sys.executable, "-m", "cli", *args], self.envs[host], timeout=timeout, cwd=on.root / "home")
 
 
 def start_postgres(host: Host, subnet: str, password: str) -> str:
@@ -218,11 +223,12 @@ def _start(net: Network, workers: int, concurrency: int, settings: dict[str, str
     shared = {"SLUICE_APP_PASSWORD": app_password, "SLUICE_BROKER_URL": broker_url, **settings}
     migrate(net["api"], admin_url, shared, extra_env)
     shared = {**shared, "SLUICE_APP_DATABASE_URL": app_url}
-    cluster = Cluster(net, admin_url, app_url, broker_url, "", shared)
     hosts = [net[f"w{n}"] for n in range(1, workers + 1)]
+    envs = {host.name: sluice_env(host, shared, extra_env) for host in (net["api"], *hosts)}
+    cluster = Cluster(net, admin_url, app_url, broker_url, "", envs)
     for host in hosts:  # workers load their models while the API starts
-        cluster.procs[host.name] = [start_worker(host, sluice_env(host, shared, extra_env), concurrency)]
-    cluster.api_url, api = start_api(net["api"], sluice_env(net["api"], shared, extra_env))
+        cluster.procs[host.name] = [start_worker(host, envs[host.name], concurrency)]
+    cluster.api_url, api = start_api(net["api"], envs["api"])
     cluster.procs["api"] = [api]
     wait_workers(hosts, cluster.procs, concurrency)
     return cluster
