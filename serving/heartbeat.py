@@ -7,8 +7,9 @@ hung consumer stops beating too; a clean shutdown deletes the row, a killed work
 after `STALE_BEATS` intervals. The row names its broker by a hash, so an API counts only workers
 that consume from the broker it sends to.
 
-The same step, on the same connection and timer, expires finished jobs (`serving.jobs.expire`):
-every worker node sweeps, so expiry needs no scheduler of its own.
+The same step, on the same connection and timer, expires finished jobs (`serving.jobs.expire`) and
+orphaned uploads (`serving.upload_store.expire`): every worker node sweeps, so expiry needs no
+scheduler of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import psycopg
 from celery import bootsteps
 
 from serving.jobs import expire, sweep_interval
+from serving.upload_store import expire as expire_uploads
+from serving.upload_store import upload_store
 from sluice.db import Database, app_conninfo
 from sluice.settings import Settings
 
@@ -86,6 +89,7 @@ class Heartbeat(bootsteps.StartStopStep):
 
     def sweep(self) -> None:
         self._run(lambda conn: expire(conn, self.settings.job_retention_s))
+        self._run(lambda conn: expire_uploads(conn, upload_store(self.settings), self.settings.upload_retention_h))
 
     def stop(self, c) -> None:
         for tref in self.trefs:

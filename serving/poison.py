@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from serving.deadletter import DeadLetter, seconds
 from serving.schemas import QueryRequest
+from serving.upload_store import is_upload_ids
 from sluice import metrics
 from sluice.errors import QueryError
 from sluice.jsonwalk import deeper_than
@@ -98,8 +99,12 @@ def check_payload(payload: Any, query: bool) -> None:
     if not isinstance(payload, dict) or not isinstance(payload.get("tenant"), str):
         raise QueryError("the task's argument must be a mapping naming its tenant: send work through the API")
     if not query:
-        if not isinstance(payload.get("source"), str):
-            raise QueryError("an ingest task needs its `source` as a path: send work through the API")
+        named, uploads = isinstance(payload.get("source"), str), payload.get("uploads")
+        if named == (uploads is not None) or (uploads is not None and not is_upload_ids(uploads)):
+            raise QueryError(
+                "an ingest task needs either its `source` (a name) or its `uploads` (upload ids): "
+                "send work through the API"
+            )
         return
     try:
         QueryRequest.model_validate({k: payload[k] for k in QUERY_FIELDS if payload.get(k) is not None})

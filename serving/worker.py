@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from billiard.common import TERM_SIGNAL
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from psycopg_pool import PoolTimeout
 
@@ -32,10 +33,11 @@ from serving.config_source import active_config, served_config
 from serving.deadletter import record, record_failures
 from serving.embedding_cache import CachingEmbedder
 from serving.heartbeat import heartbeat_step
-from serving.jobs import mark_finished
+from serving.jobs import mark_finished, tenant_of
 from serving.outcome import TaskOutcome
 from serving.poison import check_payload, guarded_strategy
 from serving.search import run_search
+from serving.upload_store import discard, fetch, is_upload_ids, upload_store
 from sluice import logs, metrics, tracing
 from sluice.config import PipelineConfig
 from sluice.db import Database
@@ -77,6 +79,7 @@ class WorkerState:
         self._embedders: dict[Any, CachingEmbedder] = {}
         self._answerers: dict[str, Answerer] = {}
         self._gateway_state: Any = None
+        self.uploads = upload_store(settings)
         self.pid = os.getpid()
 
     @property
@@ -244,22 +247,28 @@ class StreamPublisher:
             self.last = time.monotonic()
 
 
-def ingest_target(settings: Settings, payload: dict) -> tuple[Path, Path | None]:
-    """What to ingest, and the folder no file may be read outside of (None: the API's own upload folder).
+@contextmanager
+def ingest_target(state: WorkerState, payload: dict) -> Iterator[tuple[Path, Path | None]]:
+    """What to ingest, and the folder no file may be read outside of (None: a folder of this worker's own).
 
-    A named source is resolved again here, under this worker's SLUICE_INGEST_ROOT: the folder may have
-    changed since the API accepted the job, and the API host may mount the root at another path.
+    Uploads are fetched by id from the upload store into a temporary folder of this worker, removed on
+    exit. A named source is resolved again here, under this worker's SLUICE_INGEST_ROOT: the folder may
+    have changed since the API accepted the job, and the API host may mount the root at another path.
     """
     from sluice.confine import resolve_named, tenant_folder
 
-    if payload.get("cleanup"):
-        return Path(payload["source"]), None
-    folder = tenant_folder(settings.ingest_root, payload["tenant"])
-    return resolve_named(folder, payload["source"]), folder
+    settings, tenant = state.settings, payload["tenant"]
+    if payload.get("uploads") is not None:
+        with tempfile.TemporaryDirectory(prefix="sluice-upload-") as scratch:
+            fetch(state.db, state.uploads, tenant, payload["uploads"], Path(scratch))
+            yield Path(scratch), None
+        return
+    folder = tenant_folder(settings.ingest_root, tenant)
+    yield resolve_named(folder, payload["source"]), folder
 
 
 def run_ingest(state: WorkerState, payload: dict) -> dict:
-    """Ingest a named source (confined to the tenant's folder) or an upload folder into the served index."""
+    """Ingest a named source (confined to the tenant's folder) or a job's uploads into the served index."""
     from tasks.ingest import ingest_source
     from tasks.ingest_served import ingest_served
     from tasks.parse_limits import ParseLimits
@@ -268,17 +277,17 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     settings = state.settings
     limits = ParseLimits.from_settings(settings)
     tenant = payload["tenant"]
-    source, folder = ingest_target(settings, payload)
+    with ingest_target(state, payload) as (source, folder):
 
-    def once(config: PipelineConfig, embedder) -> Any:
-        logs.bind(config_id=config.config_id)
-        cap = settings.max_file_bytes
-        return ingest_source(state.db, tenant, config, embedder, source, cap, parse_limits=limits, confine_to=folder)
+        def once(config: PipelineConfig, embedder) -> Any:
+            logs.bind(config_id=config.config_id)
+            cap = settings.max_file_bytes
+            return ingest_source(
+                state.db, tenant, config, embedder, source, cap, parse_limits=limits, confine_to=folder
+            )
 
-    served = ingest_served(settings, state.db, tenant, "default", once)
+        served = ingest_served(settings, state.db, tenant, "default", once)
     summary = served.summary
-    if payload.get("cleanup"):
-        _remove_tree(Path(payload["source"]))
     log.info("ingest finished", extra={"documents": summary.ingested, "chunks": summary.chunks})
     fields = ("run_id", "ingested", "updated", "unchanged", "deleted", "failed", "chunks", "embedded", "truncated")
     out = {f: getattr(summary, f) for f in fields}
@@ -289,10 +298,22 @@ def run_ingest(state: WorkerState, payload: dict) -> dict:
     return {**out, "index_id": served.index_id, "errors": [str(e) for e in summary.errors]}
 
 
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
+def discard_uploads(state: WorkerState, task: Task | None, args: Any, task_state: str | None) -> None:
+    """After an ingest job finished with a result (ingested, or refused as bad input): delete its uploads.
+
+    A job that failed (FAILURE: a dead letter) keeps them until SLUICE_UPLOAD_RETENTION_H, so that
+    `sluice jobs retry` can replay it; a retry keeps them too. A failed delete is left to that sweep.
+    """
+    payload = args[0] if isinstance(args, (list, tuple)) and args else None
+    if task is None or task.name != INGEST_TASK or task_state != states.SUCCESS or not isinstance(payload, dict):
+        return
+    tenant, ids = tenant_of(payload), payload.get("uploads")
+    if tenant is None or not is_upload_ids(ids):
+        return
+    try:
+        discard(state.db, state.uploads, tenant, ids)
+    except Exception as exc:  # noqa: BLE001 - the job is done; the sweep deletes what is left
+        log.warning("uploads of job %s not deleted (the sweep will): %s", task.request.id, exc)
 
 
 # Idempotent (reads, plus a cache write keyed by content): safe to redeliver if a worker dies:
@@ -417,6 +438,9 @@ def create_worker_app(settings: Settings) -> Celery:
     # After the result is stored (the caller has its answer): one pipelined round trip per finished task.
     task_postrun.connect(
         lambda **kw: mark_finished(state.db, kw.get("task_id"), kw.get("args"), kw.get("state")), weak=False
+    )
+    task_postrun.connect(
+        lambda **kw: discard_uploads(state, kw.get("task"), kw.get("args"), kw.get("state")), weak=False
     )
     worker_process_shutdown.connect(lambda **_: _process_shutdown(state), weak=False)
     return app

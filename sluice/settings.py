@@ -7,12 +7,13 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATABASE_UPLOAD_MAX = 256 * 1024 * 1024  # migration 0013's uploads_size_in_database
 
 # Every dependency that phones home or reaches a model hub, switched off.
 # RAGAS_DO_NOT_TRACK only honours "true" (the value "1" is ignored).
@@ -227,6 +228,23 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="Largest total of files in one upload job (before base64)."
     )
+    upload_store: str = Field(
+        default="postgres",
+        description="Where uploaded files wait for a worker: `postgres` (the database, files up to 256 MiB) or an "
+        "fsspec URL such as s3://bucket/prefix (credentials from the usual AWS variables or instance role). "
+        "Never one host's disk: workers need only the database and broker addresses.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, ...) for s3:// upload stores and sources; "
+        "unset = AWS.",
+    )
+    upload_retention_h: float = Field(
+        default=24.0,
+        ge=0.1,
+        description="Hours an upload no finished job removed is kept (an API that died before enqueueing it, a "
+        "dead-lettered job: `sluice jobs retry` works until then); then the workers' sweep deletes it.",
+    )
     worker_concurrency: int = Field(
         default=1, ge=1, description="Processes per `sluice worker` (each loads the embedder)."
     )
@@ -281,6 +299,22 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("pool_max_size must be at least 1")
         return value
+
+    @field_validator("upload_store")
+    @classmethod
+    def _upload_store(cls, value: str) -> str:
+        if value != "postgres" and "://" not in value:
+            raise ValueError(f"SLUICE_UPLOAD_STORE={value!r}: give `postgres` or a URL such as s3://bucket/prefix")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _upload_fits_store(self) -> Settings:
+        if self.upload_store == "postgres" and self.max_upload_bytes > DATABASE_UPLOAD_MAX:
+            raise ValueError(
+                f"SLUICE_MAX_UPLOAD_BYTES={self.max_upload_bytes} is above the {DATABASE_UPLOAD_MAX} bytes a file may "
+                "have in the database: lower it, or set SLUICE_UPLOAD_STORE=s3://bucket/prefix"
+            )
+        return self
 
     @field_validator("datasets_dir", "bench_venv")
     @classmethod

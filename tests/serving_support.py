@@ -366,3 +366,11 @@ def keyed_tenant(db: Database, prefix: str) -> tuple[str, str]:
     tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
     create_tenant(db, tenant)
     return tenant, create_key(db, tenant).secret
+
+
+def upload_payload(db: Database, tenant: str, files: dict[str, bytes]) -> dict:
+    """An ingest task's payload as the API sends it: the files stored in the database's upload store, by id."""
+    from serving.upload_store import NewFile, PostgresStore, pieces_of, save
+
+    stored = [NewFile(name, len(data), pieces_of(data)) for name, data in files.items()]
+    return {"tenant": tenant, "uploads": save(db, PostgresStore(), tenant, stored)}

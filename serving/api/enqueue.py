@@ -18,7 +18,7 @@ from sluice.settings import Settings
 
 def queue_limit(settings: Settings, queue: str) -> int:
     """Waiting messages a queue may hold before new work for it is refused with 503."""
-    # Ingest jobs are asynchronous (the client polls) and their files are already on disk, so they
+    # Ingest jobs are asynchronous (the client polls) and their files are already stored, so they
     # queue deep; a query holds its connection while it waits, so its queue stays short.
     return settings.ingest_queue_limit if queue == INGEST_QUEUE else settings.queue_limit
 

@@ -16,7 +16,7 @@ from serving.api.idempotent import idempotent
 from serving.api.query import payload as query_payload
 from serving.api.responses import json_response
 from serving.api.state import ApiState, State
-from serving.api.uploads import discard, save_uploads
+from serving.api.uploads import drop_uploads, save_uploads
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
 from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
@@ -61,17 +61,17 @@ def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
         return 202, {"job_id": job_id, "kind": "query", "status": "queued"}
     if job.source is not None:  # checked now for a 422; the worker resolves the name again, under its own root
         resolve_source(state.settings, tenant, job.source)
-        source, cleanup = job.source, False
+        payload, uploads = {"tenant": tenant, "source": job.source}, []
     else:
         check_capacity(state, INGEST_QUEUE)
-        source, cleanup = str(save_uploads(state.settings, tenant, job)), True
+        uploads = save_uploads(state.settings, state.db, state.uploads, tenant, job)
+        payload = {"tenant": tenant, "uploads": uploads}  # ids in the upload store, never a path on this host
     record = {"kind": "ingest", "source": job.source, "files": [f.name for f in job.files or []]}
-    payload = {"tenant": tenant, "source": str(source), "cleanup": cleanup}
     try:
         job_id = enqueue(state, tenant, INGEST_TASK, INGEST_QUEUE, payload, record)
     except BaseException:
-        if cleanup:
-            discard(source)  # no job names these uploads: nothing would ever remove them
+        if uploads:
+            drop_uploads(state.db, state.uploads, tenant, uploads)  # no job names them: nothing would remove them
         raise
     return 202, {"job_id": job_id, "kind": "ingest", "status": "queued"}
 

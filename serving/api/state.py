@@ -13,6 +13,7 @@ from serving.backpressure import QueueDepth
 from serving.celery_app import INGEST_QUEUE, QUERY_QUEUE, create_celery
 from serving.ratelimit import auth_pool
 from serving.results import ResultWaiter
+from serving.upload_store import upload_store
 from sluice.db import Database
 from sluice.settings import Settings
 
@@ -61,6 +62,7 @@ class ApiState:
         self.settings = settings
         self.db = Database(settings)
         self.celery = create_celery(settings)
+        self.uploads = upload_store(settings)  # where uploaded files wait for a worker
         self.depth = QueueDepth(self.celery)
         self.results = ResultWaiter(self.celery)
         self.auth = auth_pool(settings)  # opened by the app's lifespan, inside the event loop

@@ -1,48 +1,41 @@
-"""Uploaded files: names and sizes checked before a byte is written, decoded piece by piece straight to
-disk, and nothing left behind by a request that fails."""
+"""Uploaded files: names and sizes checked before a byte is stored, decoded piece by piece straight into the
+upload store (the database or a bucket: never this host's disk), and nothing left behind by a request that fails."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import shutil
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from serving.api.errors import ApiError
 from serving.schemas import IngestJob, UploadedFile
+from serving.upload_store import NewFile, Store, discard, save
+from sluice.db import Database
 from sluice.settings import Settings
 
 NAME_MAX_BYTES = 255  # NAME_MAX of Linux file systems (ext4, xfs, btrfs): a longer name cannot be created
 PIECE = 4 * 1024 * 1024  # base64 characters decoded at a time (3 MiB of file bytes); a multiple of 4
 
 
-def save_uploads(settings: Settings, tenant: str, job: IngestJob) -> Path:
-    """Write uploaded files into a fresh folder the worker ingests (and then removes)."""
+def save_uploads(settings: Settings, db: Database, store: Store, tenant: str, job: IngestJob) -> list[str]:
+    """Store the uploaded files for a worker to fetch; their upload ids (the only thing the job message carries)."""
     files = job.files or []
     for f in files:
         check_name(f.name)
-    total = sum(decoded_size(f) for f in files)
-    if total > settings.max_upload_bytes:
+    sizes = [decoded_size(f) for f in files]
+    if sum(sizes) > settings.max_upload_bytes:
         raise ApiError(
             413,
-            f"uploads of {total} bytes exceed SLUICE_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes): "
+            f"uploads of {sum(sizes)} bytes exceed SLUICE_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes): "
             "split them over several jobs",
         )
-    folder = settings.data_dir / "uploads" / tenant / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    try:
-        for f in files:
-            _write_decoded(folder / f.name, f)
-    except BaseException:
-        discard(folder)
-        raise
-    return folder
+    return save(db, store, tenant, [NewFile(f.name, size, _decoded(f)) for f, size in zip(files, sizes, strict=True)])
 
 
-def discard(folder: Path) -> None:
-    """Remove uploads that no queued job names (the request failed after writing them)."""
-    shutil.rmtree(folder, ignore_errors=True)
+def drop_uploads(db: Database, store: Store, tenant: str, ids: list[str]) -> None:
+    """Remove uploads that no queued job names (the request failed after storing them)."""
+    discard(db, store, tenant, ids)
 
 
 def check_name(name: str) -> None:
@@ -65,15 +58,14 @@ def decoded_size(f: UploadedFile) -> int:
     return len(text) // 4 * 3 - text[-2:].count("=")
 
 
-def _write_decoded(path: Path, f: UploadedFile) -> None:
+def _decoded(f: UploadedFile) -> Iterator[bytes]:
     # Piece by piece: the decoded file is never whole in memory, next to the request's base64 text.
     text = f.content_base64
-    with path.open("wb") as out:
-        for start in range(0, len(text), PIECE):
-            try:
-                out.write(base64.b64decode(text[start : start + PIECE], validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise _not_base64(f) from exc
+    for start in range(0, len(text), PIECE):
+        try:
+            yield base64.b64decode(text[start : start + PIECE], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _not_base64(f) from exc
 
 
 def _not_base64(f: UploadedFile) -> ApiError:

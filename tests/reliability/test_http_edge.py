@@ -14,6 +14,7 @@ import time
 import uuid
 
 import httpx
+import kombu.exceptions
 import psycopg
 import pytest
 
@@ -21,7 +22,7 @@ from serving.api.jobs import submit_job
 from serving.api.state import ApiState
 from serving.auth import create_key
 from serving.schemas import IngestJob, UploadedFile
-from sluice.db import create_tenant
+from sluice.db import admin_conninfo, create_tenant
 from tests.reliability.raw_http import (
     MIB,
     closed_after,
@@ -148,21 +149,30 @@ def test_long_file_name_is_422_and_leaves_no_file(edge):
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         r = client.post("/v1/jobs", json={"kind": "ingest", "files": [good, long]})
     assert r.status_code == 422 and "255 bytes" in r.json()["detail"], r.text
-    folder = settings.data_dir / "uploads" / tenant
-    assert not folder.exists() or not any(p.is_file() for p in folder.rglob("*")), list(folder.rglob("*"))
+    assert _stored_uploads(settings, tenant) == 0
 
 
-def test_uploads_of_a_request_that_fails_after_writing_them_are_removed(edge):
-    """Its tenant is deleted while the files are written (here: never created): the job row cannot be
-    stored, and the files already on disk are removed with the failure, not left with no job."""
-    settings, tenant = edge[4], f"gone-{uuid.uuid4().hex[:8]}"
+def test_uploads_of_a_request_that_fails_after_storing_them_are_removed(edge, monkeypatch):
+    """The broker refuses the message after the files were stored: they are removed with the failure, not
+    left with no job to ingest them."""
+    settings, tenant = edge[4], edge[3]
     job = IngestJob(kind="ingest", files=[UploadedFile(name="a.md", content_base64=base64.b64encode(b"# a").decode())])
     state = ApiState(settings)
+    stored: list[int] = []
+
+    def refuse(*args, **kwargs):
+        stored.append(_stored_uploads(settings, tenant))  # what the upload store held when the broker refused
+        raise kombu.exceptions.OperationalError("connection refused")
+
+    monkeypatch.setattr(state.celery, "send_task", refuse)
     try:
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        with pytest.raises(kombu.exceptions.OperationalError):
             submit_job(state, tenant, job)
     finally:
         state.close()
-    folder = settings.data_dir / "uploads" / tenant
-    assert folder.is_dir() and not any(folder.iterdir()), list(folder.rglob("*"))  # written, then removed
-    folder.rmdir()
+    assert stored == [1] and _stored_uploads(settings, tenant) == 0  # stored, then removed
+
+
+def _stored_uploads(settings, tenant: str) -> int:
+    with psycopg.connect(admin_conninfo(settings)) as conn:
+        return conn.execute("SELECT count(*) FROM uploads WHERE tenant_id = %s", (tenant,)).fetchone()[0]

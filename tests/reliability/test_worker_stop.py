@@ -21,7 +21,7 @@ from serving.celery_app import INGEST_TASK, QUERY_TASK, create_celery
 from serving.worker import QUERY_LIMIT_S
 from sluice.db import admin_conninfo
 from tests.reliability.stack import blocked_on_lock
-from tests.serving_support import start_worker
+from tests.serving_support import start_worker, upload_payload
 
 # Kubernetes' default terminationGracePeriodSeconds (and the grace our tests' stop_worker gives).
 GRACE_S = 30
@@ -58,9 +58,8 @@ def test_sigterm_stops_a_busy_then_an_idle_worker(broker_settings, db, new_tenan
     doc.parent.mkdir()
     doc.write_text(OWLS)
     first = start_worker(broker_settings, tmp_path / "first.log")
-    ingest = app.send_task(
-        INGEST_TASK, args=[{"tenant": tenant, "source": str(doc.parent), "cleanup": True}], queue="ingest"
-    )
+    payload = upload_payload(db, tenant, {doc.name: doc.read_bytes()})
+    ingest = app.send_task(INGEST_TASK, args=[payload], queue="ingest")
     assert ingest.get(timeout=120)["ingested"] == 1
     with psycopg.connect(admin_conninfo(broker_settings)) as locker:
         locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")  # the query waits inside retrieval

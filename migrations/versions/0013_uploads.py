@@ -1,0 +1,98 @@
+"""Uploaded files wait for a worker in the database (or an object store), never on one host's disk.
+
+`uploads` has one row per uploaded file of an ingest job: its name, size and where its bytes are —
+in `upload_parts` (the default: pieces of at most 4 MiB, so no value nears bytea's 1 GB and neither
+side holds a whole file in one buffer) or, with `location` set, at an object-store URL. Both tables
+are tenant data under the tenant policy. The worker that ingests the job deletes its rows; rows that
+no job ever removed (an API that died between writing and enqueueing, a dead-lettered job never
+replayed) are deleted by `expire_uploads`, swept by every worker node like `expire_jobs`. It is the
+only cross-tenant access: it runs as the owner, which two owner-only policies let read and delete.
+
+Revision ID: 0013
+Revises: 0011
+"""
+
+from __future__ import annotations
+
+from alembic import context, op
+
+revision = "0013"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+SCHEMA = """
+CREATE TABLE uploads (
+    tenant_id   text NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE CHECK (tenant_id <> ''),
+    upload_id   uuid NOT NULL,
+    name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 255),
+    size        bigint NOT NULL CHECK (size >= 0),
+    -- NULL: the bytes are in upload_parts; else the object-store URL that holds them.
+    location    text CHECK (length(location) BETWEEN 1 AND 2048),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, upload_id),
+    -- The database holds files up to 256 MiB (SLUICE_UPLOAD_STORE=s3://... for larger ones).
+    CONSTRAINT uploads_size_in_database CHECK (location IS NOT NULL OR size <= 268435456)
+);
+CREATE INDEX uploads_created ON uploads (created_at);
+CREATE TABLE upload_parts (
+    tenant_id   text NOT NULL CHECK (tenant_id <> ''),
+    upload_id   uuid NOT NULL,
+    part        integer NOT NULL CHECK (part >= 0),
+    data        bytea NOT NULL CHECK (octet_length(data) <= 4194304),
+    PRIMARY KEY (tenant_id, upload_id, part),
+    FOREIGN KEY (tenant_id, upload_id) REFERENCES uploads (tenant_id, upload_id) ON DELETE CASCADE
+);
+ALTER TABLE uploads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE uploads FORCE ROW LEVEL SECURITY;
+ALTER TABLE upload_parts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE upload_parts FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON uploads
+    USING (tenant_id = current_setting('app.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
+CREATE POLICY tenant_isolation ON upload_parts
+    USING (tenant_id = current_setting('app.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
+
+-- Deletes uploads older than the age across tenants (their parts go by cascade) and returns the
+-- object-store URLs among them, for the caller to delete.
+CREATE FUNCTION expire_uploads(p_age_s double precision, p_batch integer DEFAULT 1000)
+RETURNS TABLE (location text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+    WITH gone AS (
+        DELETE FROM uploads WHERE (tenant_id, upload_id) IN (
+            SELECT tenant_id, upload_id FROM uploads
+            WHERE created_at < now() - make_interval(secs => greatest(p_age_s, 60))
+            LIMIT greatest(p_batch, 1)
+        )
+        RETURNING uploads.location
+    )
+    SELECT gone.location FROM gone WHERE gone.location IS NOT NULL
+$fn$;
+"""
+
+
+def upgrade() -> None:
+    owner = context.config.attributes["owner_role"]
+    app = context.config.attributes["app_role"]
+    op.execute(f'SET LOCAL ROLE "{owner}"')
+    op.execute(SCHEMA)
+    op.execute(
+        f'CREATE POLICY owner_reads_old ON uploads FOR SELECT TO "{owner}" USING (true);'
+        f'CREATE POLICY owner_expires_old ON uploads FOR DELETE TO "{owner}" USING (true);'
+    )
+    fn = "expire_uploads(double precision, integer)"
+    op.execute(f'REVOKE ALL ON FUNCTION {fn} FROM PUBLIC; GRANT EXECUTE ON FUNCTION {fn} TO "{app}";')
+    op.execute(f'GRANT SELECT, INSERT, DELETE ON uploads, upload_parts TO "{app}"')
+    op.execute("RESET ROLE")
+
+
+def downgrade() -> None:
+    owner = context.config.attributes["owner_role"]
+    op.execute(f'SET LOCAL ROLE "{owner}"')
+    op.execute(
+        "DROP FUNCTION IF EXISTS expire_uploads(double precision, integer);"
+        "DROP TABLE IF EXISTS upload_parts;"
+        "DROP TABLE IF EXISTS uploads;"
+    )
+    op.execute("RESET ROLE")

@@ -1,0 +1,187 @@
+"""Uploaded files between the API and the worker that ingests them, by id: in Postgres or an object store.
+
+The API writes each file of an ingest job (`save`) and enqueues only the files' ids; the worker that takes
+the job copies them into a temporary folder of its own (`fetch`), ingests it, and once the job has
+finished deletes them (`discard`). Nothing is written to, or read from, one host's disk that another
+process needs: API and workers share only the database (and, with SLUICE_UPLOAD_STORE=s3://..., a bucket).
+
+Every file has a row in `uploads` (migration 0013) under its tenant's policy, whichever store holds
+its bytes: a worker fetches only its job's tenant's files, and the orphan sweep (`expire`) finds every
+file, wherever it is.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import psycopg
+
+from sluice.db import Database
+from sluice.errors import SourceError
+from sluice.objects import copy_out, filesystem, write_pieces
+from sluice.settings import Settings
+
+INSERT = "INSERT INTO uploads (tenant_id, upload_id, name, size, location) VALUES (%s, %s, %s, %s, %s)"
+PART = "INSERT INTO upload_parts (tenant_id, upload_id, part, data) VALUES (%s, %s, %s, %s)"
+PART_MAX = 4 * 1024 * 1024  # upload_parts.data's limit
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file to store: its base name, its size in bytes, and its bytes as pieces (each <= 4 MiB)."""
+
+    name: str
+    size: int
+    pieces: Iterable[bytes]
+
+
+class Store(ABC):
+    """Where the bytes of uploaded files are kept; their rows in `uploads` are the same for every store."""
+
+    @abstractmethod
+    def location(self, tenant: str, upload_id: uuid.UUID) -> str | None:
+        """The URL the file's bytes will be written to; None: inside the database itself."""
+
+    @abstractmethod
+    def write(self, conn: psycopg.Connection, tenant: str, upload_id: uuid.UUID, where: str | None, pieces) -> None:
+        """Store the file's pieces, in the tenant's transaction `conn` (after its `uploads` row)."""
+
+    @abstractmethod
+    def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
+        """Copy the file's bytes into `out`, piece by piece."""
+
+    @abstractmethod
+    def remove(self, locations: list[str]) -> None:
+        """Delete stored bytes that live outside the database (their rows are already gone)."""
+
+
+class PostgresStore(Store):
+    """Bytes in `upload_parts`, pieces of at most 4 MiB, deleted with their row (ON DELETE CASCADE)."""
+
+    def location(self, tenant: str, upload_id: uuid.UUID) -> str | None:
+        return None
+
+    def write(self, conn: psycopg.Connection, tenant: str, upload_id: uuid.UUID, where: str | None, pieces) -> None:
+        for number, piece in enumerate(pieces):
+            conn.execute(PART, (tenant, upload_id, number, piece))
+
+    def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
+        # A server-side cursor: one part at a time crosses the wire, whatever the file's size.
+        with conn.cursor(name=f"upload_{upload_id.hex}") as cur:
+            cur.itersize = 1
+            cur.execute("SELECT data FROM upload_parts WHERE upload_id = %s ORDER BY part", (upload_id,))
+            for (data,) in cur:
+                out.write(data)
+
+    def remove(self, locations: list[str]) -> None:
+        # Nothing outside the database: the parts went with their `uploads` rows (ON DELETE CASCADE).
+        return None
+
+
+class ObjectStore(Store):
+    """Bytes in an object store (SLUICE_UPLOAD_STORE=s3://bucket/prefix): one object per file, under its tenant."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.base = settings, settings.upload_store
+
+    def location(self, tenant: str, upload_id: uuid.UUID) -> str | None:
+        return f"{self.base}/{tenant}/{upload_id.hex}"
+
+    def write(self, conn: psycopg.Connection, tenant: str, upload_id: uuid.UUID, where: str | None, pieces) -> None:
+        write_pieces(filesystem(self.settings, str(where)), str(where), iter(pieces))
+
+    def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
+        copy_out(filesystem(self.settings, str(where)), str(where), out)
+
+    def remove(self, locations: list[str]) -> None:
+        if locations:
+            filesystem(self.settings, locations[0]).rm(locations)
+
+
+def upload_store(settings: Settings) -> Store:
+    """The store SLUICE_UPLOAD_STORE names: `postgres`, or an object-store URL."""
+    return PostgresStore() if settings.upload_store == "postgres" else ObjectStore(settings)
+
+
+def save(db: Database, store: Store, tenant: str, files: list[NewFile]) -> list[str]:
+    """Store the files of one job in one transaction; their ids. Nothing is left behind if any write fails."""
+    ids: list[str] = []
+    written: list[str] = []
+    try:
+        with db.tenant(tenant) as conn:
+            for f in files:
+                upload_id = uuid.uuid4()
+                where = store.location(tenant, upload_id)
+                conn.execute(INSERT, (tenant, upload_id, f.name, f.size, where))
+                if where is not None:
+                    written.append(where)
+                store.write(conn, tenant, upload_id, where, f.pieces)
+                ids.append(str(upload_id))
+    except BaseException:
+        _quietly_remove(store, written)
+        raise
+    return ids
+
+
+def fetch(db: Database, store: Store, tenant: str, ids: list[str], folder: Path) -> None:
+    """Copy the job's files into `folder` (this worker's own), each under its uploaded name."""
+    with db.tenant(tenant) as conn:
+        rows = conn.execute(
+            "SELECT upload_id, name, location FROM uploads WHERE upload_id = ANY(%s::uuid[])", (ids,)
+        ).fetchall()
+        missing = set(ids) - {str(row[0]) for row in rows}
+        if missing:
+            raise SourceError(
+                f"uploaded files {sorted(missing)} of this job no longer exist (already ingested, or older than "
+                "SLUICE_UPLOAD_RETENTION_H): upload them again"
+            )
+        for upload_id, name, where in rows:
+            if Path(name).name != name or name.startswith("."):  # the API checked; the row is not trusted blindly
+                raise SourceError(f"uploaded file name {name!r} is not a plain base name: upload it again")
+            with (folder / name).open("wb") as out:
+                store.read(conn, upload_id, where, out)
+
+
+def discard(db: Database, store: Store, tenant: str, ids: list[str]) -> int:
+    """Delete the job's files (its ingest finished, or it was never queued); how many were still there."""
+    with db.tenant(tenant, check=False) as conn:
+        rows = conn.execute(
+            "DELETE FROM uploads WHERE upload_id = ANY(%s::uuid[]) RETURNING location", (ids,)
+        ).fetchall()
+    store.remove([row[0] for row in rows if row[0] is not None])
+    return len(rows)
+
+
+def expire(conn: psycopg.Connection, store: Store, retention_h: float) -> int:
+    """Delete every tenant's uploads older than the retention (orphans: no finished job removed them)."""
+    rows = conn.execute("SELECT location FROM expire_uploads(%s)", (retention_h * 3600,)).fetchall()
+    store.remove([row[0] for row in rows])
+    return len(rows)
+
+
+def pieces_of(data: bytes) -> Iterator[bytes]:
+    """`data` in pieces a store takes (for callers that already hold a file whole)."""
+    for start in range(0, len(data), PART_MAX):
+        yield data[start : start + PART_MAX]
+
+
+def _quietly_remove(store: Store, locations: list[str]) -> None:
+    try:
+        store.remove(locations)
+    except Exception:  # noqa: BLE001 - the original error matters; the sweep removes what is left
+        pass
+
+
+def is_upload_ids(value: Any) -> bool:
+    """Whether `value` is a non-empty list (at most 100) of upload ids, as the API sends them."""
+    if not isinstance(value, list) or not 0 < len(value) <= 100:
+        return False
+    try:
+        return all(isinstance(v, str) and str(uuid.UUID(v)) == v for v in value)
+    except ValueError:
+        return False

@@ -1,0 +1,72 @@
+"""Remote files through fsspec: one way to reach an object store (s3://...) for uploads and named sources.
+
+A filesystem is built per process on first use (never at import) from the URL's protocol and the
+settings (`SLUICE_S3_ENDPOINT_URL` for S3-compatible servers); credentials come from the provider's
+usual chain (AWS variables, instance role), never from a URL, so none is ever logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from sluice.errors import SourceError
+from sluice.settings import Settings
+
+COPY_PIECE = 4 * 1024 * 1024
+_FILESYSTEMS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def protocol_of(url: str) -> str:
+    """The scheme of a URL (`s3` of s3://bucket/key); SourceError when there is none."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme.isidentifier():
+        raise SourceError(f"{url!r} is not a URL such as s3://bucket/prefix")
+    return scheme.lower()
+
+
+def filesystem(settings: Settings, url: str) -> Any:
+    """The fsspec filesystem of the URL's protocol, built once per process and settings."""
+    import fsspec
+
+    protocol = protocol_of(url)
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a") and settings.s3_endpoint_url:
+        options["endpoint_url"] = settings.s3_endpoint_url
+    key = (protocol, tuple(sorted(options.items())))
+    with _LOCK:
+        if key not in _FILESYSTEMS:
+            try:
+                _FILESYSTEMS[key] = fsspec.filesystem(protocol, **options)
+            except (ImportError, ValueError) as exc:
+                raise SourceError(f"no filesystem for {protocol}:// URLs ({exc}): install s3fs for s3://") from exc
+        return _FILESYSTEMS[key]
+
+
+def copy_out(fs: Any, url: str, out: BinaryIO, max_bytes: int | None = None) -> int:
+    """Copy the object at `url` into `out` piece by piece; bytes copied. None of it is held whole in memory."""
+    copied = 0
+    with fs.open(url, "rb") as f:
+        while piece := f.read(COPY_PIECE):
+            copied += len(piece)
+            if max_bytes is not None and copied > max_bytes:
+                raise SourceError(f"{url} is larger than {max_bytes} bytes")
+            out.write(piece)
+    return copied
+
+
+def write_pieces(fs: Any, url: str, pieces: Iterator[bytes]) -> None:
+    """Write the pieces, in order, as the object at `url`."""
+    with fs.open(url, "wb") as f:
+        for piece in pieces:
+            f.write(piece)
+
+
+def under(url: str, prefix: str) -> bool:
+    """Whether `url` is `prefix` or below it, compared path segment by segment (no `..` allowed)."""
+    url, prefix = url.rstrip("/"), prefix.rstrip("/")
+    if any(part in (".", "..") for part in url.split("://", 1)[-1].split("/")):
+        return False
+    return url == prefix or url.startswith(prefix + "/")

@@ -1,0 +1,80 @@
+"""The upload store on the real database: files round-trip by id, under the tenant policy, and orphans expire."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import pytest
+
+from serving.upload_store import NewFile, PostgresStore, discard, expire, fetch, pieces_of, save
+from sluice.db import admin_conninfo, app_conninfo
+from sluice.errors import SourceError
+from sluice.settings import Settings
+
+STORE = PostgresStore()
+
+
+def _count(migrated, tenant: str) -> tuple[int, int]:
+    with psycopg.connect(admin_conninfo(migrated)) as conn:  # the admin sees every tenant's rows
+        files = conn.execute("SELECT count(*) FROM uploads WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+        parts = conn.execute("SELECT count(*) FROM upload_parts WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+    return files, parts
+
+
+def test_files_round_trip_in_parts_and_are_discarded(db, migrated, new_tenant, tmp_path):
+    tenant = new_tenant("ups")
+    big, small = os.urandom(9 * 1024 * 1024 + 5), b"# note\n\nshort\n"
+    ids = save(db, STORE, tenant, [NewFile("big.bin", len(big), pieces_of(big)), NewFile("a.md", 14, [small])])
+    assert _count(migrated, tenant) == (2, 4)  # 9 MiB in three 4 MiB parts, the note in one
+    fetch(db, STORE, tenant, ids, tmp_path)
+    assert (tmp_path / "big.bin").read_bytes() == big and (tmp_path / "a.md").read_bytes() == small
+    assert discard(db, STORE, tenant, ids) == 2
+    assert _count(migrated, tenant) == (0, 0)  # the parts went with their rows
+
+
+def test_another_tenant_cannot_fetch_or_discard(db, migrated, new_tenant, tmp_path):
+    owner, other = new_tenant("upo"), new_tenant("upx")
+    ids = save(db, STORE, owner, [NewFile("secret.md", 6, [b"secret"])])
+    with pytest.raises(SourceError, match="no longer exist"):
+        fetch(db, STORE, other, ids, tmp_path)
+    assert discard(db, STORE, other, ids) == 0
+    assert not list(tmp_path.iterdir()) and _count(migrated, owner) == (1, 1)
+
+
+def test_a_write_that_fails_midway_leaves_nothing(db, migrated, new_tenant):
+    tenant = new_tenant("upf")
+
+    def pieces():
+        yield b"first piece"
+        raise ValueError("bad base64 in the second piece")
+
+    with pytest.raises(ValueError):
+        save(db, STORE, tenant, [NewFile("ok.md", 2, [b"ok"]), NewFile("bad.md", 100, pieces())])
+    assert _count(migrated, tenant) == (0, 0)
+
+
+def test_orphans_older_than_the_retention_are_swept(db, migrated, new_tenant):
+    old, fresh = new_tenant("upold"), new_tenant("upnew")
+    save(db, STORE, old, [NewFile("o.md", 1, [b"o"])])
+    keep = save(db, STORE, fresh, [NewFile("f.md", 1, [b"f"])])
+    with psycopg.connect(admin_conninfo(migrated)) as conn:
+        conn.execute("UPDATE uploads SET created_at = now() - interval '3 hours' WHERE tenant_id = %s", (old,))
+    with psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:  # as the workers' sweep does
+        expire(conn, STORE, retention_h=2)
+    assert _count(migrated, old) == (0, 0)
+    assert _count(migrated, fresh) == (1, 1)
+    discard(db, STORE, fresh, keep)
+
+
+def test_the_database_refuses_a_file_over_its_limit(db, new_tenant):
+    tenant = new_tenant("uplim")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        save(db, STORE, tenant, [NewFile("huge.bin", 256 * 1024 * 1024 + 1, [b"x"])])
+
+
+def test_settings_refuse_an_upload_limit_the_database_cannot_hold():
+    with pytest.raises(ValueError, match="SLUICE_UPLOAD_STORE=s3://"):
+        Settings(max_upload_bytes=300 * 1024 * 1024)
+    assert Settings(max_upload_bytes=300 * 1024 * 1024, upload_store="s3://b/p/").upload_store == "s3://b/p"
+
