@@ -127,12 +127,15 @@ def started_on(cluster: Cluster, jobs: dict[str, str], hostname: str, timeout: f
     backend = redis.Redis.from_url(cluster.broker_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for job_id in jobs:
-            meta = backend.get(f"celery-task-meta-{job_id}")
-            info = json.loads(meta) if meta else {}
-            if info.get("status") == "STARTED" and (info.get("result") or {}).get("hostname", "").endswith(hostname):
+        metas = {job_id: json.loads(backend.get(f"celery-task-meta-{job_id}") or "{}") for job_id in jobs}
+        for job_id, meta in metas.items():
+            if meta.get("status") == "STARTED" and (meta.get("result") or {}).get("hostname", "").endswith(hostname):
                 return job_id
-        time.sleep(0.1)
+        ended = [meta.get("result") for meta in metas.values() if meta.get("status") == "SUCCESS"]
+        if len(ended) == len(jobs):
+            errors = [result["error"]["message"] for result in ended if result and result.get("error")]
+            raise AssertionError(f"all jobs ended, none seen on {hostname}; {len(errors)} failed, e.g. {errors[:2]}")
+        time.sleep(0.05)
     raise AssertionError(f"no job started on {hostname} in {timeout:.0f} s")
 
 
@@ -176,10 +179,11 @@ def test_a_worker_host_killed_mid_run_loses_and_doubles_nothing(cluster):
 def assert_hosts_see_only_their_own_folders(cluster: Cluster) -> None:
     """The isolation the test relies on is in force: a worker sees the API host's folder empty."""
     api = cluster.net["api"]
-    assert sorted(p.name for p in api.root.iterdir()) >= ["data", "home", "tmp"]
+    assert {p.name for p in api.root.iterdir()} >= {"api.log", "data", "home", "tmp"}  # seen from here
+    probe = f"ls -A {api.root} && ! test -e {api.data} && echo hidden"
     for worker in cluster.workers:
-        seen = worker.run(["ls", "-A", str(api.root), str(api.data)], worker.base_env())
-        assert seen.returncode != 0 or seen.stdout.split() == [f"{api.root}:", f"{api.data}:"], seen
+        seen = worker.run(["sh", "-c", probe], worker.base_env())
+        assert seen.stdout == "hidden\n", (worker.name, seen)
 
 
 def finished_by(cluster: Cluster, job_id: str) -> str:
