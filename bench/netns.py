@@ -7,7 +7,7 @@
 Each host is a network namespace with one veth on a bridge in the root namespace, on a /24 of
 10.231.0.0/16 that no interface of this machine uses; the root namespace holds the bridge's `.1`,
 so the process that built the network reaches every host. Every process of a host runs in a UTS
-namespace (its own hostname, as Celery node names need) and a mount namespace of its own, where
+namespace (its own hostname, as Celery node names need), an IPC namespace and a mount namespace, where
 /tmp and /dev/shm are fresh and every other host's folder (plus any path in `hide`) is covered by
 an empty read-only tmpfs: a file one host writes does not exist for another, so a hidden
 shared-disk dependency fails loudly (FileNotFoundError), as it would across real machines.
@@ -91,7 +91,9 @@ class Host:
         private = "mount -t tmpfs -o mode=1777 tmp /tmp && mount -t tmpfs shm /dev/shm"
         script = f'hostname "$0" && {private} && {hide} exec "$@"'
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"] if self.uid else []
-        ns = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--propagation", "private", "--"]
+        # --ipc: a SysV segment (PostgreSQL's) goes with its processes, not left on the machine after a kill.
+        ns = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--ipc", "--mount", "--propagation", "private"]
+        ns.append("--")
         return [*ns, "sh", "-c", script, self.name, *drop, *argv]
 
     def spawn(self, argv: list[str], env: dict[str, str], log: str, cwd: Path | None = None) -> subprocess.Popen:
@@ -247,6 +249,7 @@ def remove_stale() -> list[str]:
             runs.add(name[len(PREFIX) :])
     if STATE_DIR.is_dir():
         runs |= {path.name for path in STATE_DIR.iterdir()}
+    runs |= {path.name.removeprefix("sluice-hosts-") for path in HOSTS_PARENT.glob("sluice-hosts-*")}
     stale = [run for run in sorted(runs) if not _owner_alive(run)]
     for run in stale:
         _remove_run(run)
