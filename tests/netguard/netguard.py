@@ -3,6 +3,11 @@
 Installed in the pytest process by tests/conftest.py, and in every Python subprocess of a test run
 (workers, `sluice serve`, CLI runs) by the sitecustomize.py next to this file, which Python imports
 at start-up when this folder is on PYTHONPATH.
+
+One exception, made by the multi-host test (tests/reliability/test_multi_host.py): the private subnet
+of the bridge it builds between network namespaces (bench/netns.py) is allowed with `allow()` while
+that network exists, in this process, and through NETGUARD_ALLOW in the processes of its hosts. Only
+a private (RFC 1918) network of at most a /16 can be allowed; every other address stays refused.
 """
 
 from __future__ import annotations
@@ -16,19 +21,41 @@ Record = Callable[[str], None]
 
 # Refusals in this process (pytest's own); subprocesses record theirs in a file, see file_recorder.
 attempts: list[str] = []
+# Private subnets a test built itself and allowed for its lifetime (allow/disallow).
+allowed: list[ipaddress.IPv4Network] = []
+ALLOW_ENV = "NETGUARD_ALLOW"
+RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def allow(network: str) -> ipaddress.IPv4Network:
+    """Allow connections into `network`, a private subnet the calling test created; refuse anything wider."""
+    net = ipaddress.ip_network(network)
+    if net.version != 4 or net.prefixlen < 16 or not any(net.subnet_of(block) for block in RFC1918):
+        raise ValueError(f"network guard: only a private IPv4 subnet of at most /16 can be allowed, not {network}")
+    if net not in allowed:
+        allowed.append(net)
+    return net
+
+
+def disallow(network: str) -> None:
+    """Refuse `network` again (the test's network is gone)."""
+    net = ipaddress.ip_network(network)
+    if net in allowed:
+        allowed.remove(net)
 
 
 def is_local_address(address: object) -> bool:
-    """True for Unix sockets and loopback hosts; everything else is outbound."""
+    """True for Unix sockets, loopback hosts and a subnet a test allowed; everything else is outbound."""
     if isinstance(address, (str, bytes)):
         return True  # AF_UNIX path
     host = address[0] if isinstance(address, tuple) else address
     if host in ("localhost", "", None):
         return True
     try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(str(host).split("%")[0])
     except ValueError:
         return False
+    return ip.is_loopback or any(ip in net for net in allowed)
 
 
 def install(record: Record) -> None:
