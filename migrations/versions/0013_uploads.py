@@ -9,7 +9,7 @@ replayed) are deleted by `expire_uploads`, swept by every worker node like `expi
 only cross-tenant access: it runs as the owner, which two owner-only policies let read and delete.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from alembic import context, op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

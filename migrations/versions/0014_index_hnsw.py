@@ -13,7 +13,7 @@ The app role owns nothing, so it asks the owner through this definer function, w
 dimension from the registered index (not from the caller) and serialises builders of one index.
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0013
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from alembic import context, op
 
 revision = "0014"
-down_revision = "0011"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

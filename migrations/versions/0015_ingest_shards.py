@@ -8,7 +8,7 @@ already there, so a document is stored once per run, and the run's summary is co
 Both are tenant data under the tenant policy.
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import context, op
 
 revision = "0015"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
