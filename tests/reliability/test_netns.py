@@ -1,16 +1,20 @@
 """The multi-host harness itself (bench/netns.py): hosts are isolated, and nothing of a run outlives it.
 
 A run that crashed (its process gone) leaves namespaces with live processes, a bridge and folders
-behind; the next run's start removes all of it, and leaves a live run's alone.
+behind; the next run's start removes all of it, and leaves a live run's alone. Without root, the
+multi-host test fails (it is not silently skipped) unless SLUICE_SKIP_NETNS_TESTS=1 opts out.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
+
 from bench.netns import HOSTS_PARENT, PREFIX, STATE_DIR, Network, remove_stale
-from tests.reliability.test_multi_host import require_namespaces
+from tests.reliability.test_multi_host import OPT_OUT, require_namespaces
 
 
 def leftovers(run_id: str) -> list[str]:
@@ -54,3 +58,13 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_without_root_the_multi_host_test_fails_unless_opted_out(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv(OPT_OUT, raising=False)
+    with pytest.raises(pytest.fail.Exception, match="need root.*or set SLUICE_SKIP_NETNS_TESTS=1 to skip"):
+        require_namespaces()
+    monkeypatch.setenv(OPT_OUT, "1")
+    with pytest.raises(pytest.skip.Exception, match="skipped because SLUICE_SKIP_NETNS_TESTS=1"):
+        require_namespaces()
