@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_hosts_are_isolated_and_a_closed_network_leaves_nothing():
         seen = b.run(["sh", "-c", probe], b.base_env())
         assert seen.stdout.split() == ["65534", "b", "gone"], seen
         sleeper = a.spawn([sys.executable, "-c", "import time; time.sleep(600)"], a.base_env(), "sleep.log")
-        assert sleeper.pid in a.pids()
+        assert in_namespace(a, sleeper.pid)
         run_id = net.run_id
     assert sleeper.wait(timeout=10) == -9
     assert leftovers(run_id) == []
@@ -46,12 +47,23 @@ def test_a_crashed_run_is_removed_by_the_next_and_a_live_one_is_not():
     require_namespaces()
     crashed = Network(["a"]).__enter__()  # never closed, as if its process had been killed
     sleeper = crashed["a"].spawn([sys.executable, "-c", "import time; time.sleep(600)"], {}, "sleep.log")
+    assert in_namespace(crashed["a"], sleeper.pid)
     (STATE_DIR / crashed.run_id).write_text(str(dead_pid()))
     assert leftovers(crashed.run_id)
     with Network(["x"]) as live:  # its start removes the crashed run, processes included
         assert leftovers(crashed.run_id) == [] and sleeper.wait(timeout=10) == -9
         assert live.run_id not in remove_stale() and leftovers(live.run_id)  # a live run is left alone
     assert leftovers(live.run_id) == []
+
+
+def in_namespace(host, pid: int, timeout: float = 10) -> bool:
+    """Whether `pid` shows up in the host's namespace (`ip netns exec` enters it a moment after starting)."""
+    deadline = time.monotonic() + timeout
+    while pid not in host.pids():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def dead_pid() -> int:
