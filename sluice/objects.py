@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from sluice.errors import SourceError
@@ -70,3 +71,31 @@ def under(url: str, prefix: str) -> bool:
     if any(part in (".", "..") for part in url.split("://", 1)[-1].split("/")):
         return False
     return url == prefix or url.startswith(prefix + "/")
+
+
+def download_tree(settings: Settings, url: str, folder: Path, max_bytes: int) -> int:
+    """Copy the object at `url`, or every object below it, into `folder` under their relative keys; how many.
+
+    An object over `max_bytes` is not downloaded: a sparse file of its size stands in for it, so the
+    ingest records it as too big (SLUICE_MAX_FILE_BYTES) like a local file, without the transfer.
+    """
+    fs = filesystem(settings, url)
+    root = fs._strip_protocol(url).rstrip("/")
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    if not found:
+        raise SourceError(f"source {url!r} names no object: check the bucket and prefix")
+    for key, info in found.items():
+        rel = key[len(root) + 1 :] if key != root else key.rsplit("/", 1)[-1]
+        if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            continue  # a key no file can be named after is not a document
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            if (info.get("size") or 0) > max_bytes:
+                out.truncate(info["size"])
+            else:
+                copy_out(fs, key, out, max_bytes)
+    return len(found)

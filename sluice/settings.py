@@ -218,6 +218,11 @@ class Settings(BaseSettings):
     ingest_root: Path | None = Field(
         default=None, description="Folder under which POST /v1/jobs may name sources; unset = named sources refused."
     )
+    ingest_url: str | None = Field(
+        default=None,
+        description="Object-store URL (e.g. s3://bucket/ingest) under which POST /v1/jobs may name remote sources: "
+        "a tenant names s3://bucket/ingest/<tenant>/...; unset = only sources under SLUICE_INGEST_ROOT.",
+    )
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="Largest total of files in one upload job (before base64)."
     )
