@@ -150,7 +150,9 @@ class Settings(BaseSettings):
 
     # Serving (API + Celery). Unset broker = the embedded Postgres (database `broker_db_name`).
     broker_url: str | None = Field(
-        default=None, description="Celery broker, e.g. redis://127.0.0.1:6379/0; unset = the embedded Postgres."
+        default=None,
+        description="Celery broker: redis://127.0.0.1:6379/0 or amqp://user:password@host:5672// (RabbitMQ: durable "
+        "queues, publisher confirms); unset = the embedded Postgres.",
     )
     result_backend: str | None = Field(
         default=None, description="Celery result backend; unset = the broker's Redis, or Postgres for that broker."
