@@ -24,10 +24,12 @@ fi
 # Debian's wrapper runs the node as the rabbitmq user; -detached returns once the VM is spawned.
 # A long ingest holds its message unacknowledged (acks_late) for up to 32 min: the package's
 # consumer_timeout (30 min) would close the channel under it, so raise it to 2 h.
-CONF=/etc/rabbitmq/rabbitmq.conf
+CONF="${RABBITMQ_CONFIG_FILE:-/etc/rabbitmq/rabbitmq}.conf"
 if ! grep -qs '^consumer_timeout' "$CONF"; then
-  mkdir -p /etc/rabbitmq && echo "consumer_timeout = 7200000" >> "$CONF"
+  mkdir -p "$(dirname "$CONF")" && echo "consumer_timeout = 7200000" >> "$CONF"
 fi
+# Name the node after localhost, not the host name, which a container may not resolve.
+[ -e /etc/rabbitmq/rabbitmq-env.conf ] || { mkdir -p /etc/rabbitmq && echo "NODENAME=rabbit@localhost" > /etc/rabbitmq/rabbitmq-env.conf; }
 if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
   systemctl start rabbitmq-server
 else

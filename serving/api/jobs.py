@@ -22,7 +22,7 @@ from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
 from sluice.confine import resolve_source as resolve_source_of
 from sluice.errors import SourceError
-from sluice.objects import filesystem
+from sluice.objects import exists
 from sluice.settings import Settings
 
 router = APIRouter()
@@ -51,7 +51,7 @@ def resolve_source(settings: Settings, tenant: str, name: str) -> Path | str:
     """
     try:
         target = resolve_source_of(settings, tenant, name)
-        if isinstance(target, str) and not filesystem(settings, target).exists(target):
+        if isinstance(target, str) and not exists(settings, target):
             raise SourceError(f"source {name!r} names no object: check the bucket and prefix")
         return target
     except SourceError as exc:
