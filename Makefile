@@ -33,6 +33,7 @@ demo: setup
 
 test: setup
 	scripts/ensure-redis.sh
+	scripts/ensure-rabbitmq.sh
 	scripts/ensure-netns.sh
 	scripts/ensure-chromium.sh
 	$(BIN)/sluice db up
