@@ -48,6 +48,7 @@ endif
 
 test: setup
 	scripts/ensure-redis.sh
+	scripts/ensure-rabbitmq.sh
 	scripts/ensure-netns.sh
 	scripts/ensure-chromium.sh
 	$(BIN)/sluice db up

@@ -50,12 +50,13 @@ class Cluster:
     """A running multi-host Sluice: addresses, credentials, and the processes per host."""
 
     net: Network
-    admin_url: str  # the database superuser: migrations and the test's own checks, never a worker
-    app_url: str
-    broker_url: str
+    # Credentials (random per run) stay out of the repr, and so out of test failure reports.
+    admin_url: str = field(repr=False)  # the database superuser: migrations and the test's own checks, never a worker
+    app_url: str = field(repr=False)
+    broker_url: str = field(repr=False)
     api_url: str
-    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # each Sluice host's environment
-    procs: dict[str, list] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)  # each Sluice host's environment
+    procs: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def workers(self) -> list[Host]:

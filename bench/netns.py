@@ -114,16 +114,21 @@ class Host:
         done = _ip("netns", "pids", self.netns, check=False)
         return [int(pid) for pid in done.stdout.split()]
 
+    def send_signal(self, signum: int) -> list[int]:
+        """Send `signum` to every process of this host (SIGSTOP freezes it, SIGCONT resumes); the pids."""
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        return pids
+
     def kill(self, timeout: float = 10) -> list[int]:
         """kill -9 every process of this host, as a power cut would; the pids killed."""
         killed: list[int] = []
         deadline = time.monotonic() + timeout
-        while (pids := self.pids()) and time.monotonic() < deadline:  # a fork may race the first round
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        while (pids := self.send_signal(signal.SIGKILL)) and time.monotonic() < deadline:  # a fork may race a round
             killed += [pid for pid in pids if pid not in killed]
             time.sleep(0.05)
         return killed

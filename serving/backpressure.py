@@ -28,7 +28,10 @@ class QueueDepth:
         if seen and now - seen[0] < STALE_AFTER_S:
             return seen[1]
         with self._lock, self.app.pool.acquire(block=True) as conn:
-            depth = conn.default_channel.queue_declare(queue=queue, passive=False).message_count
+            # Declared as Celery declares it (durable, not auto-deleted): RabbitMQ refuses a redeclaration
+            # with other arguments, and py-amqp's own defaults (auto_delete=True) would make the queue vanish.
+            channel = conn.default_channel
+            depth = channel.queue_declare(queue=queue, passive=False, durable=True, auto_delete=False).message_count
         self._seen[queue] = (time.monotonic(), depth)
         return depth
 

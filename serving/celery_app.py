@@ -40,17 +40,22 @@ def _embedded_url(settings: Settings, scheme: str) -> str:
 
 
 def broker_url(settings: Settings) -> str:
-    """The broker: SLUICE_BROKER_URL, or the embedded Postgres through kombu's SQLAlchemy transport."""
+    """The broker: SLUICE_BROKER_URL (redis://, amqp://), or the embedded Postgres (kombu's SQLAlchemy transport)."""
     return settings.broker_url or _embedded_url(settings, f"{pg_transport.ALIAS}+postgresql+psycopg")
 
 
 def result_backend(settings: Settings) -> str:
-    """The result backend: SLUICE_RESULT_BACKEND, else Redis for a Redis broker, else Postgres."""
+    """The result backend: SLUICE_RESULT_BACKEND, else Redis for a Redis broker, else Postgres (RabbitMQ too)."""
     if settings.result_backend:
         return settings.result_backend
     if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
         return settings.broker_url
     return _embedded_url(settings, "db+postgresql+psycopg")
+
+
+def is_amqp(url: str | None) -> bool:
+    """Whether the broker URL names an AMQP broker (RabbitMQ)."""
+    return bool(url) and str(url).startswith(("amqp://", "amqps://", "pyamqp://"))
 
 
 def uses_embedded_broker(settings: Settings) -> bool:
@@ -95,6 +100,11 @@ def create_celery(settings: Settings) -> Celery:
         worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
     )
+    if is_amqp(app.conf.broker_url):
+        # RabbitMQ: the publish returns only once the broker has confirmed the message, which for a
+        # persistent message (Celery's default delivery mode) on a durable queue (kombu's default, and
+        # every queue above) means written to disk: an enqueue answered 202 survives a broker crash.
+        app.conf.broker_transport_options = {"confirm_publish": True}
     if app.conf.broker_url.startswith(("redis://", "rediss://")):
         # An unacked (acks_late) message is redelivered after this long if its worker vanished. Every live
         # worker sweeps for such messages each `unacked_restore_interval` s (throttle 1: every sweep scans).

@@ -12,6 +12,7 @@ file, wherever it is.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,8 @@ from sluice.settings import Settings
 INSERT = "INSERT INTO uploads (tenant_id, upload_id, name, size, location) VALUES (%s, %s, %s, %s, %s)"
 PART = "INSERT INTO upload_parts (tenant_id, upload_id, part, data) VALUES (%s, %s, %s, %s)"
 PART_MAX = 4 * 1024 * 1024  # upload_parts.data's limit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,10 @@ def discard(db: Database, store: Store, tenant: str, ids: list[str]) -> int:
 def expire(conn: psycopg.Connection, store: Store, retention_h: float) -> int:
     """Delete every tenant's uploads older than the retention (orphans: no finished job removed them)."""
     rows = conn.execute("SELECT location FROM expire_uploads(%s)", (retention_h * 3600,)).fetchall()
-    store.remove([row[0] for row in rows])
+    try:
+        store.remove([row[0] for row in rows])
+    except Exception as exc:  # noqa: BLE001 - an unreachable bucket must not stop the worker's timer
+        log.warning("%d expired uploads' objects not deleted (their rows are gone): %s", len(rows), exc)
     return len(rows)
 
 

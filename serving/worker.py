@@ -251,11 +251,13 @@ class StreamPublisher:
 def ingest_target(state: WorkerState, payload: dict) -> Iterator[tuple[Path, Path | None]]:
     """What to ingest, and the folder no file may be read outside of (None: a folder of this worker's own).
 
-    Uploads are fetched by id from the upload store into a temporary folder of this worker, removed on
-    exit. A named source is resolved again here, under this worker's SLUICE_INGEST_ROOT: the folder may
-    have changed since the API accepted the job, and the API host may mount the root at another path.
+    Uploads are fetched by id from the upload store, and a remote source (s3://...) is downloaded, into a
+    temporary folder of this worker, removed on exit. A named source is resolved again here, under this
+    worker's SLUICE_INGEST_ROOT: the folder may have changed since the API accepted the job, and the API
+    host may mount the root at another path.
     """
-    from sluice.confine import resolve_named, tenant_folder
+    from sluice.confine import resolve_source, tenant_folder
+    from sluice.objects import download_tree
 
     settings, tenant = state.settings, payload["tenant"]
     if payload.get("uploads") is not None:
@@ -263,8 +265,13 @@ def ingest_target(state: WorkerState, payload: dict) -> Iterator[tuple[Path, Pat
             fetch(state.db, state.uploads, tenant, payload["uploads"], Path(scratch))
             yield Path(scratch), None
         return
-    folder = tenant_folder(settings.ingest_root, tenant)
-    yield resolve_named(folder, payload["source"]), folder
+    target = resolve_source(settings, tenant, payload["source"])
+    if isinstance(target, str):  # a URL below the tenant's prefix of SLUICE_INGEST_URL
+        with tempfile.TemporaryDirectory(prefix="sluice-source-") as scratch:
+            download_tree(settings, target, Path(scratch), settings.max_file_bytes)
+            yield Path(scratch), None
+        return
+    yield target, tenant_folder(settings.ingest_root, tenant)
 
 
 def run_ingest(state: WorkerState, payload: dict) -> dict:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sluice.errors import DocumentError, SourceError
+from sluice.objects import protocol_of, under
+from sluice.settings import Settings
 
 ESCAPED = "resolves outside this tenant's ingest folder (a symlink or a moved file?): it was not read"
 
@@ -27,6 +29,30 @@ def tenant_folder(ingest_root: Path | None, tenant: str) -> Path:
     if Path(tenant).name != tenant or tenant in (".", ".."):
         raise SourceError(f"tenant id {tenant!r} cannot name a folder")  # ids are checked at creation: defensive
     return Path(os.path.realpath(ingest_root / tenant))
+
+
+def resolve_source(settings: Settings, tenant: str, name: str) -> Path | str:
+    """A named source of a tenant: a real path in its folder, or a URL below its prefix of SLUICE_INGEST_URL.
+
+    `file:///...` names a path as an absolute URL, held to the tenant's folder like a relative name;
+    any other URL (s3://...) must lie below `<SLUICE_INGEST_URL>/<tenant>`; anything else is a name
+    relative to the tenant's folder. Refusals are SourceErrors naming the fix.
+    """
+    if name.startswith("file://"):
+        folder = tenant_folder(settings.ingest_root, tenant)
+        path = Path(os.path.realpath(name[len("file://") :] or "/"))
+        if not name[len("file://") :].startswith("/") or not inside(path, folder):
+            raise SourceError(f"source {name!r} must be a file:/// URL inside your ingest folder")
+        return resolve_named(folder, os.path.relpath(path, folder))
+    if "://" in name:
+        protocol_of(name)
+        if settings.ingest_url is None:
+            raise SourceError("remote sources are disabled: set SLUICE_INGEST_URL on the server, or upload `files`")
+        prefix = f"{settings.ingest_url.rstrip('/')}/{tenant}"
+        if not under(name, prefix):
+            raise SourceError(f"source {name!r} is outside your ingest prefix {prefix}/")
+        return name
+    return resolve_named(tenant_folder(settings.ingest_root, tenant), name)
 
 
 def resolve_named(folder: Path, name: str) -> Path:

@@ -1,22 +1,20 @@
 """Remote files through fsspec: one way to reach an object store (s3://...) for uploads and named sources.
 
-A filesystem is built per process on first use (never at import) from the URL's protocol and the
+A filesystem is built on first use (never at import) from the URL's protocol and the
 settings (`SLUICE_S3_ENDPOINT_URL` for S3-compatible servers); credentials come from the provider's
 usual chain (AWS variables, instance role), never from a URL, so none is ever logged.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from sluice.errors import SourceError
 from sluice.settings import Settings
 
 COPY_PIECE = 4 * 1024 * 1024
-_FILESYSTEMS: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
 
 
 def protocol_of(url: str) -> str:
@@ -28,21 +26,21 @@ def protocol_of(url: str) -> str:
 
 
 def filesystem(settings: Settings, url: str) -> Any:
-    """The fsspec filesystem of the URL's protocol, built once per process and settings."""
+    """The fsspec filesystem of the URL's protocol for these settings.
+
+    fsspec caches instances by arguments and drops its cache in a forked child (a Celery pool process
+    must not reuse its parent's event loop and connections), so no cache of our own is kept here.
+    """
     import fsspec
 
     protocol = protocol_of(url)
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a") and settings.s3_endpoint_url:
         options["endpoint_url"] = settings.s3_endpoint_url
-    key = (protocol, tuple(sorted(options.items())))
-    with _LOCK:
-        if key not in _FILESYSTEMS:
-            try:
-                _FILESYSTEMS[key] = fsspec.filesystem(protocol, **options)
-            except (ImportError, ValueError) as exc:
-                raise SourceError(f"no filesystem for {protocol}:// URLs ({exc}): install s3fs for s3://") from exc
-        return _FILESYSTEMS[key]
+    try:
+        return fsspec.filesystem(protocol, **options)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"no filesystem for {protocol}:// URLs ({exc}): install s3fs for s3://") from exc
 
 
 def copy_out(fs: Any, url: str, out: BinaryIO, max_bytes: int | None = None) -> int:
@@ -70,3 +68,39 @@ def under(url: str, prefix: str) -> bool:
     if any(part in (".", "..") for part in url.split("://", 1)[-1].split("/")):
         return False
     return url == prefix or url.startswith(prefix + "/")
+
+
+def download_tree(settings: Settings, url: str, folder: Path, max_bytes: int) -> int:
+    """Copy the object at `url`, or every object below it, into `folder` under their relative keys; how many.
+
+    An object over `max_bytes` is not downloaded: a sparse file of its size stands in for it, so the
+    ingest records it as too big (SLUICE_MAX_FILE_BYTES) like a local file, without the transfer.
+    """
+    fs = filesystem(settings, url)
+    root = fs._strip_protocol(url).rstrip("/")
+    fs.invalidate_cache(root)  # a listing cached by an earlier job of this process may be stale
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    if not found:
+        raise SourceError(f"source {url!r} names no object: check the bucket and prefix")
+    for key, info in found.items():
+        rel = key[len(root) + 1 :] if key != root else key.rsplit("/", 1)[-1]
+        if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            continue  # a key no file can be named after is not a document
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            if (info.get("size") or 0) > max_bytes:
+                out.truncate(info["size"])
+            else:
+                copy_out(fs, key, out, max_bytes)
+    return len(found)
+
+
+def exists(settings: Settings, url: str) -> bool:
+    """Whether the object store holds `url` (an object or a prefix), asked now rather than from a cached listing."""
+    fs = filesystem(settings, url)
+    fs.invalidate_cache(fs._strip_protocol(url))
+    return fs.exists(url)

@@ -163,7 +163,9 @@ class Settings(BaseSettings):
 
     # Serving (API + Celery). Unset broker = the embedded Postgres (database `broker_db_name`).
     broker_url: str | None = Field(
-        default=None, description="Celery broker, e.g. redis://127.0.0.1:6379/0; unset = the embedded Postgres."
+        default=None,
+        description="Celery broker: redis://127.0.0.1:6379/0 or amqp://user:password@host:5672// (RabbitMQ: durable "
+        "queues, publisher confirms); unset = the embedded Postgres.",
     )
     result_backend: str | None = Field(
         default=None, description="Celery result backend; unset = the broker's Redis, or Postgres for that broker."
@@ -237,6 +239,11 @@ class Settings(BaseSettings):
     )
     ingest_root: Path | None = Field(
         default=None, description="Folder under which POST /v1/jobs may name sources; unset = named sources refused."
+    )
+    ingest_url: str | None = Field(
+        default=None,
+        description="Object-store URL (e.g. s3://bucket/ingest) under which POST /v1/jobs may name remote sources: "
+        "a tenant names s3://bucket/ingest/<tenant>/...; unset = only sources under SLUICE_INGEST_ROOT.",
     )
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="Largest total of files in one upload job (before base64)."

@@ -228,6 +228,93 @@ class RedisServer:
         self.stop()
 
 
+class RabbitServer:
+    """A private RabbitMQ node (Debian's rabbitmq-server) on free loopback ports, its data in `folder`.
+
+    Its own node name, AMQP and distribution ports, Mnesia folder, logs, Erlang cookie (HOME) and no
+    plugins: it shares nothing with a system RabbitMQ on 5672, which keeps running for everyone else.
+    Queues are durable and messages persistent (serving.celery_app), so a kill -9 loses no confirmed one.
+    """
+
+    BINARY = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the node itself, not Debian's wrapper (it su's to rabbitmq)
+
+    def __init__(self, folder: Path):
+        self.folder, self.port, self.dist_port = folder, free_port(), free_port()
+        self.node = f"sluice-{self.port}@localhost"
+        self.proc: subprocess.Popen | None = None
+        (folder / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users.guest = true\n"
+            "consumer_timeout = 7200000\n"  # an ingest holds its unacked message for up to 32 min (acks_late)
+        )
+        (folder / "enabled_plugins").write_text("[].\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def _env(self) -> dict[str, str]:
+        f = self.folder
+        return dict(
+            os.environ,
+            HOME=str(f),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(f / "mnesia"),
+            RABBITMQ_LOG_BASE=str(f / "log"),
+            RABBITMQ_CONFIG_FILE=str(f / "rabbitmq"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(f / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(f / "rabbitmq.pid"),
+        )
+
+    def start(self) -> RabbitServer:
+        if not Path(self.BINARY).exists():
+            raise RuntimeError("rabbitmq-server is not installed: run scripts/ensure-rabbitmq.sh")
+        log = (self.folder / "node.log").open("a")
+        self.proc = subprocess.Popen(
+            [self.BINARY], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 240  # a node boots in ~5 s on an idle host, over a minute on a loaded one
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rabbitmq-server did not start: {self._log()}")
+            time.sleep(0.25)
+        return self
+
+    def answers(self) -> bool:
+        """Whether the node answers the AMQP 0-9-1 protocol header (with connection.start)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                return sock.recv(1) == b"\x01"
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """kill -9 of the node's whole process group: no clean shutdown of its queues."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _log(self) -> str:
+        log = self.folder / "node.log"
+        return log.read_text()[-2000:] if log.exists() else "(no log)"
+
+    def __enter__(self) -> RabbitServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class ApiServer:
     """create_app(settings) served by uvicorn on a free loopback port, in a thread of this process."""
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sluice.confine import read_inside, resolve_named, tenant_folder
+from sluice.confine import read_inside, resolve_named, resolve_source, tenant_folder
 from sluice.errors import DocumentError, SourceError
+from sluice.settings import Settings
 from tasks.ingest import ingest_source
 
 
@@ -48,6 +49,36 @@ def test_a_name_inside_resolves_and_named_sources_need_a_root(layout):
     assert resolve_named(folder, "docs") == folder / "docs"
     with pytest.raises(SourceError, match="SLUICE_INGEST_ROOT"):
         tenant_folder(None, "t1")
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("file://{root}/t2/private", "inside your ingest folder"),
+        ("file://{root}/t1/docs/out.md", "inside your ingest folder"),  # a symlink out, named by URL
+        ("file://{root}/t1/../t2/private", "inside your ingest folder"),
+        ("file://docs", "file:/// URL"),  # relative: not a URL of a path
+        ("s3://bucket/ingest/t2/x", "outside your ingest prefix"),
+        ("s3://bucket/ingest/t1/../t2/x", "outside your ingest prefix"),
+        ("s3://bucket/ingest/t10/x", "outside your ingest prefix"),  # a prefix of the id is not the tenant
+        ("s3://other-bucket/ingest/t1/x", "outside your ingest prefix"),
+    ],
+)
+def test_url_sources_stay_in_the_tenants_folder_or_prefix(layout, source, says):
+    root = layout[0]
+    settings = Settings(ingest_root=root, ingest_url="s3://bucket/ingest/")
+    with pytest.raises(SourceError, match=says):
+        resolve_source(settings, "t1", source.format(root=root))
+
+
+def test_url_sources_inside_resolve_and_remote_ones_need_a_prefix(layout):
+    root, folder, _ = layout
+    settings = Settings(ingest_root=root, ingest_url="s3://bucket/ingest")
+    assert resolve_source(settings, "t1", f"file://{root}/t1/docs") == folder / "docs"
+    assert resolve_source(settings, "t1", "docs") == folder / "docs"
+    assert resolve_source(settings, "t1", "s3://bucket/ingest/t1/a/b.md") == "s3://bucket/ingest/t1/a/b.md"
+    with pytest.raises(SourceError, match="SLUICE_INGEST_URL"):
+        resolve_source(Settings(ingest_root=root), "t1", "s3://bucket/ingest/t1/x")
 
 
 def test_a_symlink_out_is_not_read_and_a_fifo_does_not_hang(layout):

@@ -77,4 +77,3 @@ def test_settings_refuse_an_upload_limit_the_database_cannot_hold():
     with pytest.raises(ValueError, match="SLUICE_UPLOAD_STORE=s3://"):
         Settings(max_upload_bytes=300 * 1024 * 1024)
     assert Settings(max_upload_bytes=300 * 1024 * 1024, upload_store="s3://b/p/").upload_store == "s3://b/p"
-

@@ -20,8 +20,9 @@ from serving.api.uploads import drop_uploads, save_uploads
 from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TASK
 from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
-from sluice.confine import resolve_named, tenant_folder
+from sluice.confine import resolve_source as resolve_source_of
 from sluice.errors import SourceError
+from sluice.objects import exists
 from sluice.settings import Settings
 
 router = APIRouter()
@@ -42,13 +43,17 @@ def get_job(job_id: str, state: State, tenant: Tenant) -> JobStatus:
     return job_status(state, tenant, job_id)
 
 
-def resolve_source(settings: Settings, tenant: str, name: str) -> Path:
-    """A named source inside the tenant's folder `<SLUICE_INGEST_ROOT>/<tenant>`; anything else is a 422.
+def resolve_source(settings: Settings, tenant: str, name: str) -> Path | str:
+    """A named source inside the tenant's folder `<SLUICE_INGEST_ROOT>/<tenant>` (a name or a file:/// URL),
+    or a URL below `<SLUICE_INGEST_URL>/<tenant>` that exists; anything else is a 422.
 
-    Another tenant's folder is outside it: refused exactly like a source that does not exist.
+    Another tenant's folder or prefix is outside it: refused exactly like a source that does not exist.
     """
     try:
-        return resolve_named(tenant_folder(settings.ingest_root, tenant), name)
+        target = resolve_source_of(settings, tenant, name)
+        if isinstance(target, str) and not exists(settings, target):
+            raise SourceError(f"source {name!r} names no object: check the bucket and prefix")
+        return target
     except SourceError as exc:
         raise ApiError(422, str(exc)) from exc
 

@@ -1,9 +1,13 @@
-"""kill -9 and restart of the Redis broker while jobs wait in its queues: every accepted job still completes.
+"""kill -9 and restart of the broker while jobs wait in its queues: every accepted job still completes.
 
-The broker is this module's own redis-server, started with `--appendonly yes --appendfsync always`
+Redis: this module's own redis-server, started with `--appendonly yes --appendfsync always`
 (RedisServer): each enqueue is on disk before Redis replies, so before the API answers 202. Without
 an append-only file a restarted Redis comes back empty and queued jobs are lost; production Redis
 needs the same setting (README, "Reliability").
+
+RabbitMQ: a private node of this module (RabbitServer), never the system one. Queues are durable,
+messages persistent, and the API publishes with confirms (serving.celery_app): RabbitMQ confirms a
+persistent message on a durable queue once it is on disk, so the 202 comes after that.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import time
 
 import httpx
 import pytest
-import redis
+from kombu import Connection
 
 from serving.celery_app import INGEST_QUEUE, QUERY_QUEUE
 from tests.reliability.conftest import BEES, make_tenant
-from tests.serving_support import ApiServer, start_worker, stop_worker
+from tests.serving_support import ApiServer, RabbitServer, start_worker, stop_worker
 
 QUESTIONS = ("How do honeybees tell hive mates where flowers are?", "What dance do bees do?", "Why do bees dance?")
 
@@ -30,6 +34,32 @@ def _bee_corpus(db, pipeline, embedder, tmp_path) -> tuple[str, str]:
     (tmp_path / "bees.md").write_text(BEES)
     assert ingest_source(db, tenant, pipeline, embedder, tmp_path, 1_000_000).ingested == 1
     return tenant, key
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request, private_redis, tmp_path_factory):
+    """The restartable broker under test: the module's redis-server, or a private RabbitMQ node."""
+    if request.param == "redis":
+        yield private_redis
+        return
+    with RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as rabbit:
+        yield rabbit
+
+
+def _depths(url: str) -> tuple[int, int]:
+    """Messages waiting in the ingest and query queues, read through kombu (either broker)."""
+    with Connection(url, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        return tuple(channel.queue_declare(q, passive=True).message_count for q in (INGEST_QUEUE, QUERY_QUEUE))
+
+
+def _down(url: str) -> bool:
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception:  # noqa: BLE001 - each transport raises its own connection error
+        return True
+    return False
 
 
 def _status(client: httpx.Client, job_id: str) -> dict:
@@ -56,13 +86,14 @@ def _finish(client: httpx.Client, jobs: list[str], timeout: float = 240) -> dict
 
 
 def test_jobs_queued_across_a_broker_kill_9_all_complete(
-    rel_settings, private_redis, db, pipeline, embedder, tmp_path, tmp_path_factory
+    rel_settings, broker, db, pipeline, embedder, tmp_path, tmp_path_factory
 ):
+    settings = rel_settings.model_copy(update={"broker_url": broker.url})
     tenant, key = _bee_corpus(db, pipeline, embedder, tmp_path)
     notes = [(f"note{n}.md", f"# Note {n}\n\nHerons number {n} wait motionless in the shallows.\n") for n in range(4)]
-    with ApiServer(rel_settings) as api, api.client(key, timeout=60) as client:
+    with ApiServer(settings) as api, api.client(key, timeout=60) as client:
         jobs = []
-        for name, text in notes:  # no worker is running: every job waits in Redis
+        for name, text in notes:  # no worker is running: every job waits in the broker
             files = [{"name": name, "content_base64": base64.b64encode(text.encode()).decode()}]
             r = client.post("/v1/jobs", json={"kind": "ingest", "files": files})
             assert r.status_code == 202, r.text
@@ -71,16 +102,14 @@ def test_jobs_queued_across_a_broker_kill_9_all_complete(
             r = client.post("/v1/jobs", json={"kind": "query", "question": question})
             assert r.status_code == 202, r.text
             jobs.append(r.json()["job_id"])
-        broker = redis.Redis.from_url(private_redis.url)
-        assert (broker.llen(INGEST_QUEUE), broker.llen(QUERY_QUEUE)) == (len(notes), len(QUESTIONS))
+        assert _depths(broker.url) == (len(notes), len(QUESTIONS))
 
-        private_redis.kill()
-        with pytest.raises(redis.ConnectionError):
-            broker.ping()  # really down
-        private_redis.start()
-        assert (broker.llen(INGEST_QUEUE), broker.llen(QUERY_QUEUE)) == (len(notes), len(QUESTIONS))
+        broker.kill()
+        assert _down(broker.url)  # really down
+        broker.start()
+        assert _depths(broker.url) == (len(notes), len(QUESTIONS))
 
-        worker = start_worker(rel_settings, tmp_path_factory.mktemp("worker") / "worker.log")
+        worker = start_worker(settings, tmp_path_factory.mktemp("worker") / "worker.log")
         try:
             done = _finish(client, jobs)
         finally:

@@ -6,8 +6,9 @@ address, hostname, /tmp, HOME and data_dir. Every other host's folder is covered
 a host's mount namespace, so a process that reads a file another host wrote (an upload saved on the
 API host's disk, say) finds nothing there and its documents fail: the test cannot pass on a shared disk.
 
-200 small documents of two tenants are uploaded through the API in 40 jobs; once worker w1 is running
-one of them, every process of w1's namespace is killed (kill -9, as a power cut). The job it held is
+200 small documents of two tenants are uploaded through the API in 40 jobs; once 6 have ended and
+worker w1 is running one (checked with w1 frozen by SIGSTOP), every process of w1's namespace is
+killed (kill -9, as a power cut). The job it held is
 delivered again after SLUICE_BROKER_VISIBILITY_TIMEOUT_S and done by w2. Then: every job succeeded,
 every document is stored exactly once (one row per upload, the chunk count its index records, no
 ingest errors), every query answers from the asking tenant's own documents, and no host's network
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -33,6 +35,9 @@ import redis
 
 from bench.cluster import Cluster, sluice_cluster
 from bench.netns import Host, NetnsUnavailable, Network, check_privileges
+from serving.auth import create_key
+from sluice.db import Database, create_tenant
+from sluice.settings import Settings
 from tests.conftest import NETGUARD_DIR
 from tests.netguard import netguard
 
@@ -88,15 +93,14 @@ def document(tenant: int, n: int) -> tuple[str, str]:
     return f"note-{tenant}-{n:03d}.md", text
 
 
-def tenants(cluster: Cluster) -> dict[str, str]:
-    """TENANTS fresh tenants and an API key each ({tenant: secret}), made through `sluice` on the API host."""
+def tenants(cluster: Cluster, settings: Settings) -> dict[str, str]:
+    """TENANTS fresh tenants on the cluster's database and an API key each: {tenant: secret}."""
     keys = {}
-    for _ in range(TENANTS):
-        tenant = f"mh-{uuid.uuid4().hex[:8]}"
-        for args in (["tenant", "create", tenant], ["key", "create", "--tenant", tenant]):
-            done = cluster.sluice("api", *args)
-            assert done.returncode == 0, done.stdout + done.stderr
-        keys[tenant] = done.stdout.strip().splitlines()[-1]  # the secret, printed last
+    with Database(settings.model_copy(update={"app_database_url": cluster.app_url})) as db:
+        for _ in range(TENANTS):
+            tenant = f"mh-{uuid.uuid4().hex[:8]}"
+            assert create_tenant(db, tenant)
+            keys[tenant] = create_key(db, tenant).secret
     return keys
 
 
@@ -122,21 +126,39 @@ def client(cluster: Cluster, key: str) -> httpx.Client:
     return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
-def started_on(cluster: Cluster, jobs: dict[str, str], hostname: str, timeout: float = 180) -> str:
-    """A job the worker node on `hostname` is running now (its STARTED record in the result backend)."""
+def started_on(cluster: Cluster, jobs: dict[str, str], hostname: str, after: int, timeout: float = 300) -> str:
+    """A job the worker node on `hostname` is running now, once `after` jobs have ended (result backend records)."""
     backend = redis.Redis.from_url(cluster.broker_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         metas = {job_id: json.loads(backend.get(f"celery-task-meta-{job_id}") or "{}") for job_id in jobs}
-        for job_id, meta in metas.items():
-            if meta.get("status") == "STARTED" and (meta.get("result") or {}).get("hostname", "").endswith(hostname):
-                return job_id
         ended = [meta.get("result") for meta in metas.values() if meta.get("status") == "SUCCESS"]
+        running = [job for job, meta in metas.items() if meta.get("status") == "STARTED" and _on(meta, hostname)]
+        if running and len(ended) >= after:
+            return running[0]
         if len(ended) == len(jobs):
             errors = [result["error"]["message"] for result in ended if result and result.get("error")]
             raise AssertionError(f"all jobs ended, none seen on {hostname}; {len(errors)} failed, e.g. {errors[:2]}")
         time.sleep(0.05)
     raise AssertionError(f"no job started on {hostname} in {timeout:.0f} s")
+
+
+def kill_mid_job(cluster: Cluster, jobs: dict[str, str], host: str, after: int) -> str:
+    """Freeze `host` while it runs a job; kill -9 it if the job is still unfinished, else resume and retry."""
+    backend, worker = redis.Redis.from_url(cluster.broker_url), cluster.net[host]
+    for _ in range(20):
+        job = started_on(cluster, jobs, f"@{host}", after)
+        worker.send_signal(signal.SIGSTOP)  # frozen: the job's state can no longer change under us
+        if json.loads(backend.get(f"celery-task-meta-{job}"))["status"] == "STARTED":
+            assert worker.kill(), f"{host} had no processes to kill"
+            assert not worker.pids()
+            return job
+        worker.send_signal(signal.SIGCONT)  # it finished in between: catch the next one
+    raise AssertionError(f"never caught {host} inside a job")
+
+
+def _on(meta: dict, hostname: str) -> bool:
+    return (meta.get("result") or {}).get("hostname", "").endswith(hostname)
 
 
 def finish(cluster: Cluster, keys: dict[str, str], jobs: dict[str, str], timeout: float = 300) -> dict[str, dict]:
@@ -156,13 +178,11 @@ def finish(cluster: Cluster, keys: dict[str, str], jobs: dict[str, str], timeout
     return done
 
 
-def test_a_worker_host_killed_mid_run_loses_and_doubles_nothing(cluster):
+def test_a_worker_host_killed_mid_run_loses_and_doubles_nothing(cluster, settings):
     assert_hosts_see_only_their_own_folders(cluster)
-    keys = tenants(cluster)
+    keys = tenants(cluster, settings)
     jobs = upload(cluster, keys)
-    lost = started_on(cluster, jobs, "@w1")
-    assert cluster.net["w1"].kill(), "w1 had no processes to kill"
-    assert not cluster.net["w1"].pids()
+    lost = kill_mid_job(cluster, jobs, "w1", after=6)  # mid-run: jobs done, and w1 inside one
     done = finish(cluster, keys, jobs, timeout=VISIBILITY_S + 300)
     failed = {job: body.get("error") for job, body in done.items() if body["status"] != "succeeded"}
     assert not failed, f"{len(failed)} of {len(jobs)} jobs failed: {list(failed.values())[:3]}"
@@ -170,7 +190,8 @@ def test_a_worker_host_killed_mid_run_loses_and_doubles_nothing(cluster):
     summary = Counter()
     for body in done.values():
         summary.update({k: body["result"][k] for k in ("ingested", "updated", "unchanged", "failed")})
-    assert summary["failed"] == 0 and summary["ingested"] + summary["updated"] + summary["unchanged"] == 200
+    stored = summary["ingested"] + summary["updated"] + summary["unchanged"]
+    assert summary["failed"] == 0 and stored == TENANTS * DOCS_PER_TENANT, summary
     assert_ingested_once(cluster, keys)
     assert_queries_answer(cluster, keys)
     assert_no_outbound(cluster)
