@@ -142,8 +142,9 @@ def compile_for(
 
 def estimated_rows(conn: psycopg.Connection, params: dict[str, Any], compiled: CompiledFilter, dim: sql.Literal) -> int:
     """The planner's estimate of the chunks of `params['index_id']` a filter matches (one EXPLAIN, no execution)."""
-    query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(filter=compiled.clause, dim=dim)
-    plan = conn.execute(query, {"index_id": params["index_id"], **compiled.params}).fetchone()[0]
+    index_id = sql.Literal(params["index_id"])  # a literal, as the search names it (the partial HNSW indexes)
+    query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(filter=compiled.clause, index_id=index_id, dim=dim)
+    plan = conn.execute(query, compiled.params).fetchone()[0]
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
