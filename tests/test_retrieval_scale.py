@@ -104,7 +104,9 @@ def test_default_plan_uses_hnsw(db, big):
         conn.execute("SET LOCAL enable_sort = off")
         params = {"q": unit_vectors(1, np.random.default_rng(1))[0], "index_id": SYNTHETIC.index_id, "k": K}
         compiled = R.compile_filter({"doc.permille": 7})
-        query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(filter=compiled.clause, dim=sql.Literal(384))
+        query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+            filter=compiled.clause, dim=sql.Literal(384), index_id=sql.Literal(SYNTHETIC.index_id)
+        )
         plan = "\n".join(r[0] for r in conn.execute(query, {**params, "fetch": K, **compiled.params}))
     assert f"chunks_hnsw_{SYNTHETIC.index_id}" in plan, plan  # the index's own graph (migration 0014)
 
