@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from alembic import context, op
 
+from sluice.ddl import run_as_owner, tenant_isolated
+
 revision = "0015"
 down_revision = "0014"
 branch_labels = None
@@ -56,23 +58,9 @@ TABLES = ("ingest_shards", "ingest_run_documents")
 
 
 def upgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    app = context.config.attributes["app_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(SCHEMA)
-    for table in TABLES:
-        op.execute(
-            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; ALTER TABLE {table} FORCE ROW LEVEL SECURITY;"
-            f"CREATE POLICY tenant_isolation ON {table}"
-            " USING (tenant_id = current_setting('app.tenant_id', true))"
-            " WITH CHECK (tenant_id = current_setting('app.tenant_id', true));"
-            f'GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO "{app}";'
-        )
-    op.execute("RESET ROLE")
+    policies = "".join(tenant_isolated(table) for table in TABLES)
+    run_as_owner(context, op, SCHEMA + policies, {table: "SELECT, INSERT, UPDATE, DELETE" for table in TABLES})
 
 
 def downgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute("DROP TABLE IF EXISTS ingest_run_documents; DROP TABLE IF EXISTS ingest_shards;")
-    op.execute("RESET ROLE")
+    run_as_owner(context, op, "DROP TABLE IF EXISTS ingest_run_documents; DROP TABLE IF EXISTS ingest_shards;")
