@@ -53,7 +53,6 @@ class QueryResult:
             "reranker": self.reranker,
         }
 
-
     def metadata_of(self, document_id: str) -> dict:
         """The user metadata of a cited document (every hit of a document carries the same)."""
         return next((h.doc_metadata for h in self.hits if h.document_id == document_id), {})

@@ -122,7 +122,8 @@ def set_search_params(conn: psycopg.Connection, ef_search: int) -> None:
 
 
 # A bounded filter estimated to match at most this many chunks is answered by the exact scan over them
-# (found by index): at 1M chunks a 1% filter (10k rows) is well inside it; docs/benchmarks.md "Filtered".
+# (found by index): recall 1.0 at a cost that grows with the matches. At 10k matches it was 7.6x slower than
+# the iterative HNSW scan, which had recall 0.79 there (docs/benchmarks.md, Run 5): recall first; not tuned idle.
 PREFILTER_ROWS = 20_000
 _COUNT = f"SELECT 1 {_FROM} {_WHERE} AND c.dim = {{dim}}"
 

@@ -3,7 +3,7 @@
 - `documents.user_metadata`: the metadata the user gave a document (front matter, sidecar, folder
   manifest, API upload field, flow parameter; docs/retrieval.md "Document metadata"), already merged
   into `documents.metadata` (what `doc.*` filters read) and kept apart so a later change of it replaces
-  exactly those keys. Bounded here as in `tasks/metadata.py` (an object of at most 16 KiB as JSON text).
+  exactly those keys. An object of at most 64 KiB here (`tasks/metadata.py` refuses over 16 KiB first).
 - `filter_columns`: the document keys promoted to typed columns `documents.meta_<key>` with a btree index
   each (`sluice/filter_columns.py` adds them at `sluice db up` from SLUICE_FILTER_COLUMNS). `=`/`<` on
   bigint, text and boolean are leakproof, so under RLS such a filter is an index condition, where the
@@ -18,10 +18,26 @@ from __future__ import annotations
 
 from alembic import context, op
 
+from sluice.ddl import run_as_owner
+
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
+
+DOWNGRADE = """
+DO $do$
+DECLARE k text;
+BEGIN
+    FOR k IN SELECT key FROM filter_columns LOOP
+        EXECUTE format('ALTER TABLE documents DROP COLUMN IF EXISTS %I', 'meta_' || k);
+        EXECUTE format('ALTER TABLE documents DROP CONSTRAINT IF EXISTS %I', 'documents_meta_' || k || '_check');
+    END LOOP;
+END
+$do$;
+DROP TABLE IF EXISTS filter_columns;
+ALTER TABLE documents DROP COLUMN IF EXISTS user_metadata;
+"""
 
 SCHEMA = """
 ALTER TABLE documents ADD COLUMN user_metadata jsonb NOT NULL DEFAULT '{}'::jsonb
@@ -35,30 +51,8 @@ CREATE TABLE filter_columns (
 
 
 def upgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    app = context.config.attributes["app_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(SCHEMA)
-    op.execute(f'GRANT SELECT ON filter_columns TO "{app}"')
-    op.execute("RESET ROLE")
+    run_as_owner(context, op, SCHEMA, grants={"filter_columns": "SELECT"})
 
 
 def downgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(
-        """
-DO $do$
-DECLARE k text;
-BEGIN
-    FOR k IN SELECT key FROM filter_columns LOOP
-        EXECUTE format('ALTER TABLE documents DROP COLUMN IF EXISTS %I', 'meta_' || k);
-        EXECUTE format('ALTER TABLE documents DROP CONSTRAINT IF EXISTS %I', 'documents_meta_' || k || '_check');
-    END LOOP;
-END
-$do$;
-DROP TABLE IF EXISTS filter_columns;
-ALTER TABLE documents DROP COLUMN IF EXISTS user_metadata;
-"""
-    )
-    op.execute("RESET ROLE")
+    run_as_owner(context, op, DOWNGRADE)
