@@ -159,12 +159,12 @@ def test_context_budget_is_counted_in_each_models_own_tokens(servers):
 
 
 def test_client_disconnect_stops_generation_on_the_server(servers):
-    server = servers["large"]
+    server = servers["small_a"]
     generator = _config(servers).generator
-    tier = generator.tiers["large"].model_copy(update={"max_tokens": 600})
-    config = generator.model_copy(update={"tiers": {"large": tier}, "fallback": ()})
+    tier = generator.tiers["small"].model_copy(update={"max_tokens": 600, "replicas": (server.base_url,)})
+    config = generator.model_copy(update={"tiers": {"small": tier}, "fallback": ()})
     gateway = Gateway(config, MemoryState())
-    chat = gateway.chat("large", LONG)
+    chat = gateway.chat("small", LONG)
     got = [next(chat) for _ in range(5)]
     assert got
     chat.close()  # the caller goes away: the gateway closes the HTTP stream
