@@ -86,9 +86,11 @@ def _config(servers, **generator) -> PipelineConfig:
     """configs/llm-local.yaml, its replicas pointed at this module's servers, answers kept short."""
     body = yaml.safe_load((PROJECT_ROOT / "configs" / "llm-local.yaml").read_text())
     tiers = body["generator"]["tiers"]
-    tiers["small"].update(replicas=[servers["small_a"].base_url, servers["small_b"].base_url], max_tokens=24)
-    tiers["large"].update(replicas=[servers["large"].base_url], max_tokens=24)
-    body["generator"].update(generator)
+    # Generous time limits: 2 cores shared with other jobs (the tests assert behaviour, not speed).
+    small = [servers["small_a"].base_url, servers["small_b"].base_url]
+    tiers["small"].update(replicas=small, max_tokens=24, timeout_s=240)
+    tiers["large"].update(replicas=[servers["large"].base_url], max_tokens=24, timeout_s=240)
+    body["generator"].update({"deadline_s": 300, **generator})
     return parse_config(body, "test config")
 
 
@@ -149,19 +151,20 @@ def test_context_budget_is_counted_in_each_models_own_tokens(servers):
         assert 290 <= counted <= 300, (name, counted)  # cut at the budget (a re-encoded cut may merge a token)
         # The server counts the same text with the same vocabulary.
         server = servers[tier]
-        remote = httpx.post(f"{server.root}/extras/tokenize/count", json={"input": passages[0]}, timeout=30).json()
-        assert remote["count"] == len(tok.encode(passages[0]))
+        remote = httpx.post(f"{server.root}/extras/tokenize", json={"input": passages[0]}, timeout=30).json()["tokens"]
+        local = tok.encode(passages[0])
+        assert remote[-len(local) :] == local and len(remote) - len(local) <= 1  # the server adds BOS
     small, large = GGUFTokenizer("smollm2-135m", DATA_DIR), GGUFTokenizer("gemma3-270m", DATA_DIR)
     assert len(small.encode(HARD)) != len(large.encode(HARD))  # two vocabularies: the budget is per model
 
 
 def test_client_disconnect_stops_generation_on_the_server(servers):
-    server = servers["large"]
+    server = servers["small_a"]
     generator = _config(servers).generator
-    tier = generator.tiers["large"].model_copy(update={"max_tokens": 600})
-    config = generator.model_copy(update={"tiers": {"large": tier}, "fallback": ()})
+    tier = generator.tiers["small"].model_copy(update={"max_tokens": 600, "replicas": (server.base_url,)})
+    config = generator.model_copy(update={"tiers": {"small": tier}, "fallback": ()})
     gateway = Gateway(config, MemoryState())
-    chat = gateway.chat("large", LONG)
+    chat = gateway.chat("small", LONG)
     got = [next(chat) for _ in range(5)]
     assert got
     chat.close()  # the caller goes away: the gateway closes the HTTP stream
@@ -178,7 +181,7 @@ def test_client_disconnect_stops_generation_on_the_server(servers):
 
 
 def test_a_replica_killed_mid_stream_fails_over_within_the_deadline(servers, tmp_path):
-    config = _config(servers, deadline_s=60).generator
+    config = _config(servers).generator
     tier = config.tiers["small"].model_copy(update={"max_tokens": 48, "balancer": "round_robin"})
     config = config.model_copy(update={"tiers": {"small": tier}, "fallback": ()})
     reference = Gateway(config, MemoryState())
@@ -247,8 +250,9 @@ def test_cli_serves_a_packaged_model_detached_and_stops_it(tmp_path):
     cli = [sys.executable, "-m", "cli", "llm", "serve", "--model", "smollm2-135m"]
     run = subprocess.run([*cli, "--detach", "--threads", "1"], capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr
-    url = run.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", url)
+    urls = [line for line in run.stdout.splitlines() if re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", line)]
+    assert len(urls) == 1, run.stdout
+    url = urls[0]
     assert httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"] == "smollm2-135m"
     subprocess.run([*cli, "--stop"], check=True, timeout=60, env=env, capture_output=True)
     with pytest.raises(httpx.ConnectError):

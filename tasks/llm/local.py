@@ -70,11 +70,14 @@ MODELS: dict[str, PackagedModel] = {
 
 def require_llama_cpp() -> None:
     """Raise LocalModelError naming the fix unless llama-cpp-python's server is installed."""
-    try:
-        importlib.metadata.version("llama-cpp-python")
-        import sse_starlette  # noqa: F401  (only the [server] extra brings it)
-    except (importlib.metadata.PackageNotFoundError, ImportError) as exc:
-        raise LocalModelError(f"llama-cpp-python[server] is not installed: {SETUP_HINT}") from exc
+    import importlib.util
+
+    # sse_starlette: only the [server] extra brings it. find_spec: without importing (loading llama.cpp).
+    missing = [
+        name for name in ("llama_cpp", "sse_starlette", "starlette_context") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise LocalModelError(f"llama-cpp-python[server] is not installed (no {', '.join(missing)}): {SETUP_HINT}")
 
 
 def require_model(model: str) -> None:
