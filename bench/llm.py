@@ -52,7 +52,7 @@ from tasks.llm.state import MemoryState  # noqa: E402
 MODELS = {"small": "smollm2-135m", "large": "gemma3-270m"}
 SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "llm-local.yaml"
 THREADS, N_CTX, K = 2, 4096, 3
-ROUNDS, PER_ROUND = 3, {1: 8, 4: 16}
+ROUNDS, PER_ROUND = 3, {1: 6, 4: 12}
 COVID_QUESTIONS, COVID_DOCS, JUDGED, JUDGE_MAX_TOKENS = 100, 14, 16, 512
 CHUNKER = {"kind": "recursive", "chunk_size": 1000, "chunk_overlap": 150}
 RETRIEVAL = {"mode": "dense", "k": K}
