@@ -52,7 +52,7 @@ def records(unanswered: bool = False) -> list[QuestionRecord]:
 
 def test_real_judge_scores_or_counts_a_failure_for_every_question(judge_url, embedder):
     answered = records()
-    judge = JudgeConfig(judge_url, "smollm2-135m", timeout_s=300, max_tokens=256)
+    judge = JudgeConfig(judge_url, "smollm2-135m", timeout_s=300, max_tokens=160)
     assert score_ragas(answered, embedder, judge) == []
     summary = judge_failure_summary(answered)
     for name in JUDGED:
