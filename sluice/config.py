@@ -332,6 +332,12 @@ class OpenAIGenerator(_Frozen):
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_context_chars: int = Field(default=12000, ge=100)
     prompt: PromptConfig | None = Field(default=None, description="Unset: the default PromptConfig.")
+    resume_mid_stream: bool = Field(
+        default=False,
+        description="When a replica fails after text was streamed, replay the request on another replica of the "
+        "same tier and pass on only what follows the text already sent (needs temperature 0: a replay that "
+        "diverges is an error).",
+    )
     fallback_extractive: bool = Field(
         default=False,
         description="When every tier fails before any text was sent, answer with the extractive answerer "
@@ -340,7 +346,13 @@ class OpenAIGenerator(_Frozen):
 
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
-        return _drop_defaults(self, handler(self), ("prompt", "fallback_extractive"))
+        return _drop_defaults(self, handler(self), ("prompt", "resume_mid_stream", "fallback_extractive"))
+
+    @model_validator(mode="after")
+    def _deterministic_replay(self) -> OpenAIGenerator:
+        if self.resume_mid_stream and self.temperature != 0:
+            raise ValueError("resume_mid_stream needs temperature 0 (a replay must produce the same text)")
+        return self
 
     @model_validator(mode="after")
     def _known_fallbacks(self) -> OpenAIGenerator:

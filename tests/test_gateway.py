@@ -249,6 +249,28 @@ def test_a_stream_broken_after_text_was_sent_is_not_retried(servers):
     assert steady.stats.requests == 0
 
 
+def test_resume_mid_stream_replays_on_another_replica_and_sends_only_the_rest(servers):
+    broken, steady = servers(2)
+    broken.behaviour.drop_after = 3
+    config = _config({"small": _tier([broken, steady], balancer="round_robin")}, resume_mid_stream=True)
+    text, completion = _call(Gateway(config))
+    assert text == steady.behaviour.text  # the caller saw the answer once: its first three tokens not repeated
+    assert completion.replica == steady.url and completion.text == steady.behaviour.text
+    assert len(completion.attempts) == 1 and broken.url in completion.attempts[0]
+
+
+def test_resume_mid_stream_refuses_a_replay_that_diverges(servers):
+    broken, other = servers(2)
+    broken.behaviour.drop_after = 3
+    other.behaviour.text = "Returns are refused after 45 days [1] ."
+    config = _config({"small": _tier([broken, other], balancer="round_robin")}, resume_mid_stream=True)
+    received = []
+    with pytest.raises(GenerationError, match="diverged"):
+        for piece in Gateway(config).chat("small", MESSAGES):
+            received.append(piece)
+    assert "".join(received) == "Returns are accepted"  # what the caller had, and nothing of the other text
+
+
 def test_a_request_every_replica_would_refuse_fails_fast_without_cooldown(servers):
     replicas = servers(2, fail_status=400)
     state = MemoryState()

@@ -38,6 +38,16 @@ class _Progress:
     limit: float  # this attempt's time budget ends here
     headers: dict[str, str]
     ttft: float | None = None
+    replay: str = ""  # text the caller already has: this attempt's output must start with it (swallowed)
+    sent: str = ""  # text this attempt passed on to the caller
+
+
+@dataclass
+class _Streamed:
+    """What the caller has received so far in one request, and from which tier."""
+
+    text: str = ""
+    tier: str | None = None
 
 
 class Gateway:
@@ -73,7 +83,10 @@ class Gateway:
         """Yield the answer's text pieces; return the completion. Raises GenerationError when all fail."""
         deadline = self.clock() + self.config.deadline_s
         failures: list[str] = []
+        streamed = _Streamed()
         for name in self.tier_order(tier):
+            if streamed.tier not in (None, name):  # another model would not replay the same text
+                break
             tried: set[str] = set()
             for _ in range(self.config.attempts_per_tier):
                 if self.clock() >= deadline:
@@ -84,13 +97,14 @@ class Gateway:
                     break
                 tried.add(replica)
                 try:
-                    completion = yield from self._attempt(name, replica, messages, deadline)
+                    completion = yield from self._attempt(name, replica, messages, deadline, streamed)
                 except ReplicaError as exc:
                     failures.append(f"{name} {replica}: {exc}")
                     continue
                 completion.attempts = failures
                 return completion
-        raise GenerationError(_summary("every tier failed", self.config.deadline_s, failures))
+        what = "failed mid-stream, no replica of its tier replayed it" if streamed.text else "every tier failed"
+        raise GenerationError(_summary(what, self.config.deadline_s, failures))
 
     def pick(self, tier: str, tried: set[str]) -> str | None:
         """Choose a replica: a half-open one due for its probe first, else the balancer among closed ones."""
@@ -107,12 +121,13 @@ class Gateway:
         return self.balancers[tier].choose(tier, closed, self.state)
 
     def _attempt(
-        self, tier: str, replica: str, messages: list[dict[str, str]], deadline: float
+        self, tier: str, replica: str, messages: list[dict[str, str]], deadline: float, streamed: _Streamed
     ) -> Generator[str, None, Completion]:
         spec = self.config.tiers[tier]
         payload = _payload(spec, messages, self.config.temperature)
         started = self.clock()
-        progress = _Progress(started, started + min(spec.timeout_s, deadline - started), self.headers[tier])
+        limit = started + min(spec.timeout_s, deadline - started)
+        progress = _Progress(started, limit, self.headers[tier], replay=streamed.text)
         ticket = self.state.acquire(replica, progress.limit - started + 1.0)
         try:
             text, usage, model = yield from self._receive(replica, payload, progress)
@@ -121,8 +136,8 @@ class Gateway:
                 raise GenerationError(f"{tier} {replica} refused the request: {exc}. Not retried") from exc
             if not (exc.timeout and progress.limit < started + spec.timeout_s):
                 self._failed(replica, exc.retry_after)  # a timeout the deadline imposed is not the replica's fault
-            if progress.ttft is not None:  # text already reached the caller: a retry would duplicate it
-                raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
+            if progress.sent or streamed.text:
+                self._after_partial(tier, replica, exc, progress, streamed)
             raise
         finally:
             self.state.release(replica, ticket)
@@ -148,11 +163,26 @@ class Gateway:
                 raise ReplicaError(f"response from {replica} exceeded its time budget")
             usage, model = chunk.usage or usage, chunk.model or model
             if chunk.text:
+                pieces.append(chunk.text)
+                fresh = _unseen(progress, chunk.text, replica)
+                if not fresh:
+                    continue
                 if progress.ttft is None:
                     progress.ttft = self.clock() - progress.started
-                pieces.append(chunk.text)
-                yield chunk.text
+                progress.sent += fresh
+                yield fresh
+        if progress.replay:
+            raise ReplicaError(f"{replica}'s replay ended before the text already streamed")
         return "".join(pieces), usage, model
+
+    def _after_partial(
+        self, tier: str, replica: str, exc: ReplicaError, progress: _Progress, streamed: _Streamed
+    ) -> None:
+        """Text already reached the caller: retry only as a replay (`resume_mid_stream`), else fail."""
+        streamed.text += progress.sent
+        streamed.tier = tier
+        if not self.config.resume_mid_stream:  # a plain retry would send the caller the beginning again
+            raise GenerationError(f"{tier} {replica} failed mid-stream: {exc}") from exc
 
     def _failed(self, replica: str, retry_after: float | None = None) -> None:
         breaker = self.config.breaker
@@ -162,6 +192,17 @@ class Gateway:
             self.state.record_failure(replica, self.clock(), 1, retry_after)
             return
         self.state.record_failure(replica, self.clock(), breaker.failure_threshold, breaker.cooldown_s)
+
+
+def _unseen(progress: _Progress, text: str, replica: str) -> str:
+    """The part of `text` the caller has not had yet; a replay that diverges from it cannot continue."""
+    if not progress.replay:
+        return text
+    n = min(len(progress.replay), len(text))
+    if text[:n] != progress.replay[:n]:
+        raise GenerationError(f"{replica}'s replay diverged from the text already streamed: not resumed")
+    progress.replay = progress.replay[n:]
+    return text[n:]
 
 
 def _payload(spec: TierConfig, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:

@@ -70,11 +70,21 @@ MODELS: dict[str, PackagedModel] = {
 
 def require_llama_cpp() -> None:
     """Raise LocalModelError naming the fix unless llama-cpp-python's server is installed."""
-    try:
-        importlib.metadata.version("llama-cpp-python")
-        import sse_starlette  # noqa: F401  (only the [server] extra brings it)
-    except (importlib.metadata.PackageNotFoundError, ImportError) as exc:
-        raise LocalModelError(f"llama-cpp-python[server] is not installed: {SETUP_HINT}") from exc
+    import importlib.util
+
+    # sse_starlette: only the [server] extra brings it. find_spec: without importing (loading llama.cpp).
+    missing = [
+        name for name in ("llama_cpp", "sse_starlette", "starlette_context") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise LocalModelError(f"llama-cpp-python[server] is not installed (no {', '.join(missing)}): {SETUP_HINT}")
+
+
+def require_model(model: str) -> None:
+    """Raise LocalModelError naming the fix unless a packaged model's files are installed (nothing is assembled)."""
+    spec = MODELS[model]
+    for dist, inner in spec.files:
+        _packaged_path(spec, dist, inner)
 
 
 def model_file(model: str, data_dir: Path) -> Path:
@@ -200,7 +210,7 @@ def start_server(
     port = port or free_port()
     cmd = server_command(path, alias, port, n_ctx, threads)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
-    env = dict(os.environ, PYTHONPATH=_project_path())
+    env = dict(os.environ, PYTHONPATH=_project_path(), PYTHONUNBUFFERED="1")  # its log lines as they happen
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=detach)
     finally:
