@@ -140,7 +140,7 @@ def bench_speed(settings: Settings, db: Database, urls: dict[str, str], rounds: 
     items, docs = load_items(settings, grid, None)
     ensure_index(settings, db, grid, config, docs)
     prompts = [(i.question, search_chunks(db, grid.tenant, config, embedder, i.question).hits) for i in items]
-    generator = build_generator(config.generator, embedder, state=MemoryState())
+    generator = build_generator(config.generator, embedder, state=MemoryState(), data_dir=settings.data_dir)
     stats: dict[tuple[str, int], dict[str, list[float]]] = {}
     ratios: dict[int, list[float]] = {c: [] for c in PER_ROUND}
     try:
