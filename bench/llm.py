@@ -52,7 +52,7 @@ from tasks.llm.state import MemoryState  # noqa: E402
 MODELS = {"small": "smollm2-135m", "large": "gemma3-270m"}
 SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "llm-local.yaml"
 THREADS, N_CTX, K = 2, 4096, 3
-ROUNDS, PER_ROUND = 3, {1: 8, 4: 16}
+ROUNDS, PER_ROUND = 3, {1: 6, 4: 12}
 COVID_QUESTIONS, COVID_DOCS, JUDGED, JUDGE_MAX_TOKENS = 100, 14, 16, 512
 CHUNKER = {"kind": "recursive", "chunk_size": 1000, "chunk_overlap": 150}
 RETRIEVAL = {"mode": "dense", "k": K}
@@ -140,7 +140,7 @@ def bench_speed(settings: Settings, db: Database, urls: dict[str, str], rounds: 
     items, docs = load_items(settings, grid, None)
     ensure_index(settings, db, grid, config, docs)
     prompts = [(i.question, search_chunks(db, grid.tenant, config, embedder, i.question).hits) for i in items]
-    generator = build_generator(config.generator, embedder, state=MemoryState())
+    generator = build_generator(config.generator, embedder, state=MemoryState(), data_dir=settings.data_dir)
     stats: dict[tuple[str, int], dict[str, list[float]]] = {}
     ratios: dict[int, list[float]] = {c: [] for c in PER_ROUND}
     try:

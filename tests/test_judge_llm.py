@@ -45,15 +45,14 @@ def records(unanswered: bool = False) -> list[QuestionRecord]:
         out.append(QuestionRecord(item, hits, fact, {"total": 1.0}))
     if unanswered:
         item = GoldItem("q-none", "Who sells the spare parts?", "The workshop does.", reference_contexts=("x",))
-        out.append(
-            QuestionRecord(item, [RetrievedSpan("a.md", 0, 1, "The workshop sells parts.")], "", {}, failure="every tier failed")
-        )
+        hits = [RetrievedSpan("parts.md", 0, 25, "The workshop sells parts.")]
+        out.append(QuestionRecord(item, hits, "", {}, failure="every tier failed"))
     return out
 
 
 def test_real_judge_scores_or_counts_a_failure_for_every_question(judge_url, embedder):
     answered = records()
-    judge = JudgeConfig(judge_url, "smollm2-135m", timeout_s=300, max_tokens=256)
+    judge = JudgeConfig(judge_url, "smollm2-135m", timeout_s=300, max_tokens=160)
     assert score_ragas(answered, embedder, judge) == []
     summary = judge_failure_summary(answered)
     for name in JUDGED:
