@@ -59,12 +59,12 @@ def _ensure_tenant(db: Database, tenant: str, n: int, seed: int) -> None:
         raise SystemExit(f"tenant {tenant} holds {have} chunks, not {n}: drop database sluice_bench first")
 
 
-def ensure_data(db: Database, n: int, others: int = 0, other_n: int = 0) -> np.ndarray:
+def ensure_data(db: Database, n: int, others: int = 0, other_n: int = 0, tenant: str | None = None) -> np.ndarray:
     """Load the other tenants and the measured one (n chunks) unless loaded; return the query-source vectors."""
     global TENANT
     for i in range(others):
         _ensure_tenant(db, f"bench-other{i}-{other_n}", other_n, seed=100 + i)
-    TENANT = f"bench-{n}"
+    TENANT = tenant or f"bench-{n}"
     _ensure_tenant(db, TENANT, n, seed=42)
     # Queries start from stored vectors in chunk order (the langchain side reads the same ones).
     with db.tenant(TENANT) as conn:
@@ -102,9 +102,9 @@ class LangChain:
 
     CASES = ("dense", "hybrid", "filtered_1pct", "filtered_0.1pct")
 
-    def __init__(self, admin: str, n: int, n_queries: int):
+    def __init__(self, admin: str, tenant: str, n_queries: int):
         script = Path(__file__).with_name("retrieval_langchain.py")
-        args = [str(peer_python()), str(script), "--serve", admin, str(n), str(n_queries)]
+        args = [str(peer_python()), str(script), "--serve", admin, tenant, str(n_queries)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -126,20 +126,20 @@ def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
         return len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(q.shape[0])))
 
 
-def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int = 0) -> dict:
+def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int = 0, tenant: str | None = None) -> dict:
     # doc.pct and doc.permille promoted (sluice/filter_columns.py): the filtered rows measure the shipped path;
     # bench/retrieval_filtered.py measures it against the jsonb path.
     settings = load_settings(db_name="sluice_bench", filter_columns={"pct": "integer", "permille": "integer"})
     migrate(settings)
     with Database(settings) as db:
-        base = ensure_data(db, n, others, other_n)
+        base = ensure_data(db, n, others, other_n, tenant)
         rng = np.random.default_rng(7)
         queries = near_queries(base, n_queries, rng)
         texts = [" ".join(VOCAB[int(i)] for i in rng.integers(0, len(VOCAB), size=3)) for _ in range(n_queries)]
         for q, text in zip(queries[:20], texts[:20], strict=True):  # warm caches and the pool
             for mode, spec in CASES.values():
                 _timed(db, mode, spec, text, q)
-        lc = LangChain(admin_conninfo(settings), n, n_queries) if langchain else None
+        lc = LangChain(admin_conninfo(settings), TENANT, n_queries) if langchain else None
         lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
         for i in range(20 if lc else 0):
             for case in LangChain.CASES:
@@ -226,14 +226,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--others", type=int, default=0, help="other tenants loaded into the same index first")
     parser.add_argument("--other-n", type=int, default=20_000, help="chunks per other tenant")
+    parser.add_argument("--tenant", help="measure this loaded tenant of --n chunks (e.g. bench-other0-20000)")
     parser.add_argument("--langchain", action="store_true", help="also time PGVector (peer venv)")
     parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
     args = parser.parse_args()
     if args.langchain_load:
         admin = admin_conninfo(load_settings(db_name="sluice_bench"))
         script = Path(__file__).with_name("retrieval_langchain.py")
-        subprocess.run([str(peer_python()), str(script), "--load", admin, str(args.n)], check=True)
-    result = run(args.n, args.queries, args.langchain, args.others, args.other_n)
+        tenant = args.tenant or f"bench-{args.n}"
+        subprocess.run([str(peer_python()), str(script), "--load", admin, tenant], check=True)
+    result = run(args.n, args.queries, args.langchain, args.others, args.other_n, args.tenant)
     print(json.dumps(result, indent=2))
     print("\n| case | p50 ms | p99 ms | recall@10 mean (min) | min rows | default plan rows (max) |")
     print("|---|---|---|---|---|---|")

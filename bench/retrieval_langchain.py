@@ -3,11 +3,11 @@
 Runs in its own venv (SLUICE_BENCH_VENV, default .bench-venv/: langchain-postgres 0.0.19), so it imports
 nothing from Sluice.
 
-    --load ADMIN_CONNINFO N   copy tenant bench-N's chunks from sluice_bench into PGVector (db sluice_langchain)
+    --load ADMIN_CONNINFO TENANT  copy the tenant's chunks from sluice_bench into PGVector (db sluice_langchain)
                               and build an HNSW index with the same parameters (m=16, ef_construction=64)
                               and the same rows into a PGVectorStore table (langchain_postgres.v2) with its
                               hybrid-search tsvector column (GIN) and HNSW: the hybrid peer
-    --serve ADMIN_CONNINFO N  read "CASE I [TEXT]" lines on stdin, time the search for query I, answer
+    --serve ADMIN_CONNINFO TENANT Q  read "CASE I [TEXT]" lines on stdin, time the search for query I, answer
                               "ms rows id,id,..." (ids = Sluice chunk ids); CASE hybrid = PGVectorStore's
                               hybrid search (dense + ts_rank_cd over plainto_tsquery(TEXT), RRF), else
                               PGVector.similarity_search
@@ -123,7 +123,7 @@ def load_hybrid(admin: str) -> None:
     print(f"built PGVectorStore's hybrid table in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
-def _source(admin: str, n: int):
+def _source(admin: str, tenant: str):
     with psycopg.connect(make_conninfo(admin, dbname="sluice_bench")) as conn:
         from pgvector.psycopg import register_vector
 
@@ -131,15 +131,15 @@ def _source(admin: str, n: int):
         return conn.execute(
             "SELECT c.chunk_id, c.text, d.metadata, c.embedding FROM chunks c JOIN documents d USING (document_id) "
             "WHERE c.tenant_id = %s ORDER BY c.chunk_id",
-            (f"bench-{n}",),
+            (tenant,),
         ).fetchall()
 
 
-def load(admin: str, n: int) -> None:
+def load(admin: str, tenant: str) -> None:
     with psycopg.connect(make_conninfo(admin, dbname="postgres"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
             conn.execute(f'CREATE DATABASE "{DB}"')
-    rows = _source(admin, n)
+    rows = _source(admin, tenant)
     _store(admin, np.zeros((1, 384), dtype=np.float32))  # creates PGVector's tables and the collection row
     t0 = time.perf_counter()
     # Rows go in by COPY into PGVector's own table (add_embeddings inserts ~100 rows/s here); the search
@@ -169,8 +169,8 @@ def load(admin: str, n: int) -> None:
     load_hybrid(admin)
 
 
-def serve(admin: str, n: int, n_queries: int) -> None:
-    rows = _source(admin, n)
+def serve(admin: str, tenant: str, n_queries: int) -> None:
+    rows = _source(admin, tenant)
     base = np.vstack([np.asarray(r[3], dtype=np.float32) for r in rows[:5000]])
     queries = near_queries(base, n_queries, np.random.default_rng(7))
     store = _store(admin, queries)
@@ -188,8 +188,8 @@ def serve(admin: str, n: int, n_queries: int) -> None:
 
 
 if __name__ == "__main__":
-    mode, admin_conninfo, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, admin_conninfo, tenant = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "--load":
-        load(admin_conninfo, size)
+        load(admin_conninfo, tenant)
     else:
-        serve(admin_conninfo, size, int(sys.argv[4]))
+        serve(admin_conninfo, tenant, int(sys.argv[4]))

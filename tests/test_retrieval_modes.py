@@ -160,7 +160,7 @@ def test_query_against_a_space_of_another_embedder_is_refused(db, new_tenant, em
 def test_eval_retrieval_on_a_tiny_beir_dataset(cli, admin):
     result = cli("eval-retrieval", "--beir", str(TINY_BEIR), "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{") :])
+    report = json.loads(result.stdout)  # stdout is the JSON alone: progress goes to stderr
     scores = report["results"]
     assert set(scores) == {"dense", "bm25", "hybrid-rrf", "hybrid-convex"}
     for mode, metrics in scores.items():
@@ -169,8 +169,14 @@ def test_eval_retrieval_on_a_tiny_beir_dataset(cli, admin):
         assert metrics["recall@10"] <= metrics["recall@100"]
     assert scores["dense"]["mrr@10"] == 1.0  # every judged query finds its document first
     # Progress as plain lines (the runner is no terminal): each stage, and where it ended.
-    assert "embedding the corpus: 12/12" in result.output and "embedding the queries: 6/6" in result.output
-    assert "bm25 retrieval: 6/6" in result.output and "hybrid-convex retrieval: 6/6" in result.output
+    assert "embedding the corpus: 12/12" in result.stderr and "embedding the queries: 6/6" in result.stderr
+    assert "bm25 retrieval: 6/6" in result.stderr and "hybrid-convex retrieval: 6/6" in result.stderr
+    # Without --json: the same rows and numbers as a table.
+    table = cli("eval-retrieval", "--beir", str(TINY_BEIR))
+    assert table.exit_code == 0, table.output
+    for mode, metrics in scores.items():
+        row = next(line for line in table.stdout.splitlines() if f" {mode} " in line)
+        assert all(f"{metrics[m]:.4f}" in row for m in metrics), (row, metrics)
     gone = admin.execute("SELECT count(*) FROM documents WHERE tenant_id LIKE 'beir-%'").fetchone()[0]
     assert gone == 0 and admin.execute("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'beir-%'").fetchone()[0] == 0
     bad = cli("eval-retrieval", "--beir", str(TINY_BEIR / "qrels"))
