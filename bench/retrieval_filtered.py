@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from bench.synthetic import IDENTITY, SYNTHETIC, clustered_vectors, make_records, near_queries
 from sluice.config import RetrievalConfig
@@ -40,10 +41,7 @@ CASES = {
     "filtered_0.1pct": {"doc.permille": 7},
     "filtered_10pct": {"doc.pct": {"lt": 10}},
 }
-HNSW = (
-    "CREATE INDEX IF NOT EXISTS chunks_hnsw_384 ON chunks USING hnsw ((embedding::vector(384)) vector_cosine_ops) "
-    "WITH (m = 16, ef_construction = 64) WHERE dim = 384"
-)
+GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"  # the index's own HNSW graph (migration 0014)
 
 
 def _held(db: Database, tenant: str) -> int:
@@ -69,13 +67,13 @@ def ensure_data(settings, db: Database, tenants: list[tuple[str, int, int]]) -> 
     if not missing:
         return
     with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
-        admin.execute("DROP INDEX IF EXISTS chunks_hnsw_384")
+        admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(GRAPH)))
         for tenant, n, seed, have in missing:
             t0 = time.perf_counter()
             _load(db, tenant, n, seed, have)
             print(f"loaded {n - have} chunks into {tenant} in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        admin.execute(HNSW)
+        admin.execute("SELECT ensure_index_hnsw(%s)", (SYNTHETIC.index_id,))
         admin.execute("VACUUM ANALYZE chunks")
         admin.execute("VACUUM ANALYZE documents")
         print(f"built the HNSW index in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -31,6 +31,8 @@ TENANT_TABLES = (
     "feedback",
     "ingest_shards",
     "ingest_run_documents",
+    "uploads",
+    "upload_parts",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)

@@ -23,6 +23,7 @@ from bench.synthetic import (
     SYNTHETIC,
     VOCAB,
     clustered_vectors,
+    load_synthetic,
     make_records,
     near_queries,
     unit_vectors,
@@ -42,25 +43,10 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def big(db, migrated):
-    """20k chunks in one tenant, loaded with the HNSW index dropped and rebuilt after (row-by-row HNSW inserts
-    took 8-15 min on a shared 2-core machine, past the test timeout; a build takes well under one)."""
+def big(db):
+    """20k chunks in one tenant, through the bulk path (rows first, then the index's graph: tasks/bulk.py)."""
     create_tenant(db, BIG)
-    rng = np.random.default_rng(1)  # the records and vectors load_synthetic(db, BIG, BIG_N, seed=1) loads
-    records, vectors = make_records(BIG_N, rng, prefix=BIG), unit_vectors(BIG_N, rng)
-    with db.tenant(BIG) as conn:
-        register_index(conn, SYNTHETIC, IDENTITY)
-    with psycopg.connect(admin_conninfo(migrated), autocommit=True) as admin:
-        admin.execute("DROP INDEX IF EXISTS chunks_hnsw_384")
-        try:
-            for start in range(0, BIG_N, 5000):
-                with db.tenant(BIG) as conn:
-                    store_records(
-                        conn, SYNTHETIC.index_id, records[start : start + 5000], vectors[start : start + 5000]
-                    )
-        finally:
-            admin.execute("SELECT ensure_vector_index(384)")
-            admin.execute("ANALYZE chunks")
+    records, _ = load_synthetic(db, BIG, BIG_N, seed=1)
     return records
 
 
