@@ -26,12 +26,10 @@ from sluice.settings import PROJECT_ROOT, load_settings
 from tasks.generate import build_generator
 from tasks.llm.gateway import Gateway
 from tasks.llm.local import (
-    MODELS,
     GGUFTokenizer,
     LocalModelError,
+    missing,
     model_file,
-    require_llama_cpp,
-    require_model,
     start_server,
 )
 from tasks.llm.openai import build_messages
@@ -42,17 +40,7 @@ from tasks.routed import build_answerer
 DATA_DIR = load_settings().data_dir
 
 
-def _missing() -> str | None:
-    try:
-        require_llama_cpp()
-        for name in MODELS:
-            require_model(name)
-    except LocalModelError as exc:
-        return str(exc)
-    return None
-
-
-MISSING = _missing()
+MISSING = missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"the `llm` extra is not installed: {MISSING}")
 
 WARRANTY = "Carbon fibre frames carry a lifetime warranty for the original owner."

@@ -80,6 +80,17 @@ def require_llama_cpp() -> None:
         raise LocalModelError(f"llama-cpp-python[server] is not installed (no {', '.join(missing)}): {SETUP_HINT}")
 
 
+def missing(*models: str) -> str | None:
+    """What of the `llm` extra is missing to serve `models` (all packaged ones if none named), or None."""
+    try:
+        require_llama_cpp()
+        for name in models or tuple(MODELS):
+            require_model(name)
+    except LocalModelError as exc:
+        return str(exc)
+    return None
+
+
 def require_model(model: str) -> None:
     """Raise LocalModelError naming the fix unless a packaged model's files are installed (nothing is assembled)."""
     spec = MODELS[model]
