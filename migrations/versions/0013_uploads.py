@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from alembic import context, op
 
+from sluice.ddl import run_as_owner, tenant_isolated
+
 revision = "0013"
 down_revision = "0012"
 branch_labels = None
@@ -43,16 +45,6 @@ CREATE TABLE upload_parts (
     PRIMARY KEY (tenant_id, upload_id, part),
     FOREIGN KEY (tenant_id, upload_id) REFERENCES uploads (tenant_id, upload_id) ON DELETE CASCADE
 );
-ALTER TABLE uploads ENABLE ROW LEVEL SECURITY;
-ALTER TABLE uploads FORCE ROW LEVEL SECURITY;
-ALTER TABLE upload_parts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE upload_parts FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON uploads
-    USING (tenant_id = current_setting('app.tenant_id', true))
-    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
-CREATE POLICY tenant_isolation ON upload_parts
-    USING (tenant_id = current_setting('app.tenant_id', true))
-    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 
 -- Deletes uploads older than the age across tenants (their parts go by cascade) and returns the
 -- object-store URLs among them, for the caller to delete.
@@ -70,29 +62,24 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
     SELECT gone.location FROM gone WHERE gone.location IS NOT NULL
 $fn$;
 """
+OWNER_SWEEPS = """
+CREATE POLICY owner_reads_old ON uploads FOR SELECT TO {owner} USING (true);
+CREATE POLICY owner_expires_old ON uploads FOR DELETE TO {owner} USING (true);
+REVOKE ALL ON FUNCTION expire_uploads(double precision, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION expire_uploads(double precision, integer) TO {app};
+"""
 
 
 def upgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    app = context.config.attributes["app_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(SCHEMA)
-    op.execute(
-        f'CREATE POLICY owner_reads_old ON uploads FOR SELECT TO "{owner}" USING (true);'
-        f'CREATE POLICY owner_expires_old ON uploads FOR DELETE TO "{owner}" USING (true);'
-    )
-    fn = "expire_uploads(double precision, integer)"
-    op.execute(f'REVOKE ALL ON FUNCTION {fn} FROM PUBLIC; GRANT EXECUTE ON FUNCTION {fn} TO "{app}";')
-    op.execute(f'GRANT SELECT, INSERT, DELETE ON uploads, upload_parts TO "{app}"')
-    op.execute("RESET ROLE")
+    policies = tenant_isolated("uploads") + tenant_isolated("upload_parts")
+    run_as_owner(context, op, SCHEMA + policies + OWNER_SWEEPS, {"uploads, upload_parts": "SELECT, INSERT, DELETE"})
 
 
 def downgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(
+    run_as_owner(
+        context,
+        op,
         "DROP FUNCTION IF EXISTS expire_uploads(double precision, integer);"
         "DROP TABLE IF EXISTS upload_parts;"
-        "DROP TABLE IF EXISTS uploads;"
+        "DROP TABLE IF EXISTS uploads;",
     )
-    op.execute("RESET ROLE")

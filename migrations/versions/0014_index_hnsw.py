@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from alembic import context, op
 
+from sluice.ddl import run_as_owner
+
 revision = "0014"
 down_revision = "0013"
 branch_labels = None
@@ -162,26 +164,12 @@ DROP FUNCTION IF EXISTS ensure_index_hnsw(text);
 
 
 def upgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    app = context.config.attributes["app_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(SCHEMA)
-    op.execute(SORTED_POSTINGS)
-    op.execute(
-        "REVOKE ALL ON FUNCTION ensure_index_hnsw(text) FROM PUBLIC; "
-        f'GRANT EXECUTE ON FUNCTION ensure_index_hnsw(text) TO "{app}"'
-    )
-    op.execute("RESET ROLE")
+    fn = "ensure_index_hnsw(text)"
+    grant = f"REVOKE ALL ON FUNCTION {fn} FROM PUBLIC; GRANT EXECUTE ON FUNCTION {fn} TO {{app}};"
+    run_as_owner(context, op, SCHEMA + SORTED_POSTINGS + grant)
 
 
 def downgrade() -> None:
-    owner = context.config.attributes["owner_role"]
-    app = context.config.attributes["app_role"]
-    op.execute(f'SET LOCAL ROLE "{owner}"')
-    op.execute(DOWNGRADE)
-    op.execute(UNSORTED_POSTINGS)
-    op.execute(
-        "REVOKE ALL ON FUNCTION ensure_vector_index(integer) FROM PUBLIC; "
-        f'GRANT EXECUTE ON FUNCTION ensure_vector_index(integer) TO "{app}"'
-    )
-    op.execute("RESET ROLE")
+    fn = "ensure_vector_index(integer)"
+    grant = f"REVOKE ALL ON FUNCTION {fn} FROM PUBLIC; GRANT EXECUTE ON FUNCTION {fn} TO {{app}};"
+    run_as_owner(context, op, DOWNGRADE + UNSORTED_POSTINGS + grant)
