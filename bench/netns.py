@@ -58,8 +58,9 @@ def check_privileges() -> None:
     if missing:
         raise NetnsUnavailable(f"network namespaces need {', '.join(missing)} (apt-get install iproute2 util-linux)")
     if os.geteuid() != 0:
-        raise NetnsUnavailable("network namespaces need root (CAP_NET_ADMIN, CAP_SYS_ADMIN); this is uid "
-                               f"{os.geteuid()}")
+        raise NetnsUnavailable(
+            f"network namespaces need root (CAP_NET_ADMIN, CAP_SYS_ADMIN); this is uid {os.geteuid()}"
+        )
 
 
 @dataclass
@@ -100,8 +101,9 @@ class Host:
         """Start `argv` on this host, output to `log` in its folder (the caller reads it, not another host)."""
         out = (self.root / log).open("ab")
         try:
-            return subprocess.Popen(self.command(argv), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                self.command(argv), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            )
         finally:
             out.close()
 

@@ -167,7 +167,12 @@ class OpenAIChat(Generator):
         return self._answer(completion, messages, contexts, total_ms, ttft_ms, pieces)
 
     def _answer(
-        self, completion: Any, messages: list[dict[str, str]], contexts: list[Hit], total_ms: float, ttft_ms: float,
+        self,
+        completion: Any,
+        messages: list[dict[str, str]],
+        contexts: list[Hit],
+        total_ms: float,
+        ttft_ms: float,
         pieces: int,
     ) -> Answer:
         usage = self._usage(completion.usage, messages, completion.text)

@@ -61,8 +61,11 @@ def require_namespaces() -> None:
     except NetnsUnavailable as exc:
         if os.environ.get(OPT_OUT) == "1":
             pytest.skip(f"{exc}; skipped because {OPT_OUT}=1")
-        pytest.fail(f"the multi-host test cannot run: {exc}. Run the tests as root (as .ci/run does), "
-                    f"or set {OPT_OUT}=1 to skip it on a machine without root", pytrace=False)
+        pytest.fail(
+            f"the multi-host test cannot run: {exc}. Run the tests as root (as .ci/run does), "
+            f"or set {OPT_OUT}=1 to skip it on a machine without root",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,6 @@ class DepthProbe(Background):
                 self._stop.wait(0.25)
 
 
-
 async def upload_all(url: str, key: str) -> tuple[list[httpx.Response], int]:
     """POST every document as its own ingest job, all at once; (final responses, attempts retried).
 
