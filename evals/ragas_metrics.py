@@ -78,7 +78,9 @@ def judge_llm(judge: JudgeConfig):
         api_key=judge.api_key,
         timeout=judge.timeout_s,
         max_retries=1,
-        max_tokens=judge.max_tokens,
+        # As `max_tokens`: langchain-openai renames its own cap `max_completion_tokens`, which llama.cpp's
+        # server ignores (a small judge then rambles until its context is full).
+        extra_body={"max_tokens": judge.max_tokens} if judge.max_tokens else None,
     )
     # The wrapper overwrites the client's timeout with its RunConfig's (180 s unless told).
     return LangchainLLMWrapper(chat, run_config=RunConfig(timeout=math.ceil(judge.timeout_s)))
