@@ -105,34 +105,9 @@ END
 $fn$;
 """
 
-UNSORTED_POSTINGS = r"""
-CREATE OR REPLACE FUNCTION lexical_sync() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    -- Chunk count and total length of a transition table's rows, per tenant and index.
-    delta text := 'SELECT r.tenant_id, r.index_id, count(*) AS chunks, '
-        'coalesce(sum((SELECT sum(cardinality(l.positions)) FROM unnest(r.tsv) l)), 0) AS total_length '
-        'FROM %I r GROUP BY r.tenant_id, r.index_id ORDER BY r.tenant_id, r.index_id';
-BEGIN
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        DELETE FROM lexical_postings p
-        USING (SELECT r.tenant_id, r.index_id, r.chunk_id, (unnest(r.tsv)).lexeme AS term FROM old_rows r) o
-        WHERE p.tenant_id = o.tenant_id AND p.index_id = o.index_id AND p.term = o.term AND p.chunk_id = o.chunk_id;
-        EXECUTE format('UPDATE lexical_stats s SET chunks = s.chunks - o.chunks, '
-            'total_length = s.total_length - o.total_length FROM (' || delta || ') o '
-            'WHERE s.tenant_id = o.tenant_id AND s.index_id = o.index_id', 'old_rows');
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO lexical_postings (tenant_id, index_id, term, chunk_id, tf, dl)
-        SELECT r.tenant_id, r.index_id, t.term, r.chunk_id, t.tf, t.dl FROM new_rows r, lexical_terms(r.tsv) t;
-        EXECUTE format('INSERT INTO lexical_stats AS s (tenant_id, index_id, chunks, total_length) ' || delta
-            || ' ON CONFLICT (tenant_id, index_id) DO UPDATE SET chunks = s.chunks + EXCLUDED.chunks, '
-            'total_length = s.total_length + EXCLUDED.total_length', 'new_rows');
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-"""
+# Migration 0010's function as it was (for downgrade): the same without the ORDER BY.
+UNSORTED_POSTINGS = SORTED_POSTINGS.replace("\n        ORDER BY r.tenant_id, r.index_id, t.term, r.chunk_id;", ";")
+assert UNSORTED_POSTINGS != SORTED_POSTINGS
 
 DOWNGRADE = r"""
 CREATE FUNCTION ensure_vector_index(d integer) RETURNS void
