@@ -267,7 +267,7 @@ def test_promoted_filter_reads_the_matching_rows_not_the_tenants(db, promoted_bi
     with db.tenant(BIG) as conn:
         compiled = R.compile_for(conn, spec)
         query = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) " + R._DENSE_EXACT).format(
-            filter=compiled.clause, dim=sql.Literal(384)
+            filter=compiled.clause, index_id=sql.Literal(SYNTHETIC.index_id), dim=sql.Literal(384)
         )
         plan = conn.execute(query, {"q": q, "index_id": SYNTHETIC.index_id, "k": K, **compiled.params}).fetchone()[0]
     text = json.dumps(plan)
