@@ -128,6 +128,8 @@ def front_matter(text: str) -> dict[str, Any]:
         raise MetadataError(f"front matter is not valid YAML: {' '.join(str(exc).split())[:200]}: fix it") from None
     except RecursionError:
         raise MetadataError(f"front matter is nested deeper than {MAX_DEPTH} levels: flatten it") from None
+    except ValueError as exc:  # YAML's converters: a date like 2020-02-30, an integer over 4300 digits
+        raise MetadataError(f"front matter holds a value YAML cannot convert ({exc}): quote it as a string") from None
 
 
 def _json_ready(value: Any) -> Any:

@@ -106,6 +106,9 @@ BAD = [
     ("sub/_metadata.json", json.dumps({"listed.txt": "x"}), "sub/listed.txt", "_metadata.json of its folder"),
     ("fm.md", "---\nyear: [unclosed\n---\nbody text here\n", "fm.md", "front matter is not valid YAML"),
     ("fm.md", "---\na: &x [1]\nb: *x\n---\nbody text here\n", "fm.md", "aliases"),
+    # YAML's own converters raise ValueError (not YAMLError) for these: one document, not the run
+    ("fm.md", "---\ndate: 2020-02-30\n---\nbody text here\n", "fm.md", "day is out of range"),
+    ("fm.md", "---\nn: " + "1" * 5000 + "\n---\nbody text here\n", "fm.md", "front matter holds a value"),
 ]
 
 
