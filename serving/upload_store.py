@@ -30,6 +30,7 @@ from sluice.settings import Settings
 INSERT = "INSERT INTO uploads (tenant_id, upload_id, name, size, location) VALUES (%s, %s, %s, %s, %s)"
 PART = "INSERT INTO upload_parts (tenant_id, upload_id, part, data) VALUES (%s, %s, %s, %s)"
 PART_MAX = 4 * 1024 * 1024  # upload_parts.data's limit
+MAX_IDS = 101  # a job's files (at most 100: serving/schemas.py IngestJob.files), plus their metadata's manifest
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ def _quietly_remove(store: Store, locations: list[str]) -> None:
 
 
 def is_upload_ids(value: Any) -> bool:
-    """Whether `value` is a non-empty list (at most 100) of upload ids, as the API sends them."""
-    if not isinstance(value, list) or not 0 < len(value) <= 100:
+    """Whether `value` is a non-empty list (at most MAX_IDS) of upload ids, as the API sends them."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_IDS:
         return False
     try:
         return all(isinstance(v, str) and str(uuid.UUID(v)) == v for v in value)

@@ -77,3 +77,19 @@ def test_settings_refuse_an_upload_limit_the_database_cannot_hold():
     with pytest.raises(ValueError, match="SLUICE_UPLOAD_STORE=s3://"):
         Settings(max_upload_bytes=300 * 1024 * 1024)
     assert Settings(max_upload_bytes=300 * 1024 * 1024, upload_store="s3://b/p/").upload_store == "s3://b/p"
+
+
+def test_a_full_job_with_metadata_is_not_refused_by_the_worker(db, migrated, new_tenant):
+    from serving.api.uploads import save_uploads
+    from serving.poison import check_payload
+    from serving.schemas import IngestJob
+    from serving.upload_store import is_upload_ids
+
+    tenant = new_tenant("upmax")
+    files = [{"name": f"n{i}.md", "content_base64": "bm90ZQ==", "metadata": {"i": i}} for i in range(100)]
+    job = IngestJob.model_validate({"kind": "ingest", "files": files})  # as many files as the API takes
+    ids = save_uploads(Settings(), db, STORE, tenant, job)
+    assert len(ids) == 101  # and their folder's manifest
+    check_payload({"tenant": tenant, "uploads": ids, "metadata": None}, query=False)  # what the API enqueues
+    assert is_upload_ids(ids)  # so a finished job's uploads are discarded, not left to the sweep
+    assert discard(db, STORE, tenant, ids) == 101
