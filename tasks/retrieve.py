@@ -17,6 +17,7 @@ with the tenant index's chunk count and average length from `lexical_stats` (doc
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,16 @@ PREFILTER_ROWS = 20_000
 _COUNT = f"SELECT 1 {_FROM} {_WHERE} AND c.dim = {{dim}}"
 
 
+_INDEX_ID = re.compile(r"[0-9a-f]{16}")  # sluice.config: the first 16 hex digits of a sha256
+
+
+def index_literal(index_id: str) -> sql.Literal:
+    """The index id as an SQL literal, once it is an index id; QueryError naming it otherwise."""
+    if not isinstance(index_id, str) or not _INDEX_ID.fullmatch(index_id):
+        raise QueryError(f"index id {index_id!r} is not 16 lowercase hex digits: name an index by its id")
+    return sql.Literal(index_id)
+
+
 def _hits(rows: list[tuple], index_id: str, mode: str) -> list[Hit]:
     return [Hit(r[0], r[1], r[2], r[3], r[4], r[5], float(r[7]), index_id, r[6], mode, doc_metadata=r[8]) for r in rows]
 
@@ -143,7 +154,7 @@ def compile_for(
 
 def estimated_rows(conn: psycopg.Connection, params: dict[str, Any], compiled: CompiledFilter, dim: sql.Literal) -> int:
     """The planner's estimate of the chunks of `params['index_id']` a filter matches (one EXPLAIN, no execution)."""
-    index_id = sql.Literal(params["index_id"])  # a literal, as the search names it (the partial HNSW indexes)
+    index_id = index_literal(params["index_id"])  # a literal, as the search names it (the partial HNSW indexes)
     query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(filter=compiled.clause, index_id=index_id, dim=dim)
     plan = conn.execute(query, compiled.params).fetchone()[0]
     return int(plan[0]["Plan"]["Plan Rows"])
@@ -159,7 +170,7 @@ def _run(
     compiled = filters if isinstance(filters, CompiledFilter) else compile_filter(filters)
     clash = set(compiled.params) & set(params)
     assert not clash, clash  # filter placeholders are prefixed, query ones are not
-    query = sql.SQL(template).format(filter=compiled.clause, index_id=sql.Literal(params["index_id"]), **fmt)
+    query = sql.SQL(template).format(filter=compiled.clause, index_id=index_literal(params["index_id"]), **fmt)
     return conn.execute(query, {**params, **compiled.params}).fetchall()
 
 

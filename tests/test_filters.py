@@ -144,3 +144,19 @@ def test_filter_params_never_collide_with_query_params():
     compiled = compile_filter({"or": [{"doc.a": 1}, {"chunk.b": {"gte": 2}}, {"collection": "x"}]})
     assert all(name.startswith("f") and name[1:].isdigit() for name in compiled.params)
     assert compiled.uses_doc
+
+
+@pytest.mark.parametrize("index_id", [*NASTY, SYNTHETIC.index_id.upper(), SYNTHETIC.index_id + "0"])
+def test_an_index_id_is_checked_before_it_is_written_into_sql(db, loaded, index_id):
+    from sluice.config import RetrievalConfig
+    from tasks.retrieve import dense_search, lexical_search
+
+    q = unit_vectors(1, np.random.default_rng(0))[0]
+    with db.tenant(loaded[0]) as conn:  # the searches name the index as a literal (migration 0014's partial indexes)
+        for search in (
+            lambda: exact_search(conn, index_id, q, 5),
+            lambda: dense_search(conn, index_id, q, RetrievalConfig(k=5), {"doc.author": "x"}),
+            lambda: lexical_search(conn, index_id, "nasty", RetrievalConfig(k=5)),
+        ):
+            with pytest.raises(QueryError, match="16 lowercase hex digits"):
+                search()
