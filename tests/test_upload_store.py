@@ -93,3 +93,17 @@ def test_a_full_job_with_metadata_is_not_refused_by_the_worker(db, migrated, new
     check_payload({"tenant": tenant, "uploads": ids, "metadata": None}, query=False)  # what the API enqueues
     assert is_upload_ids(ids)  # so a finished job's uploads are discarded, not left to the sweep
     assert discard(db, STORE, tenant, ids) == 101
+
+
+def test_two_files_of_one_name_are_refused_before_a_byte_is_stored(db, migrated, new_tenant):
+    from serving.api.errors import ApiError
+    from serving.api.uploads import save_uploads
+    from serving.schemas import IngestJob
+
+    tenant = new_tenant("updup")
+    files = [{"name": "a.md", "content_base64": "b25l"}, {"name": "a.md", "content_base64": "dHdv"}]
+    job = IngestJob.model_validate({"kind": "ingest", "files": files})  # the worker's folder would keep one
+    with pytest.raises(ApiError, match="'a.md' is given twice") as refused:
+        save_uploads(Settings(), db, STORE, tenant, job)
+    assert refused.value.status == 422
+    assert _count(migrated, tenant) == (0, 0)

@@ -23,8 +23,12 @@ PIECE = 4 * 1024 * 1024  # base64 characters decoded at a time (3 MiB of file by
 def save_uploads(settings: Settings, db: Database, store: Store, tenant: str, job: IngestJob) -> list[str]:
     """Store the uploaded files for a worker to fetch; their upload ids (the only thing the job message carries)."""
     files = job.files or []
+    seen: set[str] = set()
     for f in files:
         check_name(f.name)
+        if f.name in seen:  # the worker's folder, and the metadata manifest, would keep only one of them
+            raise ApiError(422, f"file name {f.name!r} is given twice in this job: give each file its own name")
+        seen.add(f.name)
     sizes = [decoded_size(f) for f in files]
     if sum(sizes) > settings.max_upload_bytes:
         raise ApiError(
