@@ -64,8 +64,28 @@ class Store(ABC):
         """Delete stored bytes that live outside the database (their rows are already gone)."""
 
 
+# Reading and deleting follow each row's `location`, whichever store this process writes to: an API
+# and workers configured apart, or SLUICE_UPLOAD_STORE switched while jobs wait, lose no file.
+def _read_parts(conn: psycopg.Connection, upload_id: uuid.UUID, out: BinaryIO) -> None:
+    # A server-side cursor: one part at a time crosses the wire, whatever the file's size.
+    with conn.cursor(name=f"upload_{upload_id.hex}") as cur:
+        cur.itersize = 1
+        cur.execute("SELECT data FROM upload_parts WHERE upload_id = %s ORDER BY part", (upload_id,))
+        for (data,) in cur:
+            out.write(data)
+
+
+def _objects_of(settings: Settings | None, where: str) -> Settings:
+    if settings is None:
+        raise SourceError(f"an upload is kept at {where}: give this process the store's settings (SLUICE_S3_*)")
+    return settings
+
+
 class PostgresStore(Store):
     """Bytes in `upload_parts`, pieces of at most 4 MiB, deleted with their row (ON DELETE CASCADE)."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings  # for files an object-store API wrote (their rows have a location)
 
     def location(self, tenant: str, upload_id: uuid.UUID) -> str | None:
         return None
@@ -75,23 +95,23 @@ class PostgresStore(Store):
             conn.execute(PART, (tenant, upload_id, number, piece))
 
     def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
-        # A server-side cursor: one part at a time crosses the wire, whatever the file's size.
-        with conn.cursor(name=f"upload_{upload_id.hex}") as cur:
-            cur.itersize = 1
-            cur.execute("SELECT data FROM upload_parts WHERE upload_id = %s ORDER BY part", (upload_id,))
-            for (data,) in cur:
-                out.write(data)
+        if where is None:
+            _read_parts(conn, upload_id, out)
+        else:
+            copy_out(filesystem(_objects_of(self.settings, where), where), where, out)
 
     def remove(self, locations: list[str]) -> None:
-        # Nothing outside the database: the parts went with their `uploads` rows (ON DELETE CASCADE).
-        return None
+        # The database's parts went with their `uploads` rows (ON DELETE CASCADE); objects are deleted here.
+        if locations:
+            filesystem(_objects_of(self.settings, locations[0]), locations[0]).rm(locations)
 
 
-class ObjectStore(Store):
+class ObjectStore(PostgresStore):
     """Bytes in an object store (SLUICE_UPLOAD_STORE=s3://bucket/prefix): one object per file, under its tenant."""
 
     def __init__(self, settings: Settings):
-        self.settings, self.base = settings, settings.upload_store
+        super().__init__(settings)
+        self.base = settings.upload_store
 
     def location(self, tenant: str, upload_id: uuid.UUID) -> str | None:
         return f"{self.base}/{tenant}/{upload_id.hex}"
@@ -99,17 +119,10 @@ class ObjectStore(Store):
     def write(self, conn: psycopg.Connection, tenant: str, upload_id: uuid.UUID, where: str | None, pieces) -> None:
         write_pieces(filesystem(self.settings, str(where)), str(where), iter(pieces))
 
-    def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
-        copy_out(filesystem(self.settings, str(where)), str(where), out)
-
-    def remove(self, locations: list[str]) -> None:
-        if locations:
-            filesystem(self.settings, locations[0]).rm(locations)
-
 
 def upload_store(settings: Settings) -> Store:
     """The store SLUICE_UPLOAD_STORE names: `postgres`, or an object-store URL."""
-    return PostgresStore() if settings.upload_store == "postgres" else ObjectStore(settings)
+    return PostgresStore(settings) if settings.upload_store == "postgres" else ObjectStore(settings)
 
 
 def save(db: Database, store: Store, tenant: str, files: list[NewFile]) -> list[str]:

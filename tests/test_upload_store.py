@@ -7,10 +7,22 @@ import os
 import psycopg
 import pytest
 
-from serving.upload_store import NewFile, PostgresStore, discard, expire, fetch, pieces_of, save
+from serving.upload_store import (
+    NewFile,
+    ObjectStore,
+    PostgresStore,
+    discard,
+    expire,
+    fetch,
+    pieces_of,
+    save,
+    upload_store,
+)
 from sluice.db import admin_conninfo, app_conninfo
 from sluice.errors import SourceError
+from sluice.objects import filesystem
 from sluice.settings import Settings
+from tests.reliability.test_object_store import AWS_ENV, s3_server  # noqa: F401 (moto's S3 server, a fixture)
 
 STORE = PostgresStore()
 
@@ -107,3 +119,32 @@ def test_two_files_of_one_name_are_refused_before_a_byte_is_stored(db, migrated,
         save_uploads(Settings(), db, STORE, tenant, job)
     assert refused.value.status == 422
     assert _count(migrated, tenant) == (0, 0)
+
+
+# A store switched (SLUICE_UPLOAD_STORE) while jobs wait, or an API and workers configured apart: each
+# file is read from, and deleted in, the store its row names, not the store this process would write to.
+def test_a_worker_writing_to_a_bucket_reads_uploads_kept_in_the_database(db, migrated, new_tenant, tmp_path):
+    tenant = new_tenant("upmixa")
+    ids = save(db, STORE, tenant, [NewFile("a.md", 6, [b"# note"])])
+    fetch(db, ObjectStore(Settings(upload_store="s3://bucket/uploads")), tenant, ids, tmp_path)
+    assert (tmp_path / "a.md").read_bytes() == b"# note"
+    assert discard(db, ObjectStore(Settings(upload_store="s3://bucket/uploads")), tenant, ids) == 1
+
+
+def test_a_worker_writing_to_the_database_reads_and_deletes_uploads_kept_in_a_bucket(
+    db, migrated, new_tenant, tmp_path, request, monkeypatch
+):
+    endpoint = request.getfixturevalue("s3_server")
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    in_bucket = Settings(upload_store="s3://sluice-mixed/uploads", s3_endpoint_url=endpoint)
+    filesystem(in_bucket, "s3://").mkdir("sluice-mixed")
+    tenant = new_tenant("upmixb")
+    ids = save(db, ObjectStore(in_bucket), tenant, [NewFile("b.md", 6, [b"# note"])])
+    worker = upload_store(Settings(upload_store="postgres", s3_endpoint_url=endpoint))
+    fetch(db, worker, tenant, ids, tmp_path)
+    assert (tmp_path / "b.md").read_bytes() == b"# note"  # not an empty file read from upload_parts
+    assert discard(db, worker, tenant, ids) == 1
+    fs = filesystem(in_bucket, "s3://")
+    fs.invalidate_cache()
+    assert fs.find(f"sluice-mixed/uploads/{tenant}") == []  # the object went with its row, not orphaned
