@@ -89,14 +89,23 @@ def download_tree(settings: Settings, url: str, folder: Path, max_bytes: int) ->
         rel = key[len(root) + 1 :] if key != root else key.rsplit("/", 1)[-1]
         if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
             continue  # a key no file can be named after is not a document
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            if (info.get("size") or 0) > max_bytes:
-                out.truncate(info["size"])
-            else:
-                copy_out(fs, key, out, max_bytes)
+        _download(fs, key, info, folder / rel, max_bytes)
     return len(found)
+
+
+def _download(fs: Any, key: str, info: dict, target: Path, max_bytes: int) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = target.open("wb")
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):  # keys `a` and `a/b`: S3 has both, a disk not
+        raise SourceError(
+            f"object {key!r} collides with another object named like its folder (keys `x` and `x/...`): rename one"
+        ) from None
+    with out:
+        if (info.get("size") or 0) > max_bytes:
+            out.truncate(info["size"])
+        else:
+            copy_out(fs, key, out, max_bytes)
 
 
 def exists(settings: Settings, url: str) -> bool:
