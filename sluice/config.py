@@ -297,7 +297,8 @@ class PromptConfig(_Frozen):
     @field_validator("citation")
     @classmethod
     def _one_number(cls, value: str) -> str:
-        if value.count("{n}") != 1 or value == "{n}" or "{" in value.replace("{n}", ""):
+        # A lone brace outside {n}, either way round, would make str.format fail on every prompt.
+        if value.count("{n}") != 1 or value == "{n}" or any(b in value.replace("{n}", "") for b in "{}"):
             raise ValueError(f"citation {value!r} must contain {{n}} once, with a mark around it, e.g. '[{{n}}]'")
         return value
 

@@ -69,3 +69,17 @@ def test_chunker_options_change_the_index_and_rerank_only_the_config():
         assert changed.index_id != base.index_id
     rerank = parse_config({"rerank": {"kind": "cross_encoder", "model": "/models/ce"}})
     assert rerank.index_id == base.index_id and rerank.config_id != base.config_id
+
+
+@pytest.mark.parametrize("citation", ["[{n}]}", "}[{n}]", "[{n}]{", "[{n}] {m}"])
+def test_a_citation_format_str_format_cannot_take_is_refused_when_the_config_is_read(citation):
+    from sluice.config import PromptConfig
+
+    with pytest.raises(ValidationError, match="must contain {n} once"):
+        PromptConfig(citation=citation)  # else every answer's prompt would fail in str.format
+
+
+def test_a_valid_citation_format_marks_passages():
+    from sluice.config import PromptConfig
+
+    assert PromptConfig(citation="<{n}>").citation.format(n=3) == "<3>"
