@@ -174,7 +174,10 @@ def _read_json(path: Path, confine_to: Path | None) -> Any:
         raise MetadataError(f"{path.name} is not valid JSON ({exc}): fix it") from None
 
 
-@lru_cache(maxsize=64)
+# Two: a listing is sorted, so a run reads one folder's files together (a window may straddle two). Each
+# entry is a parsed manifest of up to 4 MiB of JSON (~30 MiB of objects) kept by a long-lived worker:
+# 64 of them, one per upload job, held the better part of a gigabyte.
+@lru_cache(maxsize=2)
 def _manifest(path: Path, stamp: tuple[int, int], confine_to: Path | None) -> Any:
     """A folder's manifest, read once per version of it (`stamp`: mtime and size), not once per file."""
     value = _read_json(path, confine_to)

@@ -131,3 +131,27 @@ def test_bad_run_metadata_is_refused_before_anything(db, embedder, pipeline, new
         ingest_source(
             db, new_tenant("meta"), pipeline, embedder, _folder(tmp_path), 1_000_000, metadata={"a": [[[[1]]]]}
         )
+
+
+def test_a_worker_keeps_few_parsed_manifests_however_many_folders_it_reads(tmp_path):
+    import gc
+    import tracemalloc
+
+    from tasks.metadata import MANIFEST, _from_manifest, _manifest
+
+    _manifest.cache_clear()
+    entry = json.dumps({f"k{j}": f"v{j}" for j in range(8)})
+    body = "{" + ",".join(f'"f{i}.md": {entry}' for i in range(16_000)) + "}"  # 1.7 MB: 100 uploads' worth
+    tracemalloc.start()
+    try:
+        for n in range(8):  # eight upload jobs, each a folder of its own with its manifest (~12 MiB parsed)
+            folder = tmp_path / f"job{n}"
+            folder.mkdir()
+            (folder / MANIFEST).write_text(body)
+            assert _from_manifest(folder / "f1.md", None)["k7"] == "v7"
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        _manifest.cache_clear()
+    assert held < 50 * 1024 * 1024, f"{held / 2**20:.0f} MiB of parsed manifests kept"
