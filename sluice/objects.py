@@ -74,7 +74,8 @@ def download_tree(settings: Settings, url: str, folder: Path, max_bytes: int) ->
     """Copy the object at `url`, or every object below it, into `folder` under their relative keys; how many.
 
     An object over `max_bytes` is not downloaded: a sparse file of its size stands in for it, so the
-    ingest records it as too big (SLUICE_MAX_FILE_BYTES) like a local file, without the transfer.
+    ingest records it as too big (SLUICE_MAX_FILE_BYTES) like a local file, without the transfer. A listing
+    over SLUICE_MAX_SOURCE_OBJECTS or SLUICE_MAX_SOURCE_BYTES fails before any download (a worker's disk).
     """
     fs = filesystem(settings, url)
     root = fs._strip_protocol(url).rstrip("/")
@@ -85,12 +86,29 @@ def download_tree(settings: Settings, url: str, folder: Path, max_bytes: int) ->
         found = {}
     if not found:
         raise SourceError(f"source {url!r} names no object: check the bucket and prefix")
+    check_listing(settings, url, found, max_bytes)
     for key, info in found.items():
         rel = key[len(root) + 1 :] if key != root else key.rsplit("/", 1)[-1]
         if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
             continue  # a key no file can be named after is not a document
         _download(fs, key, info, folder / rel, max_bytes)
     return len(found)
+
+
+def check_listing(settings: Settings, url: str, found: dict[str, dict], max_bytes: int) -> None:
+    """SourceError naming the source and the setting when its listing holds too many objects or bytes to fetch."""
+    if len(found) > settings.max_source_objects:
+        raise SourceError(
+            f"source {url!r} holds {len(found)} objects, more than SLUICE_MAX_SOURCE_OBJECTS "
+            f"({settings.max_source_objects}): name a narrower prefix, or raise that setting on the workers"
+        )
+    sizes = (info.get("size") or 0 for info in found.values())
+    total = sum(size for size in sizes if size <= max_bytes)  # bigger objects are not fetched (see _download)
+    if total > settings.max_source_bytes:
+        raise SourceError(
+            f"source {url!r} holds {total} bytes to download, more than SLUICE_MAX_SOURCE_BYTES "
+            f"({settings.max_source_bytes}): name a narrower prefix, or raise that setting on the workers"
+        )
 
 
 def _download(fs: Any, key: str, info: dict, target: Path, max_bytes: int) -> None:

@@ -245,6 +245,19 @@ class Settings(BaseSettings):
         description="Object-store URL (e.g. s3://bucket/ingest) under which POST /v1/jobs may name remote sources: "
         "a tenant names s3://bucket/ingest/<tenant>/...; unset = only sources under SLUICE_INGEST_ROOT.",
     )
+    max_source_objects: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most objects a remote source (s3://...) of one job may hold, checked from its listing before "
+        "anything is downloaded to the worker's disk.",
+    )
+    max_source_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Largest total size of the objects a remote source of one job downloads to the worker's disk "
+        "(those within SLUICE_MAX_FILE_BYTES; bigger ones are recorded as too big, not fetched), checked from its "
+        "listing first.",
+    )
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="Largest total of files in one upload job (before base64)."
     )
