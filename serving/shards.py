@@ -31,6 +31,7 @@ from tasks.ingest_served import ingest_served
 from tasks.shards import (
     Ledger,
     RunState,
+    ShardAlreadyDone,
     ShardSuperseded,
     new_run_id,
     plain_steps,
@@ -74,6 +75,8 @@ def run_shard(settings: Settings, db: Database, payload: dict) -> dict:
         served = ingest_served(settings, db, tenant, collection, once)
     except ShardSuperseded:
         return {"run_id": run_id, "shard": number, "attempt": ledger.attempt, "superseded": True}
+    except ShardAlreadyDone:  # a redelivered message of a finished shard: nothing to do, nothing stored
+        return {"run_id": run_id, "shard": number, "already_done": True}
     with db.tenant(tenant) as conn:
         ledger.finish(conn, served.index_id, served.summary.embedded)
     counts = {k: getattr(served.summary, k) for k in ("ingested", "updated", "unchanged", "failed", "chunks")}

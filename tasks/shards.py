@@ -32,6 +32,10 @@ class ShardSuperseded(SluiceError):
     """A newer attempt took this shard over (it was redelivered): this attempt stops storing."""
 
 
+class ShardAlreadyDone(SluiceError):
+    """The shard was finished by an earlier attempt (a redelivered message): this one does nothing."""
+
+
 @dataclass(frozen=True)
 class Shard:
     """One slice of a run's listing, as the parent wrote it."""
@@ -81,12 +85,19 @@ class Ledger:
         self.attempt = 0
 
     def claim(self, conn: psycopg.Connection) -> set[str]:
-        """Take the shard over (waits for the previous attempt's open store); the source ids already settled."""
-        self.attempt = conn.execute(
+        """Take the shard over (waits for the previous attempt's open store); the source ids already settled.
+
+        A shard already done is left as it is (ShardAlreadyDone): its message was redelivered after it finished.
+        """
+        # The UPDATE waits on a running attempt's row lock, then re-reads `state`: a finish it waited for counts.
+        row = conn.execute(
             "UPDATE ingest_shards SET attempt = attempt + 1, state = 'running', worker = %s, started_at = now() "
-            "WHERE run_id = %s AND shard = %s RETURNING attempt",
+            "WHERE run_id = %s AND shard = %s AND state <> 'done' RETURNING attempt",
             (self.worker, self.shard.run_id, self.shard.number),
-        ).fetchone()[0]
+        ).fetchone()
+        if row is None:
+            raise ShardAlreadyDone(f"shard {self.shard.number} of run {self.shard.run_id} is already done")
+        self.attempt = row[0]
         rows = conn.execute(
             "SELECT source_id FROM ingest_run_documents WHERE run_id = %s AND shard = %s",
             (self.shard.run_id, self.shard.number),

@@ -8,7 +8,16 @@ import pytest
 
 from sluice.errors import SluiceError
 from tasks.ingest import Settled, SourceFile
-from tasks.shards import Ledger, ShardSuperseded, new_run_id, read_shard, run_state, split, write_shards
+from tasks.shards import (
+    Ledger,
+    ShardAlreadyDone,
+    ShardSuperseded,
+    new_run_id,
+    read_shard,
+    run_state,
+    split,
+    write_shards,
+)
 
 FILES = [SourceFile(Path(f"/src/d{i}.txt"), f"d{i}.txt") for i in range(5)]
 
@@ -62,6 +71,23 @@ def test_a_replaced_attempt_can_no_longer_settle_and_the_new_one_skips_what_was_
     summary = state.summary
     assert (summary.ingested, summary.failed, summary.chunks, summary.embedded) == (1, 1, 3, 4)
     assert [(e.source_id, e.stage, e.reason) for e in summary.errors] == [("d1.txt", "parse", "not a PDF")]
+
+
+def test_a_redelivered_message_of_a_done_shard_leaves_it_done(db, new_tenant):
+    tenant = new_tenant("shard")
+    run_id = _run(db, tenant)
+    ledger, _ = _attempt(db, tenant, run_id, 2, "host-a:1")
+    with db.tenant(tenant) as conn:
+        ledger.settle(conn, Settled("d4.txt", "ingested", chunks=2))
+        ledger.finish(conn, "idx", embedded=2)
+    # acks_late: the message comes back after the shard finished (its worker died before the ack)
+    with pytest.raises(ShardAlreadyDone, match="shard 2 of run .* is already done"):
+        _attempt(db, tenant, run_id, 2, "host-b:2")
+    with db.tenant(tenant) as conn:
+        row = conn.execute(
+            "SELECT state, attempt, worker, embedded FROM ingest_shards WHERE run_id = %s AND shard = 2", (run_id,)
+        ).fetchone()
+    assert row == ("done", 1, "host-a:1", 2)
 
 
 def test_a_document_is_settled_once_per_run(db, new_tenant):
