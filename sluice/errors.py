@@ -27,6 +27,10 @@ class SourceError(SluiceError):
     """An ingestion source (folder, glob, file) cannot be read."""
 
 
+class SourceUnavailableError(SluiceError):
+    """The object store holding a source does not answer (down, unreachable): worth trying again later."""
+
+
 class DocumentError(SluiceError):
     """One document failed to parse, chunk or embed; recorded and skipped."""
 

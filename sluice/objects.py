@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sluice.errors import SourceError
+from sluice.errors import SourceError, SourceUnavailableError
 from sluice.settings import Settings
 
 COPY_PIECE = 4 * 1024 * 1024
@@ -127,7 +127,31 @@ def _download(fs: Any, key: str, info: dict, target: Path, max_bytes: int) -> No
 
 
 def exists(settings: Settings, url: str) -> bool:
-    """Whether the object store holds `url` (an object or a prefix), asked now rather than from a cached listing."""
+    """Whether the object store holds `url` (an object or a prefix), asked now rather than from a cached listing.
+
+    SourceError when these credentials may not read it, SourceUnavailableError when the store does not answer:
+    each names the URL (never a credential) and the fix.
+    """
     fs = filesystem(settings, url)
     fs.invalidate_cache(fs._strip_protocol(url))
-    return fs.exists(url)
+    try:
+        return fs.exists(url)
+    except PermissionError:
+        raise SourceError(
+            f"access to source {url!r} is denied: grant the credentials of the API and workers read and list "
+            "access to it (e.g. s3:GetObject and s3:ListBucket)"
+        ) from None
+    except _store_errors() as exc:
+        raise SourceUnavailableError(
+            f"the object store of source {url!r} did not answer ({type(exc).__name__}): check that it is up and "
+            "SLUICE_S3_ENDPOINT_URL, then try again"
+        ) from None
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a store that cannot be reached raises: OSError (fsspec's own), and botocore's errors when installed."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)

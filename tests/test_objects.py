@@ -1,13 +1,20 @@
-"""Remote sources through fsspec (sluice/objects.py) against moto's S3 server: keys a folder cannot mirror."""
+"""Remote sources through fsspec (sluice/objects.py): keys a folder cannot mirror, limits, a denied or silent store."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
+from serving.api.errors import ApiError
+from serving.api.jobs import resolve_source
 from sluice.errors import SourceError
 from sluice.objects import download_tree, filesystem
 from sluice.settings import Settings
 from tests.reliability.test_object_store import AWS_ENV, s3_server  # noqa: F401 (moto's S3 server, a fixture)
+from tests.serving_support import free_port
 
 
 @pytest.fixture
@@ -66,3 +73,51 @@ def test_a_source_of_too_many_bytes_is_refused_and_objects_too_big_to_fetch_do_n
     enough = limited.model_copy(update={"max_source_bytes": 800})
     assert download_tree(enough, f"s3://{prefix}", tmp_path / "ok", 1000) == 3
     assert (tmp_path / "ok" / "d2.md").stat().st_size == 5000
+
+
+class _Denied(BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request as S3 does when a policy denies it."""
+
+    def _deny(self) -> None:
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = _deny
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def denied(monkeypatch) -> Iterator[Settings]:
+    """Settings whose S3 endpoint denies every request."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Denied)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Settings(s3_endpoint_url=f"http://127.0.0.1:{server.server_port}", ingest_url="s3://objects/ingest")
+    server.shutdown()
+
+
+def test_a_source_the_credentials_may_not_read_is_a_422_naming_it_and_the_fix(denied):
+    with pytest.raises(ApiError) as caught:
+        resolve_source(denied, "acme", "s3://objects/ingest/acme/docs")
+    assert caught.value.status == 422
+    assert "access to source 's3://objects/ingest/acme/docs' is denied: grant the credentials" in caught.value.detail
+    assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in caught.value.detail
+
+
+def test_a_store_that_does_not_answer_is_a_503_naming_the_source(monkeypatch):
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    down = Settings(s3_endpoint_url=f"http://127.0.0.1:{free_port()}", ingest_url="s3://objects/ingest")
+    with pytest.raises(ApiError) as caught:
+        resolve_source(down, "acme", "s3://objects/ingest/acme/docs")
+    assert (caught.value.status, caught.value.headers) == (503, {"Retry-After": "30"})
+    assert "object store of source 's3://objects/ingest/acme/docs' did not answer" in caught.value.detail
+    assert "SLUICE_S3_ENDPOINT_URL" in caught.value.detail

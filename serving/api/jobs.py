@@ -21,7 +21,7 @@ from serving.celery_app import INGEST_QUEUE, INGEST_TASK, QUERY_QUEUE, QUERY_TAS
 from serving.outcome import TaskOutcome
 from serving.schemas import JobAccepted, JobRequest, JobStatus, QueryRequest
 from sluice.confine import resolve_source as resolve_source_of
-from sluice.errors import SourceError
+from sluice.errors import SourceError, SourceUnavailableError
 from sluice.objects import exists
 from sluice.settings import Settings
 
@@ -45,7 +45,8 @@ def get_job(job_id: str, state: State, tenant: Tenant) -> JobStatus:
 
 def resolve_source(settings: Settings, tenant: str, name: str) -> Path | str:
     """A named source inside the tenant's folder `<SLUICE_INGEST_ROOT>/<tenant>` (a name or a file:/// URL),
-    or a URL below `<SLUICE_INGEST_URL>/<tenant>` that exists; anything else is a 422.
+    or a URL below `<SLUICE_INGEST_URL>/<tenant>` that exists; anything else is a 422 (a 503 when the
+    object store does not answer).
 
     Another tenant's folder or prefix is outside it: refused exactly like a source that does not exist.
     """
@@ -56,6 +57,8 @@ def resolve_source(settings: Settings, tenant: str, name: str) -> Path | str:
         return target
     except SourceError as exc:
         raise ApiError(422, str(exc)) from exc
+    except SourceUnavailableError as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "30"}) from exc
 
 
 def submit_job(state: ApiState, tenant: str, job: Any) -> tuple[int, dict]:
