@@ -28,6 +28,8 @@ TYPES = {"text": "text", "integer": "bigint", "boolean": "boolean"}
 MAX_TEXT_BYTES = 1024  # a btree entry holds at most ~2.7 kB; promoted strings stay far below
 MAX_INTEGER = 10**18  # |value| < 1e18 fits bigint
 KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# Keys Sluice sets itself on documents (a user's metadata may not set them, tasks/metadata.py): not promoted.
+RESERVED = frozenset({"source", "filename", "filetype", "mojibake_repaired"})
 
 _VALUE = {
     "text": "CASE WHEN jsonb_typeof(metadata->{k}) = 'string' THEN metadata->>{k} END",
@@ -50,6 +52,11 @@ def check_declared(columns: dict[str, str]) -> dict[str, str]:
             raise ConfigError(
                 f"SLUICE_FILTER_COLUMNS key {key!r} is invalid: use 1-40 lowercase ASCII letters, digits or '_', "
                 "starting with a letter (a top-level document metadata key)"
+            )
+        if key in RESERVED:
+            raise ConfigError(
+                f"SLUICE_FILTER_COLUMNS key {key!r} is set by Sluice itself, not by your metadata: remove it from "
+                f"SLUICE_FILTER_COLUMNS (reserved: {sorted(RESERVED)})"
             )
         if kind not in TYPES:
             raise ConfigError(f"SLUICE_FILTER_COLUMNS[{key!r}] = {kind!r}: use one of {sorted(TYPES)}")

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from sluice.confine import read_inside
 from sluice.errors import DocumentError
-from sluice.filter_columns import MAX_INTEGER, MAX_TEXT_BYTES
+from sluice.filter_columns import MAX_INTEGER, MAX_TEXT_BYTES, RESERVED
 from sluice.jsonwalk import text_problem, walk
 
 MANIFEST = "_metadata.json"
@@ -38,7 +38,6 @@ MAX_DEPTH = 4  # the object itself is level 1: {"a": {"b": [1]}} is 3 levels
 MAX_KEY = 128
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a manifest or sidecar
 MAX_FRONT_MATTER = 64 * 1024
-RESERVED = frozenset({"source", "filename", "filetype", "mojibake_repaired"})
 MARKDOWN = frozenset({".md", ".markdown"})
 
 
