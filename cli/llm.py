@@ -61,6 +61,10 @@ def _stop(pid_file: Path, model: str) -> None:
         console.print(f"no detached server for {model!r} ({pid_file} is absent)")
         return
     pid = int(pid_file.read_text().strip())
+    if not _is_server(pid, model):  # the server ended (a reboot, a crash) and its pid may now be another's
+        pid_file.unlink()
+        console.print(f"no {model} server runs as process {pid} any more: removed its stale {pid_file}")
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
         for _ in range(100):
@@ -71,3 +75,17 @@ def _stop(pid_file: Path, model: str) -> None:
         pass
     pid_file.unlink()
     console.print(f"stopped the {model} server (process group {pid})")
+
+
+def _is_server(pid: int, model: str) -> bool:
+    """Whether process `pid` leads its own group and is the llama.cpp server of `model` that --detach started."""
+    import os
+
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        leader = os.getpgid(pid) == pid
+    except (OSError, ValueError):
+        return False  # gone (or no /proc: then it is not signalled blind either)
+    module = [i for i in range(len(args) - 1) if args[i : i + 2] == [b"-m", b"tasks.llm.llamacpp_server"]]
+    alias = [args[i + 1] for i in range(len(args) - 1) if args[i] == b"--model_alias"]
+    return leader and bool(module) and alias == [Path(model).stem.encode()]
