@@ -12,6 +12,7 @@ file, wherever it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
@@ -53,7 +54,7 @@ class Store(ABC):
 
     @abstractmethod
     def write(self, conn: psycopg.Connection, tenant: str, upload_id: uuid.UUID, where: str | None, pieces) -> None:
-        """Store the file's pieces, in the tenant's transaction `conn` (after its `uploads` row)."""
+        """Store the file's pieces, in the tenant's transaction `conn` (its `uploads` row is committed already)."""
 
     @abstractmethod
     def read(self, conn: psycopg.Connection, upload_id: uuid.UUID, where: str | None, out: BinaryIO) -> None:
@@ -61,7 +62,7 @@ class Store(ABC):
 
     @abstractmethod
     def remove(self, locations: list[str]) -> None:
-        """Delete stored bytes that live outside the database (their rows are already gone)."""
+        """Delete bytes kept outside the database, before their rows' deletion commits; gone ones are no error."""
 
 
 # Reading and deleting follow each row's `location`, whichever store this process writes to: an API
@@ -101,9 +102,16 @@ class PostgresStore(Store):
             copy_out(filesystem(_objects_of(self.settings, where), where), where, out)
 
     def remove(self, locations: list[str]) -> None:
-        # The database's parts went with their `uploads` rows (ON DELETE CASCADE); objects are deleted here.
-        if locations:
-            filesystem(_objects_of(self.settings, locations[0]), locations[0]).rm(locations)
+        # The database's parts go with their `uploads` rows (ON DELETE CASCADE); objects are deleted here.
+        if not locations:
+            return
+        fs = filesystem(_objects_of(self.settings, locations[0]), locations[0])
+        try:
+            fs.rm(locations)
+        except (FileNotFoundError, ValueError):  # a bucket gone, or several (s3fs deletes in bulk from one): one by one
+            for where in locations:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(where)
 
 
 class ObjectStore(PostgresStore):
@@ -126,21 +134,22 @@ def upload_store(settings: Settings) -> Store:
 
 
 def save(db: Database, store: Store, tenant: str, files: list[NewFile]) -> list[str]:
-    """Store the files of one job in one transaction; their ids. Nothing is left behind if any write fails."""
-    ids: list[str] = []
-    written: list[str] = []
+    """Store the files of one job; their ids. Nothing is left behind if any write fails.
+
+    The rows are committed before any byte is written: an API that dies midway leaves rows the sweep
+    (`expire`) finds, never an object no row names. No job names the ids until they are returned.
+    """
+    rows = [(uuid.uuid4(), f) for f in files]
+    with db.tenant(tenant) as conn:
+        for upload_id, f in rows:
+            conn.execute(INSERT, (tenant, upload_id, f.name, f.size, store.location(tenant, upload_id)))
+    ids = [str(upload_id) for upload_id, _ in rows]
     try:
         with db.tenant(tenant) as conn:
-            for f in files:
-                upload_id = uuid.uuid4()
-                where = store.location(tenant, upload_id)
-                conn.execute(INSERT, (tenant, upload_id, f.name, f.size, where))
-                if where is not None:
-                    written.append(where)
-                store.write(conn, tenant, upload_id, where, f.pieces)
-                ids.append(str(upload_id))
+            for upload_id, f in rows:
+                store.write(conn, tenant, upload_id, store.location(tenant, upload_id), f.pieces)
     except BaseException:
-        _quietly_remove(store, written)
+        _quietly_discard(db, store, tenant, ids)
         raise
     return ids
 
@@ -165,22 +174,33 @@ def fetch(db: Database, store: Store, tenant: str, ids: list[str], folder: Path)
 
 
 def discard(db: Database, store: Store, tenant: str, ids: list[str]) -> int:
-    """Delete the job's files (its ingest finished, or it was never queued); how many were still there."""
+    """Delete the job's files (its ingest finished, or it was never queued); how many were still there.
+
+    Objects go before their rows commit: if they cannot be deleted, the rows stay for the sweep to retry.
+    """
     with db.tenant(tenant, check=False) as conn:
         rows = conn.execute(
             "DELETE FROM uploads WHERE upload_id = ANY(%s::uuid[]) RETURNING location", (ids,)
         ).fetchall()
-    store.remove([row[0] for row in rows if row[0] is not None])
+        store.remove([row[0] for row in rows if row[0] is not None])
     return len(rows)
 
 
 def expire(conn: psycopg.Connection, store: Store, retention_h: float) -> int:
-    """Delete every tenant's uploads older than the retention (orphans: no finished job removed them)."""
-    rows = conn.execute("SELECT location FROM expire_uploads(%s)", (retention_h * 3600,)).fetchall()
+    """Delete every tenant's uploads older than the retention (orphans: no finished job removed them).
+
+    The rows' deletion commits only once their objects are deleted: an unreachable bucket keeps them for
+    the next sweep (deleting an object already gone is no error), rather than leaving objects no row names.
+    """
     try:
-        store.remove([row[0] for row in rows])
+        with conn.transaction():
+            rows = conn.execute("SELECT location FROM expire_uploads(%s)", (retention_h * 3600,)).fetchall()
+            store.remove([row[0] for row in rows])
+    except psycopg.Error:
+        raise  # the database itself: the worker's sweep logs it and reconnects
     except Exception as exc:  # noqa: BLE001 - an unreachable bucket must not stop the worker's timer
-        log.warning("%d expired uploads' objects not deleted (their rows are gone): %s", len(rows), exc)
+        log.warning("expired uploads kept until the next sweep: their objects could not be deleted: %s", exc)
+        return 0
     return len(rows)
 
 
@@ -190,9 +210,9 @@ def pieces_of(data: bytes) -> Iterator[bytes]:
         yield data[start : start + PART_MAX]
 
 
-def _quietly_remove(store: Store, locations: list[str]) -> None:
+def _quietly_discard(db: Database, store: Store, tenant: str, ids: list[str]) -> None:
     try:
-        store.remove(locations)
+        discard(db, store, tenant, ids)
     except Exception:  # noqa: BLE001 - the original error matters; the sweep removes what is left
         pass
 

@@ -148,3 +148,64 @@ def test_a_worker_writing_to_the_database_reads_and_deletes_uploads_kept_in_a_bu
     fs = filesystem(in_bucket, "s3://")
     fs.invalidate_cache()
     assert fs.find(f"sluice-mixed/uploads/{tenant}") == []  # the object went with its row, not orphaned
+
+
+@pytest.fixture
+def bucket_store(request, monkeypatch) -> ObjectStore:
+    """An object store in a fresh bucket on moto's S3 server."""
+    endpoint = request.getfixturevalue("s3_server")
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(upload_store="s3://sluice-orphans/uploads", s3_endpoint_url=endpoint)
+    fs = filesystem(settings, "s3://")
+    if not fs.exists("sluice-orphans"):
+        fs.mkdir("sluice-orphans")
+    return ObjectStore(settings)
+
+
+def _objects(store: ObjectStore, tenant: str) -> list[str]:
+    fs = filesystem(store.settings, "s3://")
+    fs.invalidate_cache()
+    return fs.find(f"sluice-orphans/uploads/{tenant}")
+
+
+def test_every_object_is_written_after_its_row_is_committed(db, migrated, new_tenant, bucket_store):
+    tenant = new_tenant("uporder")
+    seen: list[tuple[int, int]] = []
+
+    def pieces():
+        # An API killed here (SIGKILL: no cleanup runs) must leave only rows the sweep finds, never an
+        # object no row names: the first file's object is written, so both rows must be committed.
+        seen.append((_count(migrated, tenant)[0], len(_objects(bucket_store, tenant))))
+        yield b"two"
+
+    ids = save(db, bucket_store, tenant, [NewFile("one.md", 3, [b"one"]), NewFile("two.md", 3, pieces())])
+    assert seen == [(2, 1)]
+    assert discard(db, bucket_store, tenant, ids) == 2
+    assert _objects(bucket_store, tenant) == []
+
+
+def test_a_sweep_that_cannot_delete_the_objects_keeps_their_rows_for_the_next(db, migrated, new_tenant, bucket_store):
+    from tests.serving_support import free_port
+
+    tenant = new_tenant("upsweep")
+    save(db, bucket_store, tenant, [NewFile("o.md", 1, [b"o"])])
+    with psycopg.connect(admin_conninfo(migrated)) as conn:
+        conn.execute("UPDATE uploads SET created_at = now() - interval '3 hours' WHERE tenant_id = %s", (tenant,))
+    down = ObjectStore(bucket_store.settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}))
+    with psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:
+        assert expire(conn, down, retention_h=2) == 0  # the bucket does not answer: logged, not raised
+        assert _count(migrated, tenant) == (1, 0)  # the row still names the object
+        assert len(_objects(bucket_store, tenant)) == 1
+        assert expire(conn, bucket_store, retention_h=2) >= 1
+    assert _count(migrated, tenant) == (0, 0) and _objects(bucket_store, tenant) == []
+
+
+def test_objects_already_gone_do_not_keep_their_rows(db, migrated, new_tenant, bucket_store):
+    tenant = new_tenant("upgone")
+    ids = save(db, bucket_store, tenant, [NewFile("a.md", 1, [b"a"]), NewFile("b.md", 1, [b"b"])])
+    filesystem(bucket_store.settings, "s3://").rm(_objects(bucket_store, tenant))  # by hand, or a lost commit
+    with psycopg.connect(admin_conninfo(migrated)) as conn:  # and one row names a bucket since deleted
+        conn.execute("UPDATE uploads SET location = 's3://sluice-no-bucket/u/x' WHERE upload_id = %s", (ids[1],))
+    assert discard(db, bucket_store, tenant, ids) == 2
+    assert _count(migrated, tenant) == (0, 0)
