@@ -11,10 +11,11 @@ from psycopg import sql
 from bench.synthetic import DIM, make_records, unit_vectors
 from sluice.config import EmbedderConfig, PipelineConfig, RecursiveChunker, RetrievalConfig
 from tasks import retrieve as R
-from tasks.bulk import bulk_load_records, has_vector_index
+from tasks.bulk import bulk_load_records, graph_bytes, has_vector_index
 from tasks.embed import EmbedderIdentity
 from tasks.indexes import active_index
 from tasks.ingest import ingest_source
+from tasks.records import store_records
 from tasks.store import register_index
 
 K = 10
@@ -165,3 +166,36 @@ def test_a_first_ingest_builds_its_graph_once_after_its_rows(db, new_tenant, emb
     assert ingest_source(db, tenant, config, embedder, sample_corpus, 10_000_000).unchanged == summary.ingested
     with db.tenant(later) as conn:
         assert _graph_oid(conn, config.index_id) == built
+
+
+def _build_notices(db, tenant: str, index_id: str, memory: int) -> list[str]:
+    """Build the index's graph with `memory` bytes of maintenance_work_mem (rolled back); pgvector's notices."""
+    notices: list[str] = []
+
+    def handler(diagnostic) -> None:
+        notices.append(diagnostic.message_primary or "")
+
+    with db.pool.connection() as conn:
+        conn.add_notice_handler(handler)
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant,))
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (f"{memory // 1024}kB",))
+                assert conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
+        finally:
+            conn.remove_notice_handler(handler)
+    return notices
+
+
+def test_the_build_memory_holds_the_whole_graph(db, new_tenant):
+    """A graph that outgrows maintenance_work_mem goes on building on disk, several times slower."""
+    tenant, (config, identity) = new_tenant("graph-memory"), space("graph-memory")
+    rng = np.random.default_rng(9)
+    n = 3000
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity, vector_index=False)
+        store_records(conn, config.index_id, make_records(n, rng, prefix=tenant), unit_vectors(n, rng))
+    fits = _build_notices(db, tenant, config.index_id, graph_bytes(n, DIM))
+    assert not [m for m in fits if "no longer fits" in m], fits
+    short = _build_notices(db, tenant, config.index_id, int(graph_bytes(n, DIM) * 0.75))  # the check can fail
+    assert [m for m in short if "no longer fits" in m], short
