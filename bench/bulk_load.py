@@ -1,6 +1,6 @@
 """Loading chunks with their vectors given: the bulk path against the row path it replaces, interleaved.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/bulk_load.py [--rows 20000] [--repeats 2] [--batch 5000]
+    PYTHONPATH=$PWD .venv/bin/python bench/bulk_load.py [--rows 20000] [--repeats 2] [--batch 5000] [--paths row,bulk]
 
 Each repeat loads the same synthetic corpus (bench/synthetic.py: one chunk per document, clustered
 384-d unit vectors) twice, each time into a new tenant and a new index id, in database `sluice_bench_bulk`:
@@ -8,8 +8,11 @@ Each repeat loads the same synthetic corpus (bench/synthetic.py: one chunk per d
   its own transaction, go through `store_records` and so into the live graph (the path before
   migration 0014);
 - bulk: `tasks.bulk.bulk_load_records`: every row in one transaction, then one parallel graph build,
-  then the index is activated.
-Reports rows/s (wall time, build included), the graph's size on disk, the loader's peak RSS, and the
+  then the index is activated;
+- bulk-small-memory: the same with the build memory estimated as before session 8 (5.2 bytes per
+  dimension per row, below what pgvector keeps: the end of a large graph is built on disk).
+Reports rows/s (wall time, build included), the seconds of the rows phase (staged inserts, postings
+included) and of the build phase, the graph's size on disk, the loader's peak RSS, and the
 peak memory of the PostgreSQL processes (largest single VmRSS and the sum of private RssAnon, sampled
 every 0.2 s). Prints one JSON object and a markdown table.
 """
@@ -25,6 +28,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -72,7 +76,7 @@ def space() -> tuple[PipelineConfig, EmbedderIdentity]:
     return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "0" * 64, DIM, True)
 
 
-def row_path(db: Database, tenant: str, config, identity, records, vectors, batch: int) -> None:
+def row_path(db: Database, tenant: str, config, identity, records, vectors, batch: int, phases: dict) -> None:
     with db.tenant(tenant) as conn:
         register_index(conn, config, identity)
     for start in range(0, len(records), batch):
@@ -80,8 +84,21 @@ def row_path(db: Database, tenant: str, config, identity, records, vectors, batc
             store_records(conn, config.index_id, records[start : start + batch], vectors[start : start + batch])
 
 
-def bulk_path(db: Database, tenant: str, config, identity, records, vectors, batch: int) -> None:
-    bulk_load_records(db, tenant, config, identity, records, vectors, activate="default", batch=batch)
+def bulk_path(db: Database, tenant: str, config, identity, records, vectors, batch: int, phases: dict) -> None:
+    def rows_done(done: int, total: int) -> None:
+        if done == total:
+            phases["rows_done"] = time.perf_counter()
+
+    bulk_load_records(db, tenant, config, identity, records, vectors, "default", batch, on_batch=rows_done)
+
+
+def bulk_small_memory(db: Database, tenant: str, config, identity, records, vectors, batch: int, phases: dict) -> None:
+    old_estimate = lambda rows, dim: int(rows * dim * 4 * 1.3)  # noqa: E731
+    with mock.patch("tasks.bulk.graph_bytes", old_estimate):
+        bulk_path(db, tenant, config, identity, records, vectors, batch, phases)
+
+
+PATHS = {"row": row_path, "bulk": bulk_path, "bulk-small-memory": bulk_small_memory}
 
 
 def measure(db: Database, path, records, vectors, batch: int) -> dict:
@@ -90,9 +107,11 @@ def measure(db: Database, path, records, vectors, batch: int) -> dict:
     create_tenant(db, tenant)
     memory = PostgresMemory()
     memory.start()
+    phases: dict[str, float] = {}
     start = time.perf_counter()
-    path(db, tenant, config, identity, records, vectors, batch)
-    seconds = time.perf_counter() - start
+    path(db, tenant, config, identity, records, vectors, batch, phases)
+    end = time.perf_counter()
+    seconds, rows_done = end - start, phases.get("rows_done", end)
     memory.stop.set()
     memory.join()
     with db.statement() as conn:
@@ -101,6 +120,8 @@ def measure(db: Database, path, records, vectors, batch: int) -> dict:
     return {
         "seconds": round(seconds, 1),
         "rows_per_s": round(len(records) / seconds, 1),
+        "rows_phase_s": round(rows_done - start, 1),
+        "build_phase_s": round(end - rows_done, 1),
         "graph_mb": round(graph_bytes / 2**20, 1),
         "postgres_peak_backend_rss_mb": round(memory.peak_rss / 1024),
         "postgres_peak_private_mb": round(memory.peak_anon / 1024),
@@ -112,12 +133,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--paths", default="row,bulk", help="comma-separated, of: " + ", ".join(PATHS))
     args = ap.parse_args()
+    unknown = set(args.paths.split(",")) - PATHS.keys()
+    if unknown:
+        ap.error(f"unknown --paths {sorted(unknown)}: choose from {', '.join(PATHS)}")
     settings = load_settings(db_name="sluice_bench_bulk")
     migrate(settings)
     rng = np.random.default_rng(11)
     records, vectors = make_records(args.rows, rng, prefix="bulk"), clustered_vectors(args.rows, rng)
-    paths = {"row": row_path, "bulk": bulk_path}
+    paths = {name: PATHS[name] for name in args.paths.split(",")}
     runs: dict[str, list[dict]] = {name: [] for name in paths}
     with Database(settings) as db:
         for r in range(args.repeats):
@@ -129,18 +154,22 @@ def main() -> None:
         "rows": args.rows,
         "runs": runs,
         "median_rows_per_s": median,
-        "bulk_vs_row": round(median["bulk"] / median["row"], 2),
+        "ratios_to_first_path": {name: round(median[name] / median[list(paths)[0]], 2) for name in paths},
         "loader_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(out, indent=2))
-    print("\n| path | rows/s (each run) | median rows/s | graph MB | PG peak backend RSS MB | PG peak private MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| path | rows/s (each run) | median rows/s | rows / build phase s (each run) | graph MB "
+        "| PG peak backend RSS MB | PG peak private MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, ms in runs.items():
         each = ", ".join(str(m["rows_per_s"]) for m in ms)
+        phases = ", ".join(f"{m['rows_phase_s']} / {m['build_phase_s']}" for m in ms)
         last = ms[-1]
         print(
-            f"| {name} | {each} | {median[name]:.0f} | {last['graph_mb']} | {last['postgres_peak_backend_rss_mb']} "
-            f"| {last['postgres_peak_private_mb']} |"
+            f"| {name} | {each} | {median[name]:.0f} | {phases} | {last['graph_mb']} "
+            f"| {last['postgres_peak_backend_rss_mb']} | {last['postgres_peak_private_mb']} |"
         )
 
 

@@ -31,6 +31,7 @@ from tasks.ingest import (
     SourceFile,
     Steps,
     begin,
+    build_graph,
     flush,
     prepare_window,
     run_ingest,
@@ -95,6 +96,11 @@ def sync_task(run: Run, files: list[SourceFile]) -> int:
     return sync_deletions(run, files)
 
 
+@task(name="build-graph", **_retrying)
+def graph_task(run: Run) -> bool:
+    return build_graph(run)
+
+
 def _prepare(run: Run, window: list[SourceFile]) -> list[Prepared | DocumentError | None]:
     return prepare_task(run, window, len(window) - 1)
 
@@ -104,7 +110,7 @@ def _store(run: Run, batch: list[Prepared]) -> None:
 
 
 # The driver's own steps (tasks/ingest.py), each run as a Prefect task.
-FLOW_STEPS = Steps(listing=list_task, prepare=_prepare, store=_store, sync=sync_task)
+FLOW_STEPS = Steps(listing=list_task, prepare=_prepare, store=_store, sync=sync_task, graph=graph_task)
 
 
 @flow(name="ingest")

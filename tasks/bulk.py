@@ -25,13 +25,19 @@ import psycopg
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
+from sluice.pgtune import machine_memory
 from tasks.embed import EmbedderIdentity
 from tasks.indexes import activate_index
 from tasks.records import Record, store_records
 from tasks.store import register_index
 
-GRAPH_BYTES_PER_DIM = 4 * 1.3  # float32 components, plus neighbour lists (m = 16): what a build keeps in memory
-MIN_BUILD_MEMORY, MAX_BUILD_MEMORY = 64 << 20, 2 << 30
+# What pgvector keeps in memory per graph element (m = 16): the float32 vector plus ~715 bytes of neighbour
+# lists and header, measured (0.8.5: 2,251 bytes at 384-d, "hnsw graph no longer fits into maintenance_work_mem
+# after N tuples"), with a tenth more as margin. A graph that outgrows the memory goes on building on disk, ~5x
+# slower per element (docs/benchmarks.md "Bulk load"): the old estimate (5.2 bytes per dimension, 1,997 at
+# 384-d) sent the last ~11 % of a 100k-row build there.
+GRAPH_BYTES_PER_ELEMENT, GRAPH_BYTES_PER_DIM, GRAPH_MARGIN = 768, 4, 1.1
+MIN_BUILD_MEMORY, MAX_BUILD_MEMORY = 64 << 20, 4 << 30  # 1M chunks at 384-d need ~2.5 GB
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,16 @@ def has_vector_index(conn: psycopg.Connection, index_id: str) -> bool:
     return conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"chunks_hnsw_{index_id}",)).fetchone()[0]
 
 
+def graph_bytes(rows: int, dim: int) -> int:
+    """Memory (bytes) an HNSW build of `rows` vectors of `dim` components needs to keep its whole graph."""
+    return int(rows * (GRAPH_BYTES_PER_ELEMENT + dim * GRAPH_BYTES_PER_DIM) * GRAPH_MARGIN)
+
+
 def build_memory(rows: int, dim: int) -> int:
-    """maintenance_work_mem (bytes) for a graph of `rows` vectors: all of it, within 64 MB..2 GB."""
-    return int(min(MAX_BUILD_MEMORY, max(MIN_BUILD_MEMORY, rows * dim * GRAPH_BYTES_PER_DIM)))
+    """maintenance_work_mem (bytes) for a graph of `rows` vectors: all of it, within 64 MB and a quarter of
+    this machine's memory (at most 4 GB)."""
+    ceiling = min(MAX_BUILD_MEMORY, machine_memory() // 4)
+    return max(MIN_BUILD_MEMORY, min(ceiling, graph_bytes(rows, dim)))
 
 
 def build_vector_index(conn: psycopg.Connection, index_id: str, rows: int, dim: int) -> bool:

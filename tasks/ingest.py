@@ -9,7 +9,12 @@ transaction, so a crash leaves every document either fully old or fully new.
 
 One driver, `run_ingest`, serves every entry point (`sluice ingest`, `sluice demo`, API uploads through
 the worker, evaluation indexes, the Prefect flow): list → prepare window by window → store batch by
-batch → sync. The flow passes the same four steps wrapped as Prefect tasks (`Steps`).
+batch → sync → graph. The flow passes the same steps wrapped as Prefect tasks (`Steps`).
+
+A first ingest into an index that has no HNSW graph yet (no tenant has built it) stores its chunks
+without one and builds the graph once at the end, in parallel (`tasks.bulk`), instead of inserting
+every chunk into a live graph; until then a dense query of that index is an exact scan (correct, slower).
+An index that has its graph gets each chunk inserted into it, as before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
 from sluice.errors import ConfigError, DocumentError, SourceError
 from sluice.settings import Settings
+from tasks.bulk import ensure_vector_index
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
 from tasks.indexes import hold_store_lock
@@ -402,8 +408,8 @@ def begin(run: Run, source: str | Path) -> list[SourceFile]:
         pass  # UnknownTenantError before listing or loading anything
     files = list_source(source, run.confine_to)
     parse_pool(run.parse_limits).prestart()  # its imports overlap the model's load (embedder.identity)
-    with run.db.tenant(run.tenant) as conn:
-        register_index(conn, run.config, run.embedder.identity)
+    with run.db.tenant(run.tenant) as conn:  # without a graph, if none exists: `build_graph` ends the run
+        register_index(conn, run.config, run.embedder.identity, vector_index=False)
     return files
 
 
@@ -492,14 +498,21 @@ def sync_deletions(run: Run, files: list[SourceFile]) -> int:
     return deleted
 
 
+def build_graph(run: Run) -> bool:
+    """Build the index's HNSW graph from its rows unless it exists; True when built now (a first ingest)."""
+    with run.db.tenant(run.tenant) as conn:
+        return ensure_vector_index(conn, run.config.index_id, run.embedder.identity.dim)
+
+
 @dataclass(frozen=True)
 class Steps:
-    """The four steps of a run; the Prefect flow passes the same steps wrapped as tasks with retries."""
+    """The five steps of a run; the Prefect flow passes the same steps wrapped as tasks with retries."""
 
     listing: Callable[[Run, str | Path], list[SourceFile]] = begin
     prepare: Prepare = prepare_window
     store: Callable[[Run, list[Prepared]], None] = flush  # counts into run.summary
     sync: Callable[[Run, list[SourceFile]], int] = sync_deletions
+    graph: Callable[[Run], bool] = build_graph
 
 
 DIRECT = Steps()
@@ -544,13 +557,15 @@ def ingest_files(run: Run, files: Iterable[SourceFile], steps: Steps = DIRECT) -
 
 
 def run_ingest(run: Run, source: str | Path, *, sync: bool = False, steps: Steps = DIRECT) -> IngestSummary:
-    """The ingest driver: list the source, prepare and store its files, then (with `sync`) delete the vanished."""
+    """The ingest driver: list the source, prepare and store its files, (with `sync`) delete the vanished,
+    then build the index's graph if the run stored its first rows without one."""
     files = steps.listing(run, source)
     if run.on_list:
         run.on_list(len(files))
     ingest_files(run, files, steps)
     if sync:
         steps.sync(run, files)
+    steps.graph(run)
     return run.summary
 
 

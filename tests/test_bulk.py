@@ -9,11 +9,13 @@ import numpy as np
 from psycopg import sql
 
 from bench.synthetic import DIM, make_records, unit_vectors
-from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
+from sluice.config import EmbedderConfig, PipelineConfig, RecursiveChunker, RetrievalConfig
 from tasks import retrieve as R
-from tasks.bulk import bulk_load_records, has_vector_index
+from tasks.bulk import bulk_load_records, graph_bytes, has_vector_index
 from tasks.embed import EmbedderIdentity
 from tasks.indexes import active_index
+from tasks.ingest import ingest_source
+from tasks.records import store_records
 from tasks.store import register_index
 
 K = 10
@@ -129,3 +131,71 @@ def test_a_reader_sees_the_old_index_or_the_new_never_a_mix(db, new_tenant):
     assert set(reader.seen) <= allowed, set(reader.seen) - allowed
     assert reader.seen[0][0] == old.index_id and reader.seen[-1][0] == new.index_id
     assert len(reader.seen) >= 8  # one poll before, one per batch of 500 (6), one after
+
+
+def _graph_oid(conn, index_id: str) -> int | None:
+    return conn.execute("SELECT to_regclass(quote_ident(%s))::oid", (f"chunks_hnsw_{index_id}",)).fetchone()[0]
+
+
+def test_a_first_ingest_builds_its_graph_once_after_its_rows(db, new_tenant, embedder, sample_corpus):
+    tenant, later = new_tenant("first"), new_tenant("first-later")
+    config = PipelineConfig(chunker=RecursiveChunker(chunk_size=613, chunk_overlap=61))  # an index no test has built
+    graph_while_storing: list[bool] = []
+
+    def on_file(item, outcome: str, chunks: int) -> None:
+        with db.tenant(tenant) as conn:
+            graph_while_storing.append(has_vector_index(conn, config.index_id))
+
+    summary = ingest_source(db, tenant, config, embedder, sample_corpus, 10_000_000, on_file=on_file)
+    assert summary.failed == 0 and summary.ingested == len(graph_while_storing) > 1, summary
+    assert not any(graph_while_storing)  # every chunk was stored before the graph existed
+    with db.tenant(tenant) as conn:
+        built = _graph_oid(conn, config.index_id)
+        chunks = conn.execute("SELECT text FROM chunks WHERE index_id = %s ORDER BY chunk_id", (config.index_id,))
+        texts = [t for (t,) in chunks]
+    assert built is not None and len(texts) == summary.chunks
+    for text in texts[:: max(1, len(texts) // 5)]:  # a chunk's own text finds it, as the exact search does
+        q = embedder.encode([text])[0]
+        with db.tenant(tenant) as conn:
+            hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
+            exact = R.exact_search(conn, config.index_id, q, K)
+        assert hits[0].text == text
+        assert len({h.chunk_id for h in hits} & {h.chunk_id for h in exact}) >= K - 1
+    # A second tenant's first ingest into the same index, and a re-ingest, go into that graph: not rebuilt.
+    assert ingest_source(db, later, config, embedder, sample_corpus, 10_000_000).ingested == summary.ingested
+    assert ingest_source(db, tenant, config, embedder, sample_corpus, 10_000_000).unchanged == summary.ingested
+    with db.tenant(later) as conn:
+        assert _graph_oid(conn, config.index_id) == built
+
+
+def _build_notices(db, tenant: str, index_id: str, memory: int) -> list[str]:
+    """Build the index's graph with `memory` bytes of maintenance_work_mem (rolled back); pgvector's notices."""
+    notices: list[str] = []
+
+    def handler(diagnostic) -> None:
+        notices.append(diagnostic.message_primary or "")
+
+    with db.pool.connection() as conn:
+        conn.add_notice_handler(handler)
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant,))
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (f"{memory // 1024}kB",))
+                assert conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
+        finally:
+            conn.remove_notice_handler(handler)
+    return notices
+
+
+def test_the_build_memory_holds_the_whole_graph(db, new_tenant):
+    """A graph that outgrows maintenance_work_mem goes on building on disk, several times slower."""
+    tenant, (config, identity) = new_tenant("graph-memory"), space("graph-memory")
+    rng = np.random.default_rng(9)
+    n = 3000
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity, vector_index=False)
+        store_records(conn, config.index_id, make_records(n, rng, prefix=tenant), unit_vectors(n, rng))
+    fits = _build_notices(db, tenant, config.index_id, graph_bytes(n, DIM))
+    assert not [m for m in fits if "no longer fits" in m], fits
+    short = _build_notices(db, tenant, config.index_id, int(graph_bytes(n, DIM) * 0.75))  # the check can fail
+    assert [m for m in short if "no longer fits" in m], short
