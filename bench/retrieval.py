@@ -1,15 +1,24 @@
-"""Retrieval benchmark: p50/p99 latency and recall@10 against exact search, at 100k chunks.
+"""Retrieval benchmark: p50/p99 latency and recall@10 against exact search, at 100k or 1M chunks among tenants.
 
-Loads (once; reused on later runs) 100k synthetic chunks with clustered 384-d unit vectors and
-realistic metadata into tenant `bench` of database `sluice_bench`, then, warm and interleaved per
-query (the cases in a fresh random order per query, so no case always runs on pages another case
-just read), times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%, 0.1%) retrieval and
-the exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before BM25 (ts_rank_cd over
-an OR tsquery, which RLS answers by scanning the tenant's rows), the baseline of the lexical rows.
-`--others N` loads N more tenants of `--other-n` chunks each into the same index first, so the measured
-tenant is one among several. Recall@10 is measured against the exact scan, untimed. `--langchain` adds
-the peer rows, timed in the same loop on the same rows and queries: langchain-postgres PGVector
-(dense, filtered) and PGVectorStore's hybrid search (its tsvector column, RRF) for the hybrid rows.
+Loads (once; reused on later runs) `--n` synthetic chunks with clustered 384-d unit vectors and
+realistic metadata into tenant `bench-<n>` of database `sluice_bench`, after `--others` tenants of
+`--other-n` chunks each in the same index. The load is the bulk path for many tenants: every tenant's
+rows (COPY into a staging table, INSERT ... SELECT under RLS, a transaction per 5,000 rows, so a killed
+load resumes), then one parallel build of the index's HNSW graph over all of them (`tasks.bulk`). Then,
+warm and interleaved per query (the cases in a fresh random order per query, so no case always runs on
+pages another case just read), it times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%,
+0.1%) retrieval and the exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before
+BM25 (ts_rank_cd over an OR tsquery, which RLS answers by scanning the tenant's rows), the baseline of the
+lexical rows. Recall@10 is measured against the exact scan, untimed. `--langchain` adds the peer rows,
+timed in the same loop on the same rows and queries: langchain-postgres PGVector (dense, filtered) and
+PGVectorStore's hybrid search (its tsvector column, RRF) for the hybrid rows.
+
+Reported besides: the load's rows/s, row and build seconds, peak memory of the Postgres cluster and of
+this process (bench/memory.py), the on-disk sizes of the graph, table and indexes, the wall time and
+the load average. The 1M case of issue 18 (opt-in, hours on 2 cores; not in CI):
+
+    PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py --n 1000000 --others 9 --other-n 111111 \
+        --queries 200 --build-memory-mb 6000
 
     PYTHONPATH=$PWD .venv/bin/python bench/retrieval.py [--n 100000] [--queries 200] [--others 2] \
         [--other-n 20000] [--langchain-load] [--langchain]
@@ -19,20 +28,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from psycopg import sql
 
 from bench.bm25_reference import TS_RANK
+from bench.memory import ClusterMemory, loader_peak_rss_mb
 from bench.paths import peer_python
-from bench.synthetic import SYNTHETIC, VOCAB, load_synthetic, near_queries
+from bench.synthetic import DIM, IDENTITY, SYNTHETIC, VOCAB, near_queries, synthetic_batches
 from sluice.config import RetrievalConfig
 from sluice.db import Database, admin_conninfo, create_tenant, migrate
-from sluice.settings import load_settings
+from sluice.settings import Settings, load_settings
+from tasks import bulk
 from tasks import retrieve as R
+from tasks.records import store_records
+from tasks.store import register_index
 
 TENANT = "bench"  # suffixed with the chunk count, so runs at different sizes do not mix
 K = 10
@@ -46,32 +61,100 @@ CASES = {
 }
 
 
-def _ensure_tenant(db: Database, tenant: str, n: int, seed: int) -> None:
-    """Load n chunks into `tenant` unless it already holds them."""
+BATCH = 5000  # rows per load transaction: a killed load resumes at the last committed batch
+GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"  # the index's own HNSW graph (migration 0014)
+
+
+def layout(n: int, others: int, other_n: int, tenant: str | None) -> list[tuple[str, int, int]]:
+    """(tenant, chunks, seed) to hold: the other tenants, then the measured one."""
+    rest = [(f"bench-other{i}-{other_n}", other_n, 100 + i) for i in range(others)]
+    return [*rest, (tenant or f"bench-{n}", n, 42)]
+
+
+def _held(db: Database, tenant: str, n: int) -> int:
     create_tenant(db, tenant)
     with db.tenant(tenant) as conn:
         have = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
-    if have == 0:
-        t0 = time.perf_counter()
-        load_synthetic(db, tenant, n, seed=seed, clustered=True)
-        print(f"loaded {n} chunks into {tenant} in {time.perf_counter() - t0:.0f} s", flush=True)
-    elif have != n:
+    if have > n or have % BATCH and have != n:
         raise SystemExit(f"tenant {tenant} holds {have} chunks, not {n}: drop database sluice_bench first")
+    return have
 
 
-def ensure_data(db: Database, n: int, others: int = 0, other_n: int = 0, tenant: str | None = None) -> np.ndarray:
-    """Load the other tenants and the measured one (n chunks) unless loaded; return the query-source vectors."""
-    global TENANT
-    for i in range(others):
-        _ensure_tenant(db, f"bench-other{i}-{other_n}", other_n, seed=100 + i)
-    TENANT = tenant or f"bench-{n}"
-    _ensure_tenant(db, TENANT, n, seed=42)
-    # Queries start from stored vectors in chunk order (the langchain side reads the same ones).
+def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int) -> None:
+    """Rows have..n of the tenant's synthetic set, a committed transaction per batch, through the bulk
+    path's staging (`tasks.records.store_records`: COPY into a TEMP table, INSERT ... SELECT under RLS)."""
+    with db.tenant(tenant) as conn:
+        register_index(conn, SYNTHETIC, IDENTITY, vector_index=False)
+    for records, vectors in synthetic_batches(tenant, n, seed, BATCH, start=have):
+        with db.tenant(tenant) as conn:
+            store_records(conn, SYNTHETIC.index_id, records, vectors)
+
+
+def _build_graph(db: Database, admin: psycopg.Connection, tenant: str, build_memory_mb: int | None) -> None:
+    """One parallel HNSW build over every tenant's rows (`tasks.bulk.build_vector_index`), then statistics."""
+    rows = admin.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
+    if build_memory_mb:  # the product caps a build at 2 GB; a graph of 2M 384-d rows needs ~4.5 GB to stay in memory
+        bulk.MAX_BUILD_MEMORY = build_memory_mb << 20
+    with db.tenant(tenant) as conn:
+        bulk.build_vector_index(conn, SYNTHETIC.index_id, rows, DIM)
+    for table in ("chunks", "documents", "lexical_postings"):
+        admin.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+
+
+def ensure_data(settings: Settings, db: Database, tenants: list[tuple[str, int, int]], build_memory_mb=None) -> dict:
+    """Load what each (tenant, n, seed) lacks with the index's graph absent, then build it once; the load's cost.
+
+    The bulk path for many tenants: every tenant's rows first, then one graph over all of them (loading
+    tenant after tenant through `bulk_load_records` would insert every tenant after the first into a live
+    graph, one row at a time).
+    """
+    missing = [(t, n, seed, have) for t, n, seed in tenants if (have := _held(db, t, n)) < n]
+    with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
+        graph = admin.execute("SELECT to_regclass(%s) IS NOT NULL", (GRAPH,)).fetchone()[0]
+        if not missing and graph:
+            return {"loaded_rows": 0}
+        memory, t0 = ClusterMemory(settings.pgdata), time.perf_counter()
+        memory.start()
+        admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(GRAPH)))
+        for tenant, n, seed, have in missing:
+            t1 = time.perf_counter()
+            _load_rows(db, tenant, n, seed, have)
+            print(f"loaded {n - have} chunks into {tenant} in {time.perf_counter() - t1:.0f} s", flush=True)
+        t1 = time.perf_counter()
+        _build_graph(db, admin, tenants[-1][0], build_memory_mb)
+        t2 = time.perf_counter()
+        print(f"built the graph in {t2 - t1:.0f} s", flush=True)
+        rows = sum(n - have for _, n, _, have in missing)
+        return {
+            "loaded_rows": rows,
+            "rows_s": round(t1 - t0, 1),
+            "build_s": round(t2 - t1, 1),
+            "rows_per_s": round(rows / (t2 - t0), 1),
+            **memory.stop(),
+            "loader_peak_rss_mb": loader_peak_rss_mb(),
+        }
+
+
+def query_sources(db: Database) -> np.ndarray:
+    """The measured tenant's first 5,000 stored vectors in chunk order (queries start near them)."""
     with db.tenant(TENANT) as conn:
         rows = conn.execute(
             "SELECT embedding FROM chunks WHERE index_id = %s ORDER BY chunk_id LIMIT 5000", (SYNTHETIC.index_id,)
         ).fetchall()
     return np.vstack([np.asarray(getattr(r[0], "to_numpy", lambda v=r[0]: v)(), dtype=np.float32) for r in rows])
+
+
+def sizes(settings: Settings) -> dict[str, float]:
+    """On-disk sizes (MB): the HNSW graph, the chunks table and its other indexes, postings, documents."""
+    query = (
+        "SELECT pg_relation_size(to_regclass(%(g)s)), pg_table_size('chunks'), "
+        "pg_indexes_size('chunks') - coalesce(pg_relation_size(to_regclass(%(g)s)), 0), "
+        "pg_total_relation_size('lexical_postings'), pg_total_relation_size('documents')"
+    )
+    with psycopg.connect(admin_conninfo(settings)) as admin:
+        row = admin.execute(query, {"g": GRAPH}).fetchone()
+    names = ("hnsw_graph", "chunks_table", "chunks_other_indexes", "lexical_postings", "documents")
+    return {f"{name}_mb": round((v or 0) / 2**20, 1) for name, v in zip(names, row, strict=True)}
 
 
 def _timed(db: Database, mode: str, spec: dict | None, text: str, q: np.ndarray) -> tuple[float, list]:
@@ -126,43 +209,70 @@ def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
         return len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(q.shape[0])))
 
 
-def run(n: int, n_queries: int, langchain: bool, others: int = 0, other_n: int = 0, tenant: str | None = None) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    """Load what is missing, then time every case; the results with the load's cost, sizes and wall time."""
+    global TENANT
+    start, load_before = time.perf_counter(), os.getloadavg()
     # doc.pct and doc.permille promoted (sluice/filter_columns.py): the filtered rows measure the shipped path;
     # bench/retrieval_filtered.py measures it against the jsonb path.
     settings = load_settings(db_name="sluice_bench", filter_columns={"pct": "integer", "permille": "integer"})
     migrate(settings)
+    tenants = layout(args.n, args.others, args.other_n, args.tenant)
+    TENANT = tenants[-1][0]
     with Database(settings) as db:
-        base = ensure_data(db, n, others, other_n, tenant)
-        rng = np.random.default_rng(7)
-        queries = near_queries(base, n_queries, rng)
-        texts = [" ".join(VOCAB[int(i)] for i in rng.integers(0, len(VOCAB), size=3)) for _ in range(n_queries)]
-        for q, text in zip(queries[:20], texts[:20], strict=True):  # warm caches and the pool
-            for mode, spec in CASES.values():
-                _timed(db, mode, spec, text, q)
-        lc = LangChain(admin_conninfo(settings), TENANT, n_queries) if langchain else None
-        lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
-        for i in range(20 if lc else 0):
-            for case in LangChain.CASES:
-                lc.search(case, i, texts[i])
-        times: dict[str, list[float]] = {
-            name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_ts_rank", *lc_names]
-        }
-        recall: dict[str, list[float]] = {
-            name: [] for name in [*CASES, *lc_names] if "lexical" not in name and "hybrid" not in name
-        }
-        counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
-        for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
-            exact = _measure_sluice(db, q, text, times, recall, counts, np.random.default_rng(i))
-            times["lexical_ts_rank"].append(_lexical_ts_rank(db, text))
-            if lc:
-                _measure_langchain(lc, i, text, exact, times, recall, counts)
-            times["exact"].append(exact[None][0])
-            times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
+        load = ensure_data(settings, db, tenants, args.build_memory_mb)
+        memory = ClusterMemory(settings.pgdata)
+        memory.start()
+        t0 = time.perf_counter()
+        out = {} if args.load_only else measure(db, settings, args.queries, args.langchain)
+        out["query_phase"] = {"seconds": round(time.perf_counter() - t0, 1), **memory.stop()}
+    out["layout"] = {"measured": tenants[-1], "others": len(tenants) - 1, "other_n": args.other_n}
+    out["load"], out["sizes"] = load, sizes(settings)
+    out["loader_peak_rss_mb"] = loader_peak_rss_mb()
+    out["wall_s"] = round(time.perf_counter() - start, 1)
+    out["load_average"] = {"start": load_before, "end": os.getloadavg()}
+    return out
+
+
+def _warm(db: Database, lc: LangChain | None, queries: np.ndarray, texts: list[str]) -> None:
+    """Run every case once per query, untimed: caches and the pool warm."""
+    for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
+        for mode, spec in CASES.values():
+            _timed(db, mode, spec, text, q)
+        for case in LangChain.CASES if lc else ():
+            lc.search(case, i, text)
+
+
+def measure(db: Database, settings: Settings, n_queries: int, langchain: bool) -> dict:
+    """Every case, warm and interleaved per query, on the loaded data; the summary."""
+    with db.tenant(TENANT) as conn:
+        n = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
+    base = query_sources(db)
+    rng = np.random.default_rng(7)
+    queries = near_queries(base, n_queries, rng)
+    texts = [" ".join(VOCAB[int(i)] for i in rng.integers(0, len(VOCAB), size=3)) for _ in range(n_queries)]
+    lc = LangChain(admin_conninfo(settings), TENANT, n_queries) if langchain else None
+    _warm(db, lc, queries[:20], texts[:20])
+    lc_names = [f"langchain_{c}" for c in LangChain.CASES] if lc else []
+    times: dict[str, list[float]] = {
+        name: [] for name in [*CASES, "exact", "exact_filtered_1pct", "lexical_ts_rank", *lc_names]
+    }
+    recall: dict[str, list[float]] = {
+        name: [] for name in [*CASES, *lc_names] if "lexical" not in name and "hybrid" not in name
+    }
+    counts: dict[str, list[int]] = {name: [] for name in [*CASES, *lc_names]}
+    for i, (q, text) in enumerate(zip(queries, texts, strict=True)):
+        exact = _measure_sluice(db, q, text, times, recall, counts, np.random.default_rng(i))
+        times["lexical_ts_rank"].append(_lexical_ts_rank(db, text))
         if lc:
-            lc.close()
-        default = {
-            name: [_default_plan_count(db, q, spec) for q in queries[:50]] for name, (_, spec) in CASES.items() if spec
-        }
+            _measure_langchain(lc, i, text, exact, times, recall, counts)
+        times["exact"].append(exact[None][0])
+        times["exact_filtered_1pct"].append(exact[json.dumps(CASES["filtered_1pct"][1])][0])
+    if lc:
+        lc.close()
+    default = {
+        name: [_default_plan_count(db, q, spec) for q in queries[:50]] for name, (_, spec) in CASES.items() if spec
+    }
     return _summary(n, n_queries, times, recall, counts, default)
 
 
@@ -229,14 +339,18 @@ def main() -> None:
     parser.add_argument("--tenant", help="measure this loaded tenant of --n chunks (e.g. bench-other0-20000)")
     parser.add_argument("--langchain", action="store_true", help="also time PGVector (peer venv)")
     parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
+    parser.add_argument("--build-memory-mb", type=int, help="maintenance_work_mem of the graph build (over 2 GB)")
+    parser.add_argument("--load-only", action="store_true", help="load (and report the load), measure nothing")
     args = parser.parse_args()
     if args.langchain_load:
         admin = admin_conninfo(load_settings(db_name="sluice_bench"))
         script = Path(__file__).with_name("retrieval_langchain.py")
         tenant = args.tenant or f"bench-{args.n}"
         subprocess.run([str(peer_python()), str(script), "--load", admin, tenant], check=True)
-    result = run(args.n, args.queries, args.langchain, args.others, args.other_n, args.tenant)
+    result = run(args)
     print(json.dumps(result, indent=2))
+    if "cases" not in result:
+        return
     print("\n| case | p50 ms | p99 ms | recall@10 mean (min) | min rows | default plan rows (max) |")
     print("|---|---|---|---|---|---|")
     for name, row in result["cases"].items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from sluice.config import EmbedderConfig, PipelineConfig
@@ -27,8 +29,12 @@ def unit_vectors(n: int, rng: np.random.Generator, dim: int = DIM) -> np.ndarray
 
 def clustered_vectors(n: int, rng: np.random.Generator, cluster_size: int = 50, dim: int = DIM) -> np.ndarray:
     """n unit vectors in clusters of about `cluster_size`, like text embeddings (neighbours at cosine ~0.6)."""
-    centers = unit_vectors(max(1, n // cluster_size), rng, dim)
-    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.8 / np.sqrt(dim))
+    return clustered_around(unit_vectors(max(1, n // cluster_size), rng, dim), n, rng)
+
+
+def clustered_around(centers: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n unit vectors, each near one of `centers` picked at random (cosine ~0.8 to it)."""
+    noise = rng.standard_normal((n, centers.shape[1])).astype(np.float32) * (0.8 / np.sqrt(centers.shape[1]))
     v = centers[rng.integers(0, len(centers), size=n)] + noise
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -40,11 +46,11 @@ def near_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def make_records(n: int, rng: np.random.Generator, prefix: str = "doc") -> list[Record]:
-    """n one-chunk records; doc.pct is 1% selective per value, doc.permille 0.1%."""
+def make_records(n: int, rng: np.random.Generator, prefix: str = "doc", start: int = 0) -> list[Record]:
+    """n one-chunk records numbered from `start`; doc.pct is 1% selective per value, doc.permille 0.1%."""
     words = rng.integers(0, len(VOCAB), size=(n, 30))
     records = []
-    for i in range(n):
+    for i in range(start, start + n):
         meta = {
             "author": AUTHORS[int(rng.integers(len(AUTHORS)))],
             "year": int(rng.integers(2000, 2025)),
@@ -55,7 +61,7 @@ def make_records(n: int, rng: np.random.Generator, prefix: str = "doc") -> list[
         if i % 10:
             meta["lang"] = ["en", "de", "fr"][i % 3]
         chunk_meta = {"page": int(rng.integers(1, 50)), "section": SECTIONS[int(rng.integers(len(SECTIONS)))]}
-        text = " ".join(VOCAB[j] for j in words[i])
+        text = " ".join(VOCAB[j] for j in words[i - start])
         records.append(Record(f"{prefix}-{i:07d}", text, meta, chunk_meta, COLLECTIONS[i % len(COLLECTIONS)]))
     return records
 
@@ -69,3 +75,20 @@ def load_synthetic(
     vectors = clustered_vectors(n, rng) if clustered else unit_vectors(n, rng)
     bulk_load_records(db, tenant, SYNTHETIC, IDENTITY, records, vectors, batch=batch)
     return records, vectors
+
+
+def synthetic_batches(
+    tenant: str, n: int, seed: int, batch: int = 5000, start: int = 0
+) -> Iterator[tuple[list[Record], np.ndarray]]:
+    """A tenant's n clustered records in batches from record `start` (a multiple of `batch`), one batch in memory.
+
+    Each batch draws from its own seeded generator, so a load resumed at any batch yields the same set.
+    """
+    if start % batch:
+        raise ValueError(f"start {start} is not a multiple of batch {batch}: resume at a batch boundary")
+    centers = unit_vectors(max(1, n // 50), np.random.default_rng([seed, 0]))
+    for b, first in enumerate(range(0, n, batch)):
+        if first >= start:
+            rng = np.random.default_rng([seed, b + 1])
+            count = min(batch, n - first)
+            yield make_records(count, rng, prefix=tenant, start=first), clustered_around(centers, count, rng)

@@ -113,13 +113,38 @@ MAX_SCAN_TUPLES = 2000
 OVERFETCH = 10
 
 
-def set_search_params(conn: psycopg.Connection, ef_search: int) -> None:
-    """Per-transaction HNSW settings: a wide candidate list, and iterative scans so filters never under-return."""
-    conn.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-        "set_config('hnsw.max_scan_tuples', %s, true)",
-        (str(ef_search), str(max(MAX_SCAN_TUPLES, ef_search))),
-    )
+# An index's HNSW graph holds every tenant's rows, and RLS drops the other tenants' after the scan, so
+# a beam of ef_search candidates holds about ef_search x share of the tenant's own. On clustered vectors
+# a narrow beam can miss the query's neighbourhood altogether: the search returns k rows of the tenant
+# from elsewhere (recall@10 0.0; docs/retrieval.md, "Dense search in a shared graph"). The beam is
+# therefore widened by graph rows / tenant rows, at most SHARE_FACTOR_MAX times (latency grows with it)
+# and to pgvector's limit of 1000: a tenant holding a third of a graph gets the beam of its own graph.
+SHARE_FACTOR_MAX = 4
+MAX_EF_SEARCH = 1000
+# The graph's size from its index's reltuples (set by the build, kept by autovacuum); the tenant's rows in
+# the index from lexical_stats (kept per tenant and index by the chunks trigger, migration 0010; RLS).
+_SHARE = (
+    "coalesce((SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(quote_ident('chunks_hnsw_' || "
+    "%(index_id)s))) / nullif((SELECT s.chunks FROM lexical_stats s WHERE s.index_id = %(index_id)s), 0), 1)"
+)
+_SEARCH_PARAMS = (
+    "SELECT set_config('hnsw.ef_search', least(%(max)s, greatest(%(ef)s, "  # noqa: S608 (constants only)
+    f"ceil(%(ef)s * least(%(factor)s, {_SHARE}))))::int::text, true), "
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.max_scan_tuples', %(tuples)s, true)"
+)
+
+
+def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | None = None) -> int:
+    """Per-transaction HNSW settings: a beam widened by the tenant's share of `index_id`'s graph, and
+    iterative scans so filters never under-return; the ef_search set."""
+    params = {
+        "ef": ef_search,
+        "index_id": index_id or "",
+        "factor": SHARE_FACTOR_MAX if index_id else 1,
+        "max": max(MAX_EF_SEARCH, ef_search),
+        "tuples": str(max(MAX_SCAN_TUPLES, ef_search)),
+    }
+    return int(conn.execute(_SEARCH_PARAMS, params).fetchone()[0])
 
 
 # A bounded filter estimated to match at most this many chunks is answered by the exact scan over them
@@ -201,7 +226,7 @@ def dense_search(
     if compiled.bounded and estimated_rows(conn, params, compiled, dim) <= PREFILTER_ROWS:
         rows = _run(conn, _DENSE_EXACT, params, compiled, dim=dim)  # few rows, found by index: exact is cheap
         return _hits(rows, index_id, "dense")
-    set_search_params(conn, max(config.ef_search, k))
+    set_search_params(conn, max(config.ef_search, k), index_id)
     rows = _run(conn, _DENSE_ANN, params, compiled, dim=dim)
     if len(rows) < params["fetch"]:
         # The scan hit max_scan_tuples before `fetch` matches: the filter is selective, and an exact
