@@ -1,9 +1,11 @@
-"""Embedder precision: float32 against bfloat16 autocast and int8 dynamic quantisation, interleaved.
+"""Embedder precision and backend: torch float32 against bfloat16 autocast, int8 dynamic quantisation and
+ONNX Runtime (float32 fused graph, int8), interleaved.
 
     SLUICE_DATASETS_DIR=/work/shared/data PYTHONPATH=$PWD .venv/bin/python bench/embed_precision.py \
-        [--docs 40] [--throughput-chunks 256] [--repeats 3]
+        [--docs 40] [--throughput-chunks 256] [--repeats 3] [--candidates float32,onnx-float32]
 
-One process, one `Embedder` per precision (the packaged all-MiniLM-L6-v2, `EmbedderConfig.precision`).
+One process, one `Embedder` per candidate (the packaged all-MiniLM-L6-v2, `EmbedderConfig.precision` and
+`.backend`; ONNX graphs exported once into Settings.data_dir, outside the clock).
 - throughput: the same chunks encoded by each precision in turn, the order rotated every repeat;
   chunks/s and the ratio of medians against float32.
 - agreement: every chunk of the corpus (data/sample parsed and chunked, plus the first --docs covid_qa
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,7 +42,13 @@ from tasks.embed import Embedder  # noqa: E402
 from tasks.ingest_text import text_document  # noqa: E402
 from tasks.parse import parse_file  # noqa: E402
 
-PRECISIONS = ("float32", "bfloat16", "int8")
+CANDIDATES = {  # name -> embedder config; "float32" (torch) is the baseline every other is compared with
+    "float32": EmbedderConfig(),
+    "bfloat16": EmbedderConfig(precision="bfloat16"),
+    "int8": EmbedderConfig(precision="int8"),
+    "onnx-float32": EmbedderConfig(backend="onnx"),
+    "onnx-int8": EmbedderConfig(backend="onnx", precision="int8"),
+}
 MIN_COSINE, MAX_NDCG_DROP = 0.999, 0.005
 
 
@@ -83,7 +92,7 @@ def ndcg10(vectors: np.ndarray, spans: list, queries: np.ndarray, items: list) -
 def verdicts(rates: dict, vectors: dict, questions: dict, n_sample: int, covid: list, items: list) -> dict:
     """Per precision: speed against float32, cosine to float32, nDCG@10 and its delta, and the bar's verdict."""
     base, results = statistics.median(rates["float32"]), {}
-    for p in PRECISIONS:
+    for p in rates:
         cos = np.sum(vectors[p] * vectors["float32"], axis=1)
         row = {
             "chunks_per_s": [round(r, 1) for r in rates[p]],
@@ -105,8 +114,12 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=40, help="covid_qa articles (chunks and their questions)")
     ap.add_argument("--throughput-chunks", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=f"of {', '.join(CANDIDATES)}")
     args = ap.parse_args()
-    embedders = {p: Embedder(EmbedderConfig(precision=p)) for p in PRECISIONS}
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    names = ["float32"] + [n for n in args.candidates.split(",") if n != "float32"]
+    data_dir = load_settings().data_dir
+    embedders = {n: Embedder(CANDIDATES[n], cache_dir=data_dir) for n in names}
     for e in embedders.values():
         e.warm_up()
         e.encode(["warm up"])
@@ -121,6 +134,7 @@ def main() -> None:
         "chunks": len(texts),
         "covid_chunks": len(covid),
         "questions": len(items),
+        "load_average_start_end": [load_start, [round(x, 2) for x in os.getloadavg()]],
         "throughput_chunks": min(len(texts), args.throughput_chunks),
     }
     out["results"] = verdicts(rates, vectors, questions, len(sample), covid, items)

@@ -78,7 +78,7 @@ def _loaded() -> tuple:
 
     settings = load_settings(db_name=BENCH_DB)
     pipeline = PipelineConfig()
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
     embedder.warm_up()
     return settings, pipeline, embedder
 

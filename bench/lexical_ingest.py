@@ -64,7 +64,7 @@ def main() -> None:
     settings = load_settings(db_name="sluice_storebench")
     migrate(settings)
     config = PipelineConfig()
-    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
     embedder.encode(["warm the model up"])
     out: dict = {"rounds": []}
     with tempfile.TemporaryDirectory() as tmp, Database(settings) as db:

@@ -136,7 +136,7 @@ def run_load(generator, tier: str, prompts: list, concurrency: int, n: int) -> d
 def bench_speed(settings: Settings, db: Database, urls: dict[str, str], rounds: int) -> None:
     grid = sample_grid()
     config = pipeline("speed", {"policy": "single", "tier": "small"}, generator_body(urls))
-    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
     items, docs = load_items(settings, grid, None)
     ensure_index(settings, db, grid, config, docs)
     prompts = [(i.question, search_chunks(db, grid.tenant, config, embedder, i.question).hits) for i in items]
@@ -234,7 +234,7 @@ def bench_quality_set(
     items = items[:limit]
     ensure_index(settings, db, grid, configs[0], docs)
     items = resolve_items(db, grid, items)
-    embedder = get_embedder(configs[0].embedder, settings.embed_batch_size)
+    embedder = get_embedder(configs[0].embedder, settings.embed_batch_size, settings.data_dir)
     print(f"\n{grid.name}: {len(items)} questions", flush=True)
     rows = []
     for config in configs:

@@ -102,7 +102,7 @@ def bench_tenant(settings, tenant: str = "bench"):
     """Migrate, ingest the sample corpus into `tenant` in-process; (db, config, embedder, API key)."""
     migrate(settings)
     config = PipelineConfig()
-    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size))
+    embedder = CachingEmbedder(get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir))
     db = Database(settings)
     create_tenant(db, tenant)
     ingest_source(db, tenant, config, embedder.inner, ROOT / "data/sample/corpus", settings.max_file_bytes)

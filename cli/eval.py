@@ -117,7 +117,7 @@ def _answer_with_champion(question: str, tenant: str) -> None:
         if champion.current_champion_id(db) is None:
             raise SluiceError("no champion was promoted: see the decision above")
         config = served(settings, db, tenant).config
-        embedder = get_embedder(config.embedder, settings.embed_batch_size)
+        embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
         with closing(answerer_for(settings, config, embedder)) as answerer:
             result = answer_question(db, tenant, config, embedder, question, answerer=answerer)
     # The evaluation's last line named the champion by id and parts: not again here.

@@ -112,7 +112,7 @@ def _experiment(settings, db, tenant: str, collection: str, path: Path, once):
     from tasks.embed import get_embedder
 
     pipeline = load_config(path)
-    summary = once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size))
+    summary = once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir))
     serving = served(settings, db, tenant, collection).index_id
     if serving == pipeline.index_id:
         return summary, pipeline.index_id, None

@@ -122,7 +122,7 @@ def query(
     settings = _settings()
     with _database(settings) as db:
         pipeline = _query_config(settings, db, tenant, collection, config)
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
         with closing(answerer_for(settings, pipeline, embedder)) as answerer:
             filters = cli_retrieval.parse_filter(filter_json)
             result = answer_question(
@@ -189,7 +189,7 @@ def demo() -> None:
         run = ingest_served(settings, db, "demo", "default", once)
         print_summary(run.summary, run.index_id)
         pipeline = served(settings, db, "demo").config
-        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+        embedder = get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
         for line in SAMPLE_GOLD.read_text().splitlines():
             item = json.loads(line)
             _print_answer(answer_question(db, "demo", pipeline, embedder, item["question"]))

@@ -50,7 +50,7 @@ def eval_retrieval(
 
     settings = load_settings()
     pipeline = load_config(config or settings.config_path)
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
     with Database(settings) as db, StageProgress() as progress:
         progress.update("loading the embedding model")  # on first use, inside eval_beir
         results = eval_beir(db, pipeline, embedder, beir, keep=keep, on_progress=progress.update)

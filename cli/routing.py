@@ -30,7 +30,7 @@ def train(
 
     settings = load_settings()
     pipeline = _base_config(config or settings.config_path)
-    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size)
+    embedder = get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
     routing = train_routing(results, embedder, large_share, budget_usd, tolerance, settings.data_dir)
     body = _with_routing(pipeline, routing) if out else None
     snippet = yaml.safe_dump({"routing": routing}, sort_keys=False)
@@ -113,7 +113,7 @@ def explain(
 def _embedder(pipeline, settings):
     from tasks.embed import get_embedder
 
-    return get_embedder(pipeline.embedder, settings.embed_batch_size)
+    return get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir)
 
 
 def _retrieve(settings, pipeline, tenant: str, vector):

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def ensure_index(
     from tasks.ingest_text import ingest_texts
 
     create_tenant(db, grid.tenant, f"evaluation: {grid.name}")
-    embedder = get_embedder(config.embedder, settings.embed_batch_size)
+    embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
     if docs is not None:
         summary = ingest_texts(db, grid.tenant, config, embedder, ((d.source_id, d.text) for d in docs))
     else:
@@ -165,7 +166,7 @@ def chunk_lengths(db: Database, tenant: str, index_id: str) -> list[int]:
 
 
 @lru_cache(maxsize=4)
-def answering_embedder(config: EmbedderConfig, batch_size: int) -> CachingEmbedder:
+def answering_embedder(config: EmbedderConfig, batch_size: int, cache_dir: Path | None = None) -> CachingEmbedder:
     """The process's embedder behind a sentence-vector LRU, shared by every config of a grid.
 
     The extractive answerer embeds each sentence of every retrieved chunk, and chunkers of one corpus
@@ -173,7 +174,7 @@ def answering_embedder(config: EmbedderConfig, batch_size: int) -> CachingEmbedd
     re-embedding them. A serving worker keeps the same cache warm, so answer latencies here are
     warm-cache latencies; the first config of a run pays the cold misses (docs/evaluation.md).
     """
-    return CachingEmbedder(get_embedder(config, batch_size))
+    return CachingEmbedder(get_embedder(config, batch_size, cache_dir))
 
 
 def evaluate_config(
@@ -185,7 +186,7 @@ def evaluate_config(
     on_question: OnQuestion | None = None,
 ) -> ConfigResult:
     """Answer and score every question under one config."""
-    embedder = answering_embedder(config.embedder, settings.embed_batch_size)
+    embedder = answering_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
     # One router and generator per config; gateway state per evaluation process (nothing to share).
     answerer = answerer_for(settings, config, embedder, MemoryState())
     try:

@@ -149,7 +149,7 @@ def ingest(
             served = ingest_served(settings, db, tenant, collection, run_once)
             return final_state(served.summary, served.index_id)
         pipeline = load_config(Path(config_path))
-        summary = run_once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size))
+        summary = run_once(pipeline, get_embedder(pipeline.embedder, settings.embed_batch_size, settings.data_dir))
         get_run_logger().warning(
             "index %s of %s is an experiment: not served until rolled out", pipeline.index_id, config_path
         )

@@ -92,7 +92,7 @@ class WorkerState:
         from tasks.embed import get_embedder
 
         if config.embedder not in self._embedders:
-            inner = get_embedder(config.embedder, self.settings.embed_batch_size)
+            inner = get_embedder(config.embedder, self.settings.embed_batch_size, self.settings.data_dir)
             inner.warm_up()
             inner.encode(["warm up"])  # first encode pays one-off runtime set-up; not a user's query
             self._embedders[config.embedder] = CachingEmbedder(inner)

@@ -31,6 +31,7 @@ from sluice.hardware import resolve_precision
 
 CONFIG_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
+ONNX_PRECISIONS = ("float32", "int8")
 INDEX_FIELDS = ("version", "parser", "chunker", "embedder")  # what an index_id hashes
 
 
@@ -159,10 +160,28 @@ class EmbedderConfig(_Frozen):
         "instructions, else float32.",
     )
 
+    # Who runs the model: torch, or ONNX Runtime on a graph exported locally from the same weights
+    # (tasks/embed_onnx.py). Part of the index id when not torch, so the two never share an index.
+    backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch (sentence-transformers); onnx = ONNX Runtime on a graph exported from the same "
+        "weights on first use and cached under data_dir (float32: fused graph; int8: dynamic quantisation).",
+    )
+
     @field_validator("precision")
     @classmethod
     def _concrete(cls, value: str) -> str:
         return resolve_precision(value)
+
+    @model_validator(mode="after")
+    def _backend_runs_precision(self) -> EmbedderConfig:
+        if self.backend == "onnx" and self.precision not in ONNX_PRECISIONS:
+            raise ValueError(f"backend 'onnx' runs precision {' or '.join(ONNX_PRECISIONS)}, not {self.precision!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_new_defaults(self, handler: Any) -> dict[str, Any]:
+        return _drop_defaults(self, handler(self), ("backend",))
 
 
 class RetrievalConfig(_Frozen):

@@ -20,6 +20,7 @@ import numpy as np
 from sluice.config import EmbedderConfig
 from sluice.errors import ConfigError
 from sluice.hardware import native_bf16
+from tasks.embed_onnx import OnnxEncoder, onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,19 @@ class EmbedderIdentity:
     dim: int
     normalize: bool
     precision: str = "float32"
+    backend: str = "torch"
+
+    @property
+    def label(self) -> str:
+        """Precision and backend as errors name them (e.g. `int8 on onnx`)."""
+        return self.precision if self.backend == "torch" else f"{self.precision} on {self.backend}"
 
     @property
     def key(self) -> str:
-        """Embedding-cache key: equal key, interchangeable vectors (float32 keys predate the precision)."""
+        """Embedding-cache key: equal key, interchangeable vectors (float32/torch keys predate both fields)."""
         key = f"{self.model}@{self.weights_hash[:16]}:{self.dim}:{'n' if self.normalize else 'r'}"
-        return key if self.precision == "float32" else f"{key}:{self.precision}"
+        key = key if self.precision == "float32" else f"{key}:{self.precision}"
+        return key if self.backend == "torch" else f"{key}:{self.backend}"
 
 
 def resolve_model_path(model: str) -> Path:
@@ -121,10 +129,12 @@ def weights_hash(path: Path) -> str:
 class Embedder:
     """Encode texts; the model loads on first use (`warm_up`), never at import."""
 
-    def __init__(self, config: EmbedderConfig, batch_size: int = 64):
+    def __init__(self, config: EmbedderConfig, batch_size: int = 64, cache_dir: Path | None = None):
         self.config = config
         self.batch_size = batch_size
+        self.cache_dir = cache_dir  # where backend onnx keeps its exported graphs (Settings.data_dir)
         self._model = None
+        self._onnx: OnnxEncoder | None = None
         self._identity: EmbedderIdentity | None = None
         self._lock = threading.Lock()
         # HF fast tokenizers raise "Already borrowed" when one instance is used from two threads
@@ -151,10 +161,14 @@ class Embedder:
                 raise ConfigError(
                     f"embedder {self.config.model!r} produces {dim}-d vectors but the config says dim={self.config.dim}"
                 )
-            model = with_precision(model, self.config.precision)
-            self._identity = EmbedderIdentity(
-                self.config.model, weights_hash(path), dim, self.config.normalize, self.config.precision
-            )
+            digest = weights_hash(path)
+            if self.config.backend == "onnx":
+                graph = onnx_file(path, digest, self.config.precision, self.cache_dir)
+                self._onnx = OnnxEncoder(graph, model.tokenizer, int(model.max_seq_length), torch_threads())
+            else:
+                model = with_precision(model, self.config.precision)
+            c = self.config
+            self._identity = EmbedderIdentity(c.model, digest, dim, c.normalize, c.precision, c.backend)
             # Texts past the window are counted (`count_truncated`: ingest summary, evaluation runs), so the
             # tokenizer's one-off "Token indices sequence length is longer ..." warning is redundant.
             model.tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
@@ -209,6 +223,8 @@ class Embedder:
             return vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.encode(texts, self.batch_size, self.config.dim, self.config.normalize)
         with precision_context(self.config.precision):
             vectors = self._model.encode(
                 texts,
@@ -221,6 +237,13 @@ class Embedder:
         if self.config.normalize and self.config.precision == "bfloat16":  # normalised in bf16: again in float32
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
+
+
+def torch_threads() -> int:
+    """The threads torch computes with, so ONNX Runtime uses as many."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def with_precision(model, precision: str):
@@ -287,6 +310,6 @@ class CachingEmbedder:
 
 
 @lru_cache(maxsize=4)
-def get_embedder(config: EmbedderConfig, batch_size: int = 64) -> Embedder:
-    """The process-wide embedder for a config: one model load per process."""
-    return Embedder(config, batch_size)
+def get_embedder(config: EmbedderConfig, batch_size: int = 64, cache_dir: Path | None = None) -> Embedder:
+    """The process-wide embedder for a config: one model load per process (`cache_dir`: Settings.data_dir)."""
+    return Embedder(config, batch_size, cache_dir)

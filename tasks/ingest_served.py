@@ -49,7 +49,7 @@ def ingest_served(settings: Settings, db: Database, tenant: str, collection: str
     config = resolver.served(settings, db, tenant, collection).config
     run: ServedRun | None = None
     for _ in range(MAX_ROUNDS):
-        embedder = get_embedder(config.embedder, settings.embed_batch_size)
+        embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
         with db.tenant(tenant) as conn:  # also the tenant check, before anything is read
             register_index(conn, config, embedder.identity)
             pin(conn, config)

@@ -97,7 +97,7 @@ def _roll(ro: Rollout, tenant: str) -> str:
     served = Resolver().served(ro.settings, ro.db, tenant)
     target = served.target
     state.start_tenant(ro.db, tenant, ro.rollout_id, served.index_id if served.pinned else None, target)
-    embedder = get_embedder(target.embedder, ro.settings.embed_batch_size)
+    embedder = get_embedder(target.embedder, ro.settings.embed_batch_size, ro.settings.data_dir)
     with ro.db.tenant(tenant) as conn:  # a new index gets its graph once built (tasks.bulk), before the switch
         register_index(conn, target, embedder.identity, vector_index=False)
     limits = ParseLimits.from_settings(ro.settings)

@@ -46,9 +46,9 @@ def register_index(
 
 def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderIdentity) -> None:
     """Raise EmbedderMismatchError unless `identity` is the embedder index `index_id` was built with."""
-    row = conn.execute(  # the precision lives in the index body (indexes made before it have none: float32)
-        "SELECT embedder_model, weights_hash, dim, normalize, "
-        "coalesce(body->'embedder'->>'precision', 'float32') FROM indexes WHERE index_id = %s",
+    row = conn.execute(  # precision and backend live in the index body (absent in older bodies: float32, torch)
+        "SELECT embedder_model, weights_hash, dim, normalize, coalesce(body->'embedder'->>'precision', 'float32'), "
+        "coalesce(body->'embedder'->>'backend', 'torch') FROM indexes WHERE index_id = %s",
         (index_id,),
     ).fetchone()
     if row is None:
@@ -57,9 +57,9 @@ def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderId
     if recorded != identity:
         raise EmbedderMismatchError(
             f"index {index_id} was built with {recorded.model} (weights {recorded.weights_hash[:12]}, "
-            f"{recorded.dim}-d, normalize={recorded.normalize}, {recorded.precision}); the embedder in use is "
+            f"{recorded.dim}-d, normalize={recorded.normalize}, {recorded.label}); the embedder in use is "
             f"{identity.model} (weights {identity.weights_hash[:12]}, {identity.dim}-d, "
-            f"normalize={identity.normalize}, {identity.precision}): "
+            f"normalize={identity.normalize}, {identity.label}): "
             "use the recorded embedder or ingest into a new index"
         )
 

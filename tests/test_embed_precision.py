@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sluice.config import EmbedderConfig, PipelineConfig, parse_config
-from sluice.errors import EmbedderMismatchError
+from sluice.errors import ConfigError, EmbedderMismatchError
 from sluice.hardware import cpu_flags, native_bf16, resolve_precision
+from tasks.chunk import make_chunker
 from tasks.embed import Embedder, EmbedderIdentity
+from tasks.embed_onnx import RECIPE
+from tasks.ingest_text import text_document
 from tasks.store import check_embedder, register_index
 
 # The default config's ids before the precision could be anything but float32: stored indexes keep them.
@@ -84,3 +88,81 @@ def test_an_index_refuses_an_embedder_of_another_precision(db, new_tenant):
     with db.tenant(tenant) as conn:
         with pytest.raises(EmbedderMismatchError):  # an fp32 embedder cannot write into the bf16 index
             register_index(conn, bf16, identity)
+
+
+# --- backend onnx: ONNX Runtime on a graph exported locally from the packaged weights ---------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def test_onnx_backend_is_another_index_and_torch_keeps_its_ids():
+    onnx = parse_config({"embedder": {"backend": "onnx"}})
+    assert onnx.index_id != DEFAULT_INDEX_ID
+    assert onnx.index_body()["embedder"]["backend"] == "onnx"
+    assert "backend" not in PipelineConfig().index_body()["embedder"]  # torch is left out: old ids stand
+    assert parse_config({"embedder": {"backend": "torch"}}).index_id == DEFAULT_INDEX_ID
+    int8 = parse_config({"embedder": {"backend": "onnx", "precision": "int8"}})
+    assert len({onnx.index_id, int8.index_id, parse_config({"embedder": {"precision": "int8"}}).index_id}) == 3
+
+
+def test_onnx_backend_refuses_a_precision_it_does_not_run():
+    with pytest.raises(ConfigError, match="backend 'onnx' runs precision float32 or int8, not 'bfloat16'"):
+        parse_config({"embedder": {"backend": "onnx", "precision": "bfloat16"}})
+
+
+def test_onnx_cache_keys_name_the_backend():
+    torch_key = EmbedderIdentity("m", "a" * 64, 384, True).key
+    onnx = EmbedderIdentity("m", "a" * 64, 384, True, "float32", "onnx")
+    assert onnx.key == torch_key + ":onnx" and onnx.label == "float32 on onnx"
+
+
+def test_onnx_float32_matches_torch_and_is_exported_once(onnx_cache):
+    texts = [c.text for c in _sample_chunks()] + ["word " * 600]  # the last is past the 256-token window
+    reference = Embedder(EmbedderConfig()).encode(texts)
+    embedder = Embedder(EmbedderConfig(backend="onnx"), cache_dir=onnx_cache)
+    vectors = embedder.encode(texts)
+    cosine = np.sum(vectors * reference, axis=1)
+    assert cosine.min() >= 0.999, cosine  # the adoption bar (issue 18), over real chunks
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cached = list((onnx_cache / "onnx").glob("*.onnx"))
+    assert [p.name for p in cached] == [f"{embedder.identity.weights_hash[:16]}-float32-v{RECIPE}.onnx"]
+    before = cached[0].stat().st_mtime_ns
+    again = Embedder(EmbedderConfig(backend="onnx"), cache_dir=onnx_cache).encode(texts[:3])
+    assert cached[0].stat().st_mtime_ns == before  # reused, not exported again
+    assert np.array_equal(again, embedder.encode(texts[:3]))
+
+
+def test_onnx_int8_is_quantised_and_recorded(onnx_cache):
+    texts = [c.text for c in _sample_chunks()[:8]]
+    embedder = Embedder(EmbedderConfig(backend="onnx", precision="int8"), cache_dir=onnx_cache)
+    vectors = embedder.encode(texts)
+    reference = Embedder(EmbedderConfig(backend="onnx"), cache_dir=onnx_cache).encode(texts)
+    cosine = np.sum(vectors * reference, axis=1)
+    assert not np.array_equal(vectors, reference) and cosine.min() > 0.95, cosine
+    assert (embedder.identity.precision, embedder.identity.backend) == ("int8", "onnx")
+
+
+def test_an_index_refuses_an_embedder_of_another_backend(db, new_tenant):
+    tenant = new_tenant("backend")
+    identity = EmbedderIdentity("synthetic-backend", "d" * 64, 384, True)
+    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-backend"))
+    onnx = EmbedderIdentity("synthetic-backend", "d" * 64, 384, True, "float32", "onnx")
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity)
+        with pytest.raises(EmbedderMismatchError, match="float32 on onnx"):
+            check_embedder(conn, config.index_id, onnx)
+    on_onnx = config.model_copy(update={"embedder": config.embedder.model_copy(update={"backend": "onnx"})})
+    with db.tenant(tenant) as conn:
+        register_index(conn, on_onnx, onnx)  # its own index: accepted
+        with pytest.raises(EmbedderMismatchError):  # a torch embedder cannot write into the onnx index
+            register_index(conn, on_onnx, identity)
+
+
+def _sample_chunks():
+    """Chunks of the shipped sample's Markdown files, read as text (no parser: the test stays offline and quick)."""
+    chunker = make_chunker(PipelineConfig().chunker)
+    folder = Path(__file__).resolve().parent.parent / "data/sample/corpus"
+    return [c for p in sorted(folder.glob("*.md")) for c in chunker.split(text_document(p.name, p.read_text()))]
