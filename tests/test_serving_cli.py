@@ -68,7 +68,7 @@ def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(cli, migrated, tmp_
 
 
 def test_shipped_local_llm_config_answers_within_the_query_tasks_limits():
-    """configs/llm-local.yaml's deadline ends before the worker's soft limit: a slow model yields the extractive answer."""
+    """configs/llm-local.yaml's deadline ends before the worker's soft limit: slow models answer extractively."""
     from serving.worker import QUERY_LIMIT_S, QUERY_SOFT_LIMIT_S
     from sluice.config import load_config
     from sluice.settings import PROJECT_ROOT
