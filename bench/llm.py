@@ -270,9 +270,12 @@ def progress(config: PipelineConfig, n: int, total: int) -> None:
         print(f"  {config.name}: {n}/{total} at {time.strftime('%H:%M:%S')}", flush=True)
 
 
-def bench_quality(settings: Settings, db: Database, urls: dict[str, str], covid: int, n_judged: int) -> None:
+def bench_quality(
+    settings: Settings, db: Database, urls: dict[str, str], covid: int, n_judged: int, sample: bool = True
+) -> None:
     judge = JudgeConfig(urls["large"], MODELS["large"], timeout_s=600, max_tokens=JUDGE_MAX_TOKENS)
-    bench_quality_set(settings, db, sample_grid(), urls, judge, 10_000, n_judged)
+    if sample:
+        bench_quality_set(settings, db, sample_grid(), urls, judge, 10_000, n_judged)
     if not covid:
         return
     if settings.datasets_dir is None or not (Path(settings.datasets_dir) / "covid_qa").exists():
@@ -287,6 +290,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--covid", type=int, default=COVID_QUESTIONS, help="covid_qa questions (0: none)")
     parser.add_argument("--judged", type=int, default=JUDGED, help="questions per set and policy put to the judge")
+    parser.add_argument("--no-sample", action="store_true", help="quality: covid_qa only (run the sets in parallel)")
     args = parser.parse_args()
     settings = load_settings()
     servers = [start_server(m, settings.data_dir, n_ctx=N_CTX, threads=THREADS) for m in MODELS.values()]
@@ -296,7 +300,7 @@ def main() -> None:
             if args.part in ("speed", "all"):
                 bench_speed(settings, db, urls, args.rounds)
             if args.part in ("quality", "all"):
-                bench_quality(settings, db, urls, args.covid, args.judged)
+                bench_quality(settings, db, urls, args.covid, args.judged, not args.no_sample)
     finally:
         for server in servers:
             server.stop()

@@ -91,13 +91,19 @@ def _local_llm(settings, detach: bool, llm: str | None) -> tuple[list, dict[str,
             port = urlsplit(tier.replicas[0]).port
             console.print(f"starting {tier.model} on port {port} …", highlight=False)
             log = settings.data_dir / f"llm-{tier.model}.log"
-            servers.append(start_server(tier.model, settings.data_dir, port, log_path=log, detach=detach))
+            # One thread each: two servers, and llama.cpp's spinning threads slow to a crawl when they outnumber cores.
+            server = start_server(tier.model, settings.data_dir, port, threads=1, log_path=log, detach=detach)
+            servers.append(server)
     except BaseException:
         for server in servers:
             server.stop()
         raise
+    from serving.worker import QUERY_LIMIT_S
+
     # The champion, if eval-demo promoted one, would outrank the configured default: serve this config.
-    return servers, {"SLUICE_CONFIG_PATH": str(path), "SLUICE_SERVE_CHAMPION": "false"}
+    # The API waits for a model's answer as long as the worker may take (the default 30 s suits extractive).
+    env = {"SLUICE_CONFIG_PATH": str(path), "SLUICE_SERVE_CHAMPION": "false"}
+    return servers, {**env, "SLUICE_QUERY_TIMEOUT_S": str(QUERY_LIMIT_S)}
 
 
 def _spawn(settings, port: int, detach: bool, extra_env: dict[str, str] | None = None) -> tuple[list, str]:
@@ -253,4 +259,6 @@ def _stream_one(client, question: str) -> None:
     gen = done.get("generation") or {}
     facts = f"model {gen.get('model')} (tier {gen.get('tier')}, {gen.get('route', {}).get('reason', '')})"
     cost = f"TTFT {gen.get('ttft_ms', 0):.0f} ms, {gen.get('completion_tokens')} tokens, ${gen.get('cost_usd', 0):.8f}"
+    if gen.get("attempts"):
+        cost += f"\n   after {len(gen['attempts'])} failed attempt(s), the first: {gen['attempts'][0]}"
     console.print(f"\n   {facts}, {cost}\n" if done.get("event") == "done" else f"\n   {done}\n", highlight=False)

@@ -65,3 +65,14 @@ def test_demo_api_stop_waits_then_kills_what_ignores_sigterm(cli, migrated, tmp_
     assert polite.poll() == -signal.SIGTERM and stubborn.poll() == -signal.SIGKILL  # both gone on return
     assert f"process group {stubborn.pid} still running 3 s after SIGTERM: killed" in result.output
     assert not (tmp_path / "demo-api.pids").exists()
+
+
+def test_shipped_local_llm_config_answers_within_the_query_tasks_limits():
+    """configs/llm-local.yaml's deadline ends before the worker's soft limit: slow models answer extractively."""
+    from serving.worker import QUERY_LIMIT_S, QUERY_SOFT_LIMIT_S
+    from sluice.config import load_config
+    from sluice.settings import PROJECT_ROOT
+
+    generator = load_config(PROJECT_ROOT / "configs" / "llm-local.yaml").generator
+    assert generator.fallback_extractive
+    assert generator.deadline_s < QUERY_SOFT_LIMIT_S < QUERY_LIMIT_S

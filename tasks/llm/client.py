@@ -86,6 +86,10 @@ def chat_stream(
             for line in resp.iter_lines():
                 chunk = _parse_sse_line(line)
                 if chunk is None:
+                    # A keep-alive comment (llama.cpp's server pings every 15 s while a request waits its
+                    # turn) resets the read timeout: hand the caller an empty chunk so it can check its deadline.
+                    if line.startswith(":"):
+                        yield Chunk()
                     continue
                 if chunk is _DONE:
                     return
