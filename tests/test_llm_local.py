@@ -104,13 +104,17 @@ def test_stream_carries_the_servers_usage_and_speed(servers):
     assert not answer.usage.estimated  # reported by the server at the end of the stream
     assert 1 <= answer.usage.completion_tokens <= 24
     assert 0 < answer.ttft_ms < answer.total_ms and answer.tokens_per_s and answer.tokens_per_s > 0
-    # The same request, not streamed: llama.cpp's own usage. Greedy decoding gives the same answer.
-    messages = build_messages(EASY, HITS, 12000, config.generator.prompt, generator.tokenizer("small"))
+    # The same request, not streamed: llama.cpp's own count of the prompt. (Not its text: the server reuses
+    # the cached prompt prefix, evaluates the rest in another batch shape, and greedy decoding on those
+    # slightly different logits may pick another token — seen on AVX-512 builds.)
+    tokenizer = generator.tokenizer("small")
+    messages = build_messages(EASY, HITS, 12000, config.generator.prompt, tokenizer)
     body = {"model": "smollm2-135m", "messages": messages, "max_tokens": 24, "temperature": 0}
     reply = httpx.post(f"{answer.replica}/chat/completions", json=body, timeout=120).json()
-    assert reply["choices"][0]["message"]["content"] == answer.text
     assert reply["usage"]["prompt_tokens"] == answer.usage.prompt_tokens
-    assert reply["usage"]["completion_tokens"] == answer.usage.completion_tokens
+    # The streamed count is the server's tokens of the streamed text (give or take the end-of-turn
+    # token and a boundary re-tokenised differently).
+    assert abs(answer.usage.completion_tokens - len(tokenizer.encode(answer.text))) <= 2
     # The worker's Prometheus histograms observe this answer's real TTFT and decode speed.
     before = {
         m: _histogram(m, "smollm2-135m")
