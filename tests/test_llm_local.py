@@ -131,6 +131,21 @@ def test_stream_carries_the_servers_usage_and_speed(servers):
         assert (HITS[n - 1].start, HITS[n - 1].end) in {(c.start, c.end) for c in answer.citations}
 
 
+def test_concurrent_streams_on_one_server_each_get_their_whole_answer(servers):
+    # llama-cpp-python's default cuts a streaming answer short ([DONE]) when another request waits: three
+    # clients on one server got one answer and two empty ones. Requests must queue instead.
+    url = f"{servers['small_a'].base_url}/chat/completions"
+    body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 16, "temperature": 0, "stream": True}
+
+    def pieces(_) -> int:
+        with httpx.stream("POST", url, json=body, timeout=240) as response:
+            return sum(1 for line in response.iter_lines() if line.startswith("data: ") and '"content"' in line)
+
+    alone = pieces(0)
+    with ThreadPoolExecutor(3) as pool:
+        assert alone > 1 and list(pool.map(pieces, range(3))) == [alone] * 3  # greedy: the same answer each
+
+
 def test_context_budget_is_counted_in_each_models_own_tokens(servers):
     text = "Frames are inspected at the depot. " * 60
     long_hits = [Hit(i, f"d{i}", f"doc{i}.md", 0, len(text), text, 0.5, "i") for i in range(5)]

@@ -199,6 +199,10 @@ def server_command(path: Path, alias: str, port: int, n_ctx: int = 2048, threads
     """The command line of a server on loopback for one GGUF file, answering as model `alias`."""
     cmd = [sys.executable, "-m", "tasks.llm.llamacpp_server", "--model", str(path), "--model_alias", alias]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
+    # llama-cpp-python's default ends a streaming answer with [DONE] as soon as another request waits: under
+    # concurrency every answer but the last came back cut short (0 tokens at 4 clients, bench/llm.py).
+    # Requests queue instead; the gateway's deadline bounds the wait.
+    cmd += ["--interrupt_requests", "False"]
     if threads:
         cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     return cmd
