@@ -150,6 +150,28 @@ def new_tenant(db):
     return make
 
 
+@pytest.fixture(scope="module")
+def throwaway(db):
+    """Create tenants a module fills with bulk synthetic rows; they and their data go when the module ends.
+
+    The test database lives for the whole session, and a promotion rolls the new champion out to every
+    tenant: 40k synthetic documents left behind made a later eval test's rollout re-chunk and embed them
+    all (past its 15-minute limit).
+    """
+    from tasks.beir import drop_tenant_data
+
+    made: list[str] = []
+
+    def make(tenant: str) -> str:
+        create_tenant(db, tenant)
+        made.append(tenant)
+        return tenant
+
+    yield make
+    for tenant in made:
+        drop_tenant_data(db, tenant)
+
+
 def tenant_rows(db: Database, tenant: str, query: str) -> list[tuple]:
     """All rows of `query` as `tenant` sees them (under its row-level security)."""
     with db.tenant(tenant) as conn:

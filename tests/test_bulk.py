@@ -34,8 +34,8 @@ def test_row_path_has_its_graph_before_any_row(db, new_tenant):
         assert has_vector_index(conn, config.index_id)
 
 
-def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, new_tenant):
-    tenant, (config, identity) = new_tenant("bulk"), space("bulk")
+def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, throwaway):
+    tenant, (config, identity) = throwaway(f"bulk-{uuid.uuid4().hex[:8]}"), space("bulk")
     rng = np.random.default_rng(3)
     records, vectors = make_records(2000, rng, prefix=tenant), unit_vectors(2000, rng)
     seen = []
@@ -100,8 +100,8 @@ class Reader(threading.Thread):
                 self.polled.wait()
 
 
-def test_a_reader_sees_the_old_index_or_the_new_never_a_mix(db, new_tenant):
-    tenant = new_tenant("swap")
+def test_a_reader_sees_the_old_index_or_the_new_never_a_mix(db, throwaway):
+    tenant = throwaway(f"swap-{uuid.uuid4().hex[:8]}")
     rng = np.random.default_rng(5)
     (old, old_id), (new, new_id) = space("old"), space("new")
     old_records, new_records = make_records(300, rng, prefix="old"), make_records(3000, rng, prefix="new")
@@ -187,9 +187,9 @@ def _build_notices(db, tenant: str, index_id: str, memory: int) -> list[str]:
     return notices
 
 
-def test_the_build_memory_holds_the_whole_graph(db, new_tenant):
+def test_the_build_memory_holds_the_whole_graph(db, throwaway):
     """A graph that outgrows maintenance_work_mem goes on building on disk, several times slower."""
-    tenant, (config, identity) = new_tenant("graph-memory"), space("graph-memory")
+    tenant, (config, identity) = throwaway(f"graph-memory-{uuid.uuid4().hex[:8]}"), space("graph-memory")
     rng = np.random.default_rng(9)
     n = 3000
     with db.tenant(tenant) as conn:

@@ -29,7 +29,7 @@ from bench.synthetic import (
     unit_vectors,
 )
 from sluice.config import RetrievalConfig
-from sluice.db import OWNER_ROLE, admin_conninfo, create_tenant
+from sluice.db import OWNER_ROLE, admin_conninfo
 from sluice.filter_columns import apply
 from tasks import retrieve as R
 from tasks.records import store_records
@@ -43,18 +43,18 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def big(db):
+def big(db, throwaway):
     """20k chunks in one tenant, through the bulk path (rows first, then the index's graph: tasks/bulk.py)."""
-    create_tenant(db, BIG)
+    throwaway(BIG)
     records, _ = load_synthetic(db, BIG, BIG_N, seed=1)
     return records
 
 
 @pytest.fixture(scope="module")
-def small(db, migrated):
+def small(db, migrated, throwaway):
     data = {}
     for n, tenant in enumerate(SMALL):
-        create_tenant(db, tenant)
+        throwaway(tenant)
         records, vectors = _load_small(db, tenant, seed=100 + n)
         data[tenant] = (records, vectors)
     with psycopg.connect(admin_conninfo(migrated)) as admin:  # the admin role sees every tenant's rows
