@@ -373,8 +373,8 @@ class OpenAIGenerator(_Frozen):
     )
     fallback_extractive: bool = Field(
         default=False,
-        description="When every tier fails before any text was sent, answer with the extractive answerer "
-        "(free, no LLM) instead of failing.",
+        description="When every tier fails (or answers only whitespace) before any text was sent, answer with "
+        "the extractive answerer (free, no LLM) instead of failing.",
     )
 
     @model_serializer(mode="wrap")

@@ -324,3 +324,20 @@ def test_a_timeout_imposed_by_the_deadline_does_not_cool_the_replica_down(server
     with pytest.raises(GenerationError):
         _call(Gateway(config, state))
     assert state.circuits([slow.url], time.time()) == ["closed"]
+
+
+def test_an_empty_answer_moves_on_to_the_next_tier_without_cooling_the_replica_down(servers):
+    empty, large = servers(2, text=""), servers(1)
+    config = _config({"small": _tier(empty), "large": _tier(large, model="large-model")}, fallback=("large",))
+    gateway = Gateway(config)
+    text, completion = _call(gateway)
+    assert completion.tier == "large" and text == "Returns are accepted within 45 days [1] ."
+    assert [a.split(": ", 1)[1] for a in completion.attempts] == ["the model returned an empty answer"]
+    assert sum(s.stats.requests for s in empty) == 1, "another replica of the same model would say the same"
+    assert gateway.state.circuits([s.url for s in empty], time.time()) == ["closed", "closed"]
+
+
+def test_only_empty_answers_raise_so_the_caller_falls_back(servers):
+    (blank,) = servers(1, text="   \n ")
+    with pytest.raises(GenerationError, match="empty answer"):
+        _call(Gateway(_config({"small": _tier([blank])})))

@@ -101,6 +101,13 @@ class Gateway:
                 except ReplicaError as exc:
                     failures.append(f"{name} {replica}: {exc}")
                     continue
+                if not completion.text.strip() and not streamed.text:
+                    # The model had nothing to say (small local models do, on some prompts): not the replica's
+                    # fault (no cooldown), and its other replicas would say the same. The next tier, else a
+                    # GenerationError: the caller's fallback answers instead of an empty answer being served
+                    # and cached.
+                    failures.append(f"{name} {replica}: the model returned an empty answer")
+                    break
                 completion.attempts = failures
                 return completion
         what = "failed mid-stream, no replica of its tier replayed it" if streamed.text else "every tier failed"

@@ -147,7 +147,7 @@ class OpenAIChat(Generator):
         messages = build_messages(question, contexts, self.config.max_context_chars, self.prompt, self.tokenizer(tier))
         t0 = time.perf_counter()
         first: float | None = None
-        pieces = 0
+        pieces, sent = 0, ""
         chat = self.gateway.chat(tier, messages)
         while True:
             try:
@@ -156,11 +156,11 @@ class OpenAIChat(Generator):
                 completion = stop.value
                 break
             except GenerationError as exc:
-                if first is not None or not self.config.fallback_extractive:
+                if sent.strip() or not self.config.fallback_extractive:  # after text, no other answer may follow
                     raise
                 return (yield from self._extractive(question, contexts, vector, exc))
             first = first if first is not None else time.perf_counter()
-            pieces += 1
+            pieces, sent = pieces + 1, sent + piece
             yield piece
         total_ms = (time.perf_counter() - t0) * 1000
         ttft_ms = ((first or time.perf_counter()) - t0) * 1000
