@@ -114,7 +114,8 @@ def test_config_rejects_routing_to_undeclared_tiers():
 @pytest.mark.parametrize("said", ["", " \n "])
 def test_an_empty_model_answer_is_replaced_by_the_extractive_one(embedder, said):
     with FakeOpenAI(Behaviour(text=said)) as blank:
-        stream = build_generator(_openai(blank, fallback_extractive=True), embedder).generate("How long do returns take?", HITS, "small")
+        generator = build_generator(_openai(blank, fallback_extractive=True), embedder)
+        stream = generator.generate("How long do returns take?", HITS, "small")
         streamed = "".join(stream)
     answer = stream.answer
     assert answer.tier == "extractive" and answer.cost_usd == 0
