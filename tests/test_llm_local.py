@@ -25,6 +25,7 @@ from sluice.config import PipelineConfig, PromptConfig, parse_config
 from sluice.settings import PROJECT_ROOT, load_settings
 from tasks.generate import build_generator
 from tasks.llm.gateway import Gateway
+from tasks.llm.llamacpp_server import gemma3_prompt
 from tasks.llm.local import (
     GGUFTokenizer,
     LocalModelError,
@@ -144,6 +145,32 @@ def test_concurrent_streams_on_one_server_each_get_their_whole_answer(servers):
     alone = pieces(0)
     with ThreadPoolExecutor(3) as pool:
         assert alone > 1 and list(pool.map(pieces, range(3))) == [alone] * 3  # greedy: the same answer each
+
+
+def test_gemma_is_prompted_in_its_own_turn_format_and_answers_a_user_only_message(servers):
+    """Its GGUF has no chat template: formatted as Llama 2 by default, a user-only message got 0 tokens."""
+    messages = [{"role": "user", "content": EASY}]
+    body = {"model": "gemma3-270m", "messages": messages, "max_tokens": 16, "temperature": 0}
+    reply = httpx.post(f"{servers['large'].base_url}/chat/completions", json=body, timeout=300).json()
+    assert reply["usage"]["completion_tokens"] > 0 and reply["choices"][0]["message"]["content"].strip()
+    # The server's prompt is Gemma 3's turns (with BOS), token for token.
+    llama = GGUFTokenizer("gemma3-270m", DATA_DIR)._llama
+    assert reply["usage"]["prompt_tokens"] == len(llama.tokenize(gemma3_prompt(messages).encode(), True, True))
+
+
+def test_gemma3_prompt_follows_the_published_template():
+    messages = [
+        {"role": "system", "content": "Cite sources."},
+        {"role": "user", "content": " Q1 "},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    assert gemma3_prompt(messages) == (
+        "<start_of_turn>user\nCite sources.\n\nQ1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+        "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n"
+    )
+    alone = gemma3_prompt([{"role": "user", "content": "Hi"}])
+    assert alone == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
 def test_context_budget_is_counted_in_each_models_own_tokens(servers):

@@ -41,6 +41,7 @@ class PackagedModel:
     sha256: str  # of the whole GGUF file
     licence: str
     file_name: str = field(default="")  # name of the assembled file (chunked models)
+    chat_format: str | None = None  # the server's --chat_format when the GGUF carries no chat template
 
 
 MODELS: dict[str, PackagedModel] = {
@@ -64,6 +65,7 @@ MODELS: dict[str, PackagedModel] = {
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         "Gemma Terms of Use (ai.google.dev/gemma/terms) and its Prohibited Use Policy",
         "gemma-3-270m-q4_k_m.gguf",
+        "gemma3",  # no template in this GGUF: tasks/llm/llamacpp_server.py registers Gemma 3's
     ),
 }
 
@@ -195,10 +197,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(path: Path, alias: str, port: int, n_ctx: int = 2048, threads: int | None = None) -> list[str]:
+def server_command(
+    path: Path, alias: str, port: int, n_ctx: int = 2048, threads: int | None = None, chat_format: str | None = None
+) -> list[str]:
     """The command line of a server on loopback for one GGUF file, answering as model `alias`."""
     cmd = [sys.executable, "-m", "tasks.llm.llamacpp_server", "--model", str(path), "--model_alias", alias]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
+    if chat_format:  # else the GGUF's own template (llama-cpp-python falls back to Llama 2's without one)
+        cmd += ["--chat_format", chat_format]
     # llama-cpp-python's default ends a streaming answer with [DONE] as soon as another request waits: under
     # concurrency every answer but the last came back cut short (0 tokens at 4 clients, bench/llm.py).
     # Requests queue instead; the gateway's deadline bounds the wait.
@@ -223,7 +229,8 @@ def start_server(
     path = model_file(model, data_dir)
     alias = model if model in MODELS else path.stem
     port = port or free_port()
-    cmd = server_command(path, alias, port, n_ctx, threads)
+    spec = MODELS.get(model)
+    cmd = server_command(path, alias, port, n_ctx, threads, spec.chat_format if spec else None)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
     env = dict(os.environ, PYTHONPATH=_project_path(), PYTHONUNBUFFERED="1")  # its log lines as they happen
     try:
