@@ -21,6 +21,7 @@ from sluice.db import admin_conninfo, create_tenant
 from tasks import retrieve as R
 from tasks.bulk import build_vector_index
 from tasks.embed import EmbedderIdentity
+from tasks.graph import Graph
 from tasks.records import store_records
 from tasks.store import register_index
 
@@ -49,7 +50,7 @@ def minority(db, migrated) -> np.ndarray:
         _store(db, tenant, OTHER_N, seed=200 + i)
     vectors = _store(db, MEASURED, MEASURED_N, seed=42)
     with db.tenant(MEASURED) as conn:
-        assert build_vector_index(conn, SPACE.index_id, MEASURED_N + len(OTHERS) * OTHER_N, DIM)
+        assert build_vector_index(conn, SPACE.index_id, MEASURED_N + len(OTHERS) * OTHER_N, DIM) == Graph.BUILT
     with psycopg.connect(admin_conninfo(migrated), autocommit=True) as admin:
         admin.execute("ANALYZE chunks")
     return vectors
