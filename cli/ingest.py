@@ -56,8 +56,9 @@ def ingest(
         else:
             summary, index_id, note = _experiment(settings, db, tenant, collection, config, once)
     print_summary(summary, index_id)
-    if note:
-        console.print(note, soft_wrap=True)
+    for line in (note, summary.graph_note(index_id, tenant)):
+        if line:
+            console.print(line, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(code=1)
 

@@ -104,6 +104,30 @@ def index_list(tenant: TenantOpt) -> None:
     console.print(table)
 
 
+@index_app.command("build-graph")
+def index_build_graph(
+    index_id: str,
+    tenant: TenantOpt,
+    lock_timeout: Annotated[
+        Optional[float], typer.Option(help="Seconds to wait for the lock on chunks (default: the setting).")
+    ] = None,
+) -> None:
+    """Build INDEX_ID's HNSW graph if it is missing (one deferred by a lock on chunks); exit 1 if deferred again."""
+    from sluice.db import Database
+    from tasks.bulk import ensure_vector_index, index_dim
+    from tasks.graph import Graph
+
+    settings = load_settings()
+    with Database(settings) as db, db.tenant(tenant) as conn:
+        graph = ensure_vector_index(
+            conn, index_id, index_dim(conn, index_id), lock_timeout or settings.graph_build_lock_timeout_s
+        )
+    console.print(f"index {index_id}: HNSW graph {graph}")
+    if graph == Graph.DEFERRED:
+        console.print("a transaction still holds a lock on chunks: try again later, or with a longer --lock-timeout")
+        raise typer.Exit(code=1)
+
+
 @index_app.command("gc")
 def index_gc(
     tenant: Annotated[Optional[str], typer.Option("--tenant", "-t", help="One tenant (default: every tenant).")] = None,

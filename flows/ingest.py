@@ -24,6 +24,7 @@ from sluice.db import Database
 from sluice.errors import ConfigError, DocumentError
 from sluice.settings import load_settings
 from tasks.embed import get_embedder
+from tasks.graph import Graph
 from tasks.ingest import (
     IngestSummary,
     Prepared,
@@ -97,7 +98,7 @@ def sync_task(run: Run, files: list[SourceFile]) -> int:
 
 
 @task(name="build-graph", **_retrying)
-def graph_task(run: Run) -> bool:
+def graph_task(run: Run) -> Graph:
     return build_graph(run)
 
 
@@ -181,6 +182,8 @@ def final_state(summary: IngestSummary, index_id: str) -> State:
     get_run_logger().info("ingest summary: %s", message)
     if summary.truncated:
         get_run_logger().warning("%d chunk(s) exceed the embedder's window (set max_tokens: auto)", summary.truncated)
+    if note := summary.graph_note(index_id):
+        get_run_logger().warning(note)
     for err in summary.errors:
         get_run_logger().warning("failed: %s", err)
     data = {"index_id": index_id, **summary.as_dict()}

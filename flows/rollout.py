@@ -54,7 +54,14 @@ def rollout(tenant: str | None = None, reason: str = "", force: bool = False) ->
         status = finish(ro)
     counts = ", ".join(f"{o} {sum(v == o for v in ro.outcomes.values())}" for o in sorted(set(ro.outcomes.values())))
     message = f"rollout {ro.rollout_id} {status}: {counts or 'no tenant'}"
-    data = {"rollout_id": ro.rollout_id, "status": status, "tenants": ro.outcomes}
+    if ro.deferred_graphs:  # switched, searched exactly until the next ingest or `sluice index build-graph`
+        message += f"; HNSW graph deferred for {', '.join(sorted(ro.deferred_graphs))}"
+    data = {
+        "rollout_id": ro.rollout_id,
+        "status": status,
+        "tenants": ro.outcomes,
+        "deferred_graphs": ro.deferred_graphs,
+    }
     return Completed(message=message, data=data) if status == "completed" else Failed(message=message, data=data)
 
 

@@ -14,6 +14,7 @@ from sluice.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_UPLOAD_MAX = 256 * 1024 * 1024  # migration 0013's uploads_size_in_database
+GRAPH_LOCK_TIMEOUT_S = 5.0  # graph_build_lock_timeout_s's default, also that of callers given no Settings
 
 # Every dependency that phones home or reaches a model hub, switched off.
 # RAGAS_DO_NOT_TRACK only honours "true" (the value "1" is ignored).
@@ -124,6 +125,14 @@ class Settings(BaseSettings):
     offline: bool = Field(default=True, description="Switch off every dependency's telemetry and model-hub access.")
     rollout_concurrency: int = Field(default=2, ge=1, le=64, description="Tenants a rollout builds at once.")
     rollout_batch_docs: int = Field(default=32, ge=1, description="Documents a rollout builds per step.")
+    graph_build_lock_timeout_s: float = Field(
+        default=GRAPH_LOCK_TIMEOUT_S,
+        gt=0,
+        description="Longest wait of an index's HNSW graph build (after a first ingest, a bulk load, a rollout) "
+        "for its lock on `chunks`, which any open write transaction of any tenant holds off while every new "
+        "writer queues behind the build. Past it the build is deferred, not waited for: dense search scans "
+        "exactly until the next ingest into the index, or `sluice index build-graph`, builds it.",
+    )
     index_retention_days: float | None = Field(
         default=None,
         gt=0,

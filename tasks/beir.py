@@ -107,7 +107,7 @@ def load_into_tenant(
             records = [Record(i, data.corpus[i], {"beir_id": i}) for i in batch]
             stored += store_records(conn, config.index_id, records, vectors)
         on_progress("embedding the corpus", start + len(batch), len(ids))
-    with db.tenant(tenant) as conn:
+    with db.tenant(tenant) as conn:  # deferred (logged): dense scores are then the exact scan's, an upper bound
         build_vector_index(conn, config.index_id, stored, embedder.identity.dim)
     return stored
 

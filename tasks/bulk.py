@@ -11,7 +11,10 @@ with every row and its graph, never a part of it.
 
 When the index already has a graph (another tenant built it), rows go into it as before: correct,
 just not faster. While a graph is being built, writes to `chunks` by other transactions wait (the
-build holds a SHARE lock on the table until it commits); reads go on.
+build holds a SHARE lock on the table until it commits); reads go on. The build itself waits a bounded
+time for that lock (tasks/graph.py): when another transaction holds a write lock on `chunks` for longer,
+the graph is deferred (`Graph.DEFERRED`), the rows are in and searched exactly, and the next ingest into
+the index (or `sluice index build-graph`) builds it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ import psycopg
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
+from sluice.errors import QueryError
 from sluice.pgtune import machine_memory
+from sluice.settings import GRAPH_LOCK_TIMEOUT_S
 from tasks.embed import EmbedderIdentity
+from tasks.graph import Graph, ensure_graph
 from tasks.indexes import activate_index
 from tasks.records import Record, store_records
 from tasks.store import register_index
@@ -43,12 +49,25 @@ MIN_BUILD_MEMORY, MAX_BUILD_MEMORY = 64 << 20, 4 << 30  # 1M chunks at 384-d nee
 @dataclass(frozen=True)
 class BulkResult:
     rows: int
-    built: bool  # False when the index already had its graph (rows went into it one by one)
+    graph: Graph  # EXISTED: rows went into it one by one; DEFERRED: searched exactly until a later build
+
+    @property
+    def built(self) -> bool:
+        """Whether this load built the graph."""
+        return self.graph == Graph.BUILT
 
 
 def has_vector_index(conn: psycopg.Connection, index_id: str) -> bool:
     """Whether the index's HNSW graph exists (migration 0014 names it chunks_hnsw_<index_id>)."""
     return conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"chunks_hnsw_{index_id}",)).fetchone()[0]
+
+
+def index_dim(conn: psycopg.Connection, index_id: str) -> int:
+    """The registered dimension of an index; QueryError naming the fix when it is not registered."""
+    row = conn.execute("SELECT dim FROM indexes WHERE index_id = %s", (index_id,)).fetchone()
+    if row is None:
+        raise QueryError(f"index {index_id} is not registered: see `sluice index list --tenant <tenant>`")
+    return row[0]
 
 
 def graph_bytes(rows: int, dim: int) -> int:
@@ -63,22 +82,27 @@ def build_memory(rows: int, dim: int) -> int:
     return max(MIN_BUILD_MEMORY, min(ceiling, graph_bytes(rows, dim)))
 
 
-def build_vector_index(conn: psycopg.Connection, index_id: str, rows: int, dim: int) -> bool:
-    """Build the index's HNSW graph in the caller's transaction, with parallel workers; False if it existed."""
+def build_vector_index(
+    conn: psycopg.Connection, index_id: str, rows: int, dim: int, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S
+) -> Graph:
+    """Build the index's HNSW graph in the caller's transaction, with parallel workers, waiting at most
+    `lock_timeout_s` for its lock on `chunks` (tasks/graph.py)."""
     workers = max(0, min(4, (os.cpu_count() or 1) - 1))  # the leader builds too
     conn.execute(
         "SELECT set_config('maintenance_work_mem', %s, true), set_config('max_parallel_maintenance_workers', %s, true)",
         (f"{build_memory(rows, dim) // 1024}kB", str(workers)),
     )
-    return conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
+    return ensure_graph(conn, index_id, lock_timeout_s)
 
 
-def ensure_vector_index(conn: psycopg.Connection, index_id: str, dim: int) -> bool:
-    """Build the index's graph from the rows it holds unless it exists; True when built now."""
+def ensure_vector_index(
+    conn: psycopg.Connection, index_id: str, dim: int, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S
+) -> Graph:
+    """Build the index's graph from the rows it holds unless it exists (EXISTED, no lock taken on `chunks`)."""
     if has_vector_index(conn, index_id):
-        return False
+        return Graph.EXISTED
     rows = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
-    return build_vector_index(conn, index_id, rows, dim)
+    return build_vector_index(conn, index_id, rows, dim, lock_timeout_s)
 
 
 def bulk_load_records(
@@ -91,9 +115,11 @@ def bulk_load_records(
     activate: str | None = None,
     batch: int = 5000,
     on_batch: Callable[[int, int], None] | None = None,
+    lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S,
 ) -> BulkResult:
     """Load records (one chunk each) into the config's index, then build its graph and, given a
-    collection name in `activate`, make the index serve it in the same transaction."""
+    collection name in `activate`, make the index serve it in the same transaction (also when the
+    graph is deferred: its rows are all in, searched exactly until the graph is built)."""
     with db.tenant(tenant) as conn:  # one transaction: the rows appear all at once
         register_index(conn, config, identity, vector_index=False)
         rows = 0
@@ -102,7 +128,7 @@ def bulk_load_records(
             if on_batch:
                 on_batch(start + len(records[start : start + batch]), len(records))
     with db.tenant(tenant) as conn:
-        built = build_vector_index(conn, config.index_id, rows, identity.dim)
+        graph = build_vector_index(conn, config.index_id, rows, identity.dim, lock_timeout_s)
         if activate:
             activate_index(conn, config.index_id, activate)
-    return BulkResult(rows, built)
+    return BulkResult(rows, graph)

@@ -38,10 +38,11 @@ from sluice.config import PipelineConfig
 from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
 from sluice.errors import ConfigError, DocumentError, SourceError
-from sluice.settings import Settings
+from sluice.settings import GRAPH_LOCK_TIMEOUT_S, Settings
 from tasks.bulk import ensure_vector_index
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
+from tasks.graph import Graph
 from tasks.indexes import hold_store_lock
 from tasks.metadata import MetadataError, check_object, gather, is_metadata_file, store_user_metadata
 from tasks.parse import ParsedDocument, content_hash
@@ -86,6 +87,7 @@ class IngestSummary:
     embedded: int = 0
     truncated: int = 0  # chunks longer than the embedder's window: embedded from their first tokens only
     errors: list[DocumentError] = field(default_factory=list)
+    graph: str = ""  # the index's HNSW graph at the end of the run (a Graph value; "" before that step)
 
     @property
     def total(self) -> int:
@@ -100,7 +102,18 @@ class IngestSummary:
     def as_dict(self) -> dict:
         """Counts and error messages, JSON-ready."""
         counts = {k: getattr(self, k) for k in COUNTS}
-        return {"run_id": self.run_id, **counts, "errors": [str(e) for e in self.errors]}
+        return {"run_id": self.run_id, **counts, "graph": self.graph, "errors": [str(e) for e in self.errors]}
+
+    def graph_note(self, index_id: str, tenant: str = "<tenant>") -> str | None:
+        """What a deferred graph means and how to build it; None when the graph is there."""
+        if self.graph != Graph.DEFERRED:
+            return None
+        return (
+            f"index {index_id}'s HNSW graph was deferred: another transaction held a lock on the chunks table "
+            "past SLUICE_GRAPH_BUILD_LOCK_TIMEOUT_S. Every document is stored and searchable (dense search scans "
+            "exactly, slower); the next ingest into the index builds the graph, or run "
+            f"`sluice index build-graph {index_id} --tenant {tenant}`"
+        )
 
 
 @dataclass
@@ -358,6 +371,7 @@ class Run:
     metadata: dict[str, Any] | None = None  # the run's metadata, under every document's own (tasks/metadata.py)
     # Told each settled document inside the transaction that settled it (a shard's ledger, tasks/shards.py).
     on_settled: Settle | None = None
+    graph_lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S  # the graph build's wait for its lock (tasks/graph.py)
 
     def __post_init__(self) -> None:
         validate_collection(self.collection)
@@ -371,9 +385,10 @@ class Run:
     def configured(
         cls, settings: Settings, db: Database, tenant: str, config: PipelineConfig, embedder: Embedder, **options
     ) -> Run:
-        """A run with the settings' file cap, embedding batch and parse limits."""
+        """A run with the settings' file cap, embedding batch, parse limits and graph lock timeout."""
         limits = ParseLimits.from_settings(settings)
         cap, batch = settings.max_file_bytes, settings.ingest_batch_chunks
+        options.setdefault("graph_lock_timeout_s", settings.graph_build_lock_timeout_s)
         return cls(db, tenant, config, embedder, cap, batch, parse_limits=limits, **options)
 
     def part(self) -> Run:
@@ -498,10 +513,11 @@ def sync_deletions(run: Run, files: list[SourceFile]) -> int:
     return deleted
 
 
-def build_graph(run: Run) -> bool:
-    """Build the index's HNSW graph from its rows unless it exists; True when built now (a first ingest)."""
+def build_graph(run: Run) -> Graph:
+    """Build the index's HNSW graph from its rows unless it exists (BUILT: a first ingest), waiting a bounded
+    time for its lock (DEFERRED: the next run tries again)."""
     with run.db.tenant(run.tenant) as conn:
-        return ensure_vector_index(conn, run.config.index_id, run.embedder.identity.dim)
+        return ensure_vector_index(conn, run.config.index_id, run.embedder.identity.dim, run.graph_lock_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -512,7 +528,7 @@ class Steps:
     prepare: Prepare = prepare_window
     store: Callable[[Run, list[Prepared]], None] = flush  # counts into run.summary
     sync: Callable[[Run, list[SourceFile]], int] = sync_deletions
-    graph: Callable[[Run], bool] = build_graph
+    graph: Callable[[Run], Graph] = build_graph
 
 
 DIRECT = Steps()
@@ -565,7 +581,7 @@ def run_ingest(run: Run, source: str | Path, *, sync: bool = False, steps: Steps
     ingest_files(run, files, steps)
     if sync:
         steps.sync(run, files)
-    steps.graph(run)
+    run.summary.graph = str(steps.graph(run))  # a deferred graph ends the run too: the rows are in
     return run.summary
 
 

@@ -51,7 +51,7 @@ def ingest_served(settings: Settings, db: Database, tenant: str, collection: str
     for _ in range(MAX_ROUNDS):
         embedder = get_embedder(config.embedder, settings.embed_batch_size, settings.data_dir)
         with db.tenant(tenant) as conn:  # also the tenant check, before anything is read
-            register_index(conn, config, embedder.identity)
+            register_index(conn, config, embedder.identity, lock_timeout_s=settings.graph_build_lock_timeout_s)
             pin(conn, config)
         summary = ingest_once(config, embedder)
         run = run or ServedRun(summary, [])

@@ -9,6 +9,9 @@ Per tenant (smallest first, several at once up to a bound; one tenant's failure 
    it shared): when the target lacks no document, documents ingested meanwhile included, the tenant's
    rows move to the target config and index and its corpus version is bumped, so its answer cache
    starts empty; when something is missing, build it (the catch-up pass) and try again.
+   The target's HNSW graph is built before the switch; a build deferred by a lock on `chunks` does not
+   hold the switch (see `_roll`): the tenant is switched, its dense search scans exactly until the graph
+   is built, and `Rollout.deferred_graphs` (and the log) say so.
 Serving reads the old index until that commit and the new one after it, never a half-built one. The old
 index keeps its chunks for an instant rollback until `sluice index gc` (or SLUICE_INDEX_RETENTION_DAYS).
 What is built is read from the target index itself, so a rollout killed anywhere continues where it
@@ -31,6 +34,7 @@ from sluice.settings import Settings
 from tasks import rollout_state as state
 from tasks.bulk import ensure_vector_index
 from tasks.embed import get_embedder
+from tasks.graph import Graph
 from tasks.indexes import collect_garbage, hold_switch_lock, switch_served
 from tasks.parse_limits import ParseLimits
 from tasks.rebuild import Builder, count_lacking, lacking
@@ -57,6 +61,7 @@ class Rollout:
     force: bool = False  # switch even when some documents could not be built (they are reported)
     on_progress: OnProgress | None = None
     outcomes: dict[str, str] = field(default_factory=dict)
+    deferred_graphs: dict[str, str] = field(default_factory=dict)  # switched tenant -> its index without a graph
 
 
 def begin(settings: Settings, db: Database, scope: str | None, reason: str = "", force: bool = False) -> Rollout:
@@ -105,11 +110,33 @@ def _roll(ro: Rollout, tenant: str) -> str:
     builder = Builder(ro.db, tenant, target, embedder, reparse, limits, ro.settings.max_file_bytes)
     while True:
         _build_lacking(ro, builder)
+        # A graph deferred by a lock on `chunks` (another tenant's open write transaction: tasks/graph.py) does
+        # not hold the switch. Without it the target answers the same (its dense search is exact, only slower),
+        # while holding the switch would let any tenant's stuck transaction stall every tenant's rollout, the
+        # coupling the bounded wait is there to break. One bounded attempt per pass (a catch-up pass tries
+        # again); after the switch the next ingest into the index, or `sluice index build-graph`, builds it.
         with ro.db.tenant(tenant) as conn:
-            ensure_vector_index(conn, target.index_id, embedder.identity.dim)
+            timeout = ro.settings.graph_build_lock_timeout_s
+            graph = ensure_vector_index(conn, target.index_id, embedder.identity.dim, timeout)
         outcome = _switch(ro, builder)
         if outcome is not None:
+            if outcome == "switched" and graph == Graph.DEFERRED:
+                _deferred(ro, tenant, target.index_id)
             return outcome
+
+
+def _deferred(ro: Rollout, tenant: str, index_id: str) -> None:
+    ro.deferred_graphs[tenant] = index_id
+    log.warning(
+        "rollout %s: tenant %s switched to index %s without its HNSW graph (deferred by a lock on chunks): "
+        "dense search there is exact and slower until the next ingest into the index, or "
+        "`sluice index build-graph %s --tenant %s`, builds it",
+        ro.rollout_id,
+        tenant,
+        index_id,
+        index_id,
+        tenant,
+    )
 
 
 def _build_lacking(ro: Rollout, builder: Builder) -> None:

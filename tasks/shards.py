@@ -140,7 +140,7 @@ def shard_steps(ledger: Ledger) -> Steps:
     def listing(run: Run, _source: object) -> list[SourceFile]:
         with run.db.tenant(run.tenant) as conn:
             settled = ledger.claim(conn)
-            register_index(conn, run.config, run.embedder.identity)
+            register_index(conn, run.config, run.embedder.identity, lock_timeout_s=run.graph_lock_timeout_s)
         parse_pool(run.parse_limits).prestart()
         return [f for f in ledger.shard.files if f.source_id not in settled]
 
@@ -152,7 +152,7 @@ def plain_steps(shard: Shard) -> Steps:
 
     def listing(run: Run, _source: object) -> list[SourceFile]:
         with run.db.tenant(run.tenant) as conn:
-            register_index(conn, run.config, run.embedder.identity)
+            register_index(conn, run.config, run.embedder.identity, lock_timeout_s=run.graph_lock_timeout_s)
         return shard.files
 
     return dataclasses.replace(DIRECT, listing=listing)

@@ -18,19 +18,27 @@ from psycopg.types.json import Jsonb
 from sluice.champion import write_config
 from sluice.config import PipelineConfig
 from sluice.errors import ConfigError, EmbedderMismatchError
+from sluice.settings import GRAPH_LOCK_TIMEOUT_S
 from tasks.chunk import Chunk
 from tasks.embed import EmbedderIdentity
+from tasks.graph import ensure_graph
 from tasks.indexes import hold_store_lock
 from tasks.parse import ParsedDocument
 
 
 def register_index(
-    conn: psycopg.Connection, config: PipelineConfig, identity: EmbedderIdentity, vector_index: bool = True
+    conn: psycopg.Connection,
+    config: PipelineConfig,
+    identity: EmbedderIdentity,
+    vector_index: bool = True,
+    lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S,
 ) -> None:
     """Record the config and its embedding space; refuse an embedder that differs from the recorded one.
 
-    With `vector_index` (the row path) the index's HNSW graph exists before any row is stored; a bulk
-    load passes False and builds it once its rows are in (`tasks.bulk.build_vector_index`).
+    With `vector_index` (the row path) the index's HNSW graph exists before any row is stored, unless its
+    build waited over `lock_timeout_s` for its lock and was deferred (tasks/graph.py: logged, the rows
+    then go in without it); a bulk load passes False and builds it once its rows are in
+    (`tasks.bulk.build_vector_index`).
     """
     write_config(conn, config)
     body = Jsonb(config.index_body())
@@ -41,7 +49,7 @@ def register_index(
     )
     check_embedder(conn, config.index_id, identity)
     if vector_index:
-        conn.execute("SELECT ensure_index_hnsw(%s)", (config.index_id,))
+        ensure_graph(conn, config.index_id, lock_timeout_s)
 
 
 def check_embedder(conn: psycopg.Connection, index_id: str, identity: EmbedderIdentity) -> None:

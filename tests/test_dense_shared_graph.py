@@ -21,6 +21,7 @@ from sluice.db import admin_conninfo
 from tasks import retrieve as R
 from tasks.bulk import build_vector_index
 from tasks.embed import EmbedderIdentity
+from tasks.graph import Graph
 from tasks.records import store_records
 from tasks.store import register_index
 
@@ -48,7 +49,7 @@ def minority(db, migrated, throwaway) -> np.ndarray:
         _store(db, throwaway(tenant), OTHER_N, seed=200 + i)
     vectors = _store(db, throwaway(MEASURED), MEASURED_N, seed=42)
     with db.tenant(MEASURED) as conn:
-        assert build_vector_index(conn, SPACE.index_id, MEASURED_N + len(OTHERS) * OTHER_N, DIM)
+        assert build_vector_index(conn, SPACE.index_id, MEASURED_N + len(OTHERS) * OTHER_N, DIM) == Graph.BUILT
     with psycopg.connect(admin_conninfo(migrated), autocommit=True) as admin:
         admin.execute("ANALYZE chunks, documents")  # the plan joins documents: stale counts of it chose a nested loop
     return vectors

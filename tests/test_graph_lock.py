@@ -1,0 +1,212 @@
+"""A graph build behind another tenant's open write on `chunks` waits a bounded time, then is deferred.
+
+CREATE INDEX (tasks/graph.py) needs a SHARE lock on `chunks`, which any open write transaction holds off;
+unbounded, the build waited forever and every new writer queued behind it. Here a second connection, as
+another tenant, inserts into `chunks` and keeps its transaction open while a first load, a first ingest or
+a rollout builds a graph: each returns with the graph deferred and its rows searchable (exactly), and once
+that transaction ends the graph is built. Calls that could hang run in a thread with a generous deadline,
+so a regression fails instead of freezing the run (the deadline is a guard, not a measurement).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from bench.synthetic import DIM, make_records, unit_vectors
+from sluice.config import EmbedderConfig, PipelineConfig, RecursiveChunker, RetrievalConfig
+from sluice.db import Database, admin_conninfo, create_tenant
+from sluice.settings import Settings
+from tasks import retrieve as R
+from tasks.bulk import bulk_load_records, ensure_vector_index, has_vector_index
+from tasks.embed import EmbedderIdentity
+from tasks.graph import Graph, ensure_graph
+from tasks.indexes import active_index
+from tasks.ingest import Run, run_ingest
+from tasks.records import store_records
+from tasks.store import register_index
+
+SHORT = 0.3  # seconds the builds here wait for their lock
+DEADLINE = 120  # seconds a call may take before the test calls it hung
+K = 10
+T = TypeVar("T")
+
+
+def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
+    """A new embedding space (index id) of random unit vectors."""
+    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
+    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "c" * 64, DIM, True)
+
+
+@contextmanager
+def open_write(settings: Settings, tenant: str) -> Iterator[None]:
+    """Another tenant's transaction, on a connection of its own, that inserted into `chunks` and stays open
+    (a long ingest, an idle client) until the block ends."""
+    config, identity = space("blocker")
+    rng = np.random.default_rng(1)
+    with Database(settings) as other, other.tenant(tenant) as conn:
+        register_index(conn, config, identity, vector_index=False)
+        store_records(conn, config.index_id, make_records(3, rng, prefix=tenant), unit_vectors(3, rng))
+        with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:  # the premise, checked
+            held = admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = 'chunks'::regclass "
+                "AND mode = 'RowExclusiveLock' AND granted",
+                (conn.info.backend_pid,),
+            ).fetchone()[0]
+        assert held == 1
+        yield
+
+
+def within_deadline(call: Callable[[], T]) -> T:
+    """call() in a thread; TimeoutError past DEADLINE (the blocker's exit then frees the hung call)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(call).result(timeout=DEADLINE)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def dense_plan(conn: psycopg.Connection, index_id: str, q: np.ndarray) -> str:
+    """EXPLAIN of the dense search (sorts discouraged, so a graph that exists is used)."""
+    conn.execute("SET LOCAL enable_sort = off")
+    query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+        filter=R.compile_filter(None).clause, dim=sql.Literal(DIM), index_id=sql.Literal(index_id)
+    )
+    params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
+    return "\n".join(r[0] for r in conn.execute(query, params))
+
+
+def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_built(db, migrated, new_tenant):
+    tenant, other = new_tenant("gl-bulk"), new_tenant("gl-blocker")
+    config, identity = space("gl-bulk")
+    rng = np.random.default_rng(7)
+    records, vectors = make_records(1500, rng, prefix=tenant), unit_vectors(1500, rng)
+    q = vectors[42]
+    with open_write(migrated, other):
+        load = lambda: bulk_load_records(  # noqa: E731
+            db, tenant, config, identity, records, vectors, activate="default", lock_timeout_s=SHORT
+        )
+        result = within_deadline(load)
+        assert (result.rows, result.graph, result.built) == (1500, Graph.DEFERRED, False)
+        with db.tenant(tenant) as conn:
+            assert not has_vector_index(conn, config.index_id)
+            assert active_index(conn, "default") == config.index_id  # the build's transaction went on and committed
+            assert f"chunks_hnsw_{config.index_id}" not in dense_plan(conn, config.index_id, q)
+        with db.tenant(tenant) as conn:
+            hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
+            exact = R.exact_search(conn, config.index_id, q, K)
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]  # no graph: the exact answer
+        assert hits[0].source_id == records[42].source_id
+    with db.tenant(tenant) as conn:  # the blocker is gone: the retry builds it
+        assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.BUILT
+    with db.tenant(tenant) as conn:
+        assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.EXISTED
+        assert f"chunks_hnsw_{config.index_id}" in dense_plan(conn, config.index_id, q)
+    with db.tenant(tenant) as conn:
+        assert R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))[0].source_id == records[42].source_id
+
+
+def test_a_deferred_build_leaves_the_callers_transaction_and_its_lock_timeout_as_they_were(db, migrated, new_tenant):
+    tenant, other = new_tenant("gl-caller"), new_tenant("gl-blocker")
+    config, identity = space("gl-caller")
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity, vector_index=False)
+    with open_write(migrated, other), db.tenant(tenant) as conn:
+        conn.execute("SELECT set_config('lock_timeout', '17s', true)")
+        assert within_deadline(lambda: ensure_graph(conn, config.index_id, SHORT)) == Graph.DEFERRED
+        assert conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0] == "17s"
+        assert conn.execute("SELECT count(*) FROM indexes WHERE index_id = %s", (config.index_id,)).fetchone()[0] == 1
+    with db.tenant(tenant) as conn:
+        conn.execute("SELECT set_config('lock_timeout', '17s', true)")
+        assert ensure_graph(conn, config.index_id, SHORT) == Graph.BUILT
+        assert conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0] == "17s"  # not SHORT
+
+
+def test_a_first_ingest_behind_an_open_write_returns_deferred_and_the_next_ingest_builds(
+    db, migrated, new_tenant, embedder, sample_corpus
+):
+    tenant, other = new_tenant("gl-ingest"), new_tenant("gl-blocker")
+    config = PipelineConfig(chunker=RecursiveChunker(chunk_size=617, chunk_overlap=61))  # an index no test has built
+
+    def ingest():
+        return run_ingest(Run(db, tenant, config, embedder, 10_000_000, graph_lock_timeout_s=SHORT), sample_corpus)
+
+    with open_write(migrated, other):
+        first = within_deadline(ingest)
+        assert first.failed == 0 and first.ingested > 1 and first.graph == Graph.DEFERRED, first
+        note = first.graph_note(config.index_id, tenant)
+        assert f"sluice index build-graph {config.index_id} --tenant {tenant}" in note
+        with db.tenant(tenant) as conn:
+            assert not has_vector_index(conn, config.index_id)
+            text = conn.execute(
+                "SELECT text FROM chunks WHERE index_id = %s ORDER BY chunk_id LIMIT 1", (config.index_id,)
+            ).fetchone()[0]
+        with db.tenant(tenant) as conn:  # searchable meanwhile: a chunk's own text finds it
+            assert (
+                R.dense_search(conn, config.index_id, embedder.encode([text])[0], RetrievalConfig(k=K))[0].text == text
+            )
+    second = ingest()
+    assert (second.unchanged, second.graph) == (first.ingested, Graph.BUILT)
+    assert first.as_dict()["graph"] == "deferred" and second.graph_note(config.index_id) is None
+    with db.tenant(tenant) as conn:
+        assert has_vector_index(conn, config.index_id)
+
+
+def test_build_graph_command_defers_while_blocked_then_builds(db, migrated, new_tenant, sluice_cli):
+    tenant, other = new_tenant("gl-cli"), new_tenant("gl-blocker")
+    config, identity = space("gl-cli")
+    rng = np.random.default_rng(8)
+    with open_write(migrated, other):
+        bulk_load_records(
+            db, tenant, config, identity, make_records(50, rng), unit_vectors(50, rng), lock_timeout_s=SHORT
+        )
+        blocked = within_deadline(
+            lambda: sluice_cli("index", "build-graph", config.index_id, "--tenant", tenant, "--lock-timeout", SHORT)
+        )
+        assert blocked.exit_code == 1 and "deferred" in blocked.output, blocked.output
+    built = sluice_cli("index", "build-graph", config.index_id, "--tenant", tenant)
+    assert built.exit_code == 0 and f"index {config.index_id}: HNSW graph built" in built.output, built.output
+    again = sluice_cli("index", "build-graph", config.index_id, "--tenant", tenant)
+    assert again.exit_code == 0 and "HNSW graph existed" in again.output, again.output
+    unknown = sluice_cli("index", "build-graph", "no-such-index", "--tenant", tenant)
+    assert unknown.exit_code == 2 and "index no-such-index is not registered" in unknown.output, unknown.output
+
+
+# ---------------------------------------------------------------- a rollout, on a database of its own
+@pytest.fixture(scope="module")
+def rs(settings):
+    from tests.rollout_support import private_database
+
+    own = private_database(settings, "sluice_graph_lock_test")
+    return own.model_copy(update={"graph_build_lock_timeout_s": SHORT})
+
+
+def test_a_rollout_switches_with_its_graph_deferred_and_the_next_ingest_builds_it(rs, tmp_path):
+    from sluice.served import served
+    from tasks.rollout import run_rollout
+    from tests.rollout_support import SMALL, ingest, promote, write_docs
+
+    with Database(rs) as rdb:
+        tenant, other = "gl-roll", "gl-roll-blocker"
+        for name in (tenant, other):
+            create_tenant(rdb, name)
+        folder = write_docs(tmp_path / "docs", 3)[0].parent
+        ingest(rs, rdb, tenant, folder)
+        target = promote(rdb, SMALL)
+        with open_write(rs, other):
+            ro = within_deadline(lambda: run_rollout(rs, rdb, tenant, "test"))
+            assert ro.outcomes == {tenant: "switched"} and ro.deferred_graphs == {tenant: target.index_id}
+            assert served(rs, rdb, tenant).index_id == target.index_id  # served, searched exactly meanwhile
+            with rdb.tenant(tenant) as conn:
+                assert not has_vector_index(conn, target.index_id)
+        assert ingest(rs, rdb, tenant, folder) == target.index_id  # the next ingest into the index builds it
+        with rdb.tenant(tenant) as conn:
+            assert has_vector_index(conn, target.index_id)
