@@ -31,6 +31,10 @@ from sluice.settings import Settings
 INSERT = "INSERT INTO uploads (tenant_id, upload_id, name, size, location) VALUES (%s, %s, %s, %s, %s)"
 PART = "INSERT INTO upload_parts (tenant_id, upload_id, part, data) VALUES (%s, %s, %s, %s)"
 PART_MAX = 4 * 1024 * 1024  # upload_parts.data's limit
+EXPIRE_BATCH = 1000  # uploads settled per transaction of the sweep
+STUCK_SHOWN = 20  # objects a sweep's warning names one by one
+EXPIRED = "SELECT tenant_id, upload_id, location, delete_attempts FROM expired_uploads(%s, %s, %s)"
+SETTLE = "SELECT settle_expired_uploads(%s, %s::text[], %s::uuid[], %s::boolean[])"
 MAX_IDS = 101  # a job's files (at most 100: serving/schemas.py IngestJob.files), plus their metadata's manifest
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,10 @@ class Store(ABC):
     @abstractmethod
     def remove(self, locations: list[str]) -> None:
         """Delete bytes kept outside the database, before their rows' deletion commits; gone ones are no error."""
+
+    @abstractmethod
+    def remove_each(self, locations: list[str]) -> dict[str, Exception]:
+        """Delete each object on its own; those that could not be deleted, with why (gone ones are no error)."""
 
 
 # Reading and deleting follow each row's `location`, whichever store this process writes to: an API
@@ -112,6 +120,18 @@ class PostgresStore(Store):
             for where in locations:
                 with contextlib.suppress(FileNotFoundError):
                     fs.rm(where)
+
+    def remove_each(self, locations: list[str]) -> dict[str, Exception]:
+        # One request per object: s3fs's bulk delete drops a key's own refusal (AccessDenied) without a word.
+        failed: dict[str, Exception] = {}
+        for where in locations:
+            try:
+                filesystem(_objects_of(self.settings, where), where).rm_file(where)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - one object's refusal is reported; the others go on
+                failed[where] = exc
+        return failed
 
 
 class ObjectStore(PostgresStore):
@@ -186,22 +206,40 @@ def discard(db: Database, store: Store, tenant: str, ids: list[str]) -> int:
     return len(rows)
 
 
-def expire(conn: psycopg.Connection, store: Store, retention_h: float) -> int:
-    """Delete every tenant's uploads older than the retention (orphans: no finished job removed them).
+def expire(conn: psycopg.Connection, store: Store, retention_h: float, batch: int = EXPIRE_BATCH) -> int:
+    """Delete every tenant's uploads older than the retention (orphans: no finished job removed them); how many.
 
-    The rows' deletion commits only once their objects are deleted: an unreachable bucket keeps them for
-    the next sweep (deleting an object already gone is no error), rather than leaving objects no row names.
+    Each upload is settled on its own, oldest first, a batch per transaction: its row is deleted once its
+    object is (one already gone is no error); an object that cannot be deleted keeps its row, is logged, and
+    is tried again on the next pass. A pass tries each upload once, so such rows never hold up the others.
     """
-    try:
+    age_s = retention_h * 3600
+    started = conn.execute("SELECT now()").fetchone()[0]  # what failed since then, this pass has tried
+    gone = 0
+    while True:
         with conn.transaction():
-            rows = conn.execute("SELECT location FROM expire_uploads(%s)", (retention_h * 3600,)).fetchall()
-            store.remove([row[0] for row in rows])
-    except psycopg.Error:
-        raise  # the database itself: the worker's sweep logs it and reconnects
-    except Exception as exc:  # noqa: BLE001 - an unreachable bucket must not stop the worker's timer
-        log.warning("expired uploads kept until the next sweep: their objects could not be deleted: %s", exc)
-        return 0
-    return len(rows)
+            rows = conn.execute(EXPIRED, (age_s, started, batch)).fetchall()
+            failed = store.remove_each([row[2] for row in rows if row[2] is not None])
+            removed = [row[2] not in failed for row in rows]
+            tenants, ids = [row[0] for row in rows], [row[1] for row in rows]
+            gone += conn.execute(SETTLE, (age_s, tenants, ids, removed)).fetchone()[0] if rows else 0
+        if failed:
+            _report_stuck(rows, failed)
+        if len(rows) < batch:
+            return gone
+
+
+def _report_stuck(rows: list[tuple], failed: dict[str, Exception]) -> None:
+    attempts = {row[2]: row[3] + 1 for row in rows}
+    shown = [f"{where} ({type(exc).__name__}: {exc}; attempt {attempts[where]})" for where, exc in failed.items()]
+    more = f" and {len(shown) - STUCK_SHOWN} more" if len(shown) > STUCK_SHOWN else ""
+    log.warning(
+        "%d expired uploads kept, their objects could not be deleted: %s%s. Each pass retries them; delete the "
+        "objects by hand (a row whose object is gone goes on the next pass) or let the workers delete them",
+        len(failed),
+        ", ".join(shown[:STUCK_SHOWN]),
+        more,
+    )
 
 
 def pieces_of(data: bytes) -> Iterator[bytes]:

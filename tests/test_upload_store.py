@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -209,3 +214,67 @@ def test_objects_already_gone_do_not_keep_their_rows(db, migrated, new_tenant, b
         conn.execute("UPDATE uploads SET location = 's3://sluice-no-bucket/u/x' WHERE upload_id = %s", (ids[1],))
     assert discard(db, bucket_store, tenant, ids) == 2
     assert _count(migrated, tenant) == (0, 0)
+
+
+@contextmanager
+def undeletable(paths: list[Path]) -> Iterator[None]:
+    """The files cannot be removed (immutable; or, for a user who is not root, in a read-only folder)."""
+    pinned = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode == 0
+    if not pinned and os.geteuid() == 0:
+        pytest.skip("chattr +i is refused here, and nothing else stops root from removing a file")
+    folders = {p.parent for p in paths}
+    for folder in folders if not pinned else ():
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if pinned:
+            subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+        for folder in folders if not pinned else ():
+            folder.chmod(0o755)
+
+
+def _attempts(migrated, tenant: str) -> list[int]:
+    with psycopg.connect(admin_conninfo(migrated)) as conn:
+        rows = conn.execute(
+            "SELECT delete_attempts FROM uploads WHERE tenant_id = %s AND delete_failed_at IS NOT NULL", (tenant,)
+        ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def test_objects_that_cannot_be_deleted_do_not_hold_up_the_other_expiries(db, migrated, new_tenant, tmp_path, caplog):
+    store = ObjectStore(Settings(upload_store=f"file://{tmp_path}/store"))  # a shared mount, say
+    tenant = new_tenant("upstuck")
+    (tmp_path / "store" / tenant).mkdir(parents=True)
+    stuck = save(db, store, tenant, [NewFile(f"s{i}.md", 1, [b"s"]) for i in range(3)])
+    deletable = save(db, store, tenant, [NewFile("ok.md", 2, [b"ok"])])
+    with psycopg.connect(admin_conninfo(migrated)) as conn:  # the stuck ones are older: the first batch is theirs
+        conn.execute(
+            "UPDATE uploads SET created_at = now() - interval '3 hours' - "
+            "CASE WHEN upload_id = %s THEN interval '0' ELSE interval '1 minute' END WHERE tenant_id = %s",
+            (deletable[0], tenant),
+        )
+    files = [tmp_path / "store" / tenant / uuid.UUID(i).hex for i in stuck]
+    with undeletable(files), psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:
+        expire(conn, store, retention_h=2, batch=2)  # more stuck uploads than one batch holds
+        assert _count(migrated, tenant) == (3, 0)  # the deletable one is gone in this same pass
+        assert not (tmp_path / "store" / tenant / uuid.UUID(deletable[0]).hex).exists()
+        assert _attempts(migrated, tenant) == [1, 1, 1] and all(f.exists() for f in files)
+        assert f"file://{files[0]}" in caplog.text and "delete the objects by hand" in caplog.text
+        expire(conn, store, retention_h=2, batch=2)  # kept, not forgotten: the next pass tries them again
+        assert _attempts(migrated, tenant) == [2, 2, 2]
+    with psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:  # once they can go, they go
+        expire(conn, store, retention_h=2, batch=2)
+    assert _count(migrated, tenant) == (0, 0) and not any(f.exists() for f in files)
+
+
+def test_the_sweeps_functions_cannot_delete_an_upload_before_it_expires(db, migrated, new_tenant):
+    from serving.upload_store import SETTLE
+
+    tenant = new_tenant("upfresh")
+    ids = save(db, STORE, tenant, [NewFile("f.md", 1, [b"f"])])
+    with psycopg.connect(app_conninfo(migrated), autocommit=True) as conn:  # the app role, across tenants
+        for age_s in (7200, 0):  # an age under a minute counts as one
+            assert conn.execute(SETTLE, (age_s, [tenant], ids, [True])).fetchone()[0] == 0
+    assert _count(migrated, tenant) == (1, 1)
+    discard(db, STORE, tenant, ids)
