@@ -111,6 +111,7 @@ def roll_out(settings: Settings, db, tenant: str | None, reason: str, **options)
 
     from sluice.metrics import observe_rollout
     from tasks.rollout import run_rollout
+    from tasks.rollout_state import graph_deferred
 
     last: dict[str, float] = {}
 
@@ -126,12 +127,7 @@ def roll_out(settings: Settings, db, tenant: str | None, reason: str, **options)
     if "blocked" in ro.outcomes.values():
         console.print("blocked tenants stay on their index: see `sluice champion status` and ingest_errors")
     for name, index_id in sorted(ro.deferred_graphs.items()):
-        console.print(
-            f"tenant {name}: index {index_id}'s HNSW graph was deferred (a lock on chunks was held too long): "
-            f"dense search is exact, slower, until the next ingest builds it or "
-            f"`sluice index build-graph {index_id} --tenant {name}`",
-            soft_wrap=True,
-        )
+        console.print(f"tenant {name}: {graph_deferred(name, index_id)}", soft_wrap=True)
     return ro
 
 

@@ -22,7 +22,8 @@ def print_status(settings: Settings, tenant: str | None) -> None:
         rows = []
         for name in tenants_in_scope(db, tenant):
             served = resolver.served(settings, db, name)
-            rows.append((name, served, tenant_row(db, name, latest.rollout_id) if latest else None))
+            row = tenant_row(db, name, latest.rollout_id) if latest else None
+            rows.append((name, served, _graph_since(db, name, row)))
     if latest:
         cancel = " (cancel requested)" if latest.cancel_requested and latest.status == "running" else ""
         scope = latest.tenant_scope or "every tenant"
@@ -35,6 +36,21 @@ def print_status(settings: Settings, tenant: str | None) -> None:
         console.print("no rollout yet")
     for name, served, progress in rows:
         console.print(_line(name, served, progress), soft_wrap=True)
+
+
+def _graph_since(db, tenant: str, row):
+    """The row, its note of a deferred graph amended once the graph has been built since (the note is history)."""
+    from dataclasses import replace
+
+    from tasks.bulk import has_vector_index
+    from tasks.rollout_state import GRAPH_DEFERRED
+
+    if row is None or row.status != "switched" or not row.error.startswith(GRAPH_DEFERRED):
+        return row
+    with db.tenant(tenant) as conn:
+        if not has_vector_index(conn, row.target_index):
+            return row
+    return replace(row, error=f"{GRAPH_DEFERRED}, which has been built since")
 
 
 def _line(name: str, served, row) -> str:

@@ -11,7 +11,7 @@ Per tenant (smallest first, several at once up to a bound; one tenant's failure 
    starts empty; when something is missing, build it (the catch-up pass) and try again.
    The target's HNSW graph is built before the switch; a build deferred by a lock on `chunks` does not
    hold the switch (see `_roll`): the tenant is switched, its dense search scans exactly until the graph
-   is built, and `Rollout.deferred_graphs` (and the log) say so.
+   is built, and `Rollout.deferred_graphs`, the log and the tenant's rollout row (`sluice champion status`) say so.
 Serving reads the old index until that commit and the new one after it, never a half-built one. The old
 index keeps its chunks for an instant rollback until `sluice index gc` (or SLUICE_INDEX_RETENTION_DAYS).
 What is built is read from the target index itself, so a rollout killed anywhere continues where it
@@ -118,25 +118,13 @@ def _roll(ro: Rollout, tenant: str) -> str:
         with ro.db.tenant(tenant) as conn:
             timeout = ro.settings.graph_build_lock_timeout_s
             graph = ensure_vector_index(conn, target.index_id, embedder.identity.dim, timeout)
-        outcome = _switch(ro, builder)
+        outcome = _switch(ro, builder, graph)
         if outcome is not None:
             if outcome == "switched" and graph == Graph.DEFERRED:
-                _deferred(ro, tenant, target.index_id)
+                ro.deferred_graphs[tenant] = target.index_id
+                note = state.graph_deferred(tenant, target.index_id)
+                log.warning("rollout %s: tenant %s %s", ro.rollout_id, tenant, note)
             return outcome
-
-
-def _deferred(ro: Rollout, tenant: str, index_id: str) -> None:
-    ro.deferred_graphs[tenant] = index_id
-    log.warning(
-        "rollout %s: tenant %s switched to index %s without its HNSW graph (deferred by a lock on chunks): "
-        "dense search there is exact and slower until the next ingest into the index, or "
-        "`sluice index build-graph %s --tenant %s`, builds it",
-        ro.rollout_id,
-        tenant,
-        index_id,
-        index_id,
-        tenant,
-    )
 
 
 def _build_lacking(ro: Rollout, builder: Builder) -> None:
@@ -171,8 +159,11 @@ def _counts(ro: Rollout, builder: Builder) -> tuple[int, int]:
     return total, done
 
 
-def _switch(ro: Rollout, builder: Builder) -> str | None:
-    """Switch the tenant if its target is complete (None: documents arrived meanwhile, build them first)."""
+def _switch(ro: Rollout, builder: Builder, graph: Graph) -> str | None:
+    """Switch the tenant if its target is complete (None: documents arrived meanwhile, build them first).
+
+    A switch without the target's graph says so on the tenant's row, in the switch's own transaction.
+    """
     failed = list(builder.failures)
     with ro.db.tenant(builder.tenant) as conn:
         hold_switch_lock(conn)  # no document store commits until this transaction ends
@@ -184,6 +175,8 @@ def _switch(ro: Rollout, builder: Builder) -> str | None:
             return "blocked"
         switch_served(conn, builder.target)
         state.progress(conn, ro.rollout_id, total, total - len(failed), len(failed), "switched")
+        if graph == Graph.DEFERRED:
+            state.note(conn, ro.rollout_id, state.graph_deferred(builder.tenant, builder.target.index_id))
     _tell(ro, builder.tenant, total - len(failed), total, len(failed))
     return "switched"
 

@@ -16,6 +16,7 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 
 RUNNING = "running"
+GRAPH_DEFERRED = "switched without its HNSW graph"  # how a switched tenant's note begins (`sluice champion status`)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,21 @@ def progress(conn, rollout_id: str, total: int, done: int, failed: int, status: 
         "UPDATE rollout_tenants SET docs_total = %s, docs_done = %s, docs_failed = %s, "
         "status = coalesce(%s, status), updated_at = now() WHERE rollout_id = %s",
         (total, done, failed, status, rollout_id),
+    )
+
+
+def graph_deferred(tenant: str, index_id: str) -> str:
+    """The note of a tenant switched to an index whose graph build was deferred: what it costs, and the fix."""
+    return (
+        f"{GRAPH_DEFERRED} (a lock on chunks was held too long): dense search on index {index_id} is exact, "
+        f"slower, until the next ingest builds it or `sluice index build-graph {index_id} --tenant {tenant}`"
+    )
+
+
+def note(conn, rollout_id: str, text: str) -> None:
+    """Record a note on a tenant's row in the caller's tenant transaction (in `error`: empty when all went well)."""
+    conn.execute(
+        "UPDATE rollout_tenants SET error = %s, updated_at = now() WHERE rollout_id = %s", (text[:4000], rollout_id)
     )
 
 

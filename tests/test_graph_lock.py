@@ -189,10 +189,16 @@ def rs(settings):
     return own.model_copy(update={"graph_build_lock_timeout_s": SHORT})
 
 
-def test_a_rollout_switches_with_its_graph_deferred_and_the_next_ingest_builds_it(rs, tmp_path):
+def test_a_rollout_switches_with_its_graph_deferred_and_the_next_ingest_builds_it(rs, tmp_path, cli):
     from sluice.served import served
     from tasks.rollout import run_rollout
+    from tasks.rollout_state import tenant_row
     from tests.rollout_support import SMALL, ingest, promote, write_docs
+
+    def status_line() -> str:
+        status = cli("champion", "status", "--tenant", tenant, settings=rs)
+        assert status.exit_code == 0, status.output
+        return next(row for row in status.output.splitlines() if row.startswith(f"{tenant}:"))
 
     with Database(rs) as rdb:
         tenant, other = "gl-roll", "gl-roll-blocker"
@@ -207,6 +213,13 @@ def test_a_rollout_switches_with_its_graph_deferred_and_the_next_ingest_builds_i
             assert served(rs, rdb, tenant).index_id == target.index_id  # served, searched exactly meanwhile
             with rdb.tenant(tenant) as conn:
                 assert not has_vector_index(conn, target.index_id)
+        fix = f"sluice index build-graph {target.index_id} --tenant {tenant}"
+        row = tenant_row(rdb, tenant, ro.rollout_id)
+        assert row.status == "switched" and "without its HNSW graph" in row.error and fix in row.error
+        line = status_line()  # later, from the rollout's own record, not from its run's output
+        assert "rollout switched 3/3" in line and "without its HNSW graph" in line and fix in line, line
         assert ingest(rs, rdb, tenant, folder) == target.index_id  # the next ingest into the index builds it
         with rdb.tenant(tenant) as conn:
             assert has_vector_index(conn, target.index_id)
+        line = status_line()
+        assert "which has been built since" in line and fix not in line, line
