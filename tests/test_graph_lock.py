@@ -10,6 +10,8 @@ so a regression fails instead of freezing the run (the deadline is a guard, not 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -223,3 +225,43 @@ def test_a_rollout_switches_with_its_graph_deferred_and_the_next_ingest_builds_i
             assert has_vector_index(conn, target.index_id)
         line = status_line()
         assert "which has been built since" in line and fix not in line, line
+
+
+def test_a_second_builder_of_one_graph_finds_it_built(db, new_tenant):
+    """Two tenants build one index's graph at once (a rollout does): the second waits for the first, then
+    finds the graph, though its own look before the wait had cached the name as absent (it failed with
+    `relation "chunks_hnsw_..." already exists` before migration 0017)."""
+    first, second = new_tenant("race-a"), new_tenant("race-b")
+    config, identity = space("race")
+    rng = np.random.default_rng(4)
+    for tenant in (first, second):
+        with db.tenant(tenant) as conn:
+            register_index(conn, config, identity, vector_index=False)
+            store_records(conn, config.index_id, make_records(50, rng, prefix=tenant), unit_vectors(50, rng))
+    built, commit = threading.Event(), threading.Event()
+
+    def first_builder() -> Graph:
+        with db.tenant(first) as a:
+            graph = ensure_graph(a, config.index_id, DEADLINE)
+            built.set()
+            assert commit.wait(DEADLINE)
+        return graph  # committed
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    builder = pool.submit(first_builder)
+    assert built.wait(DEADLINE)
+    with db.tenant(second) as b:
+        assert not has_vector_index(b, config.index_id)  # the name, looked up (and cached) as absent
+        waiting = pool.submit(ensure_graph, b, config.index_id, DEADLINE)
+        with psycopg.connect(admin_conninfo(db.settings), autocommit=True) as admin:
+            while (
+                not waiting.done()
+                and not admin.execute(  # until it waits on the first builder's lock
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", (b.info.backend_pid,)
+                ).fetchone()[0]
+            ):
+                time.sleep(0.01)
+        commit.set()
+        assert builder.result(timeout=DEADLINE) == Graph.BUILT
+        assert waiting.result(timeout=DEADLINE) == Graph.EXISTED
+    pool.shutdown()
