@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import statistics
 import sys
 import time
@@ -293,6 +294,8 @@ def main() -> None:
     parser.add_argument("--no-sample", action="store_true", help="quality: covid_qa only (run the sets in parallel)")
     args = parser.parse_args()
     settings = load_settings()
+    # SIGTERM (kill, a CI timeout) as an exit, so `finally` stops the model servers: they would outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers = [start_server(m, settings.data_dir, n_ctx=N_CTX, threads=THREADS) for m in MODELS.values()]
     urls = dict(zip(MODELS, (s.base_url for s in servers), strict=True))
     try:
