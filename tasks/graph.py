@@ -37,6 +37,11 @@ def lock_timeout_text(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def deferred_fix(index_id: str, tenant: str = "<tenant>") -> str:
+    """How a deferred graph gets built: the words every report of one (log, ingest summary, rollout) ends with."""
+    return f"the next ingest into the index builds it, or run `sluice index build-graph {index_id} --tenant {tenant}`"
+
+
 def ensure_graph(conn: psycopg.Connection, index_id: str, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S) -> Graph:
     """Build the index's graph in the caller's transaction unless it exists, waiting at most `lock_timeout_s`
     for its locks; DEFERRED (logged, the caller's transaction intact) when they are not granted in time."""
@@ -51,11 +56,10 @@ def ensure_graph(conn: psycopg.Connection, index_id: str, lock_timeout_s: float 
         log.warning(
             "HNSW graph of index %s deferred: another transaction kept a lock on chunks (or was building this "
             "graph) for over %s s (SLUICE_GRAPH_BUILD_LOCK_TIMEOUT_S). Dense search on the index is an exact "
-            "scan until the graph is built: the next ingest into the index does it, or run "
-            "`sluice index build-graph %s --tenant <tenant>`",
+            "scan until the graph is built: %s",
             index_id,
             lock_timeout_s,
-            index_id,
+            deferred_fix(index_id),
         )
         return Graph.DEFERRED
     return Graph.BUILT if built else Graph.EXISTED

@@ -42,7 +42,7 @@ from sluice.settings import GRAPH_LOCK_TIMEOUT_S, Settings
 from tasks.bulk import ensure_vector_index
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
-from tasks.graph import Graph
+from tasks.graph import Graph, deferred_fix
 from tasks.indexes import hold_store_lock
 from tasks.metadata import MetadataError, check_object, gather, is_metadata_file, store_user_metadata
 from tasks.parse import ParsedDocument, content_hash
@@ -111,8 +111,7 @@ class IngestSummary:
         return (
             f"index {index_id}'s HNSW graph was deferred: another transaction held a lock on the chunks table "
             "past SLUICE_GRAPH_BUILD_LOCK_TIMEOUT_S. Every document is stored and searchable (dense search scans "
-            "exactly, slower); the next ingest into the index builds the graph, or run "
-            f"`sluice index build-graph {index_id} --tenant {tenant}`"
+            f"exactly, slower); {deferred_fix(index_id, tenant)}"
         )
 
 

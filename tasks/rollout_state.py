@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sluice.config import PipelineConfig
 from sluice.db import Database
+from tasks.graph import deferred_fix
 
 RUNNING = "running"
 GRAPH_DEFERRED = "switched without its HNSW graph"  # how a switched tenant's note begins (`sluice champion status`)
@@ -154,7 +155,7 @@ def graph_deferred(tenant: str, index_id: str) -> str:
     """The note of a tenant switched to an index whose graph build was deferred: what it costs, and the fix."""
     return (
         f"{GRAPH_DEFERRED} (a lock on chunks was held too long): dense search on index {index_id} is exact, "
-        f"slower, until the next ingest builds it or `sluice index build-graph {index_id} --tenant {tenant}`"
+        f"slower, until {deferred_fix(index_id, tenant)}"
     )
 
 
