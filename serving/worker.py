@@ -128,6 +128,11 @@ class WorkerState:
         except SluiceError as exc:  # e.g. a classifier file missing: each query reports it, the worker lives
             log.error("cannot build the answerer of config %s: %s", config.config_id, exc)
         self.db.pool  # noqa: B018 - open the pool now rather than on the first task
+        if self.settings.worker_warm_parser:
+            from tasks.parse_limits import ParseLimits
+            from tasks.parse_process import parse_pool
+
+            parse_pool(ParseLimits.from_settings(self.settings)).warm()
         log.warning("worker process warm: pid %s, embedder loaded", os.getpid())
 
     def close(self) -> None:

@@ -297,6 +297,11 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Processes per `sluice worker` (each loads the embedder)."
     )
     worker_torch_threads: int = Field(default=1, ge=1, description="Torch threads per worker process.")
+    worker_warm_parser: bool = Field(
+        default=False,
+        description="Start each worker process's parse child at warm-up, so its first document does not wait ~5 s "
+        "for unstructured's imports (dedicated ingest workers; an idle parser still exits after 5 min).",
+    )
     worker_heartbeat_s: float = Field(
         default=2.0, gt=0, description="Workers record a heartbeat this often; /readyz counts those seen recently."
     )

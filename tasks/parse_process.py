@@ -172,6 +172,14 @@ class ParsePool:
             if not self._idle:
                 self._idle.append(ParseProcess(self.limits))
 
+    def warm(self) -> None:
+        """Start a child unless one is idle, and wait until its imports are done (a worker's warm-up)."""
+        self.prestart()
+        with self._lock:
+            child = self._idle[-1] if self._idle else None
+        if child is not None and not child.ready:
+            child._await_ready()
+
     def close(self) -> None:
         """Stop every idle child (busy ones are stopped by their caller)."""
         with self._lock:

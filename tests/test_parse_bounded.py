@@ -259,3 +259,25 @@ def test_a_parsed_document_larger_than_the_decompressed_limit_is_not_sent_back(s
     reply, spent = answer(header, path.read_bytes(), limits)  # the parse process's handler, run here
     reason = json.loads(reply)["error"]["reason"]
     assert not spent and "SLUICE_MAX_UNZIPPED_BYTES" in reason and "100000" in reason, reason
+
+
+def test_a_worker_with_a_warm_parser_has_its_imports_done_before_its_first_document(db, settings, sample_corpus):
+    """SLUICE_WORKER_WARM_PARSER: the worker's warm-up starts the parse child its ingest tasks use, and waits for it."""
+    import torch
+
+    from serving.worker import WorkerState
+
+    threads = torch.get_num_threads()
+    state = WorkerState(settings.model_copy(update={"worker_warm_parser": True}))
+    try:
+        state.warm_up()
+        pool = parse_pool(ParseLimits.from_settings(settings))
+        warm = pool.pids()
+        assert len(warm) == 1 and all(child.ready for child in pool._idle), "no imported parse child after warm-up"
+        pool.warm()  # an idle, imported child is enough: no second one
+        assert pool.pids() == warm
+        path = next(p for p in sorted(sample_corpus.iterdir()) if p.suffix == ".md")
+        assert _parse(pool, path).text and pool.pids() == warm, "the first document did not go to the warm child"
+    finally:
+        state.close()
+        torch.set_num_threads(threads)
