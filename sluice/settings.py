@@ -121,12 +121,6 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         default=256, ge=1, description="Chunks gathered across documents before one embedding call."
     )
-    ingest_store_group_chunks: int = Field(
-        default=64,
-        ge=1,
-        description="Chunks per embedding call within a batch: a group's documents are stored while the model "
-        "embeds the next group (at least SLUICE_INGEST_BATCH_CHUNKS: the whole batch embeds, then stores).",
-    )
     ingest_concurrency: int = Field(default=2, ge=1, le=64, description="Documents parsed at once by the flow.")
     offline: bool = Field(default=True, description="Switch off every dependency's telemetry and model-hub access.")
     rollout_concurrency: int = Field(default=2, ge=1, le=64, description="Tenants a rollout builds at once.")

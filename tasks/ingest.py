@@ -23,7 +23,6 @@ import dataclasses
 import glob
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -372,9 +371,6 @@ class Run:
     # Told each settled document inside the transaction that settled it (a shard's ledger, tasks/shards.py).
     on_settled: Settle | None = None
     graph_lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S  # the graph build's wait for its lock (tasks/graph.py)
-    store_group_chunks: int = 64  # chunks per model call in a batch; a group is stored while the next embeds
-    # The summary is counted from two threads (the store lane's documents, the model's and the prepare's).
-    _counting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_collection(self.collection)
@@ -392,7 +388,6 @@ class Run:
         limits = ParseLimits.from_settings(settings)
         cap, batch = settings.max_file_bytes, settings.ingest_batch_chunks
         options.setdefault("graph_lock_timeout_s", settings.graph_build_lock_timeout_s)
-        options.setdefault("store_group_chunks", settings.ingest_store_group_chunks)
         return cls(db, tenant, config, embedder, cap, batch, parse_limits=limits, **options)
 
     def part(self) -> Run:
@@ -400,30 +395,21 @@ class Run:
         return dataclasses.replace(self, summary=IngestSummary(self.summary.run_id), on_file=None, on_embed=None)
 
     def fail(self, err: DocumentError, item: SourceFile) -> None:
+        self.summary.failed += 1
+        self.summary.errors.append(err)
         with self.db.tenant(self.tenant) as conn:
             record_error(conn, err.source_id, err.stage, err.reason, self.summary.run_id)
             if self.on_settled:
                 self.on_settled(conn, Settled(err.source_id, "failed", error=str(err)))
-        with self._counting:
-            self.summary.failed += 1
-            self.summary.errors.append(err)
-            self._tell(item, "failed", 0)
+        self._tell(item, "failed", 0)
 
-    def done(self, item: SourceFile, outcome: str, chunks: int = 0, truncated: int = 0) -> None:
+    def done(self, item: SourceFile, outcome: str, chunks: int = 0) -> None:
         if outcome == "unchanged" and self.on_settled:  # stored documents were settled in their own transaction
             with self.db.tenant(self.tenant) as conn:
                 self.on_settled(conn, Settled(item.source_id, outcome))
-        with self._counting:
-            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-            self.summary.chunks += chunks
-            self.summary.truncated += truncated
-            self._tell(item, outcome, chunks)
-
-    def count_embedded(self, n: int) -> None:
-        with self._counting:
-            self.summary.embedded += n
-            if self.on_embed:
-                self.on_embed(n)
+        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+        self.summary.chunks += chunks
+        self._tell(item, outcome, chunks)
 
     def _tell(self, item: SourceFile, outcome: str, chunks: int) -> None:
         if self.on_file:
@@ -468,79 +454,36 @@ def _prepare(run: Run, item: SourceFile) -> Prepared | DocumentError | None:
 
 
 def flush(run: Run, batch: list[Prepared]) -> None:
-    """Embed a batch of prepared documents and store each in its own transaction.
-
-    The batch is embedded group by group (`store_group_chunks` chunks per model call, whole documents),
-    and a group's documents are stored on a second thread while the model embeds the next group: the
-    database's work (rows, postings, graph inserts, commits) overlaps the model's instead of following it.
-    One group is in flight at a time, and the batch returns once all of it is stored.
-    """
+    """Embed a batch of prepared documents in one model call, then store each in its own transaction."""
     if not batch:
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-store") as lane:
-        storing = None
-        for group in _groups(batch, run.store_group_chunks):
-            embedded = _embed_group(run, group)
-            if storing is not None:
-                storing.result()  # a database error stops the batch here, as it would have before
-            storing = lane.submit(_store_group, run, embedded)
-        if storing is not None:
-            storing.result()
-
-
-Embedded = tuple[Prepared, dict, dict, int]  # a document, vectors by text hash, the fresh ones, chunks truncated
-
-
-def _groups(batch: list[Prepared], size: int) -> Iterator[list[Prepared]]:
-    """Whole documents in order, a group closed once it holds `size` chunks."""
-    group: list[Prepared] = []
-    waiting = 0
-    for prep in batch:
-        group.append(prep)
-        waiting += len(prep.chunks)
-        if waiting >= size:
-            yield group
-            group, waiting = [], 0
-    if group:
-        yield group
-
-
-def _embed_group(run: Run, group: list[Prepared]) -> list[Embedded]:
-    """The group's documents with their vectors, in one model call; a document the model cannot take is
-    isolated (embedded alone, recorded as failed) and the others go on."""
     try:
-        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.embed_text for p in group for c in p.chunks])
+        vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.embed_text for p in batch for c in p.chunks])
     except psycopg.OperationalError:
         raise  # the database (its cache lookup), not a document: the caller retries the batch
     except Exception:
-        return [one for prep in group for one in _embed_one(run, prep)]
-    run.count_embedded(len(fresh))
-    return [(prep, vectors, fresh, _truncated(run, prep)) for prep in group]
+        for prep in batch:  # isolate the document the model cannot take
+            _flush_one(run, prep)
+        return
+    _count_embedded(run, len(fresh))
+    for prep in batch:
+        _store(run, prep, vectors, fresh)
 
 
-def _embed_one(run: Run, prep: Prepared) -> list[Embedded]:
+def _flush_one(run: Run, prep: Prepared) -> None:
     try:
         vectors, fresh = embed_texts(run.db, run.tenant, run.embedder, [c.embed_text for c in prep.chunks])
     except psycopg.OperationalError:
         raise
     except Exception as exc:
         run.fail(DocumentError(prep.item.source_id, "embed", f"{type(exc).__name__}: {exc}"), prep.item)
-        return []
-    run.count_embedded(len(fresh))
-    return [(prep, vectors, fresh, _truncated(run, prep))]
+        return
+    _count_embedded(run, len(fresh))
+    _store(run, prep, vectors, fresh)
 
 
-def _truncated(run: Run, prep: Prepared) -> int:
-    """Chunks of the document longer than the model's window (counted here: the tokenizer is the model's thread's)."""
-    return run.embedder.count_truncated([c.embed_text for c in prep.chunks])
-
-
-def _store_group(run: Run, embedded: list[Embedded]) -> None:
-    for prep, vectors, fresh, truncated in embedded:
-        _store(run, prep, vectors, fresh, truncated)
-
-
-def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict, truncated: int) -> None:
+def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict) -> None:
+    truncated = run.embedder.count_truncated([c.embed_text for c in prep.chunks])
     settle = None
     if run.on_settled is not None:
         on_settled, source_id, chunks = run.on_settled, prep.item.source_id, len(prep.chunks)
@@ -551,7 +494,14 @@ def _store(run: Run, prep: Prepared, vectors: dict, fresh: dict, truncated: int)
     except DocumentError as err:
         run.fail(err, prep.item)
     else:
-        run.done(prep.item, outcome, len(prep.chunks), truncated)
+        run.summary.truncated += truncated
+        run.done(prep.item, outcome, len(prep.chunks))
+
+
+def _count_embedded(run: Run, n: int) -> None:
+    run.summary.embedded += n
+    if run.on_embed:
+        run.on_embed(n)
 
 
 def sync_deletions(run: Run, files: list[SourceFile]) -> int:
