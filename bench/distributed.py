@@ -61,6 +61,11 @@ def bench_settings():
 
 def tree_cpu(root: int) -> float:
     """CPU seconds (user + system, reaped children included) of a process and its live descendants, from /proc."""
+    return sum(tree_cpu_by_process(root).values())
+
+
+def tree_cpu_by_process(root: int) -> dict[int, float]:
+    """CPU seconds of a process and each of its live descendants (reaped children in their parent's), by pid."""
     tick, procs = os.sysconf("SC_CLK_TCK"), {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -69,12 +74,27 @@ def tree_cpu(root: int) -> float:
             except OSError:
                 continue
             procs[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
-    tree, total = {root}, 0.0
+    tree = {root}
     for _ in range(8):  # parse children are at depth 2 (worker main, pool process, parse process)
         tree |= {pid for pid, (ppid, _) in procs.items() if ppid in tree}
-    for pid in tree:
-        total += procs.get(pid, (0, 0.0))[1]
-    return total
+    return {pid: procs.get(pid, (0, 0.0))[1] for pid in tree}
+
+
+def _roles(root: int, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds spent in the run per kind of process: the worker's main process, its pool processes (model,
+    chunking, store), their parse children."""
+    out: dict[str, float] = {}
+    for pid, cpu in after.items():
+        role = "main" if pid == root else "parse" if _is_parser(pid) else "pool"
+        out[role] = round(out.get(role, 0.0) + cpu - before.get(pid, 0.0), 2)
+    return out
+
+
+def _is_parser(pid: int) -> bool:
+    try:
+        return b"tasks.parse_child" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def new_tenant(settings, prefix: str) -> str:
@@ -191,14 +211,21 @@ def run_distributed(corpus: Path, settings, shard_size: int, label: str, worker:
     tenant = new_tenant(settings, "dist")
     with Database(settings) as db:
         start, own = time.perf_counter(), time.process_time()
-        cpu = tree_cpu(worker) if worker else 0.0
+        before = tree_cpu_by_process(worker) if worker else {}
         state = ingest_distributed(settings, db, tenant, corpus, shard_size, timeout_s=7200)
         seconds = time.perf_counter() - start
-        cpu = (tree_cpu(worker) - cpu if worker else 0.0) + time.process_time() - own
+        after = tree_cpu_by_process(worker) if worker else {}
+        cpu = sum(after.values()) - sum(before.values()) + time.process_time() - own
     summary = state.summary
     docs = summary.ingested + summary.updated
     out = {"mode": label, "seconds": seconds, "docs": docs, "chunks": summary.chunks, "shards": state.shards}
-    return {**out, "cpu_s": round(cpu, 2)} if worker else out
+    if not worker:
+        return out
+    return {
+        **out,
+        "cpu_s": round(cpu, 2),
+        "cpu_by_role": {**_roles(worker, before, after), "parent": round(time.process_time() - own, 2)},
+    }
 
 
 def one_round(corpus: Path, settings, args, tmp: Path, reverse: bool) -> list[dict]:
@@ -273,7 +300,8 @@ def main() -> None:
             label = f"{args.external_workers} external workers"
             print(json.dumps(run_distributed(corpus, settings, args.shard_size, label)))
             return
-        rounds = [one_round(corpus, settings, args, Path(tmp), i % 2 == 1) for i in range(args.repeats)]
+        first = 1 if args.reverse_first else 0  # rounds of two invocations alternate too
+        rounds = [one_round(corpus, settings, args, Path(tmp), (first + i) % 2 == 1) for i in range(args.repeats)]
     print(json.dumps({"corpus": note, **summarise(rounds)}, indent=2))
 
 
@@ -289,6 +317,7 @@ def _arguments() -> argparse.ArgumentParser:
         action="store_true",
         help="start every process's parse child inside the timed run (runs 1-3): each process pays ~5 CPU s of imports",
     )
+    parser.add_argument("--reverse-first", action="store_true", help="start with the reversed order (2, 1, direct)")
     parser.add_argument("--child", nargs=2, metavar=("SOURCE", "TENANT"))
     return parser
 
