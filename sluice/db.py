@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -94,12 +95,28 @@ def ensure_roles(conn: psycopg.Connection, settings: Settings) -> None:
         conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(owner))
 
 
-def migrate(settings: Settings, revision: str = "head") -> None:
-    """Bring the database to `revision`: extension, roles, then the Alembic migrations."""
-    from alembic import command
+def run_alembic(settings: Settings, action: Callable[[Any], None]) -> None:
+    """Run an Alembic command, `action(config)`, in one transaction as the admin role, with the roles the
+    migrations name (`sluice_owner`, the app role) in the config's attributes."""
     from alembic.config import Config
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
+
+    conninfo = admin_conninfo(settings)
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    try:
+        with engine.begin() as connection:
+            cfg.attributes.update(connection=connection, owner_role=OWNER_ROLE, app_role=settings.app_role)
+            action(cfg)
+    finally:
+        engine.dispose()
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Bring the database to `revision`: extension, roles, then the Alembic migrations."""
+    from alembic import command
 
     ensure_database(settings)
     conninfo = admin_conninfo(settings)
@@ -107,13 +124,7 @@ def migrate(settings: Settings, revision: str = "head") -> None:
         _check_server(conn)
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         ensure_roles(conn, settings)
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    with engine.begin() as connection:
-        cfg.attributes.update(connection=connection, owner_role=OWNER_ROLE, app_role=settings.app_role)
-        command.upgrade(cfg, revision)
-    engine.dispose()
+    run_alembic(settings, lambda cfg: command.upgrade(cfg, revision))
     if settings.filter_columns and revision == "head":
         from sluice import filter_columns
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from unittest.mock import ANY
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 
 from bench.bm25_reference import compare
 from bench.synthetic import IDENTITY, SYNTHETIC, unit_vectors
 from sluice.config import RetrievalConfig
-from sluice.db import Database, admin_conninfo, create_tenant, migrate
+from sluice.db import Database, admin_conninfo, create_tenant, migrate, run_alembic
 from sluice.settings import load_settings
 from tasks.chunk import Chunk
 from tasks.ingest_text import text_document
@@ -197,83 +199,69 @@ def test_bm25_equals_the_reference_on_covid_qa(db, new_tenant, embedder, pipelin
     assert abs(result.ndcg_ours - result.ndcg_reference) <= 0.005, result
 
 
-def test_the_migration_backfills_chunks_stored_before_it(migrated):
-    """Chunks of several tenants stored at 0008 get their postings and statistics when 0010 runs."""
-    settings = load_settings(db_name="sluice_test_bm25_backfill")
+@contextmanager
+def scratch_database(name: str):
+    """Settings of a database of the test's own, dropped before and after (the embedded server only)."""
+    settings = load_settings(db_name=name)
     if settings.database_url:
         pytest.skip("needs the embedded server: the test creates and drops a database of its own")
-    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS sluice_test_bm25_backfill WITH (FORCE)")
-    migrate(settings, "0008")
-    rng = np.random.default_rng(13)
-    with Database(settings) as old:
-        for tenant in ("a", "b"):
-            create_tenant(old, tenant)
-            _load(old, tenant, _texts(150, rng), seed=8, vector_index=False)  # 0014 builds the graph
-    migrate(settings)
-    with Database(settings) as new:
-        for tenant in ("a", "b"):
-            with new.tenant(tenant) as conn:
-                assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id) == (150, ANY)
-                assert _postings_match_chunks(conn, SYNTHETIC.index_id)
-                assert _compare(conn, SYNTHETIC.index_id, _queries(20, rng), RetrievalConfig(k=K)) == (1.0, ANY)
-    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE sluice_test_bm25_backfill WITH (FORCE)")
+
+    def drop() -> None:
+        with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    drop()
+    try:
+        yield settings
+    finally:
+        drop()
 
 
-def _downgrade(settings, revision: str) -> None:
-    """Alembic downgrade with the roles `sluice.db.migrate` gives the migrations (the product only upgrades)."""
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    from sluice.db import OWNER_ROLE
-    from sluice.settings import PROJECT_ROOT
-
-    conninfo = admin_conninfo(settings)
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    with engine.begin() as connection:
-        cfg.attributes.update(connection=connection, owner_role=OWNER_ROLE, app_role=settings.app_role)
-        command.downgrade(cfg, revision)
-    engine.dispose()
+def test_the_migration_backfills_chunks_stored_before_it(migrated):
+    """Chunks of several tenants stored at 0008 get their postings and statistics when 0010 runs."""
+    with scratch_database("sluice_test_bm25_backfill") as settings:
+        migrate(settings, "0008")
+        rng = np.random.default_rng(13)
+        with Database(settings) as old:
+            for tenant in ("a", "b"):
+                create_tenant(old, tenant)
+                _load(old, tenant, _texts(150, rng), seed=8, vector_index=False)  # 0014 builds the graph
+        migrate(settings)
+        with Database(settings) as new:
+            for tenant in ("a", "b"):
+                with new.tenant(tenant) as conn:
+                    assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id) == (150, ANY)
+                    assert _postings_match_chunks(conn, SYNTHETIC.index_id)
+                    assert _compare(conn, SYNTHETIC.index_id, _queries(20, rng), RetrievalConfig(k=K)) == (1.0, ANY)
 
 
 def test_the_trigger_of_0018_keeps_statistics_exact_and_downgrades_to_the_one_it_replaced(migrated):
     """0018's trigger skips empty transition tables; its downgrade restores 0014's, and both keep the statistics."""
-    settings = load_settings(db_name="sluice_test_lexical_0018")
-    if settings.database_url:
-        pytest.skip("needs the embedded server: the test creates and drops a database of its own")
-    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS sluice_test_lexical_0018 WITH (FORCE)")
-    migrate(settings)
+    from alembic import command
+
     rng = np.random.default_rng(17)
+    with scratch_database("sluice_test_lexical_0018") as settings:
 
-    def source() -> str:
-        with psycopg.connect(admin_conninfo(settings)) as conn:
-            return conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'lexical_sync'").fetchone()[0]
+        def source() -> str:
+            with psycopg.connect(admin_conninfo(settings)) as conn:
+                return conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'lexical_sync'").fetchone()[0]
 
-    try:
+        migrate(settings)
         with Database(settings) as db:
             create_tenant(db, "a")
-            for step, revision in enumerate(("head", "0017", "head")):
-                if revision == "0017":
-                    _downgrade(settings, "0017")
+            with db.tenant("a") as conn:
+                register_index(conn, SYNTHETIC, IDENTITY)
+            for step in ("head", "0017", "head again"):
+                if step == "0017":
+                    run_alembic(settings, lambda cfg: command.downgrade(cfg, "0017"))
                     assert "EXECUTE format" in source() and "EXISTS (SELECT FROM old_rows)" not in source()
-                elif step:
+                else:
                     migrate(settings)
                     assert "EXISTS (SELECT FROM old_rows)" in source()
                 with db.tenant("a") as conn:
-                    if step == 0:
-                        register_index(conn, SYNTHETIC, IDENTITY)
                     for i in range(12):  # new documents, then the same ones replaced (the update and delete paths)
                         _store_document(conn, f"doc-{i}", _texts(int(rng.integers(1, 4)), rng))
                     replace_chunks_in_place(conn, "doc-1", _texts(1, rng))
                 with db.tenant("a") as conn:
-                    assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id)
-                    assert _postings_match_chunks(conn, SYNTHETIC.index_id)
-    finally:
-        with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS sluice_test_lexical_0018 WITH (FORCE)")
+                    assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id), step
+                    assert _postings_match_chunks(conn, SYNTHETIC.index_id), step
