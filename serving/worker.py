@@ -132,7 +132,10 @@ class WorkerState:
             from tasks.parse_limits import ParseLimits
             from tasks.parse_process import parse_pool
 
-            parse_pool(ParseLimits.from_settings(self.settings)).warm()
+            try:
+                parse_pool(ParseLimits.from_settings(self.settings)).warm()
+            except SluiceError as exc:  # the parser cannot start: each ingest task reports it, queries go on
+                log.error("cannot start the parse process: %s", exc)
         log.warning("worker process warm: pid %s, embedder loaded", os.getpid())
 
     def close(self) -> None:

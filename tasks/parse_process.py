@@ -62,7 +62,7 @@ class ParseProcess:
         self.conn = Connection(ours.detach())
         self.ready = False  # the first `ask` waits for the child's imports
 
-    def _await_ready(self) -> None:
+    def await_ready(self) -> None:
         try:
             if not self.conn.poll(STARTUP_TIMEOUT_S):
                 raise ParserUnavailableError(f"the parse process did not start within {STARTUP_TIMEOUT_S:g} s")
@@ -85,7 +85,7 @@ class ParseProcess:
         """The child's reply for one document; _Overran when it passed a limit first, _Died when it died."""
         header = {"path": str(path), "source_id": source_id, "parser": config.model_dump(mode="json")}
         if not self.ready:
-            self._await_ready()
+            self.await_ready()
         try:
             self.conn.send_bytes(json.dumps(header).encode())
             self.conn.send_bytes(data)
@@ -174,11 +174,12 @@ class ParsePool:
 
     def warm(self) -> None:
         """Start a child unless one is idle, and wait until its imports are done (a worker's warm-up)."""
-        self.prestart()
-        with self._lock:
-            child = self._idle[-1] if self._idle else None
-        if child is not None and not child.ready:
-            child._await_ready()
+        with self._lock:  # held while it imports: a parse meanwhile waits for this child, not a second one
+            if not self._idle:
+                self._idle.append(ParseProcess(self.limits))
+            child = self._idle[-1]
+            if not child.ready:
+                child.await_ready()
 
     def close(self) -> None:
         """Stop every idle child (busy ones are stopped by their caller)."""
