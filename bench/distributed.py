@@ -124,7 +124,7 @@ def direct_child(source: str, tenant: str) -> dict:
         embedder = get_embedder(served(settings, db, tenant, "default").config.embedder, settings.embed_batch_size)
         embedder.warm_up()
         embedder.encode(["warm up"])
-        if os.environ.get("SLUICE_WORKER_WARM_PARSER") == "1":  # as warm as the workers: the parser imported
+        if settings.worker_warm_parser:  # as warm as the workers: the parser imported
             from tasks.parse_process import parse_pool
 
             parse_pool().warm()
@@ -215,7 +215,8 @@ def run_distributed(corpus: Path, settings, shard_size: int, label: str, worker:
         state = ingest_distributed(settings, db, tenant, corpus, shard_size, timeout_s=7200)
         seconds = time.perf_counter() - start
         after = tree_cpu_by_process(worker) if worker else {}
-        cpu = sum(after.values()) - sum(before.values()) + time.process_time() - own
+        parent = time.process_time() - own
+        cpu = sum(after.values()) - sum(before.values()) + parent
     summary = state.summary
     docs = summary.ingested + summary.updated
     out = {"mode": label, "seconds": seconds, "docs": docs, "chunks": summary.chunks, "shards": state.shards}
@@ -224,7 +225,7 @@ def run_distributed(corpus: Path, settings, shard_size: int, label: str, worker:
     return {
         **out,
         "cpu_s": round(cpu, 2),
-        "cpu_by_role": {**_roles(worker, before, after), "parent": round(time.process_time() - own, 2)},
+        "cpu_by_role": {**_roles(worker, before, after), "parent": round(parent, 2)},
     }
 
 

@@ -169,17 +169,20 @@ class ParsePool:
     def prestart(self) -> None:
         """Start a child now, without waiting for it, unless one is idle: its imports (~6 s) overlap the caller's."""
         with self._lock:
-            if not self._idle:
-                self._idle.append(ParseProcess(self.limits))
+            self._an_idle_child()
 
     def warm(self) -> None:
         """Start a child unless one is idle, and wait until its imports are done (a worker's warm-up)."""
         with self._lock:  # held while it imports: a parse meanwhile waits for this child, not a second one
-            if not self._idle:
-                self._idle.append(ParseProcess(self.limits))
-            child = self._idle[-1]
+            child = self._an_idle_child()
             if not child.ready:
                 child.await_ready()
+
+    def _an_idle_child(self) -> ParseProcess:
+        """The last idle child, started now if there is none (the caller holds the lock)."""
+        if not self._idle:
+            self._idle.append(ParseProcess(self.limits))
+        return self._idle[-1]
 
     def close(self) -> None:
         """Stop every idle child (busy ones are stopped by their caller)."""
