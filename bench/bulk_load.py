@@ -10,7 +10,9 @@ Each repeat loads the same synthetic corpus (bench/synthetic.py: one chunk per d
 - bulk: `tasks.bulk.bulk_load_records`: every row in one transaction, then one parallel graph build,
   then the index is activated;
 - bulk-small-memory: the same with the build memory estimated as before session 8 (5.2 bytes per
-  dimension per row, below what pgvector keeps: the end of a large graph is built on disk).
+  dimension per row, below what pgvector keeps: the end of a large graph is built on disk);
+- bulk-toasted-vectors: the bulk path with `chunks.embedding` stored as before migration 0019 (pgvector's
+  EXTERNAL: a row past ~2 kB keeps its vector in the TOAST table), set for that run alone.
 Reports rows/s (wall time, build included), the seconds of the rows phase (staged inserts, postings
 included) and of the build phase, the graph's size on disk, the loader's peak RSS, and the
 peak memory of the PostgreSQL processes (largest single VmRSS and the sum of private RssAnon, sampled
@@ -27,17 +29,20 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.synthetic import DIM, clustered_vectors, make_records  # noqa: E402
 from sluice.config import EmbedderConfig, PipelineConfig  # noqa: E402
-from sluice.db import Database, create_tenant, migrate  # noqa: E402
+from sluice.db import Database, admin_conninfo, create_tenant, migrate  # noqa: E402
 from sluice.settings import load_settings  # noqa: E402
 from tasks.bulk import bulk_load_records  # noqa: E402
 from tasks.embed import EmbedderIdentity  # noqa: E402
@@ -98,7 +103,30 @@ def bulk_small_memory(db: Database, tenant: str, config, identity, records, vect
         bulk_path(db, tenant, config, identity, records, vectors, batch, phases)
 
 
-PATHS = {"row": row_path, "bulk": bulk_path, "bulk-small-memory": bulk_small_memory}
+@contextmanager
+def embedding_storage(storage: str):
+    """`chunks.embedding`'s storage set to `storage` (it applies to rows written meanwhile), MAIN again after."""
+    admin = admin_conninfo(load_settings(db_name=BENCH_DB))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE chunks ALTER COLUMN embedding SET STORAGE {}").format(sql.SQL(storage)))
+        try:
+            yield
+        finally:
+            conn.execute("ALTER TABLE chunks ALTER COLUMN embedding SET STORAGE MAIN")
+
+
+def bulk_toasted_vectors(db: Database, tenant: str, config, identity, records, vectors, batch: int, phases: dict):
+    with embedding_storage("EXTERNAL"):
+        bulk_path(db, tenant, config, identity, records, vectors, batch, phases)
+
+
+PATHS = {
+    "row": row_path,
+    "bulk": bulk_path,
+    "bulk-small-memory": bulk_small_memory,
+    "bulk-toasted-vectors": bulk_toasted_vectors,
+}
+BENCH_DB = "sluice_bench_bulk"
 
 
 def measure(db: Database, path, records, vectors, batch: int) -> dict:
@@ -138,7 +166,7 @@ def main() -> None:
     unknown = set(args.paths.split(",")) - PATHS.keys()
     if unknown:
         ap.error(f"unknown --paths {sorted(unknown)}: choose from {', '.join(PATHS)}")
-    settings = load_settings(db_name="sluice_bench_bulk")
+    settings = load_settings(db_name=BENCH_DB)
     migrate(settings)
     rng = np.random.default_rng(11)
     records, vectors = make_records(args.rows, rng, prefix="bulk"), clustered_vectors(args.rows, rng)

@@ -70,15 +70,16 @@ _WHERE = "WHERE c.index_id = {index_id} AND {filter}"
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
 _DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY}, d.user_metadata {_FROM} {_WHERE} AND c.dim = {{dim}} "
 _DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(fetch)s"
-# ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant.
-# OFFSET 0 keeps the subquery apart, so filters and the documents join run before distances are sorted.
-_EXACT_OUTER = (
-    "SELECT s.chunk_id, s.document_id, s.source_id, s.char_start, s.char_end, s.text, s.metadata, 1 - s.dist, "
-    "s.user_metadata"
-)
+# ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant. The inner
+# query (OFFSET 0 keeps it apart, so filters and the documents join run before distances are sorted) reads
+# each matching chunk's id and vector only; text, metadata and the document's columns are read for the k
+# kept (a chunk's text and tsvector may live in TOAST, its vector in the row: migration 0019).
 _DENSE_EXACT = (
-    f"{_EXACT_OUTER} FROM (SELECT {_COLUMNS}, c.embedding <=> %(q)s::vector({{dim}}) AS dist, d.user_metadata "
-    f"{_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s ORDER BY s.dist, s.chunk_id LIMIT %(k)s"
+    f"SELECT {_COLUMNS}, 1 - top.dist, d.user_metadata FROM (SELECT s.chunk_id, s.dist FROM (SELECT c.chunk_id, "  # noqa: S608 (constants only)
+    f"c.embedding <=> %(q)s::vector({{dim}}) AS dist {_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s "
+    "ORDER BY s.dist, s.chunk_id LIMIT %(k)s) top "
+    "JOIN chunks c ON c.chunk_id = top.chunk_id JOIN documents d ON d.document_id = c.document_id "
+    "ORDER BY top.dist, c.chunk_id"
 )
 
 # The analyzer: `to_tsvector('english')` (the default parser, English stop words, Snowball stemmer), as
