@@ -30,6 +30,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
+from bench.dense_sweep import sources
 from bench.synthetic import SYNTHETIC, near_queries
 from sluice.db import Database, admin_conninfo
 from sluice.settings import load_settings
@@ -51,15 +52,6 @@ _OVER_COPY = (
     "FROM documents d JOIN {table} c ON c.document_id = d.document_id "
     "WHERE d.tenant_id = %(tenant)s AND d.meta_pct < 20 ORDER BY dist LIMIT 10"
 )
-
-
-def _queries(db: Database, tenant: str, n: int) -> np.ndarray:
-    with db.tenant(tenant) as conn:
-        rows = conn.execute(
-            "SELECT embedding FROM chunks WHERE index_id = %s ORDER BY chunk_id LIMIT 2000", (SYNTHETIC.index_id,)
-        ).fetchall()
-    base = np.vstack([np.asarray(r[0].to_numpy(), dtype=np.float32) for r in rows])
-    return near_queries(base, n, np.random.default_rng(1))
 
 
 def compare_queries(db: Database, tenant: str, queries: np.ndarray) -> dict:
@@ -107,7 +99,7 @@ def compare_storage(admin: psycopg.Connection, tenant: str, queries: np.ndarray)
     admin.execute("SET enable_hashjoin = off")
     admin.execute("SET enable_mergejoin = off")
     admin.execute("SET max_parallel_workers_per_gather = 0")
-    out: dict[str, dict[str, list[float]]] = {s: {"ms": [], "buffers": [], "toast_mb": []} for s in COPIES}
+    out: dict[str, dict[str, list[float]]] = {s: {"ms": [], "buffers": []} for s in COPIES}
     try:
         for i, q in enumerate(queries):
             for storage in list(COPIES) if i % 2 else list(reversed(COPIES)):
@@ -154,7 +146,7 @@ def main() -> None:
     settings = load_settings(db_name="sluice_bench", filter_columns={"pct": "integer", "permille": "integer"})
     load_before = os.getloadavg()
     with Database(settings) as db:
-        queries = _queries(db, tenant, args.queries + WARM)
+        queries = near_queries(sources(db, tenant), args.queries + WARM, np.random.default_rng(1))
         out = {"query": compare_queries(db, tenant, queries)}
     with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
         register_vector(admin)
