@@ -78,7 +78,8 @@ class PostgresMemory(threading.Thread):
 
 def space() -> tuple[PipelineConfig, EmbedderIdentity]:
     model = f"synthetic-bulk-bench-{uuid.uuid4().hex[:8]}"
-    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "0" * 64, DIM, True)
+    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
+    return config, EmbedderIdentity(model, "0" * 64, DIM, True)
 
 
 def row_path(db: Database, tenant: str, config, identity, records, vectors, batch: int, phases: dict) -> None:

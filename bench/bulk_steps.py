@@ -71,7 +71,7 @@ def stage(conn: psycopg.Connection, records, vectors) -> None:
 def load(db: Database, settings: Settings, mode: str, records, vectors) -> dict[str, float]:
     """One load along `mode` (trigger | set-based); seconds per step."""
     tenant, model = f"steps-{uuid.uuid4().hex[:8]}", f"steps-{uuid.uuid4().hex[:8]}"
-    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM))
+    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
     create_tenant(db, tenant)
     steps: dict[str, float] = {}
     with trigger_bypassed(settings, mode == "set-based"), db.tenant(tenant) as conn:

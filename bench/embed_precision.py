@@ -43,7 +43,7 @@ from tasks.ingest_text import text_document  # noqa: E402
 from tasks.parse import parse_file  # noqa: E402
 
 CANDIDATES = {  # name -> embedder config; "float32" (torch) is the baseline every other is compared with
-    "float32": EmbedderConfig(),
+    "float32": EmbedderConfig(precision="float32"),
     "bfloat16": EmbedderConfig(precision="bfloat16"),
     "int8": EmbedderConfig(precision="int8"),
     "onnx-float32": EmbedderConfig(backend="onnx"),

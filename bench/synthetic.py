@@ -13,7 +13,7 @@ from tasks.embed import EmbedderIdentity
 from tasks.records import Record
 
 DIM = 384
-SYNTHETIC = PipelineConfig(embedder=EmbedderConfig(model="synthetic-random-unit", dim=DIM))
+SYNTHETIC = PipelineConfig(embedder=EmbedderConfig(model="synthetic-random-unit", dim=DIM, precision="float32"))
 IDENTITY = EmbedderIdentity("synthetic-random-unit", "0" * 64, DIM, True)
 AUTHORS = [f"author-{i}" for i in range(20)]
 SECTIONS = ["intro", "methods", "results", "discussion", "appendix"]

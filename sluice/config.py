@@ -153,8 +153,11 @@ class EmbedderConfig(_Frozen):
     normalize: bool = True
     # Part of the index id (the embedder stage is): vectors of two precisions never share an index.
     # `auto` is resolved when the config is read (sluice/hardware.py), so a stored config is always concrete.
+    # The default is `auto`: bfloat16 passed the quality bar and runs 1.9x float32 where the CPU has bf16
+    # instructions (docs/benchmarks.md, "Embedding precision"); other CPUs keep float32 and their ids.
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
-        default="float32",
+        default="auto",
+        validate_default=True,
         description="Arithmetic of the encoder: float32; bfloat16 (autocast, fast on CPUs with AVX-512 BF16 "
         "or AMX); int8 (dynamic quantisation of the linear layers); auto = bfloat16 where the CPU has bf16 "
         "instructions, else float32.",
@@ -167,6 +170,14 @@ class EmbedderConfig(_Frozen):
         description="torch (sentence-transformers); onnx = ONNX Runtime on a graph exported from the same "
         "weights on first use and cached under data_dir (float32: fused graph; int8: dynamic quantisation).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_under_onnx(cls, data: Any) -> Any:
+        # ONNX Runtime runs no bfloat16 (ONNX_PRECISIONS): there `auto` means float32, not a refusal.
+        if isinstance(data, dict) and data.get("backend") == "onnx" and data.get("precision", "auto") == "auto":
+            return {**data, "precision": "float32"}
+        return data
 
     @field_validator("precision")
     @classmethod

@@ -24,7 +24,8 @@ K = 10
 def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
     """A new embedding space (index id) of random unit vectors."""
     model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
-    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "b" * 64, DIM, True)
+    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
+    return config, EmbedderIdentity(model, "b" * 64, DIM, True)
 
 
 def test_row_path_has_its_graph_before_any_row(db, new_tenant):

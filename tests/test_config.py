@@ -47,11 +47,13 @@ def test_invalid_config_names_source_and_field(tmp_path):
 
 def test_new_options_leave_existing_ids_unchanged():
     # Ids recorded before contextual headers, max_tokens and rerank existed: they name stored indexes and runs.
+    # They were float32 spaces (the default precision then; `auto` may resolve otherwise on this CPU).
+    fp32 = {"embedder": {"precision": "float32"}}
     known = {
-        "cd4353d85cab3547": ({}, "ae14453c20229500"),
-        "3686575d02bcc6be": ({"chunker": {"kind": "structure"}}, "24d244d70050cd52"),
+        "cd4353d85cab3547": (fp32, "ae14453c20229500"),
+        "3686575d02bcc6be": ({**fp32, "chunker": {"kind": "structure"}}, "24d244d70050cd52"),
         "f2a8e5b16504beaa": (
-            {"chunker": {"kind": "parent_child"}, "retrieval": {"mode": "hybrid"}},
+            {**fp32, "chunker": {"kind": "parent_child"}, "retrieval": {"mode": "hybrid"}},
             "a208ac0a7b945794",
         ),
     }

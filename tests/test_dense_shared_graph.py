@@ -25,7 +25,7 @@ from tasks.graph import Graph
 from tasks.records import store_records
 from tasks.store import register_index
 
-SPACE = PipelineConfig(embedder=EmbedderConfig(model="synthetic-shared-graph", dim=DIM))
+SPACE = PipelineConfig(embedder=EmbedderConfig(model="synthetic-shared-graph", dim=DIM, precision="float32"))
 IDENTITY = EmbedderIdentity("synthetic-shared-graph", "0" * 64, DIM, True)
 MEASURED, MEASURED_N = "graph-minority", 10_000
 OTHERS, OTHER_N = ("graph-other-a", "graph-other-b"), 15_000

@@ -24,9 +24,21 @@ WITH_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16"}
 
 
 def test_float32_configs_keep_their_ids():
-    assert (PipelineConfig().index_id, PipelineConfig().config_id) == (DEFAULT_INDEX_ID, DEFAULT_CONFIG_ID)
     explicit = parse_config({"embedder": {"precision": "float32"}})
-    assert explicit.index_id == DEFAULT_INDEX_ID
+    assert (explicit.index_id, explicit.config_id) == (DEFAULT_INDEX_ID, DEFAULT_CONFIG_ID)
+
+
+def test_the_default_is_auto_resolved_for_this_cpu():
+    expected = "bfloat16" if native_bf16() else "float32"
+    assert PipelineConfig().embedder.precision == expected
+    assert parse_config({}).index_id == parse_config({"embedder": {"precision": expected}}).index_id
+    # Where the CPU lacks bf16 the default stays the float32 space every earlier index was built in.
+    assert (PipelineConfig().index_id == DEFAULT_INDEX_ID) == (expected == "float32")
+
+
+def test_auto_under_onnx_is_float32_not_a_refusal():
+    assert parse_config({"embedder": {"backend": "onnx"}}).embedder.precision == "float32"
+    assert parse_config({"embedder": {"backend": "onnx", "precision": "auto"}}).embedder.precision == "float32"
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
@@ -75,7 +87,7 @@ def test_precision_changes_vectors_but_keeps_them_close():
 def test_an_index_refuses_an_embedder_of_another_precision(db, new_tenant):
     tenant = new_tenant("prec")
     identity = EmbedderIdentity("synthetic-precision", "c" * 64, 384, True)
-    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-precision"))
+    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-precision", precision="float32"))
     with db.tenant(tenant) as conn:
         register_index(conn, config, identity)
         check_embedder(conn, config.index_id, identity)  # the recorded embedder is accepted
@@ -103,7 +115,7 @@ def test_onnx_backend_is_another_index_and_torch_keeps_its_ids():
     assert onnx.index_id != DEFAULT_INDEX_ID
     assert onnx.index_body()["embedder"]["backend"] == "onnx"
     assert "backend" not in PipelineConfig().index_body()["embedder"]  # torch is left out: old ids stand
-    assert parse_config({"embedder": {"backend": "torch"}}).index_id == DEFAULT_INDEX_ID
+    assert parse_config({"embedder": {"backend": "torch", "precision": "float32"}}).index_id == DEFAULT_INDEX_ID
     int8 = parse_config({"embedder": {"backend": "onnx", "precision": "int8"}})
     assert len({onnx.index_id, int8.index_id, parse_config({"embedder": {"precision": "int8"}}).index_id}) == 3
 
@@ -148,7 +160,7 @@ def test_onnx_int8_is_quantised_and_recorded(onnx_cache):
 def test_an_index_refuses_an_embedder_of_another_backend(db, new_tenant):
     tenant = new_tenant("backend")
     identity = EmbedderIdentity("synthetic-backend", "d" * 64, 384, True)
-    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-backend"))
+    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-backend", precision="float32"))
     onnx = EmbedderIdentity("synthetic-backend", "d" * 64, 384, True, "float32", "onnx")
     with db.tenant(tenant) as conn:
         register_index(conn, config, identity)

@@ -45,7 +45,8 @@ T = TypeVar("T")
 def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
     """A new embedding space (index id) of random unit vectors."""
     model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
-    return PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM)), EmbedderIdentity(model, "c" * 64, DIM, True)
+    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
+    return config, EmbedderIdentity(model, "c" * 64, DIM, True)
 
 
 @contextmanager

@@ -87,7 +87,7 @@ def test_reingest_moves_documents_to_another_collection(db, embedder, pipeline, 
 
 
 # ---------------------------------------------------------------- embedding spaces
-OTHER = PipelineConfig(embedder=EmbedderConfig(model="synthetic-other-space", dim=DIM))
+OTHER = PipelineConfig(embedder=EmbedderConfig(model="synthetic-other-space", dim=DIM, precision="float32"))
 OTHER_ID = EmbedderIdentity("synthetic-other-space", "1" * 64, DIM, True)
 
 
