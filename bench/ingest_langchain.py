@@ -10,7 +10,7 @@ order), and prints one JSON line.
                                 the same calls again (its re-ingest of the unchanged corpus)
 
 Texts go in the same batches as Sluice's ingest (whole documents until >= 256 chunks), one call per batch.
-The table is emptied and given the same HNSW index as Sluice's chunks (m=16, ef_construction=64) first.
+The table is emptied and given the same HNSW index as Sluice's chunks (m=16, ef_construction=200) first.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def fresh_table(admin: str) -> None:
         conn.execute("TRUNCATE langchain_pg_embedding")
         conn.execute(
             "CREATE INDEX IF NOT EXISTS lc_hnsw ON langchain_pg_embedding USING hnsw (embedding vector_cosine_ops) "
-            "WITH (m = 16, ef_construction = 64)"
+            "WITH (m = 16, ef_construction = 200)"
         )
 
 

@@ -4,7 +4,7 @@ Runs in its own venv (SLUICE_BENCH_VENV, default .bench-venv/: langchain-postgre
 nothing from Sluice.
 
     --load ADMIN_CONNINFO TENANT  copy the tenant's chunks from sluice_bench into PGVector (db sluice_langchain)
-                              and build an HNSW index with the same parameters (m=16, ef_construction=64)
+                              and build an HNSW index with the same parameters (m=16, ef_construction=200)
                               and the same rows into a PGVectorStore table (langchain_postgres.v2) with its
                               hybrid-search tsvector column (GIN) and HNSW: the hybrid peer
     --serve ADMIN_CONNINFO TENANT Q  read "CASE I [TEXT]" lines on stdin, time the search for query I, answer
@@ -116,7 +116,7 @@ def load_hybrid(admin: str) -> None:
             "FROM langchain_pg_embedding"
         )
     store = _hybrid_store(engine, np.zeros((1, 384), dtype=np.float32))
-    store.apply_vector_index(HNSWIndex(m=16, ef_construction=64))
+    store.apply_vector_index(HNSWIndex(m=16, ef_construction=200))
     store.apply_hybrid_search_index()  # GIN on content_tsv
     with psycopg.connect(make_conninfo(admin, dbname=DB), autocommit=True) as conn:
         conn.execute(f"VACUUM ANALYZE {HYBRID_TABLE}")
@@ -162,7 +162,7 @@ def load(admin: str, tenant: str) -> None:
     with psycopg.connect(make_conninfo(admin, dbname=DB), autocommit=True) as conn:
         conn.execute(
             "CREATE INDEX IF NOT EXISTS lc_hnsw ON langchain_pg_embedding USING hnsw (embedding vector_cosine_ops) "
-            "WITH (m = 16, ef_construction = 64)"
+            "WITH (m = 16, ef_construction = 200)"
         )
         conn.execute("ANALYZE langchain_pg_embedding")
     print(f"loaded {len(rows)} rows into PGVector in {time.perf_counter() - t0:.0f} s", file=sys.stderr)

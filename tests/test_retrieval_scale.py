@@ -127,6 +127,15 @@ def test_vectors_are_stored_in_the_row_and_text_goes_to_toast_first(big, migrate
     assert others_out > 0  # rows past the threshold exist: the test would see the vectors move if 0019 were absent
 
 
+def test_graph_is_built_with_the_wide_construction_beam(big, migrated):
+    # Migration 0020: at 1M chunks a graph built with ef_construction 64 lost one query in six (recall 0.82).
+    with psycopg.connect(admin_conninfo(migrated)) as admin:
+        (options,) = admin.execute(
+            "SELECT c.reloptions FROM pg_class c WHERE c.relname = %s", (f"chunks_hnsw_{SYNTHETIC.index_id}",)
+        ).fetchone()
+    assert sorted(options) == ["ef_construction=200", "m=16"]
+
+
 # ---------------------------------------------------------------- property-based isolation
 def _leaf() -> st.SearchStrategy[dict]:
     names = ["default", "legal", "eng", *(f"private-{t}" for t in SMALL)]
