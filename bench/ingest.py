@@ -472,7 +472,12 @@ def langchain(tmp: Path, corpus: Path, repeats: int, e2e_limit: int, peer_tuned:
     reingest = [
         {"sluice_s": round(s, 3), "langchain_s": round(t, 1), "sluice_speedup": round(t / s, 1)} for s, t in again
     ]
+    from sluice.config import PipelineConfig
+
     out = {
+        # The children ingest with the default config: `auto` is bfloat16 on a CPU with bf16 instructions.
+        "sluice_embedder_precision": PipelineConfig().embedder.precision,
+        "langchain_embedder_precision": "float32",  # sentence-transformers' default, as PGVector users run it
         "store": _ratios(store),
         "end_to_end": _ratios(e2e),
         "re_ingest": {"rounds": reingest, "median": statistics.median(r["sluice_speedup"] for r in reingest)},

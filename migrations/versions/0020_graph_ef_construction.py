@@ -9,7 +9,7 @@ graph size (docs/benchmarks.md, "HNSW build parameters").
 
 Only `ensure_index_hnsw` changes: the function is 0017's, with the wider beam. Graphs already built keep
 their parameters until they are dropped and rebuilt (a rollout into a new index, or `DROP INDEX` of the
-graph; the next search or ingest builds it again).
+graph: the next ingest into the index builds it again, searched exactly until then).
 
 Revision ID: 0020
 Revises: 0019
