@@ -5,8 +5,8 @@ Runs on the data `bench/retrieval.py --load-only` loaded (database `sluice_bench
 as the product does (`tasks.bulk.build_vector_index`'s memory and parallel workers, migration 0020's
 statement with the given `ef_construction`), time the build, read its size, then sweep `ef_search` on the
 measured tenant (`bench/dense_sweep.sweep`: p50/p99, recall@10 against the exact scan, lost queries).
-The graph left in place is the one built last: run `DROP INDEX` on it, then a search rebuilds the shipped
-default.
+The graph left in place is the one built last: `bench/retrieval.py --load-only` after a `DROP INDEX` of it
+builds the shipped one again.
 
     PYTHONPATH=$PWD .venv/bin/python bench/graph_build.py --n 100000 --efc 64,200 [--repeats 2] \
         [--queries 100] [--ef 40,100]
