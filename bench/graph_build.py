@@ -35,14 +35,9 @@ GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"
 def build(admin: psycopg.Connection, efc: int) -> dict:
     """Drop and rebuild the synthetic graph with `ef_construction = efc`; seconds and size."""
     rows = admin.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
-    workers = max(0, min(4, (os.cpu_count() or 1) - 1))  # as tasks.bulk.build_vector_index
     with admin.transaction():
         admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(GRAPH)))
-        admin.execute(
-            "SELECT set_config('maintenance_work_mem', %s, true), "
-            "set_config('max_parallel_maintenance_workers', %s, true)",
-            (f"{bulk.build_memory(rows, DIM) // 1024}kB", str(workers)),
-        )
+        bulk.set_build_resources(admin, rows, DIM)  # as tasks.bulk.build_vector_index
         t0 = time.perf_counter()
         admin.execute(
             sql.SQL(

@@ -87,12 +87,17 @@ def build_vector_index(
 ) -> Graph:
     """Build the index's HNSW graph in the caller's transaction, with parallel workers, waiting at most
     `lock_timeout_s` for its lock on `chunks` (tasks/graph.py)."""
+    set_build_resources(conn, rows, dim)
+    return ensure_graph(conn, index_id, lock_timeout_s)
+
+
+def set_build_resources(conn: psycopg.Connection, rows: int, dim: int) -> None:
+    """For the caller's transaction: the memory of a graph of `rows` vectors and parallel build workers."""
     workers = max(0, min(4, (os.cpu_count() or 1) - 1))  # the leader builds too
     conn.execute(
         "SELECT set_config('maintenance_work_mem', %s, true), set_config('max_parallel_maintenance_workers', %s, true)",
         (f"{build_memory(rows, dim) // 1024}kB", str(workers)),
     )
-    return ensure_graph(conn, index_id, lock_timeout_s)
 
 
 def ensure_vector_index(
