@@ -16,7 +16,9 @@ spliced into SQL text. A missing key never matches (and `not` of a missing key m
 every leaf is wrapped in COALESCE(..., false).
 
 Document keys promoted to typed columns (`sluice/filter_columns.py`) compile to conditions on those
-columns when the value has the declared type: the same rows, found through a btree index under RLS.
+columns when the value has the declared type: the same rows, found through a btree index under RLS. They
+name the chunk's copy of the column (`c.meta_<key>`, kept equal to the document's), so such a filter needs
+no join to `documents` to be evaluated.
 
 `check_filter` measures a filter against every size limit without recursion before anything else
 touches it; the API runs `compile_filter` (which calls it) on each request and the worker runs the
@@ -111,21 +113,22 @@ class _Compiler:
 
     def field(self, key: str, target: tuple[str, list[str]], value: Any) -> sql.Composable:
         alias, path = target
-        self.uses_doc |= alias == "d"
         expr = sql.SQL("({}.metadata #> {})").format(sql.Identifier(alias), self.bind(path))
         cond = value if isinstance(value, dict) else {"eq": value}
         if not cond:
             raise QueryError(f"filter key {key!r} has an empty condition")
         kind = self.promoted.get(path[0]) if alias == "d" and len(path) == 1 else None
+        on_column = [_on_column(kind, op, arg) for op, arg in cond.items()]
+        self.uses_doc |= alias == "d" and not all(on_column)  # a promoted column is on the chunk too
         parts = [
-            self.column_leaf(path[0], kind, op, arg) if _on_column(kind, op, arg) else self.leaf(expr, op, arg, key)
-            for op, arg in cond.items()
+            self.column_leaf(path[0], kind, op, arg) if column else self.leaf(expr, op, arg, key)
+            for column, (op, arg) in zip(on_column, cond.items(), strict=True)
         ]
         return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
 
     def column_leaf(self, key: str, kind: str, op: str, arg: Any) -> sql.Composable:
         """A condition on a promoted column: an index condition under RLS (its operators are leakproof)."""
-        col = sql.SQL("d.{}").format(column(key))
+        col = sql.SQL("c.{}").format(column(key))  # the chunk's copy of its document's column (filter_columns.carry)
         cast = sql.SQL(TYPES[kind])
         if op == "in":
             test = sql.SQL("{} = ANY({}::{}[])").format(col, self.bind(list(arg)), cast)

@@ -73,10 +73,13 @@ _DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({di
 # ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant. The inner
 # query (OFFSET 0 keeps it apart, so filters and the documents join run before distances are sorted) reads
 # each matching chunk's id and vector only; text, metadata and the document's columns are read for the k
-# kept (a chunk's text and tsvector may live in TOAST, its vector in the row: migration 0019).
+# kept (a chunk's text and tsvector may live in TOAST, its vector in the row: migration 0019). A filter that
+# reads no document column (`{source}` = _CHUNKS_ONLY: promoted keys, chunk keys) reads chunks alone, so a
+# promoted key's covering btree answers it in one index-only scan (sluice/filter_columns.py, `carry`).
+_CHUNKS_ONLY = "FROM chunks c"
 _DENSE_EXACT = (
     f"SELECT {_COLUMNS}, 1 - top.dist, d.user_metadata FROM (SELECT s.chunk_id, s.dist FROM (SELECT c.chunk_id, "  # noqa: S608 (constants only)
-    f"c.embedding <=> %(q)s::vector({{dim}}) AS dist {_FROM} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s "
+    f"c.embedding <=> %(q)s::vector({{dim}}) AS dist {{source}} {_WHERE} AND c.dim = {{dim}} OFFSET 0) s "
     "ORDER BY s.dist, s.chunk_id LIMIT %(k)s) top "
     "JOIN chunks c ON c.chunk_id = top.chunk_id JOIN documents d ON d.document_id = c.document_id "
     "ORDER BY top.dist, c.chunk_id"
@@ -152,7 +155,12 @@ def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | 
 # (found by index): recall 1.0 at a cost that grows with the matches. At 10k matches it was 7.6x slower than
 # the iterative HNSW scan, which had recall 0.79 there (docs/benchmarks.md, Run 5): recall first; not tuned idle.
 PREFILTER_ROWS = 20_000
-_COUNT = f"SELECT 1 {_FROM} {_WHERE} AND c.dim = {{dim}}"
+_COUNT = f"SELECT 1 {{source}} {_WHERE} AND c.dim = {{dim}}"
+
+
+def source(compiled: CompiledFilter) -> sql.SQL:
+    """The FROM of a filtered scan: chunks joined to their documents only when the filter reads a document column."""
+    return sql.SQL(_FROM if compiled.uses_doc else _CHUNKS_ONLY)
 
 
 _INDEX_ID = re.compile(r"[0-9a-f]{16}")  # sluice.config: the first 16 hex digits of a sha256
@@ -181,7 +189,9 @@ def compile_for(
 def estimated_rows(conn: psycopg.Connection, params: dict[str, Any], compiled: CompiledFilter, dim: sql.Literal) -> int:
     """The planner's estimate of the chunks of `params['index_id']` a filter matches (one EXPLAIN, no execution)."""
     index_id = index_literal(params["index_id"])  # a literal, as the search names it (the partial HNSW indexes)
-    query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(filter=compiled.clause, index_id=index_id, dim=dim)
+    query = sql.SQL("EXPLAIN (FORMAT JSON) " + _COUNT).format(
+        filter=compiled.clause, index_id=index_id, dim=dim, source=source(compiled)
+    )
     plan = conn.execute(query, compiled.params).fetchone()[0]
     return int(plan[0]["Plan"]["Plan Rows"])
 
@@ -196,7 +206,9 @@ def _run(
     compiled = filters if isinstance(filters, CompiledFilter) else compile_filter(filters)
     clash = set(compiled.params) & set(params)
     assert not clash, clash  # filter placeholders are prefixed, query ones are not
-    query = sql.SQL(template).format(filter=compiled.clause, index_id=index_literal(params["index_id"]), **fmt)
+    query = sql.SQL(template).format(
+        filter=compiled.clause, index_id=index_literal(params["index_id"]), source=source(compiled), **fmt
+    )
     return conn.execute(query, {**params, **compiled.params}).fetchall()
 
 

@@ -28,11 +28,12 @@ from bench.synthetic import (
     near_queries,
     unit_vectors,
 )
-from sluice.config import RetrievalConfig
+from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
 from sluice.db import OWNER_ROLE, admin_conninfo
 from sluice.filter_columns import apply
 from tasks import retrieve as R
-from tasks.records import store_records
+from tasks.embed import EmbedderIdentity
+from tasks.records import Record, store_records
 from tasks.store import register_index
 from tests.filter_reference import matches
 
@@ -291,12 +292,17 @@ def test_promoted_filter_reads_the_matching_rows_not_the_tenants(db, promoted_bi
     with db.tenant(BIG) as conn:
         compiled = R.compile_for(conn, spec)
         query = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) " + R._DENSE_EXACT).format(
-            filter=compiled.clause, index_id=sql.Literal(SYNTHETIC.index_id), dim=sql.Literal(384)
+            filter=compiled.clause,
+            index_id=sql.Literal(SYNTHETIC.index_id),
+            dim=sql.Literal(384),
+            source=R.source(compiled),
         )
         plan = conn.execute(query, {"q": q, "index_id": SYNTHETIC.index_id, "k": K, **compiled.params}).fetchone()[0]
     text = json.dumps(plan)
-    assert f"documents_meta_{spec and next(iter(spec))[4:]}" in text, text
     assert '"Seq Scan"' not in text, text
+    # The matching chunks and their vectors come from the key's covering btree alone (sluice/filter_columns.carry).
+    scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Index Name") == f"chunks_meta_{next(iter(spec))[4:]}"]
+    assert scans and scans[0]["Node Type"] == "Index Only Scan", text
     scanned = max(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in _nodes(plan[0]["Plan"]))
     assert scanned <= BIG_N // 50, scanned  # rows read by any node: the matches, not the tenant's 20k
 
@@ -305,6 +311,68 @@ def _nodes(node: dict):
     yield node
     for child in node.get("Plans", []):
         yield from _nodes(child)
+
+
+def _carried(conn, key: str) -> list[tuple]:
+    return conn.execute(
+        sql.SQL("SELECT c.chunk_id, c.{col}, d.{col} FROM chunks c JOIN documents d USING (document_id)").format(
+            col=sql.Identifier(f"meta_{key}")
+        )
+    ).fetchall()
+
+
+def test_every_chunk_carries_its_documents_promoted_values(db, promoted_big):
+    """Chunks stored before the key was promoted were filled once; each copy equals its document's column."""
+    with db.tenant(BIG) as conn:
+        for key in ("pct", "permille"):
+            rows = _carried(conn, key)
+            assert len(rows) == BIG_N
+            assert all(chunk == doc and doc is not None for _, chunk, doc in rows), key
+
+
+def test_a_metadata_change_reaches_the_chunks_and_the_filter(db, promoted_big, throwaway):
+    """New chunks take their document's value as they are written; a changed document passes it on."""
+    tenant = "scale-carry"
+    throwaway(tenant)
+    records, vectors = load_synthetic(db, tenant, 300, seed=9)
+    q = vectors[0]
+    source = records[0].source_id
+    with db.tenant(tenant) as conn:
+        assert all(chunk == doc for _, chunk, doc in _carried(conn, "pct"))
+        before = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), {"doc.pct": 12345})
+        conn.execute(
+            "UPDATE documents SET metadata = jsonb_set(metadata, '{pct}', '12345') WHERE source_id = %s", (source,)
+        )
+        carried = conn.execute(
+            "SELECT c.meta_pct FROM chunks c JOIN documents d USING (document_id) WHERE d.source_id = %s", (source,)
+        ).fetchall()
+        after = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), {"doc.pct": 12345})
+        old_value = {"doc.pct": records[0].metadata["pct"]}
+        others = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), old_value)
+    assert before == [] and carried == [(12345,)]
+    assert [h.source_id for h in after] == [source]
+    assert source not in {h.source_id for h in others}
+
+
+@pytest.mark.parametrize("dim", [384, 640, 1024])
+def test_the_largest_entries_fit_and_are_found(db, promoted_big, migrated, throwaway, dim):
+    """The longest tenant id and promoted text value with vectors up to COVERED_DIM fit the covering btree
+    (an entry too large would refuse the INSERT); wider vectors go to the key's `_wide` index."""
+    with psycopg.connect(admin_conninfo(migrated), autocommit=True) as conn:
+        apply(conn, OWNER_ROLE, {"desk": "text"})
+    tenant = throwaway(f"w{dim}-" + "x" * (62 - len(str(dim)) - 1))
+    assert len(tenant) == 63
+    config = PipelineConfig(embedder=EmbedderConfig(model="synthetic-random-unit", dim=dim, precision="float32"))
+    identity = EmbedderIdentity("synthetic-random-unit", "0" * 64, dim, True)
+    desk = "d" * 1024 if dim <= 384 else "d" * 300  # the widest text entry fits with 384-d vectors
+    records = [Record(f"doc-{i}", f"text {i}", {"desk": desk, "pct": i}) for i in range(3)]
+    vectors = unit_vectors(3, np.random.default_rng(dim), dim)
+    with db.tenant(tenant) as conn:
+        register_index(conn, config, identity)
+        assert store_records(conn, config.index_id, records, vectors) == 3
+        for spec in ({"doc.desk": desk}, {"doc.pct": 1}):
+            hits = R.dense_search(conn, config.index_id, vectors[1], RetrievalConfig(k=K), spec)
+            assert [h.source_id for h in hits][:1] == ["doc-1"], spec
 
 
 def test_broad_promoted_filter_takes_hnsw_and_still_returns_k(db, promoted_big, monkeypatch):
