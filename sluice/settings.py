@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Document metadata keys promoted to typed, indexed columns for fast filters, "
         '{"key": "text" | "integer" | "boolean"}, e.g. {"year": "integer", "team": "text"}; '
-        "applied by `sluice db up` (docs/retrieval.md).",
+        "applied by `sluice db up`. Each key is copied onto every chunk with an index holding the chunks' "
+        "vectors (a filtered search reads only that index; disk: one vector copy per key): declare keys "
+        "before a large load (docs/retrieval.md).",
     )
     pg_settings: dict[str, str] = Field(
         default_factory=dict,
