@@ -21,12 +21,15 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	-$(BIN)/pip uninstall -y -q torchvision 2>/dev/null
 	touch $(STAMP)
 
-# Optional: local LLM servers (llama.cpp on packaged models). Builds llama.cpp once; pip caches the wheel.
+# Optional: local LLM servers (llama.cpp on packaged models). Builds llama.cpp once (scripts/llama-wheel.sh:
+# AMX off on x86_64, where its kernels crash; the wheel kept per version and flags).
 setup-llm: $(LLM_STAMP)
 
-$(LLM_STAMP): $(STAMP) pyproject.toml constraints.txt requirements-llm-nodeps.txt
-	# llama.cpp built without its multimodal library (LLAVA_BUILD=OFF: 140 objects instead of 178); pip keeps the wheel.
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install -q -c constraints.txt -e ".[llm]"
+LLAMA_WHEELS ?= $(HOME)/.cache/sluice/llama-wheels
+
+$(LLM_STAMP): $(STAMP) pyproject.toml constraints.txt requirements-llm-nodeps.txt scripts/llama-wheel.sh
+	$(BIN)/pip install -q -c constraints.txt --find-links "$$(bash scripts/llama-wheel.sh $(BIN) $(LLAMA_WHEELS))" \
+		--only-binary llama-cpp-python -e ".[llm]"
 	$(BIN)/pip install -q --no-deps -r requirements-llm-nodeps.txt
 	touch $(LLM_STAMP)
 
