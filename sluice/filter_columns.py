@@ -81,7 +81,7 @@ def promote(conn: psycopg.Connection, key: str, kind: str) -> None:
                 f"metadata key {key!r} is promoted as {row[0]}, not {kind}: keep {row[0]} in SLUICE_FILTER_COLUMNS "
                 "(changing a promoted type needs a migration)"
             )
-        carry(conn, key, kind)  # keys promoted before chunks carried them (Sluice < 0.21) gain the chunk side
+        carry(conn, key, kind)  # a key promoted before chunks carried keys gains the chunk side here
         return
     name = sql.Literal(key)
     check = sql.Identifier(f"documents_meta_{key}_check")
