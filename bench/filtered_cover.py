@@ -37,13 +37,20 @@ WARM = 10
 SPECS = {"1pct": ("pct", 7), "0.1pct": ("permille", 7)}
 
 
+def _before_clause(key: str, value: int) -> sql.Composable:
+    """The promoted condition as it compiled before chunks carried the key: on the document's column."""
+    return sql.SQL("(d.{c} IS NOT NULL AND d.{c} = {v}::bigint)").format(
+        c=sql.Identifier(f"meta_{key}"), v=sql.Literal(value)
+    )
+
+
 def _before(conn, q: np.ndarray, key: str, value: int) -> list[int]:
     """The exact scan as it ran before: the document's promoted column, joined to each match's chunk."""
-    clause = sql.SQL("({col} IS NOT NULL AND {col} = {v}::bigint)").format(
-        col=sql.SQL("d.{}").format(sql.Identifier(f"meta_{key}")), v=sql.Literal(value)
-    )
     query = sql.SQL(R._DENSE_EXACT).format(
-        filter=clause, index_id=R.index_literal(SYNTHETIC.index_id), dim=sql.Literal(384), source=sql.SQL(R._FROM)
+        filter=_before_clause(key, value),
+        index_id=R.index_literal(SYNTHETIC.index_id),
+        dim=sql.Literal(384),
+        source=sql.SQL(R._FROM),
     )
     return [r[0] for r in conn.execute(query, {"q": q, "index_id": SYNTHETIC.index_id, "k": K}).fetchall()]
 
@@ -55,12 +62,7 @@ def _buffers(db: Database, tenant: str, q: np.ndarray, key: str, value: int) -> 
         compiled = R.compile_for(conn, {f"doc.{key}": value})
         for side, (clause, source) in {
             "after": (compiled.clause, R.source(compiled)),
-            "before": (
-                sql.SQL("(d.{c} IS NOT NULL AND d.{c} = {v}::bigint)").format(
-                    c=sql.Identifier(f"meta_{key}"), v=sql.Literal(value)
-                ),
-                sql.SQL(R._FROM),
-            ),
+            "before": (_before_clause(key, value), sql.SQL(R._FROM)),
         }.items():
             query = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + R._DENSE_EXACT).format(
                 filter=clause, index_id=R.index_literal(SYNTHETIC.index_id), dim=sql.Literal(384), source=source

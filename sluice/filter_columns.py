@@ -119,13 +119,9 @@ def carry(conn: psycopg.Connection, key: str, kind: str) -> None:
     Carrying a key onto chunks already stored rewrites each chunk once (`UPDATE`, under the
     table's ACCESS EXCLUSIVE lock): declare keys before a large load where you can.
     """
-    col, wide = column(key), COVERED_DIM[kind]
-    exists = conn.execute(
-        "SELECT 1 FROM pg_attribute WHERE attrelid = 'chunks'::regclass AND attname = %s AND NOT attisdropped",
-        (f"meta_{key}",),
-    ).fetchone()
-    if exists:
+    if key in _carried(conn):
         return
+    col, wide = column(key), COVERED_DIM[kind]
     conn.execute(sql.SQL("ALTER TABLE chunks ADD COLUMN {} {}").format(col, sql.SQL(TYPES[kind])))
     # The copy changes no text: the postings trigger (which re-posts every updated chunk) sits it out. The
     # owner is under forced RLS too, so it names each tenant in turn (as migration 0010's backfill does).
