@@ -211,7 +211,8 @@ def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
     """Rows the stock plan (ef_search 40, no iterative scan) returns for a filtered LIMIT k."""
     with db.tenant(TENANT) as conn:
         params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
-        return len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(q.shape[0])))
+        query = R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))
+        return len(R._run(conn, query, params, spec, dim=sql.Literal(q.shape[0])))
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -37,12 +37,16 @@ from tasks.indexes import activate_index
 from tasks.records import Record, store_records
 from tasks.store import register_index
 
-# What pgvector keeps in memory per graph element (m = 16): the float32 vector plus ~715 bytes of neighbour
-# lists and header, measured (0.8.5: 2,251 bytes at 384-d, "hnsw graph no longer fits into maintenance_work_mem
+# What pgvector keeps in memory per graph element (m = 16): the vector plus ~715 bytes of neighbour lists and
+# header, measured (0.8.5: 2,251 bytes at 384-d on float32, "hnsw graph no longer fits into maintenance_work_mem
 # after N tuples"), with a tenth more as margin. A graph that outgrows the memory goes on building on disk, ~5x
 # slower per element (docs/benchmarks.md "Bulk load"): the old estimate (5.2 bytes per dimension, 1,997 at
-# 384-d) sent the last ~11 % of a 100k-row build there.
-GRAPH_BYTES_PER_ELEMENT, GRAPH_BYTES_PER_DIM, GRAPH_MARGIN = 768, 4, 1.1
+# 384-d) sent the last ~11 % of a 100k-row build there. Graphs are built on halfvec (migration 0021): 2 bytes
+# per dimension (measured: 1,483 bytes at 384-d, 972 at 128-d, 2,766 at 1,024-d). Below ~8 MB the build's
+# memory also holds ~0.9 MB that is not the graph's (measured at 4.9 and 5.9 MB, on both types).
+GRAPH_BYTES_PER_ELEMENT, GRAPH_BYTES_FIXED, GRAPH_MARGIN = 768, 1 << 20, 1.1
+GRAPH_BYTES_PER_DIM = {"vector": 4, "halfvec": 2}
+GRAPH_CAST = "halfvec"  # the type `ensure_index_hnsw` builds a graph on (migration 0021)
 MIN_BUILD_MEMORY, MAX_BUILD_MEMORY = 64 << 20, 4 << 30  # 1M chunks at 384-d need ~2.5 GB
 
 
@@ -70,16 +74,16 @@ def index_dim(conn: psycopg.Connection, index_id: str) -> int:
     return row[0]
 
 
-def graph_bytes(rows: int, dim: int) -> int:
-    """Memory (bytes) an HNSW build of `rows` vectors of `dim` components needs to keep its whole graph."""
-    return int(rows * (GRAPH_BYTES_PER_ELEMENT + dim * GRAPH_BYTES_PER_DIM) * GRAPH_MARGIN)
+def graph_bytes(rows: int, dim: int, cast: str = GRAPH_CAST) -> int:
+    """Memory (bytes) an HNSW build of `rows` vectors of `dim` components on `cast` needs to keep its whole graph."""
+    return int(rows * (GRAPH_BYTES_PER_ELEMENT + dim * GRAPH_BYTES_PER_DIM[cast]) * GRAPH_MARGIN) + GRAPH_BYTES_FIXED
 
 
-def build_memory(rows: int, dim: int) -> int:
+def build_memory(rows: int, dim: int, cast: str = GRAPH_CAST) -> int:
     """maintenance_work_mem (bytes) for a graph of `rows` vectors: all of it, within 64 MB and a quarter of
     this machine's memory (at most 4 GB)."""
     ceiling = min(MAX_BUILD_MEMORY, machine_memory() // 4)
-    return max(MIN_BUILD_MEMORY, min(ceiling, graph_bytes(rows, dim)))
+    return max(MIN_BUILD_MEMORY, min(ceiling, graph_bytes(rows, dim, cast)))
 
 
 def build_vector_index(
@@ -91,12 +95,12 @@ def build_vector_index(
     return ensure_graph(conn, index_id, lock_timeout_s)
 
 
-def set_build_resources(conn: psycopg.Connection, rows: int, dim: int) -> None:
+def set_build_resources(conn: psycopg.Connection, rows: int, dim: int, cast: str = GRAPH_CAST) -> None:
     """For the caller's transaction: the memory of a graph of `rows` vectors and parallel build workers."""
     workers = max(0, min(4, (os.cpu_count() or 1) - 1))  # the leader builds too
     conn.execute(
         "SELECT set_config('maintenance_work_mem', %s, true), set_config('max_parallel_maintenance_workers', %s, true)",
-        (f"{build_memory(rows, dim) // 1024}kB", str(workers)),
+        (f"{build_memory(rows, dim, cast) // 1024}kB", str(workers)),
     )
 
 

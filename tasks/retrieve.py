@@ -66,10 +66,15 @@ _FROM = "FROM chunks c JOIN documents d ON d.document_id = c.document_id"
 # uses only when it can prove `index_id = '<id>'` from the query's text.
 _WHERE = "WHERE c.index_id = {index_id} AND {filter}"
 
-# ORDER BY the indexed expression (embedding::vector(dim)) lets the planner use the HNSW index.
+# ORDER BY the indexed expression (embedding::<cast>(dim)) lets the planner use the HNSW index. A graph is
+# built on halfvec (migration 0021; on vector before it): the candidates come in the graph's order, and the
+# similarity returned (and re-sorted by) is the stored float32 vector's.
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
 _DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY}, d.user_metadata {_FROM} {_WHERE} AND c.dim = {{dim}} "
-_DENSE_ANN = _DENSE + "ORDER BY c.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(fetch)s"
+_DENSE_ANN = _DENSE + "ORDER BY c.embedding::{cast}({dim}) <=> %(q)s::{cast}({dim}) LIMIT %(fetch)s"
+# The types a graph may be built on (its operator class's input type), and the one of an index with no graph.
+GRAPH_CASTS = ("halfvec", "vector")
+NO_GRAPH_CAST = "vector"
 # ORDER BY the raw column matches no index: an exact scan over the (filtered) rows of the tenant. The inner
 # query (OFFSET 0 keeps it apart, so filters and the documents join run before distances are sorted) reads
 # each matching chunk's id and vector only; text, metadata and the document's columns are read for the k
@@ -131,16 +136,30 @@ _SHARE = (
     "coalesce((SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(quote_ident('chunks_hnsw_' || "
     "%(index_id)s))) / nullif((SELECT s.chunks FROM lexical_stats s WHERE s.index_id = %(index_id)s), 0), 1)"
 )
+# The type the index's graph is built on, from its operator class (NULL when the index has no graph).
+_GRAPH_CAST = (
+    "(SELECT t.typname::text FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0] JOIN pg_type t "
+    "ON t.oid = o.opcintype WHERE i.indexrelid = to_regclass(quote_ident('chunks_hnsw_' || %(index_id)s)))"
+)
 _SEARCH_PARAMS = (
     "SELECT set_config('hnsw.ef_search', least(%(max)s, greatest(%(ef)s, "  # noqa: S608 (constants only)
     f"ceil(%(ef)s * least(%(factor)s, {_SHARE}))))::int::text, true), "
-    "set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.max_scan_tuples', %(tuples)s, true)"
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.max_scan_tuples', %(tuples)s, true), "
+    f"{_GRAPH_CAST}"
 )
 
 
-def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | None = None) -> int:
+@dataclass(frozen=True)
+class Beam:
+    """The HNSW search a transaction is set up for: its ef_search, and the cast its ORDER BY must use."""
+
+    ef_search: int
+    cast: str  # the type the index's graph is built on (GRAPH_CASTS); NO_GRAPH_CAST without a graph
+
+
+def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | None = None) -> Beam:
     """Per-transaction HNSW settings: a beam widened by the tenant's share of `index_id`'s graph, and
-    iterative scans so filters never under-return; the ef_search set."""
+    iterative scans so filters never under-return; the ef_search set and the graph's type, in one round trip."""
     params = {
         "ef": ef_search,
         "index_id": index_id or "",
@@ -148,7 +167,24 @@ def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | 
         "max": max(MAX_EF_SEARCH, ef_search),
         "tuples": str(max(MAX_SCAN_TUPLES, ef_search)),
     }
-    return int(conn.execute(_SEARCH_PARAMS, params).fetchone()[0])
+    ef, _, _, cast = conn.execute(_SEARCH_PARAMS, params).fetchone()
+    return Beam(int(ef), _cast(cast))
+
+
+def graph_cast(conn: psycopg.Connection, index_id: str) -> str:
+    """The type `index_id`'s graph is built on (GRAPH_CASTS); NO_GRAPH_CAST when it has none."""
+    return _cast(conn.execute(f"SELECT {_GRAPH_CAST}", {"index_id": index_id}).fetchone()[0])  # noqa: S608
+
+
+def _cast(opclass_type: str | None) -> str:
+    return opclass_type if opclass_type in GRAPH_CASTS else NO_GRAPH_CAST
+
+
+def ann_query(cast: str) -> str:
+    """The dense HNSW query ordering by `cast` (one of GRAPH_CASTS: the graph's type, `Beam.cast`)."""
+    if cast not in GRAPH_CASTS:
+        raise QueryError(f"graph type {cast!r} is not one of {', '.join(GRAPH_CASTS)}")
+    return _DENSE_ANN.replace("{cast}", cast)
 
 
 # A bounded filter estimated to match at most this many chunks is answered by the exact scan over them
@@ -239,8 +275,8 @@ def dense_search(
     if compiled.bounded and estimated_rows(conn, params, compiled, dim) <= PREFILTER_ROWS:
         rows = _run(conn, _DENSE_EXACT, params, compiled, dim=dim)  # few rows, found by index: exact is cheap
         return _hits(rows, index_id, "dense")
-    set_search_params(conn, max(config.ef_search, k), index_id)
-    rows = _run(conn, _DENSE_ANN, params, compiled, dim=dim)
+    beam = set_search_params(conn, max(config.ef_search, k), index_id)
+    rows = _run(conn, ann_query(beam.cast), params, compiled, dim=dim)
     if len(rows) < params["fetch"]:
         # The scan hit max_scan_tuples before `fetch` matches: the filter is selective, and an exact
         # scan over its few rows is complete (and cheap when an index finds them).

@@ -57,9 +57,9 @@ def minority(db, migrated, throwaway) -> np.ndarray:
 
 def test_the_beam_is_widened_by_the_tenants_share(db, minority):
     with db.tenant(MEASURED) as conn:
-        assert R.set_search_params(conn, EF, SPACE.index_id) == EF * 4  # a quarter of the graph
+        assert R.set_search_params(conn, EF, SPACE.index_id).ef_search == EF * 4  # a quarter of the graph
         assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == str(EF * 4)
-        assert R.set_search_params(conn, EF) == EF  # no index named: the configured beam
+        assert R.set_search_params(conn, EF).ef_search == EF  # no index named: the configured beam
 
 
 def test_minority_tenant_dense_recall_against_exact(db, minority):
@@ -67,7 +67,7 @@ def test_minority_tenant_dense_recall_against_exact(db, minority):
     with db.tenant(MEASURED) as conn:  # the search under test is HNSW's, not an exact sort
         compiled = R.compile_filter(None)
         plan = conn.execute(
-            sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+            sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, SPACE.index_id))).format(
                 filter=compiled.clause, index_id=sql.Literal(SPACE.index_id), dim=sql.Literal(DIM)
             ),
             {"q": queries[0], "fetch": K},

@@ -80,7 +80,7 @@ def within_deadline(call: Callable[[], T]) -> T:
 def dense_plan(conn: psycopg.Connection, index_id: str, q: np.ndarray) -> str:
     """EXPLAIN of the dense search (sorts discouraged, so a graph that exists is used)."""
     conn.execute("SET LOCAL enable_sort = off")
-    query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+    query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, index_id))).format(
         filter=R.compile_filter(None).clause, dim=sql.Literal(DIM), index_id=sql.Literal(index_id)
     )
     params = {"q": q, "index_id": index_id, "k": K, "fetch": K}

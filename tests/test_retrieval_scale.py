@@ -91,7 +91,8 @@ def test_filtered_dense_returns_k_where_the_default_plan_does_not(db, big, spec,
             conn.execute("SET LOCAL enable_seqscan = off")
             conn.execute("SET LOCAL enable_bitmapscan = off")
             params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
-            default_counts.append(len(R._run(conn, R._DENSE_ANN, params, spec, dim=sql.Literal(384))))
+            query = R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))
+            default_counts.append(len(R._run(conn, query, params, spec, dim=sql.Literal(384))))
         with db.tenant(BIG) as conn:
             hits = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), spec)
         assert len(hits) == K
@@ -106,7 +107,7 @@ def test_default_plan_uses_hnsw(db, big):
         conn.execute("SET LOCAL enable_sort = off")
         params = {"q": unit_vectors(1, np.random.default_rng(1))[0], "index_id": SYNTHETIC.index_id, "k": K}
         compiled = R.compile_filter({"doc.permille": 7})
-        query = sql.SQL("EXPLAIN " + R._DENSE_ANN).format(
+        query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))).format(
             filter=compiled.clause, dim=sql.Literal(384), index_id=sql.Literal(SYNTHETIC.index_id)
         )
         plan = "\n".join(r[0] for r in conn.execute(query, {**params, "fetch": K, **compiled.params}))
