@@ -93,7 +93,7 @@ def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int) -> None:
 def _build_graph(db: Database, admin: psycopg.Connection, tenant: str, build_memory_mb: int | None) -> None:
     """One parallel HNSW build over every tenant's rows (`tasks.bulk.build_vector_index`), then statistics."""
     rows = admin.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
-    if build_memory_mb:  # the product caps a build at 2 GB; a graph of 2M 384-d rows needs ~4.5 GB to stay in memory
+    if build_memory_mb:  # the product caps a build at 4 GB and a quarter of memory; 2M 384-d halfvec rows need ~3.3 GB
         bulk.MAX_BUILD_MEMORY = build_memory_mb << 20
     with db.tenant(tenant) as conn:
         bulk.build_vector_index(conn, SYNTHETIC.index_id, rows, DIM)
