@@ -10,6 +10,9 @@ against the float32 exact scan). `halfvec` also lifts pgvector's HNSW limit from
 Only `ensure_index_hnsw` changes (0020's function with the halfvec cast and operator class). Graphs built
 before keep their type: a search reads the graph's operator class and orders by the same cast
 (tasks/retrieve.py, `set_search_params`), so both kinds are used until a graph is dropped and rebuilt.
+The downgrade restores 0020's function but leaves graphs built on halfvec in place: code before 0021 orders
+by the vector cast and would sort such an index's rows exactly, so drop those graphs
+(`DROP INDEX chunks_hnsw_<index_id>`) and let the next ingest build them again.
 
 Revision ID: 0021
 Revises: 0020
