@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +20,13 @@ AUTHORS = [f"author-{i}" for i in range(20)]
 SECTIONS = ["intro", "methods", "results", "discussion", "appendix"]
 COLLECTIONS = ["default", "legal", "eng"]
 VOCAB = [f"term{i}" for i in range(2000)]
+
+
+def new_space(name: str, dim: int = DIM) -> tuple[PipelineConfig, EmbedderIdentity]:
+    """A new embedding space (its own index id) for `dim`-d synthetic vectors: a test's private index."""
+    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
+    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=dim, precision="float32"))
+    return config, EmbedderIdentity(model, "0" * 64, dim, True)
 
 
 def unit_vectors(n: int, rng: np.random.Generator, dim: int = DIM) -> np.ndarray:

@@ -8,11 +8,10 @@ import uuid
 import numpy as np
 from psycopg import sql
 
-from bench.synthetic import DIM, make_records, unit_vectors
-from sluice.config import EmbedderConfig, PipelineConfig, RecursiveChunker, RetrievalConfig
+from bench.synthetic import DIM, make_records, new_space, unit_vectors
+from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, graph_bytes, has_vector_index
-from tasks.embed import EmbedderIdentity
 from tasks.indexes import active_index
 from tasks.ingest import ingest_source
 from tasks.records import store_records
@@ -21,22 +20,15 @@ from tasks.store import register_index
 K = 10
 
 
-def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
-    """A new embedding space (index id) of random unit vectors."""
-    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
-    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
-    return config, EmbedderIdentity(model, "b" * 64, DIM, True)
-
-
 def test_row_path_has_its_graph_before_any_row(db, new_tenant):
-    tenant, (config, identity) = new_tenant("rows"), space("rows")
+    tenant, (config, identity) = new_tenant("rows"), new_space("rows")
     with db.tenant(tenant) as conn:
         register_index(conn, config, identity)
         assert has_vector_index(conn, config.index_id)
 
 
 def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, throwaway):
-    tenant, (config, identity) = throwaway(f"bulk-{uuid.uuid4().hex[:8]}"), space("bulk")
+    tenant, (config, identity) = throwaway(f"bulk-{uuid.uuid4().hex[:8]}"), new_space("bulk")
     rng = np.random.default_rng(3)
     records, vectors = make_records(2000, rng, prefix=tenant), unit_vectors(2000, rng)
     seen = []
@@ -104,7 +96,7 @@ class Reader(threading.Thread):
 def test_a_reader_sees_the_old_index_or_the_new_never_a_mix(db, throwaway):
     tenant = throwaway(f"swap-{uuid.uuid4().hex[:8]}")
     rng = np.random.default_rng(5)
-    (old, old_id), (new, new_id) = space("old"), space("new")
+    (old, old_id), (new, new_id) = new_space("old"), new_space("new")
     old_records, new_records = make_records(300, rng, prefix="old"), make_records(3000, rng, prefix="new")
     old_vectors, new_vectors = unit_vectors(300, rng), unit_vectors(3000, rng)
     bulk_load_records(db, tenant, old, old_id, old_records, old_vectors, activate="default")
@@ -190,7 +182,7 @@ def _build_notices(db, tenant: str, index_id: str, memory: int) -> list[str]:
 
 def test_the_build_memory_holds_the_whole_graph(db, throwaway):
     """A graph that outgrows maintenance_work_mem goes on building on disk, several times slower."""
-    tenant, (config, identity) = throwaway(f"graph-memory-{uuid.uuid4().hex[:8]}"), space("graph-memory")
+    tenant, (config, identity) = throwaway(f"graph-memory-{uuid.uuid4().hex[:8]}"), new_space("graph-memory")
     rng = np.random.default_rng(9)
     n = 3000
     with db.tenant(tenant) as conn:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,13 +22,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bench.synthetic import DIM, make_records, unit_vectors
-from sluice.config import EmbedderConfig, PipelineConfig, RecursiveChunker, RetrievalConfig
+from bench.synthetic import DIM, make_records, new_space, unit_vectors
+from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
 from sluice.db import Database, admin_conninfo, create_tenant
 from sluice.settings import Settings
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, ensure_vector_index, has_vector_index
-from tasks.embed import EmbedderIdentity
 from tasks.graph import Graph, ensure_graph
 from tasks.indexes import active_index
 from tasks.ingest import Run, run_ingest
@@ -42,18 +40,11 @@ K = 10
 T = TypeVar("T")
 
 
-def space(name: str) -> tuple[PipelineConfig, EmbedderIdentity]:
-    """A new embedding space (index id) of random unit vectors."""
-    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
-    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=DIM, precision="float32"))
-    return config, EmbedderIdentity(model, "c" * 64, DIM, True)
-
-
 @contextmanager
 def open_write(settings: Settings, tenant: str) -> Iterator[None]:
     """Another tenant's transaction, on a connection of its own, that inserted into `chunks` and stays open
     (a long ingest, an idle client) until the block ends."""
-    config, identity = space("blocker")
+    config, identity = new_space("blocker")
     rng = np.random.default_rng(1)
     with Database(settings) as other, other.tenant(tenant) as conn:
         register_index(conn, config, identity, vector_index=False)
@@ -89,7 +80,7 @@ def dense_plan(conn: psycopg.Connection, index_id: str, q: np.ndarray) -> str:
 
 def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_built(db, migrated, new_tenant):
     tenant, other = new_tenant("gl-bulk"), new_tenant("gl-blocker")
-    config, identity = space("gl-bulk")
+    config, identity = new_space("gl-bulk")
     rng = np.random.default_rng(7)
     records, vectors = make_records(1500, rng, prefix=tenant), unit_vectors(1500, rng)
     q = vectors[42]
@@ -119,7 +110,7 @@ def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_buil
 
 def test_a_deferred_build_leaves_the_callers_transaction_and_its_lock_timeout_as_they_were(db, migrated, new_tenant):
     tenant, other = new_tenant("gl-caller"), new_tenant("gl-blocker")
-    config, identity = space("gl-caller")
+    config, identity = new_space("gl-caller")
     with db.tenant(tenant) as conn:
         register_index(conn, config, identity, vector_index=False)
     with open_write(migrated, other), db.tenant(tenant) as conn:
@@ -165,7 +156,7 @@ def test_a_first_ingest_behind_an_open_write_returns_deferred_and_the_next_inges
 
 def test_build_graph_command_defers_while_blocked_then_builds(db, migrated, new_tenant, sluice_cli):
     tenant, other = new_tenant("gl-cli"), new_tenant("gl-blocker")
-    config, identity = space("gl-cli")
+    config, identity = new_space("gl-cli")
     rng = np.random.default_rng(8)
     with open_write(migrated, other):
         bulk_load_records(
@@ -233,7 +224,7 @@ def test_a_second_builder_of_one_graph_finds_it_built(db, new_tenant):
     finds the graph, though its own look before the wait had cached the name as absent (it failed with
     `relation "chunks_hnsw_..." already exists` before migration 0017)."""
     first, second = new_tenant("race-a"), new_tenant("race-b")
-    config, identity = space("race")
+    config, identity = new_space("race")
     rng = np.random.default_rng(4)
     for tenant in (first, second):
         with db.tenant(tenant) as conn:

@@ -7,22 +7,14 @@ import uuid
 import numpy as np
 from psycopg import sql
 
-from bench.synthetic import clustered_vectors, make_records, near_queries, unit_vectors
-from sluice.config import EmbedderConfig, PipelineConfig, RetrievalConfig
+from bench.synthetic import clustered_vectors, make_records, near_queries, new_space, unit_vectors
+from sluice.config import RetrievalConfig
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records
-from tasks.embed import EmbedderIdentity
 from tasks.records import store_records
 from tasks.store import register_index
 
 K = 10
-
-
-def space(name: str, dim: int) -> tuple[PipelineConfig, EmbedderIdentity]:
-    """A new embedding space (index id) of `dim`-d random unit vectors."""
-    model = f"synthetic-{name}-{uuid.uuid4().hex[:8]}"
-    config = PipelineConfig(embedder=EmbedderConfig(model=model, dim=dim, precision="float32"))
-    return config, EmbedderIdentity(model, "d" * 64, dim, True)
 
 
 def plan(conn, index_id: str, q: np.ndarray) -> str:
@@ -50,7 +42,7 @@ def search_against_exact(db, tenant: str, index_id: str, queries: np.ndarray) ->
 
 
 def test_a_new_graph_is_halfvec_and_dense_search_uses_it(db, throwaway):
-    tenant, (config, identity) = throwaway(f"halfvec-{uuid.uuid4().hex[:8]}"), space("halfvec", 384)
+    tenant, (config, identity) = throwaway(f"halfvec-{uuid.uuid4().hex[:8]}"), new_space("halfvec", 384)
     rng = np.random.default_rng(21)
     vectors = clustered_vectors(3000, rng)
     result = bulk_load_records(db, tenant, config, identity, make_records(3000, rng, prefix=tenant), vectors)
@@ -68,7 +60,7 @@ def test_a_new_graph_is_halfvec_and_dense_search_uses_it(db, throwaway):
 
 
 def test_a_graph_built_on_vector_before_0021_is_still_used(db, admin, throwaway):
-    tenant, (config, identity) = throwaway(f"vecgraph-{uuid.uuid4().hex[:8]}"), space("vecgraph", 384)
+    tenant, (config, identity) = throwaway(f"vecgraph-{uuid.uuid4().hex[:8]}"), new_space("vecgraph", 384)
     rng = np.random.default_rng(22)
     vectors = clustered_vectors(2000, rng)
     with db.tenant(tenant) as conn:
@@ -89,7 +81,7 @@ def test_a_graph_built_on_vector_before_0021_is_still_used(db, admin, throwaway)
 
 def test_a_3072_dimension_index_gets_a_graph(db, throwaway):
     """pgvector's HNSW takes vector up to 2,000 dimensions and halfvec up to 4,000 (hosted 3,072-d embeddings)."""
-    tenant, (config, identity) = throwaway(f"wide-{uuid.uuid4().hex[:8]}"), space("wide", 3072)
+    tenant, (config, identity) = throwaway(f"wide-{uuid.uuid4().hex[:8]}"), new_space("wide", 3072)
     rng = np.random.default_rng(23)
     vectors = unit_vectors(400, rng, dim=3072)
     result = bulk_load_records(db, tenant, config, identity, make_records(400, rng, prefix=tenant), vectors)
