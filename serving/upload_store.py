@@ -25,7 +25,7 @@ import psycopg
 
 from sluice.db import Database
 from sluice.errors import SourceError
-from sluice.objects import copy_out, filesystem, write_pieces
+from sluice.objects import copy_out, filesystem, protocol_of, write_pieces
 from sluice.settings import Settings
 
 INSERT = "INSERT INTO uploads (tenant_id, upload_id, name, size, location) VALUES (%s, %s, %s, %s, %s)"
@@ -111,15 +111,19 @@ class PostgresStore(Store):
 
     def remove(self, locations: list[str]) -> None:
         # The database's parts go with their `uploads` rows (ON DELETE CASCADE); objects are deleted here.
-        if not locations:
-            return
-        fs = filesystem(_objects_of(self.settings, locations[0]), locations[0])
-        try:
-            fs.rm(locations)
-        except (FileNotFoundError, ValueError):  # a bucket gone, or several (s3fs deletes in bulk from one): one by one
-            for where in locations:
-                with contextlib.suppress(FileNotFoundError):
-                    fs.rm(where)
+        # Rows may name objects in stores of different kinds (SLUICE_UPLOAD_STORE switched while jobs
+        # waited): each protocol's objects are deleted by its own filesystem.
+        by_protocol: dict[str, list[str]] = {}
+        for where in locations:
+            by_protocol.setdefault(protocol_of(where), []).append(where)
+        for group in by_protocol.values():
+            fs = filesystem(_objects_of(self.settings, group[0]), group[0])
+            try:
+                fs.rm(group)
+            except (FileNotFoundError, ValueError):  # a bucket gone, or several (s3fs deletes in bulk from one)
+                for where in group:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm(where)
 
     def remove_each(self, locations: list[str]) -> dict[str, Exception]:
         # One request per object: s3fs's bulk delete drops a key's own refusal (AccessDenied) without a word.

@@ -216,6 +216,23 @@ def test_objects_already_gone_do_not_keep_their_rows(db, migrated, new_tenant, b
     assert _count(migrated, tenant) == (0, 0)
 
 
+def test_a_job_whose_files_lie_in_two_kinds_of_store_has_each_deleted_in_its_own(
+    db, migrated, new_tenant, bucket_store, tmp_path
+):
+    # SLUICE_UPLOAD_STORE switched from a mounted folder to a bucket while the job's files were uploaded:
+    # discarding the job deletes each object through its own protocol's filesystem, not the first one's.
+    tenant = new_tenant("upkinds")
+    folder = ObjectStore(Settings(upload_store=f"file://{tmp_path}/store"))
+    (tmp_path / "store" / tenant).mkdir(parents=True)
+    ids = save(db, folder, tenant, [NewFile("f.md", 1, [b"f"])]) + save(
+        db, bucket_store, tenant, [NewFile("b.md", 1, [b"b"])]
+    )
+    assert len(list((tmp_path / "store" / tenant).iterdir())) == 1 and len(_objects(bucket_store, tenant)) == 1
+    assert discard(db, PostgresStore(bucket_store.settings), tenant, ids) == 2
+    assert list((tmp_path / "store" / tenant).iterdir()) == [] and _objects(bucket_store, tenant) == []
+    assert _count(migrated, tenant) == (0, 0)
+
+
 @contextmanager
 def undeletable(paths: list[Path]) -> Iterator[None]:
     """The files cannot be removed (immutable; or, for a user who is not root, in a read-only folder)."""
