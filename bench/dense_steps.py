@@ -1,0 +1,120 @@
+"""Where an unfiltered dense search's time goes: each round trip timed by the client, and the HNSW
+statement's planning and execution as the server reports them (EXPLAIN ANALYZE, TIMING OFF).
+
+Runs on the data `bench/retrieval.py` loaded (database `sluice_bench`, tenant `bench-<n>` or `--tenant`).
+Per query and `ef_search` (in a random order per query), one transaction does what
+`tasks.retrieve.dense_search` does, step by step: open (BEGIN, the tenant's setting, its existence check),
+`set_search_params`, the HNSW statement, COMMIT; another runs the same statement under EXPLAIN, before or
+after it in alternating order. Medians over the queries after 10 for warm-up.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/dense_steps.py --n 1000000 [--ef 80] [--queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+from psycopg import sql
+
+from bench.dense_sweep import sources
+from bench.synthetic import SYNTHETIC, near_queries
+from sluice.db import Database
+from sluice.settings import load_settings
+from tasks import retrieve as R
+
+K = 10
+WARM = 10
+
+
+def statement(conn, cast: str) -> sql.Composed:
+    """The HNSW statement `dense_search` runs without a filter."""
+    compiled = R.compile_for(conn, None)
+    return sql.SQL(R.ann_query(cast)).format(
+        filter=compiled.clause,
+        index_id=R.index_literal(SYNTHETIC.index_id),
+        dim=sql.Literal(SYNTHETIC.embedder.dim),
+        source=R.source(compiled),
+    )
+
+
+def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, list[float]]:
+    """One dense search, step by step: open, search params, the HNSW statement, commit (ms each)."""
+    params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
+    t0 = time.perf_counter()
+    opened = db.tenant(tenant)
+    conn = opened.__enter__()
+    t1 = time.perf_counter()
+    beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
+    t2 = time.perf_counter()
+    rows = conn.execute(statement(conn, beam.cast), params).fetchall()
+    t3 = time.perf_counter()
+    opened.__exit__(None, None, None)
+    t4 = time.perf_counter()
+    assert len(rows) == K, len(rows)
+    return beam, [(b - a) * 1000 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t0, t4))]
+
+
+def explained(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[float, float]:
+    """The HNSW statement's planning and execution time (ms) as the server reports them."""
+    params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
+    with db.tenant(tenant) as conn:
+        beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
+        explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ") + statement(conn, beam.cast)
+        plan = conn.execute(explain, params).fetchone()[0][0]
+    return plan["Planning Time"], plan["Execution Time"]
+
+
+STEPS = ("open", "search_params", "hnsw_statement", "commit", "total")
+
+
+def measure(db: Database, tenant: str, queries: np.ndarray, efs: list[int]) -> list[dict]:
+    """Per query, each ef in a random order, and per ef the timed search and its EXPLAIN in alternating
+    order (the second run of a query finds its pages in the buffers): medians per ef."""
+    steps = {ef: {k: [] for k in (*STEPS, "server_plan", "server_exec")} for ef in efs}
+    beams: dict[int, R.Beam] = {}
+    for i, q in enumerate(queries):
+        for ef in map(int, np.random.default_rng(i).permutation(efs)):
+            if i % 2:
+                beams[ef], ms = timed(db, tenant, q, ef)
+                plan, execution = explained(db, tenant, q, ef)
+            else:
+                plan, execution = explained(db, tenant, q, ef)
+                beams[ef], ms = timed(db, tenant, q, ef)
+            if i < WARM:
+                continue
+            for name, value in zip(STEPS, ms, strict=True):
+                steps[ef][name].append(value)
+            steps[ef]["server_plan"].append(plan)
+            steps[ef]["server_exec"].append(execution)
+    return [
+        {
+            "ef_search": ef,
+            "beam": beams[ef].ef_search,
+            "cast": beams[ef].cast,
+            **{name: round(float(np.median(values)), 3) for name, values in steps[ef].items()},
+        }
+        for ef in efs
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--tenant", help="the measured tenant (default bench-<n>)")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--ef", default="80,100")
+    args = parser.parse_args()
+    tenant = args.tenant or f"bench-{args.n}"
+    load_before = os.getloadavg()
+    with Database(load_settings(db_name="sluice_bench")) as db:
+        queries = near_queries(sources(db, tenant), args.queries + WARM, np.random.default_rng(11))
+        results = measure(db, tenant, queries, [int(ef) for ef in args.ef.split(",")])
+    print(json.dumps({"tenant": tenant, "load_average": [load_before, os.getloadavg()], "steps_ms": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
