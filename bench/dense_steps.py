@@ -7,7 +7,11 @@ Per query and `ef_search` (in a random order per query), one transaction does wh
 `set_search_params`, the HNSW statement, COMMIT; another runs the same statement under EXPLAIN, before or
 after it in alternating order. Medians over the queries after 10 for warm-up.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/dense_steps.py --n 1000000 [--ef 80] [--queries 100]
+With `--compare-open`, whole dense searches are also timed opened two ways, alternating per query:
+`Database.tenant` as shipped (BEGIN, the tenant's setting, its check: three round trips) against a candidate
+that pipelines the three into one (not adopted: docs/benchmarks.md, Run 11).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/dense_steps.py --n 1000000 [--ef 80] [--queries 100] [--compare-open]
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from psycopg import sql
 
 from bench.dense_sweep import sources
 from bench.synthetic import SYNTHETIC, near_queries
+from sluice.config import RetrievalConfig
 from sluice.db import Database
 from sluice.settings import load_settings
 from tasks import retrieve as R
@@ -68,6 +75,43 @@ def explained(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[float,
     return plan["Planning Time"], plan["Execution Time"]
 
 
+@contextmanager
+def pipelined(db: Database, tenant: str) -> Iterator:
+    """A candidate `Database.tenant`: BEGIN, the tenant's setting and its check in one pipelined round trip
+    (BEGIN by hand: psycopg's `transaction()` opened in a pipeline leaves the connection in pipeline mode)."""
+    with db.pool.connection() as conn:
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant,))
+                known = conn.execute("SELECT 1 FROM tenants")
+            assert known.fetchone()
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def compare_open(db: Database, tenant: str, queries: np.ndarray, ef: int) -> dict:
+    """Whole dense searches opened both ways, alternating per query: medians and their ratio."""
+    times: dict[str, list[float]] = {"pipelined": [], "shipped": []}
+    config = RetrievalConfig(k=K, ef_search=ef)
+    for i, q in enumerate(queries):
+        for way in ("pipelined", "shipped") if i % 2 else ("shipped", "pipelined"):
+            t0 = time.perf_counter()
+            with pipelined(db, tenant) if way == "pipelined" else db.tenant(tenant) as conn:
+                assert len(R.dense_search(conn, SYNTHETIC.index_id, q, config)) == K
+            if i >= WARM:
+                times[way].append((time.perf_counter() - t0) * 1000)
+    ratio = np.median(np.array(times["pipelined"]) / np.array(times["shipped"]))
+    return {
+        "ef_search": ef,
+        **{f"{way}_p50_ms": round(float(np.median(v)), 3) for way, v in times.items()},
+        "per_query_median_ratio": round(float(ratio), 3),
+    }
+
+
 STEPS = ("open", "search_params", "hnsw_statement", "commit", "total")
 
 
@@ -107,13 +151,17 @@ def main() -> None:
     parser.add_argument("--tenant", help="the measured tenant (default bench-<n>)")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--ef", default="80,100")
+    parser.add_argument("--compare-open", action="store_true", help="also: a pipelined opening against the shipped one")
     args = parser.parse_args()
     tenant = args.tenant or f"bench-{args.n}"
     load_before = os.getloadavg()
     with Database(load_settings(db_name="sluice_bench")) as db:
         queries = near_queries(sources(db, tenant), args.queries + WARM, np.random.default_rng(11))
-        results = measure(db, tenant, queries, [int(ef) for ef in args.ef.split(",")])
-    print(json.dumps({"tenant": tenant, "load_average": [load_before, os.getloadavg()], "steps_ms": results}, indent=2))
+        efs = [int(ef) for ef in args.ef.split(",")]
+        results = {"steps_ms": measure(db, tenant, queries, efs)}
+        if args.compare_open:
+            results["open"] = [compare_open(db, tenant, queries, ef) for ef in efs]
+    print(json.dumps({"tenant": tenant, "load_average": [load_before, os.getloadavg()], **results}, indent=2))
 
 
 if __name__ == "__main__":
