@@ -37,29 +37,21 @@ K = 10
 WARM = 10
 
 
-def statement(conn, cast: str) -> sql.Composed:
-    """The HNSW statement `dense_search` runs without a filter."""
-    compiled = R.compile_for(conn, None)
-    return sql.SQL(R.ann_query(cast)).format(
-        filter=compiled.clause,
-        index_id=R.index_literal(SYNTHETIC.index_id),
-        dim=sql.Literal(SYNTHETIC.embedder.dim),
-        source=R.source(compiled),
-    )
+def hnsw(conn, cast: str, params: dict, prefix: str = "") -> list:
+    """The HNSW statement `dense_search` runs without a filter (under `prefix`, e.g. EXPLAIN); its rows."""
+    return R._run(conn, prefix + R.ann_query(cast), params, None, dim=sql.Literal(SYNTHETIC.embedder.dim))
 
 
 def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, list[float]]:
     """One dense search, step by step: open, search params, the HNSW statement, commit (ms each)."""
     params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
     t0 = time.perf_counter()
-    opened = db.tenant(tenant)
-    conn = opened.__enter__()
-    t1 = time.perf_counter()
-    beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
-    t2 = time.perf_counter()
-    rows = conn.execute(statement(conn, beam.cast), params).fetchall()
-    t3 = time.perf_counter()
-    opened.__exit__(None, None, None)
+    with db.tenant(tenant) as conn:
+        t1 = time.perf_counter()
+        beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
+        t2 = time.perf_counter()
+        rows = hnsw(conn, beam.cast, params)
+        t3 = time.perf_counter()
     t4 = time.perf_counter()
     assert len(rows) == K, len(rows)
     return beam, [(b - a) * 1000 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t0, t4))]
@@ -70,8 +62,7 @@ def explained(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[float,
     params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
     with db.tenant(tenant) as conn:
         beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
-        explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ") + statement(conn, beam.cast)
-        plan = conn.execute(explain, params).fetchone()[0][0]
+        plan = hnsw(conn, beam.cast, params, "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ")[0][0][0]
     return plan["Planning Time"], plan["Execution Time"]
 
 
