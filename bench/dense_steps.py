@@ -37,20 +37,20 @@ K = 10
 WARM = 10
 
 
-def hnsw(conn, cast: str, params: dict, prefix: str = "") -> list:
-    """The HNSW statement `dense_search` runs without a filter (under `prefix`, e.g. EXPLAIN); its rows."""
+def hnsw(conn, cast: str, q: np.ndarray, prefix: str = "") -> list:
+    """The HNSW statement `dense_search` runs for `q` without a filter (under `prefix`, e.g. EXPLAIN); its rows."""
+    params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
     return R._run(conn, prefix + R.ann_query(cast), params, None, dim=sql.Literal(SYNTHETIC.embedder.dim))
 
 
 def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, list[float]]:
     """One dense search, step by step: open, search params, the HNSW statement, commit (ms each)."""
-    params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
     t0 = time.perf_counter()
     with db.tenant(tenant) as conn:
         t1 = time.perf_counter()
         beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
         t2 = time.perf_counter()
-        rows = hnsw(conn, beam.cast, params)
+        rows = hnsw(conn, beam.cast, q)
         t3 = time.perf_counter()
     t4 = time.perf_counter()
     assert len(rows) == K, len(rows)
@@ -59,10 +59,9 @@ def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, li
 
 def explained(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[float, float]:
     """The HNSW statement's planning and execution time (ms) as the server reports them."""
-    params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
     with db.tenant(tenant) as conn:
         beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
-        plan = hnsw(conn, beam.cast, params, "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ")[0][0][0]
+        plan = hnsw(conn, beam.cast, q, "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ")[0][0][0]
     return plan["Planning Time"], plan["Execution Time"]
 
 

@@ -159,9 +159,9 @@ def test_a_poison_message_is_dead_lettered_once_and_the_worker_lives(stack, bees
     # message, so on a busy machine the result can be read a moment before the acknowledgement lands.
     broker = redis.Redis.from_url(rel_settings.broker_url)
     deadline = time.monotonic() + 30
-    while (broker.llen(QUERY_QUEUE), broker.hlen("unacked")) != (0, 0) and time.monotonic() < deadline:
+    while (held := (broker.llen(QUERY_QUEUE), broker.hlen("unacked"))) != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert (broker.llen(QUERY_QUEUE), broker.hlen("unacked")) == (0, 0)
+    assert held == (0, 0), "messages (queued, unacknowledged) still held by the broker"
     assert _dead_letters_counted(stack[2], "poison") == 2
     assert_answers(stack, key)
 
