@@ -37,10 +37,10 @@ K = 10
 WARM = 10
 
 
-def hnsw(conn, cast: str, q: np.ndarray, prefix: str = "") -> list:
+def hnsw(conn, beam: R.Beam, q: np.ndarray, prefix: str = "") -> list:
     """The HNSW statement `dense_search` runs for `q` without a filter (under `prefix`, e.g. EXPLAIN); its rows."""
     params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
-    return R._run(conn, prefix + R.ann_query(cast), params, None, dim=sql.Literal(SYNTHETIC.embedder.dim))
+    return R.ann_rows(conn, beam, params, None, sql.Literal(SYNTHETIC.embedder.dim), prefix)
 
 
 def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, list[float]]:
@@ -50,7 +50,7 @@ def timed(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[R.Beam, li
         t1 = time.perf_counter()
         beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
         t2 = time.perf_counter()
-        rows = hnsw(conn, beam.cast, q)
+        rows = hnsw(conn, beam, q)
         t3 = time.perf_counter()
     t4 = time.perf_counter()
     assert len(rows) == K, len(rows)
@@ -61,7 +61,7 @@ def explained(db: Database, tenant: str, q: np.ndarray, ef: int) -> tuple[float,
     """The HNSW statement's planning and execution time (ms) as the server reports them."""
     with db.tenant(tenant) as conn:
         beam = R.set_search_params(conn, ef, SYNTHETIC.index_id)
-        plan = hnsw(conn, beam.cast, q, "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ")[0][0][0]
+        plan = hnsw(conn, beam, q, "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ")[0][0][0]
     return plan["Planning Time"], plan["Execution Time"]
 
 

@@ -4,7 +4,8 @@ Loads (once; reused on later runs) `--n` synthetic chunks with clustered 384-d u
 realistic metadata into tenant `bench-<n>` of database `sluice_bench`, after `--others` tenants of
 `--other-n` chunks each in the same index. The load is the bulk path for many tenants: every tenant's
 rows (COPY into a staging table, INSERT ... SELECT under RLS, a transaction per 5,000 rows, so a killed
-load resumes), then one parallel build of the index's HNSW graph over all of them (`tasks.bulk`). Then,
+load resumes), then one parallel build of each HNSW graph (`tasks.bulk`): a graph of its own for each tenant
+of at least `--own-graph-rows` chunks (Settings.own_graph_rows; migration 0022), one the others share. Then,
 warm and interleaved per query (the cases in a fresh random order per query, so no case always runs on
 pages another case just read), it times dense, hybrid (rrf and convex), lexical (BM25) and filtered (1%,
 0.1%) retrieval and the exact scan (baseline); `lexical_ts_rank` is the lexical search Sluice had before
@@ -46,6 +47,7 @@ from sluice.db import Database, admin_conninfo, create_tenant, migrate
 from sluice.settings import Settings, load_settings
 from tasks import bulk
 from tasks import retrieve as R
+from tasks.graph import claim_own_graph
 from tasks.records import store_records
 from tasks.store import register_index
 
@@ -62,7 +64,7 @@ CASES = {
 
 
 BATCH = 5000  # rows per load transaction: a killed load resumes at the last committed batch
-GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"  # the index's own HNSW graph (migration 0014)
+GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"  # the graph the index's tenants share (migration 0014)
 
 
 def layout(n: int, others: int, other_n: int, tenant: str | None) -> list[tuple[str, int, int]]:
@@ -80,50 +82,74 @@ def _held(db: Database, tenant: str, n: int) -> int:
     return have
 
 
-def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int) -> None:
+def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int, own_graph_rows: int) -> None:
     """Rows have..n of the tenant's synthetic set, a committed transaction per batch, through the bulk
-    path's staging (`tasks.records.store_records`: COPY into a TEMP table, INSERT ... SELECT under RLS)."""
+    path's staging (`tasks.records.store_records`: COPY into a TEMP table, INSERT ... SELECT under RLS),
+    its own graph claimed first when it holds `own_graph_rows` (as `tasks.bulk.bulk_load_records` does)."""
     with db.tenant(tenant) as conn:
         register_index(conn, SYNTHETIC, IDENTITY, vector_index=False)
+        claim_own_graph(conn, SYNTHETIC.index_id, n - have, own_graph_rows)
     for records, vectors in synthetic_batches(tenant, n, seed, BATCH, start=have):
         with db.tenant(tenant) as conn:
             store_records(conn, SYNTHETIC.index_id, records, vectors)
 
 
-def _build_graph(db: Database, admin: psycopg.Connection, tenant: str, build_memory_mb: int | None) -> None:
-    """One parallel HNSW build over every tenant's rows (`tasks.bulk.build_vector_index`), then statistics."""
-    rows = admin.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
+def _graph(db: Database, tenant: str) -> tuple[str, bool]:
+    """The graph `tenant` searches (its own, or the shared one), and whether it is built."""
+    with db.tenant(tenant) as conn:
+        return conn.execute(
+            "SELECT index_graph(%(i)s), to_regclass(quote_ident(index_graph(%(i)s))) IS NOT NULL",
+            {"i": SYNTHETIC.index_id},
+        ).fetchone()
+
+
+def _build_graphs(db: Database, admin: psycopg.Connection, tenants: list[str], build_memory_mb: int | None) -> None:
+    """One parallel HNSW build per graph the tenants search (`tasks.bulk.build_vector_index`), then statistics."""
     if build_memory_mb:  # the product caps a build at 4 GB and a quarter of memory; 2M 384-d halfvec rows need ~3.3 GB
         bulk.MAX_BUILD_MEMORY = build_memory_mb << 20
-    with db.tenant(tenant) as conn:
-        bulk.build_vector_index(conn, SYNTHETIC.index_id, rows, DIM)
+    for tenant in tenants:
+        name, built = _graph(db, tenant)
+        if built:
+            continue  # the shared graph, built for an earlier tenant
+        t0 = time.perf_counter()
+        count = "SELECT count(*) FROM chunks WHERE index_id = %s"
+        if name == GRAPH:  # every unclaimed tenant's rows (the admin reads past RLS)
+            rows = admin.execute(count + " AND NOT own_graph", (SYNTHETIC.index_id,)).fetchone()[0]
+        with db.tenant(tenant) as conn:
+            if name != GRAPH:  # the tenant's own
+                rows = conn.execute(count, (SYNTHETIC.index_id,)).fetchone()[0]
+            bulk.build_vector_index(conn, SYNTHETIC.index_id, rows, DIM)
+        print(f"built {name} ({rows} rows) in {time.perf_counter() - t0:.0f} s", flush=True)
     for table in ("chunks", "documents", "lexical_postings"):
         admin.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
 
 
-def ensure_data(settings: Settings, db: Database, tenants: list[tuple[str, int, int]], build_memory_mb=None) -> dict:
-    """Load what each (tenant, n, seed) lacks with the index's graph absent, then build it once; the load's cost.
+def ensure_data(
+    settings: Settings, db: Database, tenants: list[tuple[str, int, int]], build_memory_mb=None, own_graph_rows=None
+) -> dict:
+    """Load what each (tenant, n, seed) lacks with its graph absent, then build each graph once; the load's cost.
 
-    The bulk path for many tenants: every tenant's rows first, then one graph over all of them (loading
-    tenant after tenant through `bulk_load_records` would insert every tenant after the first into a live
-    graph, one row at a time).
+    The bulk path for many tenants: every tenant's rows first, then each graph over all of its rows (loading
+    tenant after tenant through `bulk_load_records` would insert every tenant after the first that shares
+    the graph into a live graph, one row at a time).
     """
+    own_graph_rows = own_graph_rows or settings.own_graph_rows
     missing = [(t, n, seed, have) for t, n, seed in tenants if (have := _held(db, t, n)) < n]
+    if not missing and all(_graph(db, t)[1] for t, _, _ in tenants):
+        return {"loaded_rows": 0}
     with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
-        graph = admin.execute("SELECT to_regclass(%s) IS NOT NULL", (GRAPH,)).fetchone()[0]
-        if not missing and graph:
-            return {"loaded_rows": 0}
         memory, t0 = ClusterMemory(settings.pgdata), time.perf_counter()
         memory.start()
-        admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(GRAPH)))
+        for tenant, *_ in missing:  # its rows go in without a graph: the one it searches is built afterwards
+            admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(_graph(db, tenant)[0])))
         for tenant, n, seed, have in missing:
             t1 = time.perf_counter()
-            _load_rows(db, tenant, n, seed, have)
+            _load_rows(db, tenant, n, seed, have, own_graph_rows)
             print(f"loaded {n - have} chunks into {tenant} in {time.perf_counter() - t1:.0f} s", flush=True)
         t1 = time.perf_counter()
-        _build_graph(db, admin, tenants[-1][0], build_memory_mb)
+        _build_graphs(db, admin, [t for t, _, _ in tenants], build_memory_mb)
         t2 = time.perf_counter()
-        print(f"built the graph in {t2 - t1:.0f} s", flush=True)
+        print(f"built the graphs in {t2 - t1:.0f} s", flush=True)
         rows = sum(n - have for _, n, _, have in missing)
         return {
             "loaded_rows": rows,
@@ -144,21 +170,34 @@ def query_sources(db: Database) -> np.ndarray:
     return np.vstack([np.asarray(getattr(r[0], "to_numpy", lambda v=r[0]: v)(), dtype=np.float32) for r in rows])
 
 
-def sizes(settings: Settings) -> dict[str, float]:
-    """On-disk sizes (MB): the HNSW graph, the chunks table, the promoted keys' covering btrees on chunks
-    (`chunks_meta_<key>`, each holding every carrying chunk's vector), the other chunk indexes, postings, documents."""
+def sizes(settings: Settings, measured_graph: str) -> dict[str, float]:
+    """On-disk sizes (MB): the measured tenant's HNSW graph, every graph of the index, the chunks table, the
+    promoted keys' covering btrees on chunks (`chunks_meta_<key>`, each holding every carrying chunk's vector),
+    the other chunk indexes, postings, documents."""
     covering = (
         "(SELECT coalesce(sum(pg_relation_size(indexrelid)), 0)::bigint FROM pg_index "
         "WHERE indrelid = 'chunks'::regclass AND indexrelid::regclass::text LIKE 'chunks\\_meta\\_%%')"
     )
+    graphs = (
+        "(SELECT coalesce(sum(pg_relation_size(indexrelid)), 0)::bigint FROM pg_index "
+        "WHERE indrelid = 'chunks'::regclass AND starts_with(indexrelid::regclass::text, %(g)s))"
+    )
     query = (
-        f"SELECT pg_relation_size(to_regclass(%(g)s)), pg_table_size('chunks'), {covering}, "
-        f"pg_indexes_size('chunks') - coalesce(pg_relation_size(to_regclass(%(g)s)), 0) - {covering}, "
+        f"SELECT pg_relation_size(to_regclass(%(m)s)), {graphs}, pg_table_size('chunks'), {covering}, "
+        f"pg_indexes_size('chunks') - {graphs} - {covering}, "
         "pg_total_relation_size('lexical_postings'), pg_total_relation_size('documents')"
     )
     with psycopg.connect(admin_conninfo(settings)) as admin:
-        row = admin.execute(query, {"g": GRAPH}).fetchone()
-    names = ("hnsw_graph", "chunks_table", "promoted_covering", "chunks_other_indexes", "lexical_postings", "documents")
+        row = admin.execute(query, {"g": GRAPH, "m": measured_graph}).fetchone()
+    names = (
+        "hnsw_graph",
+        "hnsw_graphs_all",
+        "chunks_table",
+        "promoted_covering",
+        "chunks_other_indexes",
+        "lexical_postings",
+        "documents",
+    )
     return {f"{name}_mb": round((v or 0) / 2**20, 1) for name, v in zip(names, row, strict=True)}
 
 
@@ -211,8 +250,8 @@ def _default_plan_count(db: Database, q: np.ndarray, spec: dict) -> int:
     """Rows the stock plan (ef_search 40, no iterative scan) returns for a filtered LIMIT k."""
     with db.tenant(TENANT) as conn:
         params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
-        query = R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))
-        return len(R._run(conn, query, params, spec, dim=sql.Literal(q.shape[0])))
+        beam = R.graph_beam(conn, SYNTHETIC.index_id)
+        return len(R.ann_rows(conn, beam, params, spec, sql.Literal(q.shape[0])))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -228,14 +267,16 @@ def run(args: argparse.Namespace) -> dict:
     tenants = layout(args.n, args.others, args.other_n, args.tenant)
     TENANT = tenants[-1][0]
     with Database(settings) as db:
-        load = ensure_data(settings, db, tenants, args.build_memory_mb)
+        load = ensure_data(settings, db, tenants, args.build_memory_mb, args.own_graph_rows)
         memory = ClusterMemory(settings.pgdata)
         memory.start()
         t0 = time.perf_counter()
         out = {} if args.load_only else measure(db, settings, args.queries, args.langchain)
         out["query_phase"] = {"seconds": round(time.perf_counter() - t0, 1), **memory.stop()}
+        measured_graph = _graph(db, TENANT)[0]
     out["layout"] = {"measured": tenants[-1], "others": len(tenants) - 1, "other_n": args.other_n}
-    out["load"], out["sizes"], out["migrate_s"] = load, sizes(settings), migrate_s
+    out["layout"]["measured_graph"] = measured_graph
+    out["load"], out["sizes"], out["migrate_s"] = load, sizes(settings, measured_graph), migrate_s
     out["loader_peak_rss_mb"] = loader_peak_rss_mb()
     out["wall_s"] = round(time.perf_counter() - start, 1)
     out["load_average"] = {"start": load_before, "end": os.getloadavg()}
@@ -349,6 +390,9 @@ def main() -> None:
     parser.add_argument("--langchain-load", action="store_true", help="copy the data into PGVector first")
     parser.add_argument("--build-memory-mb", type=int, help="maintenance_work_mem of the graph build (over 2 GB)")
     parser.add_argument("--load-only", action="store_true", help="load (and report the load), measure nothing")
+    parser.add_argument(
+        "--own-graph-rows", type=int, help="a tenant's chunks from which it gets its own graph (default: the setting)"
+    )
     args = parser.parse_args()
     if args.langchain_load:
         admin = admin_conninfo(load_settings(db_name="sluice_bench"))

@@ -42,8 +42,7 @@ def main() -> None:
                 )
                 t0 = time.perf_counter()
                 params = {"q": q, "index_id": SYNTHETIC.index_id, "k": 10, "fetch": fetch}
-                query = R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))
-                found = R._run(conn, query, params, SPEC, dim=sql.Literal(384))
+                found = R.ann_rows(conn, R.graph_beam(conn, SYNTHETIC.index_id), params, SPEC, sql.Literal(384))
                 times.append((time.perf_counter() - t0) * 1000)
             top = {r[0] for r in sorted(found, key=lambda r: -r[7])[:10]}
             recall.append(len(top & expected) / 10)

@@ -119,9 +119,8 @@ def index_build_graph(
 
     settings = load_settings()
     with Database(settings) as db, db.tenant(tenant) as conn:
-        graph = ensure_vector_index(
-            conn, index_id, index_dim(conn, index_id), lock_timeout or settings.graph_build_lock_timeout_s
-        )
+        timeout = lock_timeout or settings.graph_build_lock_timeout_s
+        graph = ensure_vector_index(conn, index_id, index_dim(conn, index_id), timeout, settings.own_graph_rows)
     console.print(f"index {index_id}: HNSW graph {graph}")
     if graph == Graph.DEFERRED:
         console.print("a transaction still holds a lock on chunks: try again later, or with a longer --lock-timeout")

@@ -15,6 +15,7 @@ from sluice.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_UPLOAD_MAX = 256 * 1024 * 1024  # migration 0013's uploads_size_in_database
 GRAPH_LOCK_TIMEOUT_S = 5.0  # graph_build_lock_timeout_s's default, also that of callers given no Settings
+OWN_GRAPH_ROWS = 100_000  # own_graph_rows's default, also that of callers given no Settings
 
 # Every dependency that phones home or reaches a model hub, switched off.
 # RAGAS_DO_NOT_TRACK only honours "true" (the value "1" is ignored).
@@ -134,6 +135,13 @@ class Settings(BaseSettings):
         "for its lock on `chunks`, which any open write transaction of any tenant holds off while every new "
         "writer queues behind the build. Past it the build is deferred, not waited for: dense search scans "
         "exactly until the next ingest into the index, or `sluice index build-graph`, builds it.",
+    )
+    own_graph_rows: int = Field(
+        default=OWN_GRAPH_ROWS,
+        ge=1,
+        description="Rows a tenant holds in an index (a bulk load counting its incoming rows) from which it gets "
+        "an HNSW graph of its own there, apart from the graph the index's other tenants share: its searches no "
+        "longer widen their beam for other tenants' rows, nor theirs for its (tasks/graph.py).",
     )
     index_retention_days: float | None = Field(
         default=None,

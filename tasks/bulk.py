@@ -10,11 +10,13 @@ the build's transaction, may the index be activated: a reader resolves the old i
 with every row and its graph, never a part of it.
 
 When the index already has a graph (another tenant built it), rows go into it as before: correct,
-just not faster. While a graph is being built, writes to `chunks` by other transactions wait (the
-build holds a SHARE lock on the table until it commits); reads go on. The build itself waits a bounded
-time for that lock (tasks/graph.py): when another transaction holds a write lock on `chunks` for longer,
-the graph is deferred (`Graph.DEFERRED`), the rows are in and searched exactly, and the next ingest into
-the index (or `sluice index build-graph`) builds it.
+just not faster; unless the load brings the tenant to Settings.own_graph_rows in the index, which gives it
+a graph of its own (tasks/graph.py, migration 0022), built from its rows after they are in. While a graph
+is being built, writes to `chunks` by other transactions wait (the build holds a SHARE lock on the table
+until it commits); reads go on. The build itself waits a bounded time for that lock (tasks/graph.py):
+when another transaction holds a write lock on `chunks` for longer, the graph is deferred
+(`Graph.DEFERRED`), the rows are in and searched exactly, and the next ingest into the index (or
+`sluice index build-graph`) builds it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from sluice.config import PipelineConfig
 from sluice.db import Database
 from sluice.errors import QueryError
 from sluice.pgtune import machine_memory
-from sluice.settings import GRAPH_LOCK_TIMEOUT_S
+from sluice.settings import GRAPH_LOCK_TIMEOUT_S, OWN_GRAPH_ROWS
 from tasks.embed import EmbedderIdentity
-from tasks.graph import Graph, ensure_graph
+from tasks.graph import Graph, claim_own_graph, ensure_graph
 from tasks.indexes import activate_index
 from tasks.records import Record, store_records
 from tasks.store import register_index
@@ -62,8 +64,9 @@ class BulkResult:
 
 
 def has_vector_index(conn: psycopg.Connection, index_id: str) -> bool:
-    """Whether the index's HNSW graph exists (migration 0014 names it chunks_hnsw_<index_id>)."""
-    return conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (f"chunks_hnsw_{index_id}",)).fetchone()[0]
+    """Whether the HNSW graph the calling tenant searches in the index exists: the one its tenants share
+    (chunks_hnsw_<index_id>, migration 0014), or its own when it claimed one (migration 0022)."""
+    return conn.execute("SELECT to_regclass(quote_ident(index_graph(%s))) IS NOT NULL", (index_id,)).fetchone()[0]
 
 
 def index_dim(conn: psycopg.Connection, index_id: str) -> int:
@@ -105,9 +108,15 @@ def set_build_resources(conn: psycopg.Connection, rows: int, dim: int, cast: str
 
 
 def ensure_vector_index(
-    conn: psycopg.Connection, index_id: str, dim: int, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S
+    conn: psycopg.Connection,
+    index_id: str,
+    dim: int,
+    lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S,
+    own_graph_rows: int = OWN_GRAPH_ROWS,
 ) -> Graph:
-    """Build the index's graph from the rows it holds unless it exists (EXISTED, no lock taken on `chunks`)."""
+    """Build the graph the calling tenant searches in the index from the rows it holds unless it exists
+    (EXISTED, no lock taken on `chunks`): its own once its rows there reach `own_graph_rows`."""
+    claim_own_graph(conn, index_id, 0, own_graph_rows)
     if has_vector_index(conn, index_id):
         return Graph.EXISTED
     rows = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
@@ -125,12 +134,17 @@ def bulk_load_records(
     batch: int = 5000,
     on_batch: Callable[[int, int], None] | None = None,
     lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S,
+    own_graph_rows: int = OWN_GRAPH_ROWS,
 ) -> BulkResult:
     """Load records (one chunk each) into the config's index, then build its graph and, given a
     collection name in `activate`, make the index serve it in the same transaction (also when the
-    graph is deferred: its rows are all in, searched exactly until the graph is built)."""
+    graph is deferred: its rows are all in, searched exactly until the graph is built).
+
+    A tenant whose rows in the index reach `own_graph_rows` with these gets a graph of its own: claimed
+    before the rows go in, so none of them is inserted into the graph the index's other tenants share."""
     with db.tenant(tenant) as conn:  # one transaction: the rows appear all at once
         register_index(conn, config, identity, vector_index=False)
+        claim_own_graph(conn, config.index_id, len(records), own_graph_rows)
         rows = 0
         for start in range(0, len(records), batch):
             rows += store_records(conn, config.index_id, records[start : start + batch], vectors[start : start + batch])

@@ -10,6 +10,11 @@ lock is not granted in time only the build is rolled back, the caller's transact
 is deferred. A deferred graph costs speed, not answers: dense search over an index without its graph sorts
 every row of the tenant in it, exactly (tasks/retrieve.py). The next ingest into the index, a rollout to it
 or `sluice index build-graph` tries again.
+
+A tenant whose rows in an index reach Settings.own_graph_rows claims a graph of its own there
+(`claim_own_graph`, migration 0022): its rows stored afterwards stay out of the shared graph, and its searches
+read its own graph, whose beam needs no widening for other tenants' rows. `ensure_graph` builds whichever
+of the two graphs the calling tenant searches.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ import psycopg
 from sluice.settings import GRAPH_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
+
+
+# The graph the calling tenant searches: its own when it claimed one, else the one its index's tenants share.
+_ENSURE = "SELECT CASE WHEN own_graph(%(i)s) THEN ensure_tenant_hnsw(%(i)s) ELSE ensure_index_hnsw(%(i)s) END"
 
 
 class Graph(StrEnum):
@@ -42,14 +51,53 @@ def deferred_fix(index_id: str, tenant: str = "<tenant>") -> str:
     return f"the next ingest into the index builds it, or run `sluice index build-graph {index_id} --tenant {tenant}`"
 
 
+def own_graph(conn: psycopg.Connection, index_id: str) -> bool:
+    """Whether the calling tenant has claimed a graph of its own in `index_id`."""
+    return conn.execute("SELECT own_graph(%s)", (index_id,)).fetchone()[0]
+
+
+def index_rows(conn: psycopg.Connection, index_id: str) -> int:
+    """The calling tenant's rows in `index_id` (lexical_stats, kept by the chunks trigger: no count of rows)."""
+    row = conn.execute("SELECT chunks FROM lexical_stats WHERE index_id = %s", (index_id,)).fetchone()
+    return row[0] if row else 0
+
+
+def claim_own_graph(conn: psycopg.Connection, index_id: str, incoming: int, threshold: int) -> bool:
+    """Claim a graph of its own in `index_id` for the calling tenant when the rows it holds there plus
+    `incoming` reach `threshold` (Settings.own_graph_rows); return whether it has one claimed now.
+
+    Rows stored after the claim (in its transaction too) go into the tenant's graph alone; those stored
+    before it stay in the shared graph as well. Called before a bulk load and a rollout's build, and after
+    an ingest.
+    """
+    if own_graph(conn, index_id):
+        return True
+    held = index_rows(conn, index_id)
+    if held + incoming < threshold:
+        return False
+    conn.execute(
+        "INSERT INTO tenant_graphs (tenant_id, index_id) VALUES (current_setting('app.tenant_id'), %s) "
+        "ON CONFLICT DO NOTHING",
+        (index_id,),
+    )
+    log.info(
+        "index %s: the tenant's %s rows (%s incoming) get a graph of their own",
+        index_id,
+        held + incoming,
+        incoming,
+    )
+    return True
+
+
 def ensure_graph(conn: psycopg.Connection, index_id: str, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S) -> Graph:
-    """Build the index's graph in the caller's transaction unless it exists, waiting at most `lock_timeout_s`
-    for its locks; DEFERRED (logged, the caller's transaction intact) when they are not granted in time."""
+    """Build the graph the calling tenant searches in `index_id` (its own, or the shared one) in the caller's
+    transaction unless it exists, waiting at most `lock_timeout_s` for its locks; DEFERRED (logged, the
+    caller's transaction intact) when they are not granted in time."""
     previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     try:
         with conn.transaction():  # a savepoint: a lock not granted in time rolls back the build alone
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout_text(lock_timeout_s),))
-            built = conn.execute("SELECT ensure_index_hnsw(%s)", (index_id,)).fetchone()[0]
+            built = conn.execute(_ENSURE, {"i": index_id}).fetchone()[0]
             # The rest of the caller's transaction (a document's store, an activation) waits as it did before.
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
     except psycopg.errors.LockNotAvailable:

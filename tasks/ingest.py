@@ -38,7 +38,7 @@ from sluice.config import PipelineConfig
 from sluice.confine import inside, private_copy, read_inside, too_big
 from sluice.db import Database
 from sluice.errors import ConfigError, DocumentError, SourceError
-from sluice.settings import GRAPH_LOCK_TIMEOUT_S, Settings
+from sluice.settings import GRAPH_LOCK_TIMEOUT_S, OWN_GRAPH_ROWS, Settings
 from tasks.bulk import ensure_vector_index
 from tasks.chunk import Chunk, make_chunker
 from tasks.embed import Embedder
@@ -371,6 +371,7 @@ class Run:
     # Told each settled document inside the transaction that settled it (a shard's ledger, tasks/shards.py).
     on_settled: Settle | None = None
     graph_lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S  # the graph build's wait for its lock (tasks/graph.py)
+    own_graph_rows: int = OWN_GRAPH_ROWS  # the tenant's rows in the index from which it has a graph of its own
 
     def __post_init__(self) -> None:
         validate_collection(self.collection)
@@ -388,6 +389,7 @@ class Run:
         limits = ParseLimits.from_settings(settings)
         cap, batch = settings.max_file_bytes, settings.ingest_batch_chunks
         options.setdefault("graph_lock_timeout_s", settings.graph_build_lock_timeout_s)
+        options.setdefault("own_graph_rows", settings.own_graph_rows)
         return cls(db, tenant, config, embedder, cap, batch, parse_limits=limits, **options)
 
     def part(self) -> Run:
@@ -513,10 +515,12 @@ def sync_deletions(run: Run, files: list[SourceFile]) -> int:
 
 
 def build_graph(run: Run) -> Graph:
-    """Build the index's HNSW graph from its rows unless it exists (BUILT: a first ingest), waiting a bounded
-    time for its lock (DEFERRED: the next run tries again)."""
+    """Build the index's HNSW graph from its rows unless it exists (BUILT: a first ingest, or the tenant's own
+    graph once its rows reached `own_graph_rows`), waiting a bounded time for its lock (DEFERRED: the next run
+    tries again)."""
     with run.db.tenant(run.tenant) as conn:
-        return ensure_vector_index(conn, run.config.index_id, run.embedder.identity.dim, run.graph_lock_timeout_s)
+        dim, timeout = run.embedder.identity.dim, run.graph_lock_timeout_s
+        return ensure_vector_index(conn, run.config.index_id, dim, timeout, run.own_graph_rows)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ _DOCS = (
 )
 _CHUNKS = (
     "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "
-    "dim, embedding) SELECT current_setting('app.tenant_id'), d.document_id, %(index_id)s, 0, 0, length(s.text), "
-    "s.text, s.chunk_metadata, s.dim, s.embedding FROM record_stage s JOIN documents d USING (source_id) "
+    "dim, embedding, own_graph) SELECT current_setting('app.tenant_id'), d.document_id, %(index_id)s, 0, 0, "
+    "length(s.text), s.text, s.chunk_metadata, s.dim, s.embedding, (SELECT own_graph(%(index_id)s)) "
+    "FROM record_stage s JOIN documents d USING (source_id) "
     "ON CONFLICT (tenant_id, document_id, index_id, ordinal) DO NOTHING"
 )
 _INDEXED = (

@@ -71,7 +71,10 @@ _WHERE = "WHERE c.index_id = {index_id} AND {filter}"
 # similarity returned (and re-sorted by) is the stored float32 vector's.
 _SIMILARITY = "1 - (c.embedding::vector({dim}) <=> %(q)s::vector({dim}))"
 _DENSE = f"SELECT {_COLUMNS}, {_SIMILARITY}, d.user_metadata {_FROM} {_WHERE} AND c.dim = {{dim}} "
-_DENSE_ANN = _DENSE + "ORDER BY c.embedding::{cast}({dim}) <=> %(q)s::{cast}({dim}) LIMIT %(fetch)s"
+# `{scope}` names the graph's rows (tasks/graph.py, migration 0022): the tenant's literal for a tenant with a
+# graph of its own (only that graph's predicate follows from it), NOT c.own_graph for the shared graph's.
+_DENSE_ANN = _DENSE + "AND {scope} ORDER BY c.embedding::{cast}({dim}) <=> %(q)s::{cast}({dim}) LIMIT %(fetch)s"
+SHARED_SCOPE = "NOT c.own_graph"
 # The types a graph may be built on (its operator class's input type), and the one of an index with no graph.
 GRAPH_CASTS = ("halfvec", "vector")
 NO_GRAPH_CAST = "vector"
@@ -122,24 +125,28 @@ MAX_SCAN_TUPLES = 2000
 OVERFETCH = 10
 
 
-# An index's HNSW graph holds every tenant's rows, and RLS drops the other tenants' after the scan, so
+# An index's shared HNSW graph holds its tenants' rows, and RLS drops the other tenants' after the scan, so
 # a beam of ef_search candidates holds about ef_search x share of the tenant's own. On clustered vectors
 # a narrow beam can miss the query's neighbourhood altogether: the search returns k rows of the tenant
 # from elsewhere (recall@10 0.0; docs/retrieval.md, "Dense search in a shared graph"). The beam is
 # therefore widened by graph rows / tenant rows, at most SHARE_FACTOR_MAX times (latency grows with it)
 # and to pgvector's limit of 1000: a tenant holding a third of a graph gets the beam of its own graph.
+# A tenant with a graph of its own (Settings.own_graph_rows) holds all of it: a share of 1, no widening.
 SHARE_FACTOR_MAX = 4
 MAX_EF_SEARCH = 1000
-# The graph's size from its index's reltuples (set by the build, kept by autovacuum); the tenant's rows in
-# the index from lexical_stats (kept per tenant and index by the chunks trigger, migration 0010; RLS).
+# The graph the tenant searches (`index_graph`, migration 0022: its own or the shared one), its size from its
+# reltuples (set by the build, kept by autovacuum); the tenant's rows in the index from lexical_stats (kept
+# per tenant and index by the chunks trigger, migration 0010; RLS).
+_GRAPH = "to_regclass(quote_ident(index_graph(%(index_id)s)))"
 _SHARE = (
-    "coalesce((SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass(quote_ident('chunks_hnsw_' || "
-    "%(index_id)s))) / nullif((SELECT s.chunks FROM lexical_stats s WHERE s.index_id = %(index_id)s), 0), 1)"
+    f"coalesce((SELECT c.reltuples FROM pg_class c WHERE c.oid = {_GRAPH}) "  # noqa: S608 (constants only)
+    "/ nullif((SELECT s.chunks FROM lexical_stats s WHERE s.index_id = %(index_id)s), 0), 1)"
 )
-# The type the index's graph is built on, from its operator class (NULL when the index has no graph).
+# The type that graph is built on, from its operator class (NULL when it is not built), and its rows' scope.
 _GRAPH_CAST = (
-    "(SELECT t.typname::text FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0] JOIN pg_type t "
-    "ON t.oid = o.opcintype WHERE i.indexrelid = to_regclass(quote_ident('chunks_hnsw_' || %(index_id)s)))"
+    "(SELECT t.typname::text FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0] JOIN pg_type t "  # noqa: S608
+    f"ON t.oid = o.opcintype WHERE i.indexrelid = {_GRAPH}), own_graph(%(index_id)s), "
+    "current_setting('app.tenant_id', true)"
 )
 _SEARCH_PARAMS = (
     "SELECT set_config('hnsw.ef_search', least(%(max)s, greatest(%(ef)s, "  # noqa: S608 (constants only)
@@ -151,10 +158,12 @@ _SEARCH_PARAMS = (
 
 @dataclass(frozen=True)
 class Beam:
-    """The HNSW search a transaction is set up for: its ef_search, and the cast its ORDER BY must use."""
+    """The HNSW search a transaction is set up for: its ef_search, the cast its ORDER BY must use, and the
+    rows of the graph it reads."""
 
     ef_search: int
     cast: str  # the type the index's graph is built on (GRAPH_CASTS); NO_GRAPH_CAST without a graph
+    scope: sql.Composable  # which rows the graph holds: the tenant's literal for its own graph, else SHARED_SCOPE
 
 
 def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | None = None) -> Beam:
@@ -167,21 +176,30 @@ def set_search_params(conn: psycopg.Connection, ef_search: int, index_id: str | 
         "max": max(MAX_EF_SEARCH, ef_search),
         "tuples": str(max(MAX_SCAN_TUPLES, ef_search)),
     }
-    ef, _, _, cast = conn.execute(_SEARCH_PARAMS, params).fetchone()
-    return Beam(int(ef), _cast(cast))
+    ef, _, _, cast, own, tenant = conn.execute(_SEARCH_PARAMS, params).fetchone()
+    return _beam(int(ef), cast, own, tenant)
+
+
+def graph_beam(conn: psycopg.Connection, index_id: str) -> Beam:
+    """The graph the calling tenant searches in `index_id`, the transaction's settings untouched: its type
+    (GRAPH_CASTS; NO_GRAPH_CAST when it has none) and the scope of its rows (ef_search 0: not set)."""
+    return _beam(0, *conn.execute(f"SELECT {_GRAPH_CAST}", {"index_id": index_id}).fetchone())  # noqa: S608
 
 
 def graph_cast(conn: psycopg.Connection, index_id: str) -> str:
-    """The type `index_id`'s graph is built on (GRAPH_CASTS); NO_GRAPH_CAST when it has none."""
-    return _cast(conn.execute(f"SELECT {_GRAPH_CAST}", {"index_id": index_id}).fetchone()[0])  # noqa: S608
+    """The type the graph the calling tenant searches in `index_id` is built on; NO_GRAPH_CAST when it has none."""
+    return graph_beam(conn, index_id).cast
 
 
-def _cast(opclass_type: str | None) -> str:
-    return opclass_type if opclass_type in GRAPH_CASTS else NO_GRAPH_CAST
+def _beam(ef_search: int, opclass_type: str | None, own: bool, tenant: str | None) -> Beam:
+    cast = opclass_type if opclass_type in GRAPH_CASTS else NO_GRAPH_CAST
+    scope = sql.SQL("c.tenant_id = {}").format(sql.Literal(tenant)) if own else sql.SQL(SHARED_SCOPE)
+    return Beam(ef_search, cast, scope)
 
 
 def ann_query(cast: str) -> str:
-    """The dense HNSW query ordering by `cast` (one of GRAPH_CASTS: the graph's type, `Beam.cast`)."""
+    """The dense HNSW query ordering by `cast` (one of GRAPH_CASTS: the graph's type, `Beam.cast`); its
+    `{scope}` is the beam's (`Beam.scope`), formatted as its other placeholders are."""
     if cast not in GRAPH_CASTS:
         raise QueryError(f"graph type {cast!r} is not one of {', '.join(GRAPH_CASTS)}")
     return _DENSE_ANN.replace("{cast}", cast)
@@ -248,6 +266,18 @@ def _run(
     return conn.execute(query, {**params, **compiled.params}).fetchall()
 
 
+def ann_rows(
+    conn: psycopg.Connection,
+    beam: Beam,
+    params: dict[str, Any],
+    filters: dict | CompiledFilter | None,
+    dim: sql.Literal,
+    prefix: str = "",
+) -> list:
+    """Run the dense HNSW statement over `beam`'s graph (`prefix` before it: "EXPLAIN ..." shows its plan)."""
+    return _run(conn, prefix + ann_query(beam.cast), params, filters, dim=dim, scope=beam.scope)
+
+
 def _dim(query_vector: np.ndarray) -> int:
     if query_vector.ndim != 1 or not 1 <= query_vector.shape[0] <= 16000:
         raise QueryError(f"query vector has shape {query_vector.shape}: pass one 1-d embedding")
@@ -276,7 +306,7 @@ def dense_search(
         rows = _run(conn, _DENSE_EXACT, params, compiled, dim=dim)  # few rows, found by index: exact is cheap
         return _hits(rows, index_id, "dense")
     beam = set_search_params(conn, max(config.ef_search, k), index_id)
-    rows = _run(conn, ann_query(beam.cast), params, compiled, dim=dim)
+    rows = ann_rows(conn, beam, params, compiled, dim)
     if len(rows) < params["fetch"]:
         # The scan hit max_scan_tuples before `fetch` matches: the filter is selective, and an exact
         # scan over its few rows is complete (and cheap when an index finds them).

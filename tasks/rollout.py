@@ -34,7 +34,7 @@ from sluice.settings import Settings
 from tasks import rollout_state as state
 from tasks.bulk import ensure_vector_index
 from tasks.embed import get_embedder
-from tasks.graph import Graph
+from tasks.graph import Graph, claim_own_graph, index_rows
 from tasks.indexes import collect_garbage, hold_switch_lock, switch_served
 from tasks.parse_limits import ParseLimits
 from tasks.rebuild import Builder, count_lacking, lacking
@@ -105,6 +105,10 @@ def _roll(ro: Rollout, tenant: str) -> str:
     embedder = get_embedder(target.embedder, ro.settings.embed_batch_size, ro.settings.data_dir)
     with ro.db.tenant(tenant) as conn:  # a new index gets its graph once built (tasks.bulk), before the switch
         register_index(conn, target, embedder.identity, vector_index=False)
+        # A tenant large in the index it is served from is large in the target: its graph of its own is claimed
+        # before its rows go in, so none of them is inserted into the graph the target's other tenants share.
+        incoming = index_rows(conn, served.index_id) if served.index_id != target.index_id else 0
+        claim_own_graph(conn, target.index_id, incoming, ro.settings.own_graph_rows)
     limits = ParseLimits.from_settings(ro.settings)
     reparse = served.config.parser != target.parser
     builder = Builder(ro.db, tenant, target, embedder, reparse, limits, ro.settings.max_file_bytes)
@@ -116,8 +120,8 @@ def _roll(ro: Rollout, tenant: str) -> str:
         # coupling the bounded wait is there to break. One bounded attempt per pass (a catch-up pass tries
         # again); after the switch the next ingest into the index, or `sluice index build-graph`, builds it.
         with ro.db.tenant(tenant) as conn:
-            timeout = ro.settings.graph_build_lock_timeout_s
-            graph = ensure_vector_index(conn, target.index_id, embedder.identity.dim, timeout)
+            timeout, own_rows = ro.settings.graph_build_lock_timeout_s, ro.settings.own_graph_rows
+            graph = ensure_vector_index(conn, target.index_id, embedder.identity.dim, timeout, own_rows)
         outcome = _switch(ro, builder, graph)
         if outcome is not None:
             if outcome == "switched" and graph == Graph.DEFERRED:

@@ -218,12 +218,13 @@ def replace_chunks(
             )
     conn.execute(
         "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "
-        "dim, embedding) SELECT current_setting('app.tenant_id'), %s, %s, ordinal, char_start, char_end, text, "
-        "metadata, dim, embedding "
+        "dim, embedding, own_graph) SELECT current_setting('app.tenant_id'), %(doc)s, %(index)s, ordinal, "
+        "char_start, char_end, text, metadata, dim, embedding, (SELECT own_graph(%(index)s)) "
         "FROM chunk_stage ON CONFLICT (tenant_id, document_id, index_id, ordinal) DO UPDATE SET "
         "char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end, text = EXCLUDED.text, "
-        "metadata = EXCLUDED.metadata, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding",
-        (document_id, index_id),
+        "metadata = EXCLUDED.metadata, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, "
+        "own_graph = EXCLUDED.own_graph",
+        {"doc": document_id, "index": index_id},
     )
     conn.execute("TRUNCATE chunk_stage")
     conn.execute(

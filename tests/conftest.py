@@ -6,7 +6,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -170,6 +170,24 @@ def throwaway(db):
     yield make
     for tenant in made:
         drop_tenant_data(db, tenant)
+
+
+@contextmanager
+def scratch_database(name: str):
+    """Settings of a database of the test's own, dropped before and after (the embedded server only)."""
+    settings = load_settings(db_name=name)
+    if settings.database_url:
+        pytest.skip("needs the embedded server: the test creates and drops a database of its own")
+
+    def drop() -> None:
+        with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    drop()
+    try:
+        yield settings
+    finally:
+        drop()
 
 
 def tenant_rows(db: Database, tenant: str, query: str) -> list[tuple]:

@@ -44,11 +44,8 @@ def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, throwa
     with db.tenant(tenant) as conn:
         conn.execute("SET LOCAL enable_sort = off")
         params = {"q": q, "index_id": config.index_id, "k": K, "fetch": K}
-        compiled = R.compile_filter(None)
-        query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, config.index_id))).format(
-            filter=compiled.clause, dim=sql.Literal(DIM), index_id=sql.Literal(config.index_id)
-        )
-        plan = "\n".join(r[0] for r in conn.execute(query, params))
+        beam = R.graph_beam(conn, config.index_id)
+        plan = "\n".join(r[0] for r in R.ann_rows(conn, beam, params, None, sql.Literal(DIM), "EXPLAIN "))
         hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
         exact = R.exact_search(conn, config.index_id, q, K)
     assert f"chunks_hnsw_{config.index_id}" in plan, plan

@@ -65,13 +65,8 @@ def test_the_beam_is_widened_by_the_tenants_share(db, minority):
 def test_minority_tenant_dense_recall_against_exact(db, minority):
     queries = near_queries(minority, QUERIES, np.random.default_rng(7))
     with db.tenant(MEASURED) as conn:  # the search under test is HNSW's, not an exact sort
-        compiled = R.compile_filter(None)
-        plan = conn.execute(
-            sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, SPACE.index_id))).format(
-                filter=compiled.clause, index_id=sql.Literal(SPACE.index_id), dim=sql.Literal(DIM)
-            ),
-            {"q": queries[0], "fetch": K},
-        ).fetchall()
+        params = {"q": queries[0], "index_id": SPACE.index_id, "fetch": K}
+        plan = R.ann_rows(conn, R.graph_beam(conn, SPACE.index_id), params, None, sql.Literal(DIM), "EXPLAIN ")
     assert f"chunks_hnsw_{SPACE.index_id}" in "\n".join(r[0] for r in plan)
     recalls = []
     for q in queries:

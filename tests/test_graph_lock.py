@@ -71,11 +71,9 @@ def within_deadline(call: Callable[[], T]) -> T:
 def dense_plan(conn: psycopg.Connection, index_id: str, q: np.ndarray) -> str:
     """EXPLAIN of the dense search (sorts discouraged, so a graph that exists is used)."""
     conn.execute("SET LOCAL enable_sort = off")
-    query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, index_id))).format(
-        filter=R.compile_filter(None).clause, dim=sql.Literal(DIM), index_id=sql.Literal(index_id)
-    )
     params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
-    return "\n".join(r[0] for r in conn.execute(query, params))
+    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, None, sql.Literal(DIM), "EXPLAIN ")
+    return "\n".join(r[0] for r in rows)
 
 
 def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_built(db, migrated, new_tenant):

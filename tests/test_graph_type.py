@@ -20,10 +20,9 @@ K = 10
 def plan(conn, index_id: str, q: np.ndarray) -> str:
     """EXPLAIN of the dense search as `dense_search` runs it (sorts discouraged, so a usable graph is used)."""
     conn.execute("SET LOCAL enable_sort = off")
-    query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, index_id))).format(
-        filter=R.compile_filter(None).clause, dim=sql.Literal(q.shape[0]), index_id=sql.Literal(index_id)
-    )
-    return "\n".join(r[0] for r in conn.execute(query, {"q": q, "index_id": index_id, "k": K, "fetch": K}))
+    params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
+    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, None, sql.Literal(q.shape[0]), "EXPLAIN ")
+    return "\n".join(r[0] for r in rows)
 
 
 def search_against_exact(db, tenant: str, index_id: str, queries: np.ndarray) -> float:

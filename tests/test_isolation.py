@@ -33,6 +33,7 @@ TENANT_TABLES = (
     "ingest_run_documents",
     "uploads",
     "upload_parts",
+    "tenant_graphs",
 )
 # Holds only key hashes; the app role has no privilege on it and reaches it through definer functions.
 NO_RLS_BY_DESIGN = ("api_keys",)

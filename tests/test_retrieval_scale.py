@@ -91,8 +91,8 @@ def test_filtered_dense_returns_k_where_the_default_plan_does_not(db, big, spec,
             conn.execute("SET LOCAL enable_seqscan = off")
             conn.execute("SET LOCAL enable_bitmapscan = off")
             params = {"q": q, "index_id": SYNTHETIC.index_id, "k": K, "fetch": K}
-            query = R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))
-            default_counts.append(len(R._run(conn, query, params, spec, dim=sql.Literal(384))))
+            beam = R.graph_beam(conn, SYNTHETIC.index_id)
+            default_counts.append(len(R.ann_rows(conn, beam, params, spec, sql.Literal(384))))
         with db.tenant(BIG) as conn:
             hits = R.dense_search(conn, SYNTHETIC.index_id, q, RetrievalConfig(k=K), spec)
         assert len(hits) == K
@@ -106,11 +106,9 @@ def test_default_plan_uses_hnsw(db, big):
     with db.tenant(BIG) as conn:
         conn.execute("SET LOCAL enable_sort = off")
         params = {"q": unit_vectors(1, np.random.default_rng(1))[0], "index_id": SYNTHETIC.index_id, "k": K}
-        compiled = R.compile_filter({"doc.permille": 7})
-        query = sql.SQL("EXPLAIN " + R.ann_query(R.graph_cast(conn, SYNTHETIC.index_id))).format(
-            filter=compiled.clause, dim=sql.Literal(384), index_id=sql.Literal(SYNTHETIC.index_id)
-        )
-        plan = "\n".join(r[0] for r in conn.execute(query, {**params, "fetch": K, **compiled.params}))
+        beam, spec = R.graph_beam(conn, SYNTHETIC.index_id), {"doc.permille": 7}
+        rows = R.ann_rows(conn, beam, {**params, "fetch": K}, spec, sql.Literal(384), "EXPLAIN ")
+        plan = "\n".join(r[0] for r in rows)
     assert f"chunks_hnsw_{SYNTHETIC.index_id}" in plan, plan  # the index's own graph (migration 0014)
 
 

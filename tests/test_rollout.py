@@ -112,6 +112,30 @@ def test_a_tenant_scoped_rollout_changes_only_that_tenant(rs, rdb, tmp_path):
     assert served(rs, rdb, other).index_id == DEFAULT.index_id and index_counts(rdb, other, own.index_id)[0] == 0
 
 
+def test_a_tenant_large_in_its_served_index_rolls_out_into_a_graph_of_its_own(rs, rdb, tmp_path):
+    """Its claim comes before its rows go into the target: none of them enters the graph the others share."""
+    big, small_tenant = _tenant(rdb, "r-own-big"), _tenant(rdb, "r-own-small")
+    ingest(rs, rdb, big, write_docs(tmp_path / "own-big", 12)[0].parent)
+    ingest(rs, rdb, small_tenant, write_docs(tmp_path / "own-small", 1)[0].parent)
+    big_rows = index_counts(rdb, big, DEFAULT.index_id)[1]
+    settings = rs.model_copy(update={"own_graph_rows": big_rows})  # the big tenant reaches it, the small one not
+    body = {"chunker": {"kind": "recursive", "chunk_size": 250, "chunk_overlap": 20}}
+    for tenant in (small_tenant, big):  # the small one first: the target's shared graph exists when big rolls
+        target = promote(rdb, body, tenant=tenant)
+        assert run_rollout(settings, rdb, tenant).outcomes == {tenant: "switched"}
+    assert index_counts(rdb, small_tenant, target.index_id)[1] < big_rows  # re-chunked, still under the threshold
+    shared = f"chunks_hnsw_{target.index_id}"
+    for tenant, own in ((small_tenant, False), (big, True)):
+        with rdb.tenant(tenant) as conn:
+            flags = conn.execute("SELECT DISTINCT own_graph FROM chunks WHERE index_id = %s", (target.index_id,))
+            assert [r[0] for r in flags] == [own]
+            graph, built = conn.execute(
+                "SELECT index_graph(%(i)s), to_regclass(quote_ident(index_graph(%(i)s))) IS NOT NULL",
+                {"i": target.index_id},
+            ).fetchone()
+            assert built and (graph != shared) == own, graph
+
+
 def test_cancel_stops_between_batches_and_a_rerun_continues(rs, rdb, tmp_path, monkeypatch):
     tenant = _tenant(rdb, "r-cancel")
     ingest(rs, rdb, tenant, write_docs(tmp_path / "docs", 6)[0].parent)
