@@ -64,6 +64,7 @@ CASES = {
 
 
 BATCH = 5000  # rows per load transaction: a killed load resumes at the last committed batch
+SPACE = (SYNTHETIC, IDENTITY)  # the index loaded and measured (bench/own_graph.py loads two)
 GRAPH = f"chunks_hnsw_{SYNTHETIC.index_id}"  # the graph the index's tenants share (migration 0014)
 
 
@@ -73,59 +74,69 @@ def layout(n: int, others: int, other_n: int, tenant: str | None) -> list[tuple[
     return [*rest, (tenant or f"bench-{n}", n, 42)]
 
 
-def _held(db: Database, tenant: str, n: int) -> int:
+def _held(db: Database, tenant: str, n: int, space=SPACE) -> int:
     create_tenant(db, tenant)
     with db.tenant(tenant) as conn:
-        have = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (SYNTHETIC.index_id,)).fetchone()[0]
+        have = conn.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (space[0].index_id,)).fetchone()[0]
     if have > n or have % BATCH and have != n:
-        raise SystemExit(f"tenant {tenant} holds {have} chunks, not {n}: drop database sluice_bench first")
+        raise SystemExit(f"tenant {tenant} holds {have} chunks, not {n}: drop the benchmark's database first")
     return have
 
 
-def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int, own_graph_rows: int) -> None:
+def _load_rows(db: Database, tenant: str, n: int, seed: int, have: int, own_graph_rows: int, space=SPACE) -> None:
     """Rows have..n of the tenant's synthetic set, a committed transaction per batch, through the bulk
     path's staging (`tasks.records.store_records`: COPY into a TEMP table, INSERT ... SELECT under RLS),
     its own graph claimed first when it holds `own_graph_rows` (as `tasks.bulk.bulk_load_records` does)."""
+    config, identity = space
     with db.tenant(tenant) as conn:
-        register_index(conn, SYNTHETIC, IDENTITY, vector_index=False)
-        claim_own_graph(conn, SYNTHETIC.index_id, n - have, own_graph_rows)
+        register_index(conn, config, identity, vector_index=False)
+        claim_own_graph(conn, config.index_id, n - have, own_graph_rows)
     for records, vectors in synthetic_batches(tenant, n, seed, BATCH, start=have):
         with db.tenant(tenant) as conn:
-            store_records(conn, SYNTHETIC.index_id, records, vectors)
+            store_records(conn, config.index_id, records, vectors)
 
 
-def _graph(db: Database, tenant: str) -> tuple[str, bool]:
+def _graph(db: Database, tenant: str, space=SPACE) -> tuple[str, bool]:
     """The graph `tenant` searches (its own, or the shared one), and whether it is built."""
     with db.tenant(tenant) as conn:
         return conn.execute(
             "SELECT index_graph(%(i)s), to_regclass(quote_ident(index_graph(%(i)s))) IS NOT NULL",
-            {"i": SYNTHETIC.index_id},
+            {"i": space[0].index_id},
         ).fetchone()
 
 
-def _build_graphs(db: Database, admin: psycopg.Connection, tenants: list[str], build_memory_mb: int | None) -> None:
+def _build_graphs(
+    db: Database, admin: psycopg.Connection, tenants: list[str], build_memory_mb: int | None, space=SPACE
+) -> None:
     """One parallel HNSW build per graph the tenants search (`tasks.bulk.build_vector_index`), then statistics."""
     if build_memory_mb:  # the product caps a build at 4 GB and a quarter of memory; 2M 384-d halfvec rows need ~3.3 GB
         bulk.MAX_BUILD_MEMORY = build_memory_mb << 20
+    index_id = space[0].index_id
+    shared = f"chunks_hnsw_{index_id}"
     for tenant in tenants:
-        name, built = _graph(db, tenant)
+        name, built = _graph(db, tenant, space)
         if built:
             continue  # the shared graph, built for an earlier tenant
         t0 = time.perf_counter()
         count = "SELECT count(*) FROM chunks WHERE index_id = %s"
-        if name == GRAPH:  # every unclaimed tenant's rows (the admin reads past RLS)
-            rows = admin.execute(count + " AND NOT own_graph", (SYNTHETIC.index_id,)).fetchone()[0]
+        if name == shared:  # every unclaimed tenant's rows (the admin reads past RLS)
+            rows = admin.execute(count + " AND NOT own_graph", (index_id,)).fetchone()[0]
         with db.tenant(tenant) as conn:
-            if name != GRAPH:  # the tenant's own
-                rows = conn.execute(count, (SYNTHETIC.index_id,)).fetchone()[0]
-            bulk.build_vector_index(conn, SYNTHETIC.index_id, rows, DIM)
+            if name != shared:  # the tenant's own
+                rows = conn.execute(count, (index_id,)).fetchone()[0]
+            bulk.build_vector_index(conn, index_id, rows, DIM)
         print(f"built {name} ({rows} rows) in {time.perf_counter() - t0:.0f} s", flush=True)
     for table in ("chunks", "documents", "lexical_postings"):
         admin.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
 
 
 def ensure_data(
-    settings: Settings, db: Database, tenants: list[tuple[str, int, int]], build_memory_mb=None, own_graph_rows=None
+    settings: Settings,
+    db: Database,
+    tenants: list[tuple[str, int, int]],
+    build_memory_mb=None,
+    own_graph_rows=None,
+    space=SPACE,
 ) -> dict:
     """Load what each (tenant, n, seed) lacks with its graph absent, then build each graph once; the load's cost.
 
@@ -134,20 +145,20 @@ def ensure_data(
     the graph into a live graph, one row at a time).
     """
     own_graph_rows = own_graph_rows or settings.own_graph_rows
-    missing = [(t, n, seed, have) for t, n, seed in tenants if (have := _held(db, t, n)) < n]
-    if not missing and all(_graph(db, t)[1] for t, _, _ in tenants):
+    missing = [(t, n, seed, have) for t, n, seed in tenants if (have := _held(db, t, n, space)) < n]
+    if not missing and all(_graph(db, t, space)[1] for t, _, _ in tenants):
         return {"loaded_rows": 0}
     with psycopg.connect(admin_conninfo(settings), autocommit=True) as admin:
         memory, t0 = ClusterMemory(settings.pgdata), time.perf_counter()
         memory.start()
         for tenant, *_ in missing:  # its rows go in without a graph: the one it searches is built afterwards
-            admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(_graph(db, tenant)[0])))
+            admin.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(_graph(db, tenant, space)[0])))
         for tenant, n, seed, have in missing:
             t1 = time.perf_counter()
-            _load_rows(db, tenant, n, seed, have, own_graph_rows)
+            _load_rows(db, tenant, n, seed, have, own_graph_rows, space)
             print(f"loaded {n - have} chunks into {tenant} in {time.perf_counter() - t1:.0f} s", flush=True)
         t1 = time.perf_counter()
-        _build_graphs(db, admin, [t for t, _, _ in tenants], build_memory_mb)
+        _build_graphs(db, admin, [t for t, _, _ in tenants], build_memory_mb, space)
         t2 = time.perf_counter()
         print(f"built the graphs in {t2 - t1:.0f} s", flush=True)
         rows = sum(n - have for _, n, _, have in missing)

@@ -90,17 +90,17 @@ def index_drop(index_id: str, tenant: TenantOpt) -> None:
 
 @index_app.command("list")
 def index_list(tenant: TenantOpt) -> None:
-    """The tenant's indexes, their chunk counts and the collections they serve."""
+    """The tenant's indexes, their chunk counts, the collections they serve and their HNSW graph (own or shared)."""
     from sluice.db import Database
     from tasks.indexes import list_indexes
 
     with Database(load_settings()) as db, db.tenant(tenant) as conn:
         rows = list_indexes(conn)
     table = Table(title=f"indexes of tenant {tenant}")
-    for col in ("index_id", "embedder", "chunks", "active for"):
+    for col in ("index_id", "embedder", "chunks", "active for", "graph"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row[0], row[1], str(row[2]), ", ".join(row[3]) or "-")
+        table.add_row(row[0], row[1], str(row[2]), ", ".join(row[3]) or "-", row[4])
     console.print(table)
 
 

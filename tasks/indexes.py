@@ -69,12 +69,15 @@ def drop_index(conn: psycopg.Connection, index_id: str) -> int:
     return conn.execute("DELETE FROM chunks WHERE index_id = %s", (index_id,)).rowcount
 
 
-def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str]]]:
-    """(index_id, embedder model, chunk count, collections served) for each index the tenant has chunks in."""
+def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str], str]]:
+    """(index_id, embedder model, chunk count, collections served, graph) for each index the tenant has chunks
+    in; graph is `own` or `shared` (tasks/graph.py), with `(not built)` when its searches are exact meanwhile."""
     return conn.execute(
         "SELECT c.index_id, i.embedder_model, count(*), "
         "coalesce((SELECT array_agg(a.collection ORDER BY a.collection) FROM active_indexes a "
-        "WHERE a.index_id = c.index_id), '{}') "
+        "WHERE a.index_id = c.index_id), '{}'), "
+        "CASE WHEN own_graph(c.index_id) THEN 'own' ELSE 'shared' END || CASE WHEN "
+        "to_regclass(quote_ident(index_graph(c.index_id))) IS NULL THEN ' (not built)' ELSE '' END "
         "FROM chunks c JOIN indexes i USING (index_id) GROUP BY c.index_id, i.embedder_model ORDER BY c.index_id"
     ).fetchall()
 

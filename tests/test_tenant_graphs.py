@@ -22,6 +22,7 @@ from sluice.db import Database, admin_conninfo, create_tenant, migrate, run_alem
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, ensure_vector_index, has_vector_index
 from tasks.graph import Graph, claim_own_graph, own_graph
+from tasks.indexes import list_indexes
 from tasks.records import store_records
 from tasks.store import register_index
 from tests.conftest import scratch_database
@@ -94,6 +95,7 @@ def test_a_bulk_load_past_the_threshold_gets_its_own_graph_and_leaves_the_shared
         assert conn.execute("SELECT bool_and(own_graph) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
         assert own in plan(conn, index_id, vectors[0])
         assert R.set_search_params(conn, EF, index_id).ef_search == EF  # all of its graph is its own: no widening
+        assert [r[4] for r in list_indexes(conn)] == ["own"]  # `sluice index list`
     small = f"og-small0-{tag}"
     with db.tenant(small) as conn:
         assert not own_graph(conn, index_id) and graph_of(conn, index_id) == f"chunks_hnsw_{index_id}"
@@ -101,6 +103,7 @@ def test_a_bulk_load_past_the_threshold_gets_its_own_graph_and_leaves_the_shared
         assert f"chunks_hnsw_{index_id} " in shared_plan and own not in shared_plan, shared_plan
         # The shared graph holds the two small tenants' rows, not the big one's: a half share, a 2x beam.
         assert R.set_search_params(conn, EF, index_id).ef_search == 2 * EF
+        assert [r[4] for r in list_indexes(conn)] == ["shared"]
     assert recall(db, big, index_id, near_queries(vectors, 40, np.random.default_rng(7))) >= 0.95
 
 
@@ -141,6 +144,7 @@ def test_a_claimed_tenant_without_its_graph_yet_is_searched_exactly_and_complete
     for q in near_queries(vectors, 10, np.random.default_rng(4)):
         with db.tenant(waiting) as conn:
             assert not has_vector_index(conn, index_id)
+            assert [r[4] for r in list_indexes(conn)] == ["own (not built)"]
             hits = R.dense_search(conn, index_id, q, RetrievalConfig(k=K, ef_search=EF))
             exact = R.exact_search(conn, index_id, q, K)
         assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]
