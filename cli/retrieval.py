@@ -81,10 +81,10 @@ def index_activate(index_id: str, tenant: TenantOpt, collection: CollectionOpt =
 def index_drop(index_id: str, tenant: TenantOpt) -> None:
     """Delete the tenant's chunks of INDEX_ID (refused while it is active for a collection)."""
     from sluice.db import Database
-    from tasks.indexes import drop_index
+    from tasks.indexes import drop_indexes
 
-    with Database(load_settings()) as db, db.tenant(tenant) as conn:
-        deleted = drop_index(conn, index_id)
+    with Database(load_settings()) as db:
+        deleted = drop_indexes(db, tenant, [index_id])[index_id]
     console.print(f"dropped {deleted} chunks of index {index_id}")
 
 

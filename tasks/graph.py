@@ -28,6 +28,10 @@ from sluice.settings import GRAPH_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
+# How long dropping a tenant's graph waits for its ACCESS EXCLUSIVE lock on chunks: every reader that comes
+# meanwhile queues behind the request, so the wait is kept short (a miss is retried by the next drop or gc).
+GRAPH_DROP_LOCK_TIMEOUT_S = 0.5
+
 
 # The graph the calling tenant searches: its own when it claimed one, else the one its index's tenants share.
 _ENSURE = "SELECT CASE WHEN own_graph(%(i)s) THEN ensure_tenant_hnsw(%(i)s) ELSE ensure_index_hnsw(%(i)s) END"
@@ -87,6 +91,37 @@ def claim_own_graph(conn: psycopg.Connection, index_id: str, incoming: int, thre
         incoming,
     )
     return True
+
+
+def release_graphs(conn: psycopg.Connection, lock_timeout_s: float = GRAPH_DROP_LOCK_TIMEOUT_S) -> list[str]:
+    """Drop the calling tenant's graphs of its own in the indexes where it holds no chunks now, and their
+    claims; return those indexes. Those whose DROP INDEX waits over `lock_timeout_s` for its lock keep graph
+    and claim (logged) until the next call.
+
+    DROP INDEX locks all of `chunks`, every tenant's reads included, until the transaction ends: call this in
+    a transaction of its own (`tasks.indexes.drop_indexes` does), so the lock is held for the drop alone, and
+    readers queue behind a waiting drop for at most `lock_timeout_s`.
+    """
+    idle = conn.execute(
+        "SELECT g.index_id FROM tenant_graphs g "
+        "WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.index_id = g.index_id) ORDER BY g.index_id"
+    ).fetchall()
+    released = []
+    for (index_id,) in idle:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout_text(lock_timeout_s),))
+                conn.execute("SELECT drop_tenant_hnsw(%s)", (index_id,))
+        except psycopg.errors.LockNotAvailable:
+            log.warning(
+                "graph of its own in index %s kept: its DROP INDEX waited over %s s for the lock on chunks; "
+                "the next `sluice index drop` or `sluice gc` of the tenant drops it",
+                index_id,
+                lock_timeout_s,
+            )
+            continue
+        released.append(index_id)
+    return released
 
 
 def ensure_graph(conn: psycopg.Connection, index_id: str, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S) -> Graph:

@@ -2,7 +2,8 @@
 
 The switch is one row update in one transaction (`active_indexes` is under RLS), so a reader
 resolves either the old or the new index, both fully built. The old index's chunks stay until
-`drop_index` is called for it, and an active index cannot be dropped.
+`drop_index` is called for it, and an active index cannot be dropped; `drop_indexes` also drops the graphs
+of its own a tenant had in them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sluice.db import Database
 from sluice.errors import QueryError
 from sluice.served import Resolver, pin
 from sluice.settings import Settings
+from tasks.graph import GRAPH_DROP_LOCK_TIMEOUT_S, release_graphs
 
 # Class id of the per-tenant advisory lock between document stores (shared) and served-index switches
 # (exclusive): a switch's completeness check sees every store that committed before it, and none in between.
@@ -67,6 +69,18 @@ def drop_index(conn: psycopg.Connection, index_id: str) -> int:
         raise QueryError(f"index {index_id} is active for collection(s) {names}: activate another index first")
     conn.execute("DELETE FROM indexed_documents WHERE index_id = %s", (index_id,))
     return conn.execute("DELETE FROM chunks WHERE index_id = %s", (index_id,)).rowcount
+
+
+def drop_indexes(
+    db: Database, tenant: str, index_ids: list[str], lock_timeout_s: float = GRAPH_DROP_LOCK_TIMEOUT_S
+) -> dict[str, int]:
+    """Drop the tenant's chunks of each index (`drop_index`, in one transaction), then, in another, the graphs
+    of its own they left without rows (`tasks.graph.release_graphs`); return the chunks deleted per index."""
+    with db.tenant(tenant) as conn:
+        deleted = {index_id: drop_index(conn, index_id) for index_id in index_ids}
+    with db.tenant(tenant) as conn:
+        release_graphs(conn, lock_timeout_s)
+    return deleted
 
 
 def list_indexes(conn: psycopg.Connection) -> list[tuple[str, str, int, list[str], str]]:
@@ -134,6 +148,6 @@ def collect_garbage(
         served = resolver.served(settings, db, tenant)
         with db.tenant(tenant) as conn:
             out[tenant] = collectable(conn, {served.index_id, served.target.index_id}, min_age_days)
-            for index_id in [] if dry_run else out[tenant]:
-                drop_index(conn, index_id)
+        if not dry_run:
+            drop_indexes(db, tenant, out[tenant])
     return out

@@ -21,8 +21,8 @@ from sluice.config import RetrievalConfig
 from sluice.db import Database, admin_conninfo, create_tenant, migrate, run_alembic
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, ensure_vector_index, has_vector_index
-from tasks.graph import Graph, claim_own_graph, own_graph
-from tasks.indexes import list_indexes
+from tasks.graph import Graph, claim_own_graph, own_graph, release_graphs
+from tasks.indexes import drop_indexes, list_indexes
 from tasks.records import store_records
 from tasks.store import register_index
 from tests.conftest import scratch_database
@@ -158,14 +158,56 @@ def test_a_tenant_cannot_build_a_graph_it_has_not_claimed(db, new_tenant, space)
             conn.execute("SELECT ensure_tenant_hnsw(%s)", (config.index_id,))
 
 
+def test_dropping_an_index_drops_the_tenants_own_graph_and_claim_when_no_reader_holds_chunks(
+    db, migrated, throwaway, space
+):
+    """`sluice index drop` and `sluice gc` (drop_indexes): a graph of its own is a gigabyte at a million rows."""
+    config, identity, tag = space
+    index_id, gone, kept = config.index_id, throwaway(f"og-gone-{tag}"), throwaway(f"og-kept-{tag}")
+    rng = np.random.default_rng(31)
+    owns = {}
+    for tenant in (gone, kept):
+        records, vectors = make_records(600, rng, prefix=tenant), clustered_vectors(600, rng)
+        assert (
+            bulk_load_records(db, tenant, config, identity, records, vectors, own_graph_rows=500).graph == Graph.BUILT
+        )
+        with db.tenant(tenant) as conn:
+            owns[tenant] = graph_of(conn, index_id)
+    assert drop_indexes(db, gone, [index_id]) == {index_id: 600}
+    with db.tenant(gone) as conn:
+        assert not own_graph(conn, index_id) and graph_of(conn, index_id) == f"chunks_hnsw_{index_id}"
+    assert owns[gone] not in graph_names(migrated) and owns[kept] in graph_names(migrated)
+
+    gone, own = kept, owns[kept]  # now with a reader in the way
+    with db.tenant(gone) as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match="still has chunks in index"):
+            conn.execute("SELECT drop_tenant_hnsw(%s)", (index_id,))
+    with db.tenant(gone) as conn:
+        assert release_graphs(conn) == []  # it holds rows there: nothing to release
+    with psycopg.connect(admin_conninfo(migrated)) as reader:  # a search in flight: its lock on chunks
+        reader.execute("SELECT count(*) FROM chunks WHERE index_id = %s", (index_id,))
+        assert drop_indexes(db, gone, [index_id], lock_timeout_s=0.2) == {index_id: 600}
+        with db.tenant(gone) as conn:
+            assert own_graph(conn, index_id)  # the drop was not granted in time: claim and graph kept
+        assert own in graph_names(migrated)
+    with db.tenant(gone) as conn:  # the reader is done: the next call (a later drop or gc) drops it
+        assert release_graphs(conn) == [index_id]
+        assert not own_graph(conn, index_id) and graph_of(conn, index_id) == f"chunks_hnsw_{index_id}"
+    names = graph_names(migrated)
+    assert own not in names and f"chunks_hnsw_{index_id}" in names  # the shared graph stays
+    with db.tenant(f"og-small0-{tag}") as conn:  # the others' rows and searches are untouched
+        assert len(R.dense_search(conn, index_id, vectors[0], RetrievalConfig(k=K, ef_search=EF))) == K
+
+
+def graph_names(settings) -> set[str]:
+    with psycopg.connect(admin_conninfo(settings)) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'chunks_hnsw_%'").fetchall()
+    return {r[0] for r in rows}
+
+
 def test_the_migration_downgrades_to_one_shared_graph_and_upgrades_again(migrated):
     """0022's downgrade drops the tenants' graphs and the column and the graphs naming it; head again works."""
     from alembic import command
-
-    def indexes(settings) -> set[str]:
-        with psycopg.connect(admin_conninfo(settings)) as conn:
-            rows = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'chunks_hnsw_%'").fetchall()
-        return {r[0] for r in rows}
 
     config, identity = new_space("own-graph-migration")
     rng = np.random.default_rng(2)
@@ -178,9 +220,9 @@ def test_the_migration_downgrades_to_one_shared_graph_and_upgrades_again(migrate
                 bulk_load_records(db, tenant, config, identity, records, vectors, own_graph_rows=500)
             with db.tenant("big") as conn:
                 own = graph_of(conn, config.index_id)
-        assert indexes(settings) == {f"chunks_hnsw_{config.index_id}", own}
+        assert graph_names(settings) == {f"chunks_hnsw_{config.index_id}", own}
         run_alembic(settings, lambda cfg: command.downgrade(cfg, "0021"))
-        assert indexes(settings) == set()  # the shared graph's predicate named own_graph: dropped with it
+        assert graph_names(settings) == set()  # the shared graph's predicate named own_graph: dropped with it
         with psycopg.connect(admin_conninfo(settings)) as conn:
             columns = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'chunks'::regclass").fetchall()
             assert "own_graph" not in {r[0] for r in columns}

@@ -18,6 +18,11 @@ recall: 15.0 ms p50 at recall 0.972 for the million, where the same million alon
   names the tenant's literal (`c.tenant_id = '<tenant>'`, which only its own graph's predicate follows
   from), any other search `NOT c.own_graph` (tasks/retrieve.py).
 
+- `drop_tenant_hnsw(index_id)` drops the calling tenant's graph and its claim once it holds no chunks in the
+  index (`sluice index drop`, `sluice gc` after a rollout): a million-row graph is a gigabyte. DROP INDEX
+  locks all of `chunks` for every tenant, so it runs in a transaction of its own with a short lock timeout
+  (tasks/graph.py, `release_graphs`); a drop not granted in time leaves the claim for the next try.
+
 A claimed tenant whose graph is not built yet (a build deferred by its lock) is searched exactly, as any
 index without its graph is. A shared graph built before this migration has no `NOT own_graph` in its
 predicate: a claimed tenant's search could still use it, and the planner then prefers the smaller graph
@@ -111,6 +116,34 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION ensure_tenant_hnsw(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ensure_tenant_hnsw(text) TO {app};
+
+CREATE FUNCTION drop_tenant_hnsw(p_index_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+DECLARE
+    tenant text := current_setting('app.tenant_id', true);
+    name text;
+BEGIN
+    IF p_index_id IS NULL OR p_index_id !~ '^[A-Za-z0-9_-]{1,48}$' THEN
+        RAISE EXCEPTION 'index id % is not 1-48 letters, digits, _ or -', p_index_id;
+    END IF;
+    IF tenant IS NULL OR tenant !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
+        RAISE EXCEPTION 'no tenant is set (app.tenant_id): a tenant graph is dropped in its tenant''s transaction';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chunks c WHERE c.index_id = p_index_id AND c.tenant_id = tenant) THEN
+        RAISE EXCEPTION 'tenant % still has chunks in index %: drop them first (sluice index drop)',
+            tenant, p_index_id;
+    END IF;
+    DELETE FROM tenant_graphs g WHERE g.tenant_id = tenant AND g.index_id = p_index_id;
+    name := 'chunks_hnsw_' || p_index_id || '_' || substr(md5(tenant), 1, 16);
+    IF to_regclass(quote_ident(name)) IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP INDEX %I', name);
+    RETURN true;
+END
+$fn$;
+REVOKE ALL ON FUNCTION drop_tenant_hnsw(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION drop_tenant_hnsw(text) TO {app};
 """
 
 DROP_TENANT_GRAPHS = r"""
@@ -152,7 +185,8 @@ def downgrade() -> None:
         op,
         _shared(own_graph_aside=False)
         + DROP_TENANT_GRAPHS
-        + "DROP FUNCTION IF EXISTS ensure_tenant_hnsw(text); DROP FUNCTION IF EXISTS index_graph(text); "
+        + "DROP FUNCTION IF EXISTS drop_tenant_hnsw(text); DROP FUNCTION IF EXISTS ensure_tenant_hnsw(text); "
+        "DROP FUNCTION IF EXISTS index_graph(text); "
         "DROP FUNCTION IF EXISTS own_graph(text); DROP TABLE IF EXISTS tenant_graphs; "
         "ALTER TABLE chunks DROP COLUMN IF EXISTS own_graph;",
     )
