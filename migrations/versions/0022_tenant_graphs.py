@@ -68,10 +68,27 @@ LANGUAGE sql STABLE SET search_path = public, pg_temp AS $fn$
                    AND g.tenant_id = current_setting('app.tenant_id', true))
 $fn$;
 
+-- The name of the calling tenant's graph of its own in an index (whether claimed or not), its inputs checked:
+-- they are spliced into the DDL of the two functions below.
+CREATE FUNCTION tenant_graph_name(p_index_id text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $fn$
+DECLARE
+    tenant text := current_setting('app.tenant_id', true);
+BEGIN
+    IF p_index_id IS NULL OR p_index_id !~ '^[A-Za-z0-9_-]{1,48}$' THEN
+        RAISE EXCEPTION 'index id % is not 1-48 letters, digits, _ or -', p_index_id;
+    END IF;
+    IF tenant IS NULL OR tenant !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
+        RAISE EXCEPTION 'no tenant is set (app.tenant_id): a tenant''s graph is built or dropped in its transaction';
+    END IF;
+    RETURN 'chunks_hnsw_' || p_index_id || '_' || substr(md5(tenant), 1, 16);
+END
+$fn$;
+
 CREATE FUNCTION index_graph(p_index_id text) RETURNS text
 LANGUAGE sql STABLE SET search_path = public, pg_temp AS $fn$
-    SELECT 'chunks_hnsw_' || p_index_id || CASE WHEN own_graph(p_index_id)
-        THEN '_' || substr(md5(current_setting('app.tenant_id', true)), 1, 16) ELSE '' END
+    SELECT CASE WHEN own_graph(p_index_id) THEN tenant_graph_name(p_index_id)
+        ELSE 'chunks_hnsw_' || p_index_id END
 $fn$;
 
 CREATE FUNCTION ensure_tenant_hnsw(p_index_id text) RETURNS boolean
@@ -79,14 +96,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
 DECLARE
     d integer;
     tenant text := current_setting('app.tenant_id', true);
-    name text;
+    name text := tenant_graph_name(p_index_id);
 BEGIN
-    IF p_index_id IS NULL OR p_index_id !~ '^[A-Za-z0-9_-]{1,48}$' THEN
-        RAISE EXCEPTION 'index id % is not 1-48 letters, digits, _ or -', p_index_id;
-    END IF;
-    IF tenant IS NULL OR tenant !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
-        RAISE EXCEPTION 'no tenant is set (app.tenant_id): a tenant graph is built in its tenant''s transaction';
-    END IF;
     SELECT i.dim INTO d FROM indexes i WHERE i.index_id = p_index_id;
     IF d IS NULL THEN
         RAISE EXCEPTION 'index % is not registered: register it before building its HNSW index', p_index_id;
@@ -98,7 +109,6 @@ BEGIN
         RAISE EXCEPTION 'tenant % has not claimed a graph of its own in index %: claim it first (tenant_graphs)',
             tenant, p_index_id;
     END IF;
-    name := index_graph(p_index_id);
     PERFORM pg_advisory_xact_lock(hashtext(name));
     IF to_regclass(quote_ident(name)) IS NOT NULL THEN
         RETURN false;
@@ -121,20 +131,13 @@ CREATE FUNCTION drop_tenant_hnsw(p_index_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
 DECLARE
     tenant text := current_setting('app.tenant_id', true);
-    name text;
+    name text := tenant_graph_name(p_index_id);
 BEGIN
-    IF p_index_id IS NULL OR p_index_id !~ '^[A-Za-z0-9_-]{1,48}$' THEN
-        RAISE EXCEPTION 'index id % is not 1-48 letters, digits, _ or -', p_index_id;
-    END IF;
-    IF tenant IS NULL OR tenant !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
-        RAISE EXCEPTION 'no tenant is set (app.tenant_id): a tenant graph is dropped in its tenant''s transaction';
-    END IF;
     IF EXISTS (SELECT 1 FROM chunks c WHERE c.index_id = p_index_id AND c.tenant_id = tenant) THEN
         RAISE EXCEPTION 'tenant % still has chunks in index %: drop them first (sluice index drop)',
             tenant, p_index_id;
     END IF;
     DELETE FROM tenant_graphs g WHERE g.tenant_id = tenant AND g.index_id = p_index_id;
-    name := 'chunks_hnsw_' || p_index_id || '_' || substr(md5(tenant), 1, 16);
     IF to_regclass(quote_ident(name)) IS NULL THEN
         RETURN false;
     END IF;
@@ -186,7 +189,7 @@ def downgrade() -> None:
         _shared(own_graph_aside=False)
         + DROP_TENANT_GRAPHS
         + "DROP FUNCTION IF EXISTS drop_tenant_hnsw(text); DROP FUNCTION IF EXISTS ensure_tenant_hnsw(text); "
-        "DROP FUNCTION IF EXISTS index_graph(text); "
+        "DROP FUNCTION IF EXISTS index_graph(text); DROP FUNCTION IF EXISTS tenant_graph_name(text); "
         "DROP FUNCTION IF EXISTS own_graph(text); DROP TABLE IF EXISTS tenant_graphs; "
         "ALTER TABLE chunks DROP COLUMN IF EXISTS own_graph;",
     )
