@@ -133,6 +133,9 @@ DECLARE
     tenant text := current_setting('app.tenant_id', true);
     name text := tenant_graph_name(p_index_id);
 BEGIN
+    -- DROP INDEX's lock, taken before the check: an ingest into the index that commits meanwhile (its rows
+    -- marked own_graph) is seen by it, and none commits between the check and the drop.
+    LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE;
     IF EXISTS (SELECT 1 FROM chunks c WHERE c.index_id = p_index_id AND c.tenant_id = tenant) THEN
         RAISE EXCEPTION 'tenant % still has chunks in index %: drop them first (sluice index drop)',
             tenant, p_index_id;
