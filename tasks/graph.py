@@ -115,7 +115,7 @@ def release_graphs(conn: psycopg.Connection, lock_timeout_s: float = GRAPH_DROP_
         except psycopg.errors.LockNotAvailable:
             log.warning(
                 "graph of its own in index %s kept: its DROP INDEX waited over %s s for the lock on chunks; "
-                "the next `sluice index drop` or `sluice gc` of the tenant drops it",
+                "the next `sluice index drop` or `sluice index gc` of the tenant drops it",
                 index_id,
                 lock_timeout_s,
             )

@@ -19,7 +19,7 @@ recall: 15.0 ms p50 at recall 0.972 for the million, where the same million alon
   from), any other search `NOT c.own_graph` (tasks/retrieve.py).
 
 - `drop_tenant_hnsw(index_id)` drops the calling tenant's graph and its claim once it holds no chunks in the
-  index (`sluice index drop`, `sluice gc` after a rollout): a million-row graph is a gigabyte. DROP INDEX
+  index (`sluice index drop`, `sluice index gc` after a rollout): a million-row graph is a gigabyte. DROP INDEX
   locks all of `chunks` for every tenant, so it runs in a transaction of its own with a short lock timeout
   (tasks/graph.py, `release_graphs`); a drop not granted in time leaves the claim for the next try.
 
