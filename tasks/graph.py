@@ -20,6 +20,8 @@ of the two graphs the calling tenant searches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 import psycopg
@@ -53,6 +55,18 @@ def lock_timeout_text(seconds: float) -> str:
 def deferred_fix(index_id: str, tenant: str = "<tenant>") -> str:
     """How a deferred graph gets built: the words every report of one (log, ingest summary, rollout) ends with."""
     return f"the next ingest into the index builds it, or run `sluice index build-graph {index_id} --tenant {tenant}`"
+
+
+@contextmanager
+def bounded_wait(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """A savepoint whose statements wait at most `seconds` for a lock: past it they raise LockNotAvailable and
+    the savepoint alone is rolled back. The rest of the caller's transaction (a document's store, an
+    activation) waits as it did before."""
+    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout_text(seconds),))
+        yield
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
 
 
 def own_graph(conn: psycopg.Connection, index_id: str) -> bool:
@@ -109,8 +123,7 @@ def release_graphs(conn: psycopg.Connection, lock_timeout_s: float = GRAPH_DROP_
     released = []
     for (index_id,) in idle:
         try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout_text(lock_timeout_s),))
+            with bounded_wait(conn, lock_timeout_s):
                 conn.execute("SELECT drop_tenant_hnsw(%s)", (index_id,))
         except psycopg.errors.LockNotAvailable:
             log.warning(
@@ -128,13 +141,9 @@ def ensure_graph(conn: psycopg.Connection, index_id: str, lock_timeout_s: float 
     """Build the graph the calling tenant searches in `index_id` (its own, or the shared one) in the caller's
     transaction unless it exists, waiting at most `lock_timeout_s` for its locks; DEFERRED (logged, the
     caller's transaction intact) when they are not granted in time."""
-    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     try:
-        with conn.transaction():  # a savepoint: a lock not granted in time rolls back the build alone
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout_text(lock_timeout_s),))
+        with bounded_wait(conn, lock_timeout_s):  # a lock not granted in time rolls back the build alone
             built = conn.execute(_ENSURE, {"i": index_id}).fetchone()[0]
-            # The rest of the caller's transaction (a document's store, an activation) waits as it did before.
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
     except psycopg.errors.LockNotAvailable:
         log.warning(
             "HNSW graph of index %s deferred: another transaction kept a lock on chunks (or was building this "

@@ -186,11 +186,6 @@ def graph_beam(conn: psycopg.Connection, index_id: str) -> Beam:
     return _beam(0, *conn.execute(f"SELECT {_GRAPH_CAST}", {"index_id": index_id}).fetchone())  # noqa: S608
 
 
-def graph_cast(conn: psycopg.Connection, index_id: str) -> str:
-    """The type the graph the calling tenant searches in `index_id` is built on; NO_GRAPH_CAST when it has none."""
-    return graph_beam(conn, index_id).cast
-
-
 def _beam(ef_search: int, opclass_type: str | None, own: bool, tenant: str | None) -> Beam:
     cast = opclass_type if opclass_type in GRAPH_CASTS else NO_GRAPH_CAST
     scope = sql.SQL("c.tenant_id = {}").format(sql.Literal(tenant)) if own else sql.SQL(SHARED_SCOPE)

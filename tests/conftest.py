@@ -190,6 +190,17 @@ def scratch_database(name: str):
         drop()
 
 
+def hnsw_plan(conn: psycopg.Connection, index_id: str, q, filters: dict | None = None, k: int = 10) -> str:
+    """EXPLAIN of the dense HNSW statement `dense_search` runs for `q` over the graph the calling tenant searches
+    (sorts discouraged, so a usable graph is used)."""
+    from tasks import retrieve as R
+
+    conn.execute("SET LOCAL enable_sort = off")
+    params = {"q": q, "index_id": index_id, "k": k, "fetch": k}
+    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, filters, sql.Literal(q.shape[0]), "EXPLAIN ")
+    return "\n".join(r[0] for r in rows)
+
+
 def tenant_rows(db: Database, tenant: str, query: str) -> list[tuple]:
     """All rows of `query` as `tenant` sees them (under its row-level security)."""
     with db.tenant(tenant) as conn:

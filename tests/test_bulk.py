@@ -6,7 +6,6 @@ import threading
 import uuid
 
 import numpy as np
-from psycopg import sql
 
 from bench.synthetic import DIM, make_records, new_space, unit_vectors
 from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
@@ -16,6 +15,7 @@ from tasks.indexes import active_index
 from tasks.ingest import ingest_source
 from tasks.records import store_records
 from tasks.store import register_index
+from tests.conftest import hnsw_plan
 
 K = 10
 
@@ -42,10 +42,7 @@ def test_bulk_load_builds_the_graph_after_the_rows_and_search_uses_it(db, throwa
     assert seen == [False] * 4  # no graph while rows were stored
     q = vectors[17]
     with db.tenant(tenant) as conn:
-        conn.execute("SET LOCAL enable_sort = off")
-        params = {"q": q, "index_id": config.index_id, "k": K, "fetch": K}
-        beam = R.graph_beam(conn, config.index_id)
-        plan = "\n".join(r[0] for r in R.ann_rows(conn, beam, params, None, sql.Literal(DIM), "EXPLAIN "))
+        plan = hnsw_plan(conn, config.index_id, q)
         hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
         exact = R.exact_search(conn, config.index_id, q, K)
     assert f"chunks_hnsw_{config.index_id}" in plan, plan

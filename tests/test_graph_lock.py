@@ -20,7 +20,6 @@ from typing import TypeVar
 import numpy as np
 import psycopg
 import pytest
-from psycopg import sql
 
 from bench.synthetic import DIM, make_records, new_space, unit_vectors
 from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
@@ -33,6 +32,7 @@ from tasks.indexes import active_index
 from tasks.ingest import Run, run_ingest
 from tasks.records import store_records
 from tasks.store import register_index
+from tests.conftest import hnsw_plan
 
 SHORT = 0.3  # seconds the builds here wait for their lock
 DEADLINE = 120  # seconds a call may take before the test calls it hung
@@ -68,14 +68,6 @@ def within_deadline(call: Callable[[], T]) -> T:
         pool.shutdown(wait=False)
 
 
-def dense_plan(conn: psycopg.Connection, index_id: str, q: np.ndarray) -> str:
-    """EXPLAIN of the dense search (sorts discouraged, so a graph that exists is used)."""
-    conn.execute("SET LOCAL enable_sort = off")
-    params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
-    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, None, sql.Literal(DIM), "EXPLAIN ")
-    return "\n".join(r[0] for r in rows)
-
-
 def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_built(db, migrated, new_tenant):
     tenant, other = new_tenant("gl-bulk"), new_tenant("gl-blocker")
     config, identity = new_space("gl-bulk")
@@ -91,7 +83,7 @@ def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_buil
         with db.tenant(tenant) as conn:
             assert not has_vector_index(conn, config.index_id)
             assert active_index(conn, "default") == config.index_id  # the build's transaction went on and committed
-            assert f"chunks_hnsw_{config.index_id}" not in dense_plan(conn, config.index_id, q)
+            assert f"chunks_hnsw_{config.index_id}" not in hnsw_plan(conn, config.index_id, q)
         with db.tenant(tenant) as conn:
             hits = R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))
             exact = R.exact_search(conn, config.index_id, q, K)
@@ -101,7 +93,7 @@ def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_buil
         assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.BUILT
     with db.tenant(tenant) as conn:
         assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.EXISTED
-        assert f"chunks_hnsw_{config.index_id}" in dense_plan(conn, config.index_id, q)
+        assert f"chunks_hnsw_{config.index_id}" in hnsw_plan(conn, config.index_id, q)
     with db.tenant(tenant) as conn:
         assert R.dense_search(conn, config.index_id, q, RetrievalConfig(k=K))[0].source_id == records[42].source_id
 

@@ -13,16 +13,9 @@ from tasks import retrieve as R
 from tasks.bulk import bulk_load_records
 from tasks.records import store_records
 from tasks.store import register_index
+from tests.conftest import hnsw_plan
 
 K = 10
-
-
-def plan(conn, index_id: str, q: np.ndarray) -> str:
-    """EXPLAIN of the dense search as `dense_search` runs it (sorts discouraged, so a usable graph is used)."""
-    conn.execute("SET LOCAL enable_sort = off")
-    params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
-    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, None, sql.Literal(q.shape[0]), "EXPLAIN ")
-    return "\n".join(r[0] for r in rows)
 
 
 def search_against_exact(db, tenant: str, index_id: str, queries: np.ndarray) -> float:
@@ -47,9 +40,9 @@ def test_a_new_graph_is_halfvec_and_dense_search_uses_it(db, throwaway):
     result = bulk_load_records(db, tenant, config, identity, make_records(3000, rng, prefix=tenant), vectors)
     assert result.built
     with db.tenant(tenant) as conn:
-        assert R.graph_cast(conn, config.index_id) == "halfvec"
+        assert R.graph_beam(conn, config.index_id).cast == "halfvec"
         assert R.set_search_params(conn, 40, config.index_id).cast == "halfvec"
-        assert f"chunks_hnsw_{config.index_id}" in plan(conn, config.index_id, vectors[5])
+        assert f"chunks_hnsw_{config.index_id}" in hnsw_plan(conn, config.index_id, vectors[5])
         size = conn.execute(
             "SELECT pg_relation_size(to_regclass(quote_ident(%s)))", (f"chunks_hnsw_{config.index_id}",)
         ).fetchone()[0]
@@ -73,8 +66,8 @@ def test_a_graph_built_on_vector_before_0021_is_still_used(db, admin, throwaway)
         ).format(sql.Identifier(f"chunks_hnsw_{config.index_id}"), sql.Literal(config.index_id))
     )
     with db.tenant(tenant) as conn:
-        assert R.graph_cast(conn, config.index_id) == "vector"
-        assert f"chunks_hnsw_{config.index_id}" in plan(conn, config.index_id, vectors[7])
+        assert R.graph_beam(conn, config.index_id).cast == "vector"
+        assert f"chunks_hnsw_{config.index_id}" in hnsw_plan(conn, config.index_id, vectors[7])
     assert search_against_exact(db, tenant, config.index_id, near_queries(vectors, 10, rng)) >= 0.95
 
 
@@ -86,7 +79,7 @@ def test_a_3072_dimension_index_gets_a_graph(db, throwaway):
     result = bulk_load_records(db, tenant, config, identity, make_records(400, rng, prefix=tenant), vectors)
     assert result.built
     with db.tenant(tenant) as conn:
-        assert R.graph_cast(conn, config.index_id) == "halfvec"
-        assert f"chunks_hnsw_{config.index_id}" in plan(conn, config.index_id, vectors[3])
+        assert R.graph_beam(conn, config.index_id).cast == "halfvec"
+        assert f"chunks_hnsw_{config.index_id}" in hnsw_plan(conn, config.index_id, vectors[3])
         hits = R.dense_search(conn, config.index_id, vectors[3], RetrievalConfig(k=K))
     assert hits[0].score > 0.9999, hits[0]  # the stored vector itself

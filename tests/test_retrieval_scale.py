@@ -35,6 +35,7 @@ from tasks import retrieve as R
 from tasks.embed import EmbedderIdentity
 from tasks.records import Record, store_records
 from tasks.store import register_index
+from tests.conftest import hnsw_plan
 from tests.filter_reference import matches
 
 BIG, BIG_N = "scale-big", 20_000
@@ -104,11 +105,7 @@ def test_default_plan_uses_hnsw(db, big):
     # Whether the planner prefers HNSW depends on statistics a fresh database may not have yet; with sorts
     # disabled the only ordered path left is the index, so this checks the index can serve the query.
     with db.tenant(BIG) as conn:
-        conn.execute("SET LOCAL enable_sort = off")
-        params = {"q": unit_vectors(1, np.random.default_rng(1))[0], "index_id": SYNTHETIC.index_id, "k": K}
-        beam, spec = R.graph_beam(conn, SYNTHETIC.index_id), {"doc.permille": 7}
-        rows = R.ann_rows(conn, beam, {**params, "fetch": K}, spec, sql.Literal(384), "EXPLAIN ")
-        plan = "\n".join(r[0] for r in rows)
+        plan = hnsw_plan(conn, SYNTHETIC.index_id, unit_vectors(1, np.random.default_rng(1))[0], {"doc.permille": 7})
     assert f"chunks_hnsw_{SYNTHETIC.index_id}" in plan, plan  # the index's own graph (migration 0014)
 
 

@@ -14,7 +14,6 @@ import uuid
 import numpy as np
 import psycopg
 import pytest
-from psycopg import sql
 
 from bench.synthetic import DIM, clustered_vectors, make_records, near_queries, new_space
 from sluice.config import RetrievalConfig
@@ -25,18 +24,10 @@ from tasks.graph import Graph, claim_own_graph, own_graph, release_graphs
 from tasks.indexes import drop_indexes, list_indexes
 from tasks.records import store_records
 from tasks.store import register_index
-from tests.conftest import scratch_database
+from tests.conftest import hnsw_plan, scratch_database
 
 K, EF, THRESHOLD = 10, 40, 3000
 SMALL_N, BIG_N = 1500, 4000
-
-
-def plan(conn, index_id: str, q: np.ndarray) -> str:
-    """EXPLAIN of the dense HNSW statement the calling tenant runs (sorts discouraged, so a usable graph is used)."""
-    conn.execute("SET LOCAL enable_sort = off")
-    params = {"q": q, "index_id": index_id, "k": K, "fetch": K}
-    rows = R.ann_rows(conn, R.graph_beam(conn, index_id), params, None, sql.Literal(DIM), "EXPLAIN ")
-    return "\n".join(r[0] for r in rows)
 
 
 def graph_of(conn, index_id: str) -> str:
@@ -93,13 +84,13 @@ def test_a_bulk_load_past_the_threshold_gets_its_own_graph_and_leaves_the_shared
         own = graph_of(conn, index_id)
         assert own.startswith(f"chunks_hnsw_{index_id}_") and has_vector_index(conn, index_id)
         assert conn.execute("SELECT bool_and(own_graph) FROM chunks WHERE index_id = %s", (index_id,)).fetchone()[0]
-        assert own in plan(conn, index_id, vectors[0])
+        assert own in hnsw_plan(conn, index_id, vectors[0])
         assert R.set_search_params(conn, EF, index_id).ef_search == EF  # all of its graph is its own: no widening
         assert [r[4] for r in list_indexes(conn)] == ["own"]  # `sluice index list`
     small = f"og-small0-{tag}"
     with db.tenant(small) as conn:
         assert not own_graph(conn, index_id) and graph_of(conn, index_id) == f"chunks_hnsw_{index_id}"
-        shared_plan = plan(conn, index_id, vectors[0])
+        shared_plan = hnsw_plan(conn, index_id, vectors[0])
         assert f"chunks_hnsw_{index_id} " in shared_plan and own not in shared_plan, shared_plan
         # The shared graph holds the two small tenants' rows, not the big one's: a half share, a 2x beam.
         assert R.set_search_params(conn, EF, index_id).ef_search == 2 * EF
@@ -124,7 +115,7 @@ def test_an_ingest_that_crosses_the_threshold_claims_a_graph_covering_the_rows_i
     with db.tenant(grown) as conn:
         flags = conn.execute("SELECT own_graph, count(*) FROM chunks WHERE index_id = %s GROUP BY 1", (index_id,))
         assert dict(flags.fetchall()) == {False: 2 * SMALL_N}  # stored before the claim: in the shared graph too
-        assert graph_of(conn, index_id) in plan(conn, index_id, vectors[0])
+        assert graph_of(conn, index_id) in hnsw_plan(conn, index_id, vectors[0])
         store_records(conn, index_id, make_records(100, rng, prefix=grown, start=10**6), clustered_vectors(100, rng))
         assert conn.execute("SELECT count(*) FROM chunks WHERE own_graph").fetchone()[0] == 100  # stored after
         assert ensure_vector_index(conn, index_id, DIM, own_graph_rows=THRESHOLD) == Graph.EXISTED
