@@ -1,4 +1,4 @@
-"""DDL pieces that new migrations share: the tenant policy and running as the schema owner.
+"""DDL pieces that new migrations share: the tenant policy, running as the schema owner, an earlier migration.
 
 Migrations 0001-0011 spell these out themselves and stay frozen; later ones call these so each table's
 policy is written once. A migration passes alembic's `context` and `op` in (this module imports neither).
@@ -6,7 +6,11 @@ policy is written once. A migration passes alembic's `context` and `op` in (this
 
 from __future__ import annotations
 
+import importlib.util
+from types import ModuleType
 from typing import Any
+
+from sluice.settings import PROJECT_ROOT
 
 
 def tenant_isolated(table: str) -> str:
@@ -30,3 +34,13 @@ def run_as_owner(context: Any, op: Any, statements: str, grants: dict[str, str] 
     for table, privileges in (grants or {}).items():
         op.execute(f'GRANT {privileges} ON {table} TO "{app}"')
     op.execute("RESET ROLE")
+
+
+def migration(revision: str) -> ModuleType:
+    """The migration module of `revision` (file `<revision>_*.py`; its name starts with a digit, so it is
+    loaded by path, not imported): a later migration restores or rewrites its SQL without a copy of it."""
+    path = next((PROJECT_ROOT / "migrations" / "versions").glob(f"{revision}_*.py"))  # as sluice.db.run_alembic
+    spec = importlib.util.spec_from_file_location(f"sluice_migration_{revision}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

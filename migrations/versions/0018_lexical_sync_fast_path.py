@@ -18,12 +18,9 @@ Revises: 0017
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import context, op
 
-from sluice.ddl import run_as_owner
+from sluice.ddl import migration, run_as_owner
 
 revision = "0018"
 down_revision = "0017"
@@ -70,11 +67,7 @@ $fn$;
 
 def _previous() -> str:
     """0014's function, restored by downgrade (read from that migration, so there is one copy of it)."""
-    path = Path(__file__).with_name("0014_index_hnsw.py")
-    spec = importlib.util.spec_from_file_location("sluice_migration_0014", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SORTED_POSTINGS
+    return migration("0014").SORTED_POSTINGS
 
 
 def upgrade() -> None:

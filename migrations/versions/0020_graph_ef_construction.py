@@ -17,12 +17,9 @@ Revises: 0019
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import context, op
 
-from sluice.ddl import run_as_owner
+from sluice.ddl import migration, run_as_owner
 
 revision = "0020"
 down_revision = "0019"
@@ -34,10 +31,7 @@ OLD, NEW = "ef_construction = 64", "ef_construction = 200"
 
 def _previous():
     """0017's module (its file name starts with a digit, so it is loaded by path, not imported)."""
-    path = Path(__file__).with_name("0017_graph_build_race.py")
-    spec = importlib.util.spec_from_file_location("sluice_migration_0017", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = migration("0017")
     assert OLD in module.CREATE, "0017's CREATE INDEX no longer names ef_construction 64"
     return module
 

@@ -20,12 +20,9 @@ Revises: 0020
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import context, op
 
-from sluice.ddl import run_as_owner
+from sluice.ddl import migration, run_as_owner
 
 revision = "0021"
 down_revision = "0020"
@@ -42,10 +39,7 @@ NEW_LIMIT = """IF d > 4000 THEN
 
 def _function(halfvec: bool) -> str:
     """0020's `ensure_index_hnsw`, or with this migration's graph type and dimension limit."""
-    path = Path(__file__).with_name("0020_graph_ef_construction.py")  # loaded by path: its name starts with a digit
-    spec = importlib.util.spec_from_file_location("sluice_migration_0020", path)
-    m0020 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m0020)
+    m0020 = migration("0020")
     m0017 = m0020._previous()
     body = m0017.FUNCTION.replace("@CREATE@", m0017.GUARDED.replace(m0020.OLD, m0020.NEW))  # as 0020's upgrade
     if not halfvec:

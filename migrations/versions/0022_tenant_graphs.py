@@ -36,12 +36,9 @@ Revises: 0021
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import context, op
 
-from sluice.ddl import run_as_owner, tenant_isolated
+from sluice.ddl import migration, run_as_owner, tenant_isolated
 
 revision = "0022"
 down_revision = "0021"
@@ -166,11 +163,7 @@ END $$;
 
 def _previous():
     """0021's module (its file name starts with a digit, so it is loaded by path, not imported)."""
-    path = Path(__file__).with_name("0021_halfvec_graph.py")
-    spec = importlib.util.spec_from_file_location("sluice_migration_0021", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return migration("0021")
 
 
 def _shared(own_graph_aside: bool) -> str:
