@@ -145,6 +145,39 @@ def replace_chunks_in_place(conn, source_id: str, texts: list[str]) -> None:
     replace_chunks(conn, document_id, SYNTHETIC.index_id, digest, chunks, vectors)
 
 
+def test_an_update_that_changes_no_text_keeps_its_postings(db, new_tenant):
+    """0023: updated chunks whose text is unchanged (metadata, offsets) keep their postings rows; a chunk whose
+    text changed is re-posted; statistics and postings stay exact."""
+    tenant = new_tenant("bm25-update")
+    rng = np.random.default_rng(23)
+    with db.tenant(tenant) as conn:
+        register_index(conn, SYNTHETIC, IDENTITY)
+        _store_document(conn, "doc", _texts(6, rng))
+
+    def posted(conn) -> dict[int, list[str]]:  # ordinal -> the transactions that wrote its chunk's postings
+        rows = conn.execute(
+            "SELECT c.ordinal, array_agg(DISTINCT p.xmin::text) FROM lexical_postings p JOIN chunks c "
+            "ON c.chunk_id = p.chunk_id WHERE p.index_id = %s GROUP BY c.ordinal",
+            (SYNTHETIC.index_id,),
+        ).fetchall()
+        return dict(rows)
+
+    with db.tenant(tenant) as conn:
+        before = posted(conn)
+    with db.tenant(tenant) as conn:
+        conn.execute("UPDATE chunks SET metadata = metadata || '{\"k\": 1}', char_end = char_end + 1 WHERE ordinal < 5")
+        conn.execute("UPDATE chunks SET text = text || ' zebra' WHERE ordinal = 5")
+    with db.tenant(tenant) as conn:
+        after = posted(conn)
+        assert _stats(conn, SYNTHETIC.index_id) == _recount(conn, SYNTHETIC.index_id)
+        assert _postings_match_chunks(conn, SYNTHETIC.index_id)
+        zebra = "SELECT count(*) FROM lexical_postings p JOIN chunks c ON c.chunk_id = p.chunk_id "
+        assert conn.execute(zebra + "WHERE c.ordinal = 5 AND p.term = 'zebra'").fetchone()[0] == 1
+    assert len(before) == 6
+    assert all(after[o] == before[o] for o in range(5)), "postings of unchanged text were written again"
+    assert after[5] != before[5]
+
+
 def test_the_postings_index_serves_lexical_search_under_rls(db, new_tenant):
     tenant = new_tenant("bm25-plan")
     _load(db, tenant, _texts(200, np.random.default_rng(9)), seed=4)
@@ -231,8 +264,9 @@ def test_the_migration_backfills_chunks_stored_before_it(migrated):
                     assert _compare(conn, SYNTHETIC.index_id, _queries(20, rng), RetrievalConfig(k=K)) == (1.0, ANY)
 
 
-def test_the_trigger_of_0018_keeps_statistics_exact_and_downgrades_to_the_one_it_replaced(migrated):
-    """0018's trigger skips empty transition tables; its downgrade restores 0014's, and both keep the statistics."""
+def test_the_triggers_of_0018_and_0023_keep_statistics_exact_and_downgrade_to_the_ones_they_replaced(migrated):
+    """0018's trigger skips empty transition tables, 0023's re-posts only updated rows whose text changed; their
+    downgrades restore 0018's and 0014's, and each keeps the statistics."""
     from alembic import command
 
     rng = np.random.default_rng(17)
@@ -247,8 +281,11 @@ def test_the_trigger_of_0018_keeps_statistics_exact_and_downgrades_to_the_one_it
             create_tenant(db, "a")
             with db.tenant("a") as conn:
                 register_index(conn, SYNTHETIC, IDENTITY)
-            for step in ("head", "0017", "head again"):
-                if step == "0017":
+            for step in ("head", "0022", "0017", "head again"):
+                if step == "0022":
+                    run_alembic(settings, lambda cfg: command.downgrade(cfg, "0022"))
+                    assert "EXISTS (SELECT FROM old_rows)" in source() and "x.tsv = t.tsv" not in source()
+                elif step == "0017":
                     run_alembic(settings, lambda cfg: command.downgrade(cfg, "0017"))
                     assert "EXECUTE format" in source() and "EXISTS (SELECT FROM old_rows)" not in source()
                     admin(settings, SHIM_0022)
@@ -256,7 +293,7 @@ def test_the_trigger_of_0018_keeps_statistics_exact_and_downgrades_to_the_one_it
                     if step == "head again":
                         admin(settings, UNSHIM_0022)
                     migrate(settings)
-                    assert "EXISTS (SELECT FROM old_rows)" in source()
+                    assert "EXISTS (SELECT FROM old_rows)" in source() and "x.tsv = t.tsv" in source()
                 with db.tenant("a") as conn:
                     for i in range(12):  # new documents, then the same ones replaced (the update and delete paths)
                         _store_document(conn, f"doc-{i}", _texts(int(rng.integers(1, 4)), rng))
