@@ -330,7 +330,8 @@ def store_prepared(
             hold_store_lock(conn)  # first, before any row lock: a rollout's switch waits for this store
             cache_embeddings(conn, model_key, {h: fresh[h] for h in hashes if h in fresh})
             meta = {**prep.doc.metadata, "source": prep.item.source_id}
-            document_id, _ = upsert_document(conn, prep.doc, meta, collection, source_uri(prep.item))
+            where = source_uri(prep.item)
+            document_id, _ = upsert_document(conn, prep.doc, meta, collection, where, storing=config.index_id)
             replace_chunks(conn, document_id, config.index_id, prep.doc.content_hash, prep.chunks, matrix)
             store_user_metadata(conn, prep.item.source_id, prep.user_metadata)
             if settle is not None:

@@ -127,11 +127,14 @@ def upsert_document(
     metadata: dict[str, Any],
     collection: str = "default",
     source_uri: str | None = None,
+    storing: str | None = None,
 ) -> tuple[int, bool]:
     """Insert or update a document row (in `collection`); return (document_id, content_changed).
 
     Element spans are kept so a rollout can re-chunk the stored text without re-parsing, and `source_uri`
-    (the file's absolute path) so it can re-read the original bytes when the parser changes.
+    (the file's absolute path) so it can re-read the original bytes when the parser changes. New content
+    deletes the document's chunks in every index but `storing`, the one whose chunks the caller stores next
+    in this transaction (`replace_chunks`, which keeps those the edit left unchanged).
     """
     elements = Jsonb(element_spans(doc))
     inserted = conn.execute(
@@ -149,9 +152,11 @@ def upsert_document(
     if stored_hash == doc.content_hash:
         _refresh(conn, document_id, elements, source_uri)
         return document_id, False
-    # New content: every index's chunks of the old text are stale (their spans point into it).
-    conn.execute("DELETE FROM chunks WHERE document_id = %s", (document_id,))
-    conn.execute("DELETE FROM indexed_documents WHERE document_id = %s", (document_id,))
+    # New content: every index's chunks of the old text are stale (their spans point into it), but in the
+    # index being stored the new chunks replace them in this transaction.
+    stale = "WHERE document_id = %s AND index_id IS DISTINCT FROM %s"
+    conn.execute(f"DELETE FROM chunks {stale}", (document_id, storing))  # noqa: S608 (constants only)
+    conn.execute(f"DELETE FROM indexed_documents {stale}", (document_id, storing))  # noqa: S608
     conn.execute(
         "UPDATE documents SET content_hash = %s, text = %s, metadata = %s, status = 'ingested', elements = %s, "
         "source_uri = %s, updated_at = now() WHERE document_id = %s",
@@ -195,6 +200,26 @@ def set_collection(conn: psycopg.Connection, source_id: str, collection: str) ->
     )
 
 
+# A document's chunks, upserted by ordinal. A chunk stored before whose offsets, text, metadata and vector are
+# all unchanged is left as it is (re-ingesting an edited document rewrites only the chunks the edit moved or
+# changed): a rewritten row is a new tuple in every index on `chunks`, an insert into the live HNSW graph and
+# its BM25 postings deleted and written again (docs/retrieval.md, "Re-ingesting an edited document").
+UNCHANGED_KEPT = (
+    " WHERE (chunks.char_start, chunks.char_end, chunks.text, chunks.metadata, chunks.dim, chunks.embedding) "
+    "IS DISTINCT FROM (EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.text, EXCLUDED.metadata, EXCLUDED.dim, "
+    "EXCLUDED.embedding)"
+)
+UPSERT_CHUNKS = (
+    "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "
+    "dim, embedding, own_graph) SELECT current_setting('app.tenant_id'), %(doc)s, %(index)s, ordinal, "
+    "char_start, char_end, text, metadata, dim, embedding, (SELECT own_graph(%(index)s)) "
+    "FROM chunk_stage ON CONFLICT (tenant_id, document_id, index_id, ordinal) DO UPDATE SET "
+    "char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end, text = EXCLUDED.text, "
+    "metadata = EXCLUDED.metadata, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, "
+    "own_graph = EXCLUDED.own_graph" + UNCHANGED_KEPT
+)
+
+
 def replace_chunks(
     conn: psycopg.Connection,
     document_id: int,
@@ -216,16 +241,7 @@ def replace_chunks(
             copy.write_row(
                 (chunk.ordinal, chunk.start, chunk.end, chunk.embed_text, Jsonb(chunk.metadata), len(vector), vector)
             )
-    conn.execute(
-        "INSERT INTO chunks (tenant_id, document_id, index_id, ordinal, char_start, char_end, text, metadata, "
-        "dim, embedding, own_graph) SELECT current_setting('app.tenant_id'), %(doc)s, %(index)s, ordinal, "
-        "char_start, char_end, text, metadata, dim, embedding, (SELECT own_graph(%(index)s)) "
-        "FROM chunk_stage ON CONFLICT (tenant_id, document_id, index_id, ordinal) DO UPDATE SET "
-        "char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end, text = EXCLUDED.text, "
-        "metadata = EXCLUDED.metadata, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, "
-        "own_graph = EXCLUDED.own_graph",
-        {"doc": document_id, "index": index_id},
-    )
+    conn.execute(UPSERT_CHUNKS, {"doc": document_id, "index": index_id})
     conn.execute("TRUNCATE chunk_stage")
     conn.execute(
         "DELETE FROM chunks WHERE document_id = %s AND index_id = %s AND ordinal >= %s",

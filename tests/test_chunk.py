@@ -246,3 +246,37 @@ def test_reingest_with_new_semantic_settings_embeds_only_new_chunk_texts(db, new
     assert again, "the new, longer chunks must be embedded"
     assert set(again) <= stored, "only chunk texts of the new index may reach the model, never a sentence again"
     assert not set(again) & before
+
+
+def test_reingesting_an_edited_document_rewrites_only_the_chunks_it_changed(db, new_tenant, embedder, tmp_path):
+    """A chunk whose offsets, text, metadata and vector are unchanged keeps its row (its xmin: never rewritten,
+    so no new index entries, no graph insert, no postings rewritten); the edited and appended ones are stored."""
+    from sluice.config import PipelineConfig
+    from tasks.ingest import ingest_source
+
+    tenant, config = new_tenant(), PipelineConfig()
+    paragraphs = [f"Paragraph {i} about {topic}. " * 20 for i, topic in enumerate(["rivers", "bridges", "ferries"] * 5)]
+    path = tmp_path / "notes.txt"
+    path.write_text("\n\n".join(paragraphs))
+
+    def rows() -> dict[int, tuple]:
+        with db.tenant(tenant) as conn:
+            found = conn.execute(
+                "SELECT ordinal, char_start, char_end, text, xmin::text FROM chunks WHERE index_id = %s",
+                (config.index_id,),
+            ).fetchall()
+        return {r[0]: r[1:] for r in found}
+
+    assert ingest_source(db, tenant, config, embedder, tmp_path, 1_000_000).ingested == 1
+    before = rows()
+    paragraphs[-1] = paragraphs[-1].replace("ferries", "tunnels")  # an edit near the end, then an appended paragraph
+    path.write_text("\n\n".join([*paragraphs, "Paragraph 15 about canals. " * 20]))
+    assert ingest_source(db, tenant, config, embedder, tmp_path, 1_000_000).updated == 1
+    after = rows()
+
+    same = [o for o in before if o in after and before[o][:3] == after[o][:3]]
+    changed = [o for o in after if o not in same]
+    assert len(before) >= 6 and len(same) >= len(before) - 2, (len(before), same)
+    assert changed and any("canals" in after[o][2] for o in changed)
+    assert all(after[o][3] == before[o][3] for o in same), "an unchanged chunk was rewritten"
+    assert all(o not in before or after[o][3] != before[o][3] for o in changed), "a changed chunk was not stored"
