@@ -201,9 +201,10 @@ def set_collection(conn: psycopg.Connection, source_id: str, collection: str) ->
 
 
 # A document's chunks, upserted by ordinal. A chunk stored before whose offsets, text, metadata and vector are
-# all unchanged is left as it is (re-ingesting an edited document rewrites only the chunks the edit moved or
-# changed): a rewritten row is a new tuple in every index on `chunks`, an insert into the live HNSW graph and
-# its BM25 postings deleted and written again (docs/retrieval.md, "Re-ingesting an edited document").
+# all unchanged is left as it is, its `own_graph` too (re-ingesting an edited document rewrites only the chunks
+# the edit moved or changed): a rewritten row is a new tuple in every index on `chunks`, an insert into the
+# live HNSW graph and its BM25 postings deleted and written again (docs/retrieval.md, "Re-ingesting an edited
+# document").
 UNCHANGED_KEPT = (
     " WHERE (chunks.char_start, chunks.char_end, chunks.text, chunks.metadata, chunks.dim, chunks.embedding) "
     "IS DISTINCT FROM (EXCLUDED.char_start, EXCLUDED.char_end, EXCLUDED.text, EXCLUDED.metadata, EXCLUDED.dim, "
