@@ -79,14 +79,9 @@ $fn$;
 """  # noqa: S608 (constants only)
 
 
-def _previous() -> str:
-    """0018's function, restored by downgrade (read from that migration, so there is one copy of it)."""
-    return migration("0018").FUNCTION
-
-
 def upgrade() -> None:
     run_as_owner(context, op, FUNCTION)
 
 
 def downgrade() -> None:
-    run_as_owner(context, op, _previous())
+    run_as_owner(context, op, migration("0018").FUNCTION)  # 0018's function, read from that migration
