@@ -88,13 +88,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--ef", default="40,100")
     args = parser.parse_args()
-    workers = args.workers.split(",") if args.workers else [None]
-    graphs = [
-        f"{efc}/{cast}" + (f"/{w}w" if w is not None else "")
+    workers = [int(w) for w in args.workers.split(",")] if args.workers else [None]
+    # label -> (ef_construction, type, workers)
+    variants = {
+        f"{efc}/{cast}" + (f"/{w}w" if w is not None else ""): (efc, cast, w)
         for efc in map(int, args.efc.split(","))
         for cast in args.types.split(",")
         for w in workers
-    ]
+    }
+    graphs = list(variants)
     efs = [int(x) for x in args.ef.split(",")]
     tenant = args.tenant or f"bench-{args.n}"
     settings = load_settings(db_name="sluice_bench")
@@ -104,9 +106,8 @@ def main() -> None:
         graph_of_tenant = searched_graph(admin, tenant)
         for r in range(args.repeats):
             for graph in graphs[r % len(graphs) :] + graphs[: r % len(graphs)]:
-                efc, cast, *extra = graph.split("/")
                 load = os.getloadavg()[0]
-                built = build(admin, graph_of_tenant, int(efc), cast, int(extra[0][:-1]) if extra else None)
+                built = build(admin, graph_of_tenant, *variants[graph])
                 sweep(db, tenant, queries[:20], efs)  # warm-up, not counted
                 built.update(load_average=round(load, 2), ef=sweep(db, tenant, queries[20:], efs))
                 runs[graph].append(built)

@@ -161,14 +161,9 @@ END $$;
 """
 
 
-def _previous():
-    """0021's module (its file name starts with a digit, so it is loaded by path, not imported)."""
-    return migration("0021")
-
-
 def _shared(own_graph_aside: bool) -> str:
     """0021's `ensure_index_hnsw`, or with the shared graph's predicate leaving claimed tenants' new rows out."""
-    body = _previous()._function(halfvec=True)
+    body = migration("0021")._function(halfvec=True)
     assert SHARED_OLD in body, "0021's ensure_index_hnsw changed: update 0022's replacement"
     return body.replace(SHARED_OLD, SHARED_NEW) if own_graph_aside else body
 
