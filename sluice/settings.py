@@ -134,7 +134,8 @@ class Settings(BaseSettings):
         description="Longest wait of an index's HNSW graph build (after a first ingest, a bulk load, a rollout) "
         "for its lock on `chunks`, which any open write transaction of any tenant holds off while every new "
         "writer queues behind the build. Past it the build is deferred, not waited for: dense search scans "
-        "exactly until the next ingest into the index, or `sluice index build-graph`, builds it.",
+        "exactly until the next ingest into the index, or `sluice index build-graph`, builds it. The planner "
+        "statistics refreshed after the build wait as long, then are left to autovacuum.",
     )
     own_graph_rows: int = Field(
         default=OWN_GRAPH_ROWS,

@@ -5,9 +5,11 @@ row at a time (~106 rows/s at 100k chunks). A bulk load (a first load into an in
 `eval-retrieval`, a synthetic benchmark set) registers the index without its graph, stages and
 inserts every row under the tenant's RLS in one transaction (`tasks.records`: COPY into a TEMP
 table, then INSERT ... SELECT, since COPY into an RLS table is refused), and builds the graph
-afterwards (`ensure_index_hnsw`, migration 0014) with parallel maintenance workers. Only then, in
-the build's transaction, may the index be activated: a reader resolves the old index or the new one
-with every row and its graph, never a part of it.
+afterwards (`ensure_index_hnsw`, migration 0014) with parallel maintenance workers, then refreshes the
+planner's statistics of the tables it wrote (`refresh_statistics`, migration 0024: a filter's estimated
+matches pick its plan). Only then, in the build's transaction, may the index be activated: a reader
+resolves the old index or the new one with every row, its graph and statistics that know its rows, never
+a part of it.
 
 When the index already has a graph (another tenant built it), rows go into it as before: correct,
 just not faster; unless the load brings the tenant to Settings.own_graph_rows in the index, which gives it
@@ -21,6 +23,7 @@ when another transaction holds a write lock on `chunks` for longer, the graph is
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +37,12 @@ from sluice.errors import QueryError
 from sluice.pgtune import machine_memory
 from sluice.settings import GRAPH_LOCK_TIMEOUT_S, OWN_GRAPH_ROWS
 from tasks.embed import EmbedderIdentity
-from tasks.graph import Graph, claim_own_graph, ensure_graph
+from tasks.graph import Graph, bounded_wait, claim_own_graph, ensure_graph
 from tasks.indexes import activate_index
 from tasks.records import Record, store_records
 from tasks.store import register_index
+
+log = logging.getLogger(__name__)
 
 # What pgvector keeps in memory per graph element (m = 16): the vector plus ~715 bytes of neighbour lists and
 # header, measured (0.8.5: 2,251 bytes at 384-d on float32, "hnsw graph no longer fits into maintenance_work_mem
@@ -92,10 +97,35 @@ def build_memory(rows: int, dim: int, cast: str = GRAPH_CAST) -> int:
 def build_vector_index(
     conn: psycopg.Connection, index_id: str, rows: int, dim: int, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S
 ) -> Graph:
-    """Build the index's HNSW graph in the caller's transaction, with parallel workers, waiting at most
-    `lock_timeout_s` for its lock on `chunks` (tasks/graph.py)."""
+    """Build the index's HNSW graph in the caller's transaction, with parallel workers, then refresh the
+    planner's statistics of the rows loaded; each waits at most `lock_timeout_s` for its lock on `chunks`
+    (tasks/graph.py)."""
     set_build_resources(conn, rows, dim)
-    return ensure_graph(conn, index_id, lock_timeout_s)
+    graph = ensure_graph(conn, index_id, lock_timeout_s)
+    refresh_statistics(conn, rows, lock_timeout_s)
+    return graph
+
+
+def refresh_statistics(conn: psycopg.Connection, loaded: int, lock_timeout_s: float = GRAPH_LOCK_TIMEOUT_S) -> bool:
+    """ANALYZE the tables a bulk load of `loaded` rows wrote when their statistics lag (migration 0024), in the
+    caller's transaction: they commit with its graph. Returns whether it analyzed.
+
+    ANALYZE's lock on a table conflicts with a graph build's, which the caller may hold: two tenants' builds
+    ending together each wait for the other, and PostgreSQL ends one wait as a deadlock. That tenant, or one
+    whose lock is not granted within `lock_timeout_s` (another build or maintenance holds it), leaves the
+    statistics to the other analyze, which runs once it commits and samples its rows too, or to autovacuum;
+    its load goes on and commits."""
+    try:
+        with bounded_wait(conn, lock_timeout_s):
+            return conn.execute("SELECT refresh_statistics(%s)", (loaded,)).fetchone()[0]
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+        log.info(
+            "planner statistics not refreshed after the load (%s: another transaction held their lock); the next "
+            "analyze (another load's, or autovacuum's) refreshes them, and a filtered search may pick a slower "
+            "plan until then",
+            type(exc).__name__,
+        )
+        return False
 
 
 def set_build_resources(conn: psycopg.Connection, rows: int, dim: int, cast: str = GRAPH_CAST) -> None:

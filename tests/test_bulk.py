@@ -186,3 +186,27 @@ def test_the_build_memory_holds_the_whole_graph(db, throwaway):
     assert not [m for m in fits if "no longer fits" in m], fits
     short = _build_notices(db, tenant, config.index_id, int(graph_bytes(n, DIM) * 0.75))  # the check can fail
     assert [m for m in short if "no longer fits" in m], short
+
+
+STATS_TABLES = ["chunks", "documents", "lexical_postings"]
+
+
+def test_a_bulk_load_commits_statistics_that_know_its_rows(db, throwaway, admin):
+    """Migration 0024: the planner's statistics (whose estimate of a filter's matches picks its plan) know a
+    bulk load's rows the moment its graph commits, not after autovacuum's next analyze."""
+    tenant, (config, identity) = throwaway(f"stats-{uuid.uuid4().hex[:8]}"), new_space("stats")
+    rng = np.random.default_rng(11)
+    n = 3000
+    started = admin.execute("SELECT clock_timestamp()").fetchone()[0]
+    result = bulk_load_records(db, tenant, config, identity, make_records(n, rng, prefix=tenant), unit_vectors(n, rng))
+    assert result.built
+    analyzed = dict(
+        admin.execute(
+            "SELECT relname, last_analyze FROM pg_stat_user_tables WHERE relname = ANY(%s)", (STATS_TABLES,)
+        ).fetchall()
+    )
+    assert all(analyzed[t] is not None and analyzed[t] >= started for t in STATS_TABLES), (analyzed, started)
+    plan = admin.execute(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM chunks WHERE index_id = %s", (config.index_id,)
+    ).fetchone()[0]
+    assert n / 2 <= plan[0]["Plan"]["Plan Rows"] <= n * 2, plan  # the new index's rows, as the planner sees them

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from bench.synthetic import DIM, make_records, new_space, unit_vectors
 from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
 from sluice.db import Database, admin_conninfo, create_tenant
 from sluice.settings import Settings
+from tasks import bulk
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, ensure_vector_index, has_vector_index
 from tasks.graph import Graph, ensure_graph
@@ -247,3 +249,34 @@ def test_a_second_builder_of_one_graph_finds_it_built(db, new_tenant):
         assert builder.result(timeout=DEADLINE) == Graph.BUILT
         assert waiting.result(timeout=DEADLINE) == Graph.EXISTED
     pool.shutdown()
+
+
+def test_two_loads_whose_builds_end_together_both_commit(db, throwaway, admin, monkeypatch, caplog):
+    """Each load's graph transaction holds its build's lock on `chunks` when it asks for ANALYZE's (migration
+    0024), which conflicts with it: two builds ending together wait for each other and PostgreSQL ends one wait
+    as a deadlock. That load leaves the statistics to the other (which analyzes once it commits) and commits too."""
+    both_built = threading.Barrier(2, timeout=DEADLINE)
+    refresh = bulk.refresh_statistics
+
+    def after_both_builds(conn, loaded, lock_timeout_s):
+        both_built.wait()  # each transaction now holds its graph build's SHARE lock on chunks
+        return refresh(conn, loaded, lock_timeout_s)
+
+    monkeypatch.setattr(bulk, "refresh_statistics", after_both_builds)
+    n = 1500
+    spaces = [new_space(f"together-{i}") for i in range(2)]
+
+    def load(i: int) -> Graph:
+        tenant, (config, identity) = throwaway(f"together-{i}-{uuid.uuid4().hex[:8]}"), spaces[i]
+        rng = np.random.default_rng(i)
+        records, vectors = make_records(n, rng, prefix=tenant), unit_vectors(n, rng)
+        return bulk_load_records(db, tenant, config, identity, records, vectors, lock_timeout_s=DEADLINE).graph
+
+    with caplog.at_level("INFO", logger="tasks.bulk"), ThreadPoolExecutor(max_workers=2) as pool:
+        loads = [pool.submit(load, i) for i in range(2)]
+        graphs = [f.result(timeout=DEADLINE) for f in loads]
+    assert graphs == [Graph.BUILT, Graph.BUILT]
+    assert [r for r in caplog.records if "DeadlockDetected" in r.getMessage()]  # the premise: they did collide
+    for config, _ in spaces:  # the other's analyze counted both loads' rows
+        plan = admin.execute("EXPLAIN (FORMAT JSON) SELECT 1 FROM chunks WHERE index_id = %s", (config.index_id,))
+        assert n / 2 <= plan.fetchone()[0][0]["Plan"]["Plan Rows"] <= n * 2
