@@ -123,8 +123,9 @@ def carry(conn: psycopg.Connection, key: str, kind: str) -> None:
         return
     col, wide = column(key), COVERED_DIM[kind]
     conn.execute(sql.SQL("ALTER TABLE chunks ADD COLUMN {} {}").format(col, sql.SQL(TYPES[kind])))
-    # The copy changes no text: the postings trigger (which re-posts every updated chunk) sits it out. The
-    # owner is under forced RLS too, so it names each tenant in turn (as migration 0010's backfill does).
+    # The copy changes no text: the postings trigger would re-post nothing (since 0023 it compares each
+    # updated row's tsv) and sits it out, sparing that comparison per chunk. The owner is under forced RLS
+    # too, so it names each tenant in turn (as migration 0010's backfill does).
     conn.execute("ALTER TABLE chunks DISABLE TRIGGER chunks_lexical_update")
     fill = sql.SQL(
         "UPDATE chunks c SET {col} = d.{col} FROM documents d "
