@@ -6,6 +6,7 @@ import threading
 import uuid
 
 import numpy as np
+import psycopg
 
 from bench.synthetic import DIM, make_records, new_space, unit_vectors
 from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
@@ -210,3 +211,26 @@ def test_a_bulk_load_commits_statistics_that_know_its_rows(db, throwaway, admin)
         "EXPLAIN (FORMAT JSON) SELECT 1 FROM chunks WHERE index_id = %s", (config.index_id,)
     ).fetchone()[0]
     assert n / 2 <= plan[0]["Plan"]["Plan Rows"] <= n * 2, plan  # the new index's rows, as the planner sees them
+
+
+def test_a_first_load_into_a_never_analyzed_database_is_analyzed_however_small(settings):
+    """A never-analyzed `chunks` estimates 1 match for every filter whatever its size. The graph build sets
+    its row count (`reltuples`), so `refresh_statistics` asks whether anyone analyzed it: a first load of 40
+    rows (under autovacuum's own threshold of 50) is analyzed; a second one, below 1,000 rows, is not."""
+    from sluice.db import Database, admin_conninfo, create_tenant
+    from tests.rollout_support import private_database
+
+    own = private_database(settings, "sluice_first_stats_test")
+    rng = np.random.default_rng(12)
+    with Database(own) as sdb, psycopg.connect(admin_conninfo(own), autocommit=True) as admin:
+        last = "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'chunks'"
+        assert admin.execute(last).fetchone()[0] is None  # the premise: a database nobody analyzed
+        for name in ("first", "second"):
+            tenant, (config, identity) = f"stats-{name}", new_space(f"stats-{name}")
+            create_tenant(sdb, tenant)
+            records, vectors = make_records(40, rng, prefix=tenant), unit_vectors(40, rng)
+            assert bulk_load_records(sdb, tenant, config, identity, records, vectors).built
+            if name == "first":
+                analyzed = admin.execute(last).fetchone()[0]
+                assert analyzed is not None
+        assert admin.execute(last).fetchone()[0] == analyzed  # 40 more rows: not due

@@ -8,13 +8,13 @@ rows (docs/benchmarks.md, "Statistics after a bulk load") until autovacuum's nex
 its own schedule and only once the changes since the last one pass a tenth of the table.
 
 `refresh_statistics(loaded)` runs ANALYZE on `chunks`, `documents` and `lexical_postings` when `chunks` was
-never analyzed, or when the rows its caller loaded plus the changes counted since the last analyze reach
-1,000 and 1% of the table. The caller says what it loaded because the cumulative counters lag: a backend
-reports a committed transaction's changes up to a second later, or once it is idle, so a load's own rows
-may not be counted yet. ANALYZE samples rows the calling transaction inserted as live, and its pg_statistic
-rows commit with the transaction. The function runs as the owner (ANALYZE needs it; the app role owns
-nothing). The bulk path calls it in the graph build's transaction (tasks.bulk.build_vector_index), with the
-same bounded wait for its lock on the table.
+never analyzed (by anyone: `reltuples` does not tell, the graph build sets it), or when the rows its caller
+loaded plus the changes counted since the last analyze reach 1,000 and 1% of the table. The caller says what
+it loaded because the cumulative counters lag: a backend reports a committed transaction's changes up to a
+second later, or once it is idle, so a load's own rows may not be counted yet. ANALYZE samples rows the
+calling transaction inserted as live, and its pg_statistic rows commit with the transaction. The function runs
+as the owner (ANALYZE needs it; the app role owns nothing). The bulk path calls it in the graph build's
+transaction (tasks.bulk.build_vector_index), with the same bounded wait for its lock on the table.
 
 Revision ID: 0024
 Revises: 0023
@@ -37,7 +37,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
 DECLARE
     t text;
 BEGIN
-    IF NOT (SELECT c.reltuples < 0
+    IF NOT (SELECT coalesce(s.last_analyze, s.last_autoanalyze) IS NULL
                    OR greatest(loaded, 0) + coalesce(s.n_mod_since_analyze, 0)
                       + coalesce(x.n_tup_ins + x.n_tup_upd + x.n_tup_del, 0) >= greatest(1000, 0.01 * c.reltuples)
             FROM pg_class c
