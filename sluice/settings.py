@@ -135,7 +135,8 @@ class Settings(BaseSettings):
         "for its lock on `chunks`, which any open write transaction of any tenant holds off while every new "
         "writer queues behind the build. Past it the build is deferred, not waited for: dense search scans "
         "exactly until the next ingest into the index, or `sluice index build-graph`, builds it. The planner "
-        "statistics refreshed after the build wait as long, then are left to autovacuum.",
+        "statistics refreshed after the build wait as long, then are left to autovacuum. Keep it above "
+        "PostgreSQL's deadlock_timeout (1 s): an autovacuum of `chunks` yields to a waiting lock only after that.",
     )
     own_graph_rows: int = Field(
         default=OWN_GRAPH_ROWS,

@@ -37,6 +37,9 @@ from tasks.store import register_index
 from tests.conftest import hnsw_plan
 
 SHORT = 0.3  # seconds the builds here wait for their lock
+# The wait of a build expected to succeed once the blocker is gone. Past PostgreSQL's deadlock_timeout (1 s) an
+# autovacuum of `chunks` yields to a waiting lock, before it never: a SHORT wait failed whenever one was running.
+RETRY = 3.0
 DEADLINE = 120  # seconds a call may take before the test calls it hung
 K = 10
 T = TypeVar("T")
@@ -92,7 +95,7 @@ def test_a_bulk_load_behind_an_open_write_is_deferred_searched_exactly_then_buil
         assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]  # no graph: the exact answer
         assert hits[0].source_id == records[42].source_id
     with db.tenant(tenant) as conn:  # the blocker is gone: the retry builds it
-        assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.BUILT
+        assert ensure_vector_index(conn, config.index_id, DIM, RETRY) == Graph.BUILT
     with db.tenant(tenant) as conn:
         assert ensure_vector_index(conn, config.index_id, DIM, SHORT) == Graph.EXISTED
         assert f"chunks_hnsw_{config.index_id}" in hnsw_plan(conn, config.index_id, q)
@@ -112,8 +115,8 @@ def test_a_deferred_build_leaves_the_callers_transaction_and_its_lock_timeout_as
         assert conn.execute("SELECT count(*) FROM indexes WHERE index_id = %s", (config.index_id,)).fetchone()[0] == 1
     with db.tenant(tenant) as conn:
         conn.execute("SELECT set_config('lock_timeout', '17s', true)")
-        assert ensure_graph(conn, config.index_id, SHORT) == Graph.BUILT
-        assert conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0] == "17s"  # not SHORT
+        assert ensure_graph(conn, config.index_id, RETRY) == Graph.BUILT
+        assert conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0] == "17s"  # not RETRY
 
 
 def test_a_first_ingest_behind_an_open_write_returns_deferred_and_the_next_ingest_builds(
@@ -122,8 +125,8 @@ def test_a_first_ingest_behind_an_open_write_returns_deferred_and_the_next_inges
     tenant, other = new_tenant("gl-ingest"), new_tenant("gl-blocker")
     config = PipelineConfig(chunker=RecursiveChunker(chunk_size=617, chunk_overlap=61))  # an index no test has built
 
-    def ingest():
-        return run_ingest(Run(db, tenant, config, embedder, 10_000_000, graph_lock_timeout_s=SHORT), sample_corpus)
+    def ingest(wait: float = SHORT):
+        return run_ingest(Run(db, tenant, config, embedder, 10_000_000, graph_lock_timeout_s=wait), sample_corpus)
 
     with open_write(migrated, other):
         first = within_deadline(ingest)
@@ -139,7 +142,7 @@ def test_a_first_ingest_behind_an_open_write_returns_deferred_and_the_next_inges
             assert (
                 R.dense_search(conn, config.index_id, embedder.encode([text])[0], RetrievalConfig(k=K))[0].text == text
             )
-    second = ingest()
+    second = ingest(RETRY)
     assert (second.unchanged, second.graph) == (first.ingested, Graph.BUILT)
     assert first.as_dict()["graph"] == "deferred" and second.graph_note(config.index_id) is None
     with db.tenant(tenant) as conn:
