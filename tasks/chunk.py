@@ -139,21 +139,70 @@ def _headed(chunk: Chunk, header: str) -> Chunk:
 def spans_to_chunks(text: str, pieces: list[str], overlap: int | None = None) -> list[Chunk]:
     """Locate each piece in `text` in order and return chunks with their spans.
 
-    Splitters return substrings of the text (whitespace-stripped at the edges), in order, each
-    reaching past the end of the previous one. Searching from where that holds keeps repeated
-    passages ("river river river") mapped to the right place; plain order is the fallback.
-    With the splitter's `overlap`, a piece also starts no earlier than `overlap` before the previous end.
+    Splitters return substrings of the text (whitespace-stripped at the edges), in order, that together cover every
+    character of it but whitespace. In repeated text a piece occurs more than once near where it belongs
+    ("River.\n\nRiver." both ends a paragraph and starts the next), so the pieces are aligned as a whole (`_align`):
+    each starts or ends after the previous one (the overlap may repeat all of it), leaves no non-whitespace between
+    them uncovered, and the last leaves none after it; among a piece's places the one nearest `overlap` before the
+    previous end is tried first. Pieces that do not tile the text that way are located one by one, as a fallback.
     """
-    chunks: list[Chunk] = []
-    prev_start, prev_end = -1, 0
-    for piece in pieces:
-        if not piece.strip():
+    pieces = [piece for piece in pieces if piece.strip()]
+    starts = _align(text, pieces, overlap)
+    if starts is None:
+        starts, prev_start, prev_end = [], -1, 0
+        for piece in pieces:
+            prev_start = _locate(text, piece, prev_start, prev_end, overlap)
+            prev_end = prev_start + len(piece)
+            starts.append(prev_start)
+    spans = zip(starts, pieces, strict=True)
+    return [Chunk(ordinal=i, start=s, end=s + len(p), text=p) for i, (s, p) in enumerate(spans)]
+
+
+_NON_SPACE = re.compile(r"\S")
+_ALIGN_STEPS = 20_000  # places tried before falling back to locating pieces one by one
+
+
+def _align(text: str, pieces: list[str], overlap: int | None) -> list[int] | None:
+    """Starts of `pieces` that tile `text`'s non-whitespace in order (a depth-first search), or None."""
+
+    def next_text(at: int) -> int:
+        found = _NON_SPACE.search(text, at)
+        return found.start() if found else len(text)
+
+    def places(i: int, starts: list[int]) -> list[int]:
+        prev_start = starts[-1] if starts else -1
+        prev_end = prev_start + len(pieces[i - 1]) if starts else 0
+        last, out = next_text(prev_end), []  # a later start would leave text between the two uncovered
+        at = text.find(pieces[i], max(prev_start, 0))  # the overlap may repeat the whole previous piece
+        while 0 <= at <= last:
+            if at > prev_start or at + len(pieces[i]) > prev_end:  # each piece reaches further
+                out.append(at)
+            at = text.find(pieces[i], at + 1)
+        target = prev_end - (overlap or 0)
+        return sorted(out, key=lambda s: (abs(s - target), s))
+
+    if not pieces:
+        return []
+    starts: list[int] = []
+    stack = [places(0, starts)]
+    steps = 0
+    while stack:
+        steps += 1
+        if not stack[-1] or steps > _ALIGN_STEPS:
+            if steps > _ALIGN_STEPS:
+                return None
+            stack.pop()
+            if starts:
+                starts.pop()
             continue
-        start = _locate(text, piece, prev_start, prev_end, overlap)
-        end = start + len(piece)
-        chunks.append(Chunk(ordinal=len(chunks), start=start, end=end, text=piece))
-        prev_start, prev_end = start, end
-    return chunks
+        starts.append(stack[-1].pop(0))
+        if len(starts) == len(pieces):
+            if next_text(starts[-1] + len(pieces[-1])) == len(text):
+                return starts
+            starts.pop()
+            continue
+        stack.append(places(len(starts), starts))
+    return None
 
 
 def _locate(text: str, piece: str, prev_start: int, prev_end: int, overlap: int | None) -> int:

@@ -66,6 +66,41 @@ def test_chunks_are_exact_spans(kind, embedder):
     check()
 
 
+# Two documents hypothesis found (CI, session 21), where a piece of LangChain's split occurs more than once near
+# where it belongs: "River.\n\nRiver." both ends the first paragraph and is the last two; the overlap repeats
+# all of "42 42 ship's." at the start of the next piece. The first lost its last "River."; the second raised.
+REPEATS = [
+    (
+        "parent_child",
+        [
+            ("NarrativeText", "River river river river river river river river river river river. River."),
+            ("NarrativeText", "River."),
+            ("NarrativeText", "River."),
+        ],
+    ),
+    (
+        "recursive",
+        [
+            ("Title", "River"),
+            (
+                "NarrativeText",
+                "42 42 ship's.\n River river river déjà 42 42 42 well-known. "
+                "River déjà 42 42 well-known well-known ship's ship's ship's.",
+            ),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "elements"), REPEATS)
+def test_repeated_text_maps_each_piece_where_the_pieces_cover_the_document(kind, elements):
+    doc = assemble("doc.md", [(k, t, {}) for k, t in elements], "hash", {})
+    chunks = make_chunker(CONFIGS[kind]).split(doc)
+    covered = {i for c in chunks for i in range(c.start, c.end)}
+    assert all(doc.text[c.start : c.end] == c.text for c in chunks)
+    assert [i for i, ch in enumerate(doc.text) if not ch.isspace() and i not in covered] == []
+
+
 def test_fixed_tokens_respects_the_token_budget(embedder):
     doc = assemble("d", [("NarrativeText", "The otters of the river hold hands while sleeping. " * 40, {})], "h", {})
     chunks = make_chunker(cfg.FixedTokensChunker(chunk_tokens=32, overlap_tokens=8), embedder).split(doc)
