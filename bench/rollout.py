@@ -35,8 +35,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from serving.auth import create_key  # noqa: E402
 from sluice import champion  # noqa: E402
 from sluice.config import PipelineConfig, parse_config  # noqa: E402
-from sluice.db import Database, admin_conninfo, create_tenant, migrate  # noqa: E402
+from sluice.db import Database, create_tenant, drop_database, migrate  # noqa: E402
 from sluice.settings import load_settings  # noqa: E402
 from tasks.embed import get_embedder  # noqa: E402
 from tasks.generate import NO_ANSWER  # noqa: E402
@@ -83,8 +81,7 @@ def write_tenant_files(folder: Path, docs: list[dict]) -> dict[str, Path]:
 
 
 def fresh_database(settings) -> None:
-    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+    drop_database(settings)
     migrate(settings)
 
 

@@ -65,6 +65,15 @@ def ensure_database(settings: Settings) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
 
 
+def drop_database(settings: Settings) -> None:
+    """Drop the embedded database `settings.db_name` (its connections ended): a benchmark's or test's fresh
+    start. An external URL names a database Sluice does not own, so it is left alone."""
+    if settings.database_url:
+        return
+    with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.db_name)))
+
+
 def _check_server(conn: psycopg.Connection) -> None:
     version = conn.info.server_version
     if version < 150000:

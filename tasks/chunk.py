@@ -184,13 +184,11 @@ def _align(text: str, pieces: list[str], overlap: int | None) -> list[int] | Non
     if not pieces:
         return []
     starts: list[int] = []
-    stack = [places(0, starts)]
-    steps = 0
-    while stack:
-        steps += 1
-        if not stack[-1] or steps > _ALIGN_STEPS:
-            if steps > _ALIGN_STEPS:
-                return None
+    stack = [places(0, starts)]  # stack[i]: the places of piece i not tried yet
+    for _ in range(_ALIGN_STEPS):
+        if not stack:
+            return None
+        if not stack[-1]:  # piece len(stack) - 1 has no place left: try the previous piece's next one
             stack.pop()
             if starts:
                 starts.pop()
@@ -202,7 +200,7 @@ def _align(text: str, pieces: list[str], overlap: int | None) -> list[int] | Non
             starts.pop()
             continue
         stack.append(places(len(starts), starts))
-    return None
+    return None  # no tiling, or not found within _ALIGN_STEPS
 
 
 def _locate(text: str, piece: str, prev_start: int, prev_end: int, overlap: int | None) -> int:

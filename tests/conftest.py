@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from sluice.config import PipelineConfig
-from sluice.db import Database, admin_conninfo, create_tenant, migrate
+from sluice.db import Database, admin_conninfo, create_tenant, drop_database, migrate
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 from tests.netguard import netguard
 from tests.netguard.netguard import install, is_local_address
@@ -104,9 +104,7 @@ def settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def migrated(settings):
     """A fresh, fully migrated test database on the embedded (or configured) server."""
-    if not settings.database_url:
-        with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+    drop_database(settings)
     migrate(settings)
     return settings
 
@@ -179,15 +177,11 @@ def scratch_database(name: str):
     if settings.database_url:
         pytest.skip("needs the embedded server: the test creates and drops a database of its own")
 
-    def drop() -> None:
-        with psycopg.connect(admin_conninfo(settings, dbname="postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    drop()
+    drop_database(settings)
     try:
         yield settings
     finally:
-        drop()
+        drop_database(settings)
 
 
 def hnsw_plan(conn: psycopg.Connection, index_id: str, q, filters: dict | None = None, k: int = 10) -> str:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from sluice import champion
 from sluice.config import PipelineConfig, parse_config
-from sluice.db import Database, admin_conninfo, migrate
+from sluice.db import Database, drop_database, migrate
 from sluice.settings import Settings
 from tasks.ingest import ingest_source
 from tasks.ingest_served import ingest_served
@@ -23,9 +20,7 @@ PLACES = ("Ashford", "Bramley", "Corfe", "Dunster", "Elton", "Fowey", "Grassingt
 def private_database(settings: Settings, name: str) -> Settings:
     """`settings` on a fresh, migrated database `name`."""
     own = settings.model_copy(update={"db_name": name})
-    if not own.database_url:
-        with psycopg.connect(admin_conninfo(own, dbname="postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(own)
     migrate(own)
     return own
 

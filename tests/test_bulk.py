@@ -10,6 +10,7 @@ import psycopg
 
 from bench.synthetic import DIM, make_records, new_space, unit_vectors
 from sluice.config import PipelineConfig, RecursiveChunker, RetrievalConfig
+from sluice.db import Database, admin_conninfo, create_tenant
 from tasks import retrieve as R
 from tasks.bulk import bulk_load_records, graph_bytes, has_vector_index
 from tasks.indexes import active_index
@@ -17,6 +18,7 @@ from tasks.ingest import ingest_source
 from tasks.records import store_records
 from tasks.store import register_index
 from tests.conftest import hnsw_plan
+from tests.rollout_support import private_database
 
 K = 10
 
@@ -217,9 +219,6 @@ def test_a_first_load_into_a_never_analyzed_database_is_analyzed_however_small(s
     """A never-analyzed `chunks` estimates 1 match for every filter whatever its size. The graph build sets
     its row count (`reltuples`), so `refresh_statistics` asks whether anyone analyzed it: a first load of 40
     rows (under autovacuum's own threshold of 50) is analyzed; a second one, below 1,000 rows, is not."""
-    from sluice.db import Database, admin_conninfo, create_tenant
-    from tests.rollout_support import private_database
-
     own = private_database(settings, "sluice_first_stats_test")
     rng = np.random.default_rng(12)
     with Database(own) as sdb, psycopg.connect(admin_conninfo(own), autocommit=True) as admin:
